@@ -1,0 +1,24 @@
+# `make demo` and `make test` work on a fresh clone: both build .venv when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean-artifacts
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mmedpo demo
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+clean-artifacts:
+	rm -rf data/artifacts data/preference_sets data/samples data/prefect

@@ -1,0 +1,147 @@
+"""Decoding and writing medical images: JPEG, PNG (8/16-bit), DICOM.
+
+Ingestion checks every image with ``inspect_image`` and turns DICOM into PNG once, so every
+later stage only ever reads PNG/JPEG through ``load_array``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DICOM_MAGIC_OFFSET = 128
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``reason`` is a short countable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    mode: str
+    sha256: str
+
+
+def is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in {".dcm", ".dicom"}:
+        return True
+    with open(path, "rb") as handle:
+        handle.seek(DICOM_MAGIC_OFFSET)
+        return handle.read(4) == b"DICM"
+
+
+def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageInfo:
+    """Fully decode a PNG/JPEG to prove it is usable; raise ImageError with a reason if not."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError("missing_image", str(path)) from None
+    except OSError as exc:
+        raise ImageError("unreadable_image", f"{path}: {exc}") from None
+    if not data:
+        raise ImageError("corrupt_image", f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError("image_too_large", f"{path}: {width}x{height} exceeds {max_pixels} pixels")
+                image.load()
+                mode = image.mode
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("image_too_large", f"{path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt_image", f"{path}: {exc}") from None
+    if min(width, height) < min_side:
+        raise ImageError("image_too_small", f"{path}: {width}x{height} has a side under {min_side} px")
+    return ImageInfo(width, height, mode, hashlib.sha256(data).hexdigest())
+
+
+def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True) -> Path:
+    """Render a DICOM's pixels to an 8-bit PNG; only pixels are written, no identifiers.
+
+    Modality LUT, then the stored VOI window (when asked), MONOCHROME1 inverted so that
+    bright means dense as in every other image, first frame of a multi-frame file.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises a zoo of types for bad files
+        raise ImageError("corrupt_dicom", f"{path}: {exc}") from None
+    if "PixelData" not in dataset:
+        raise ImageError("dicom_without_pixels", f"{path}: no PixelData element")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:
+        raise ImageError("corrupt_dicom", f"{path}: cannot decode pixels: {exc}") from None
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
+    if frames > 1:
+        pixels = pixels[0]
+    if photometric.startswith("MONOCHROME"):
+        values = apply_modality_lut(pixels, dataset).astype(np.float64)
+        if apply_window and "WindowCenter" in dataset:
+            values = apply_voi_lut(values, dataset).astype(np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        if photometric == "MONOCHROME1":
+            scaled = 1.0 - scaled
+        image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L")
+    else:
+        rgb = pixels if photometric == "RGB" else _to_rgb(pixels, dataset)
+        image = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_path, format="PNG")
+    return out_path
+
+
+def _to_rgb(pixels: np.ndarray, dataset) -> np.ndarray:
+    from pydicom.pixels import convert_color_space
+
+    return convert_color_space(pixels, str(dataset.PhotometricInterpretation), "RGB")
+
+
+def load_array(path: str | Path) -> np.ndarray:
+    """Pixels as stored: (H, W) uint8/uint16 grayscale or (H, W, 3) uint8 RGB.
+
+    CMYK, palette and alpha images become RGB; 16-bit stays 16-bit so that noising can
+    clip back to the image's own range.
+    """
+    with Image.open(path) as image:
+        if image.mode in {"I;16", "I;16B", "I;16L"}:
+            return np.asarray(image, dtype=np.uint16)
+        if image.mode == "I":
+            return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        if image.mode == "L":
+            return np.asarray(image, dtype=np.uint8)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def save_array(pixels: np.ndarray, path: str | Path) -> Path:
+    """PNG of an array from ``load_array`` (same dtype and channels back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if pixels.dtype == np.uint16:
+        image = Image.fromarray(pixels, mode="I;16")
+    else:
+        image = Image.fromarray(pixels.astype(np.uint8))
+    image.save(path, format="PNG")
+    return path

@@ -1,0 +1,87 @@
+"""The Arrow schema of every tabular artifact, declared once.
+
+Stages build tables through ``table(rows, SCHEMA)`` so a missing or mistyped column fails
+where it is produced, not three stages later. ``SCHEMA_VERSION`` goes into artifact
+metadata; bump it when a column changes meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+BOX = pa.list_(pa.float32(), 4)
+
+SAMPLES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),  # vqa | report
+        pa.field("image_path", pa.string(), nullable=False),  # absolute
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("modality", pa.string()),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
+        pa.field("boxes", pa.list_(BOX), nullable=False),  # [x0, y0, x1, y1] pixels
+        pa.field("box_labels", pa.list_(pa.string()), nullable=False),
+        pa.field("mask_path", pa.string()),
+        pa.field("other_images", pa.list_(pa.string()), nullable=False),  # further views of a study
+        pa.field("language", pa.string()),
+        pa.field("source_ref", pa.string(), nullable=False),  # file#record
+    ],
+    metadata={"artifact": "samples", "schema_version": SCHEMA_VERSION},
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("source_ref", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),  # short, countable
+        pa.field("detail", pa.string()),  # the specifics, for a human
+    ],
+    metadata={"artifact": "rejects", "schema_version": SCHEMA_VERSION},
+)
+
+
+def table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    rows = list(rows)
+    extra = {k for row in rows for k in row} - set(schema.names)
+    if extra:
+        raise ValueError(f"columns not in the {schema.metadata.get(b'artifact', b'?').decode()} schema: {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_parquet(data: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(data, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_parquet(path: str | os.PathLike[str], schema: pa.Schema) -> pa.Table:
+    """Read and check the columns a consumer relies on are there with the declared types."""
+    data = pq.read_table(path)
+    missing = [f.name for f in schema if f.name not in data.schema.names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return data.select(schema.names).cast(schema)

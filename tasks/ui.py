@@ -1,0 +1,81 @@
+"""What each stage shows in the Prefect UI: tables, markdown, images, progress.
+
+Only the thin @task wrappers call these (they need a Prefect run context); the plain stage
+functions stay free of Prefect so tests can call them directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any, Mapping, Sequence
+
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from tasks.store import Manifest
+
+MAX_TABLE_ROWS = 200
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
+    create_table_artifact(key=artifact_key(key), table=[dict(r) for r in rows[:MAX_TABLE_ROWS]], description=description)
+
+
+def markdown(key: str, text: str, description: str) -> None:
+    create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
+
+
+def manifest_markdown(manifest: Manifest) -> None:
+    counts = "\n".join(f"| {name} | {value:g} |" for name, value in sorted(manifest.counts.items()))
+    inputs = "\n".join(f"- `{name}`: `{key}`" for name, key in sorted(manifest.inputs.items())) or "- (none)"
+    text = (
+        f"### {manifest.stage} `{manifest.key}`\n\n"
+        f"Stored at `{manifest.path}` ({len(manifest.files)} files, computed in {manifest.seconds:.1f} s, "
+        f"code `{manifest.code_version}`, created {manifest.created}).\n\n"
+        f"**Inputs**\n{inputs}\n\n| counter | value |\n|---|---|\n{counts}\n"
+    )
+    markdown(f"{manifest.stage}-manifest", text, f"{manifest.stage} manifest")
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def image(key: str, png: bytes, description: str) -> None:
+    create_image_artifact(image_url=png_data_url(png), key=artifact_key(key), description=description)
+
+
+def figure_png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+class Progress:
+    """A progress artifact a stage updates while it works through its items."""
+
+    def __init__(self, stage: str, total: int):
+        self.total = max(total, 1)
+        self.done = 0
+        self.id = create_progress_artifact(progress=0.0, key=artifact_key(stage, "progress"), description=f"{stage} progress")
+
+    def advance(self, items: int = 1) -> None:
+        self.done += items
+        update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
+
+
+def counts_rows(counts: Mapping[str, float], group: str = "counter") -> list[dict[str, Any]]:
+    return [{group: name, "value": value} for name, value in sorted(counts.items())]
+

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -259,3 +260,9 @@ def stage_task_options(stage: str, code: str, **extra: Any) -> dict[str, Any]:
         "persist_result": True,
         **extra,
     }
+
+
+def safe_stem(text: str) -> str:
+    """A file name for an id (sample ids hold ':' and '/'); the hash keeps it unique."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60]
+    return f"{readable}-{content_hash(text, length=8)}"

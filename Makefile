@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The demo keeps Prefect's database and results inside the checkout unless the user points
+# PREFECT_HOME elsewhere (e.g. at the profile that names their Prefect server).
+export PREFECT_HOME ?= $(CURDIR)/data/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
 .PHONY: demo test venv clean-artifacts
 
 $(STAMP): pyproject.toml

@@ -208,6 +208,11 @@ def fingerprint_tree(root: Path) -> str:
     New or edited files change it (re-curation picks them up); an untouched root keeps it,
     without reading gigabytes of images on every run.
     """
+    if not root.is_dir():
+        if not root.exists():
+            return "missing"
+        stat = root.stat()
+        return content_hash([root.name, stat.st_size, stat.st_mtime_ns])
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -1,0 +1,121 @@
+"""Stage `ingest`: data sets in their distributed formats -> one SAMPLES table + rejects.
+
+Output artifact files: ``samples.parquet``, ``rejects.parquet``, ``images/`` (PNGs made
+from DICOM and from images embedded in Parquet). Counters: ``kept``, ``rejected``,
+``<dataset>.kept``, ``<dataset>.rejected.<reason>``, ``<dataset>.skipped_split``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pyarrow.compute as pc
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ui
+from tasks.config import IngestConfig, SourceConfig
+from tasks.ingest.jsonl import read_jsonl
+from tasks.ingest.normalize import Normalized, normalize
+from tasks.ingest.pathvqa import read_pathvqa
+from tasks.ingest.r2gen import read_r2gen
+from tasks.ingest.records import IngestError, ReaderOutput
+from tasks.ingest.slake import read_slake
+from tasks.ingest.vqa_rad import read_vqa_rad
+from tasks.schemas import REJECTS, SAMPLES, read_parquet, table, write_parquet
+from tasks.store import ArtifactStore, Manifest, SourceSnapshot, code_version, content_hash, fingerprint_tree, stage_task_options
+
+STAGE = "ingest"
+CODE = code_version(__name__, "tasks.imaging", "tasks.schemas")
+
+READERS: dict[str, Callable[[Path], ReaderOutput]] = {
+    "slake": read_slake,
+    "vqa-rad": read_vqa_rad,
+    "r2gen": read_r2gen,
+    "pathvqa": read_pathvqa,
+    "jsonl": read_jsonl,
+}
+
+
+def dataset_name(source: SourceConfig) -> str:
+    if source.name:
+        return source.name
+    if source.format == "r2gen":  # iu_xray / mimic_cxr share the layout
+        return source.root.name.lower().replace("_", "-")
+    if source.format == "jsonl":
+        return source.root.stem.lower() if source.root.is_file() else source.root.name.lower()
+    return source.format
+
+
+def read_source(source: SourceConfig, config: IngestConfig, image_dir: Path, seen_ids: set[str]) -> Normalized:
+    if not source.root.exists():
+        raise IngestError(f"{source.root}: data root does not exist (source format {source.format})")
+    return normalize(
+        READERS[source.format](source.root),
+        dataset=dataset_name(source),
+        root=source.root,
+        image_dir=image_dir,
+        config=config,
+        splits=source.splits,
+        seen_ids=seen_ids,
+    )
+
+
+def build_samples(out: Path, config: IngestConfig) -> dict[str, float]:
+    rows, rejects, counts = [], [], Counter()
+    seen: set[str] = set()
+    for source in config.sources:
+        result = read_source(source, config, out / "images", seen)
+        rows += result.rows
+        rejects += result.rejects
+        counts.update(result.counts)
+    write_parquet(table(rows, SAMPLES), out / "samples.parquet")
+    write_parquet(table(rejects, REJECTS), out / "rejects.parquet")
+    return {"kept": len(rows), "rejected": len(rejects), **counts}
+
+
+def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
+    """Fingerprint of the raw data: new or edited files give ingestion a new key."""
+    return SourceSnapshot(name="sources", key=content_hash([fingerprint_tree(s.root) for s in config.sources]))
+
+
+def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+    return store.run(STAGE, CODE, config, {"sources": sources}, lambda out: build_samples(out, config))
+
+
+def ingest_to_file(source: SourceConfig, config: IngestConfig, out_file: Path) -> dict[str, float]:
+    """`mmedpo ingest`: one data set straight to FILE.parquet + FILE.rejects.parquet."""
+    result = read_source(source, config, out_file.with_suffix(".images"), set())
+    write_parquet(table(result.rows, SAMPLES), out_file)
+    write_parquet(table(result.rejects, REJECTS), out_file.with_suffix(".rejects.parquet"))
+    return {"kept": len(result.rows), "rejected": len(result.rejects), **result.counts}
+
+
+def source_summary_rows(manifest: Manifest) -> list[dict]:
+    """One row per data set and outcome (kept / rejected: reason), for the UI and the CLI."""
+    rows = []
+    for name, value in sorted(manifest.counts.items()):
+        dataset, _, outcome = name.partition(".")
+        if outcome and value:
+            rows.append({"dataset": dataset, "outcome": outcome.replace("rejected.", "rejected: "), "rows": int(value)})
+    return rows
+
+
+def load_samples(manifest: Manifest, split: str | None = None):
+    samples = read_parquet(manifest.file("samples.parquet"), SAMPLES)
+    return samples if split is None else samples.filter(pc.equal(samples["split"], split))
+
+
+@task(**stage_task_options(STAGE, CODE))
+def ingest_task(store_root: str, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+    manifest = ingest(ArtifactStore(store_root), config, sources)
+    ui.table("ingest-sources", source_summary_rows(manifest), "Rows kept and rejected (by reason) per data set")
+    ui.manifest_markdown(manifest)
+    return manifest
+
+
+@task(name="fingerprint-sources", cache_policy=NO_CACHE)
+def snapshot_sources_task(config: IngestConfig) -> SourceSnapshot:
+    return snapshot_sources(config)

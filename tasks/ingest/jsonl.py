@@ -1,0 +1,69 @@
+"""The project's generic JSONL: one object a line, image paths relative to the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.ingest.records import (
+    IngestError,
+    RawRecord,
+    ReaderOutput,
+    RecordError,
+    Reject,
+    guarded,
+    optional,
+    require,
+)
+
+TASKS = {"vqa", "report"}
+
+
+def read_jsonl(root: Path) -> ReaderOutput:
+    files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+    if not files:
+        raise IngestError(f"{root}: no .jsonl files")
+    for path in files:
+        try:
+            lines = path.read_bytes().decode("utf-8-sig").splitlines()
+        except OSError as exc:
+            raise IngestError(f"{path}: cannot read: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise IngestError(f"{path}: not UTF-8 ({exc})") from exc
+        # Image paths are relative to the file, which may sit below the data root.
+        prefix = path.parent.relative_to(root) if root.is_dir() else Path()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            ref = f"{path.name}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Reject(ref, "bad_json", f"{ref}: not valid JSON ({exc.msg})")
+                continue
+            native = record.get("id") if isinstance(record, dict) else None
+            yield guarded(ref, None if native is None else str(native), lambda: _record(prefix, record, ref))
+
+
+def _record(prefix: Path, record: dict, ref: str) -> RawRecord:
+    task = optional(record, "task", (str,), ref) or "vqa"
+    if task not in TASKS:
+        raise RecordError("bad_field_value", f"{ref}: field 'task' is {task!r}, expected one of {sorted(TASKS)}")
+    boxes = optional(record, "boxes", (list,), ref) or []
+    if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
+        raise RecordError("bad_field_type", f"{ref}: field 'boxes' must be a list of [x0, y0, x1, y1]")
+    labels = optional(record, "box_labels", (list,), ref) or ["lesion"] * len(boxes)
+    return RawRecord(
+        native_id=str(require(record, "id", (str, int), ref)),
+        split=optional(record, "split", (str,), ref) or "train",
+        task=task,
+        image=prefix / require(record, "image", (str,), ref),
+        question=require(record, "question", (str,), ref),
+        answer=require(record, "answer", (str, int, float, bool), ref),
+        answer_type=optional(record, "answer_type", (str,), ref) or ("report" if task == "report" else None),
+        modality=optional(record, "modality", (str,), ref),
+        language=optional(record, "language", (str,), ref),
+        boxes=[[float(v) for v in b] for b in boxes],
+        box_labels=[str(label) for label in labels],
+        source_ref=ref,
+    )

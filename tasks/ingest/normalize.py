@@ -1,0 +1,215 @@
+"""Turn raw records of any format into SAMPLES rows or REJECTS rows, the same way for all.
+
+Images are decoded once each (a SLAKE image carries ~10 questions), in a thread pool since
+Pillow's decoders release the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from tasks.config import IngestConfig
+from tasks.imaging import ImageError, ImageInfo, dicom_to_png, inspect_image, is_dicom
+from tasks.ingest.records import RawRecord, RecordError, Reject
+
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+YES_NO = {"yes", "no"}
+DECODE_THREADS = 4
+
+
+@dataclass
+class Normalized:
+    rows: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def reject(self, dataset: str, ref: str, reason: str, detail: str, sample_id: str | None = None) -> None:
+        self.rejects.append({"source_ref": ref, "dataset": dataset, "sample_id": sample_id, "reason": reason, "detail": detail})
+        self.counts[f"{dataset}.rejected.{reason}"] += 1
+
+
+def normalize(
+    items: Iterable[RawRecord | Reject],
+    *,
+    dataset: str,
+    root: Path,
+    image_dir: Path,
+    config: IngestConfig,
+    splits: list[str] | None,
+    seen_ids: set[str],
+) -> Normalized:
+    """``seen_ids`` is shared across sources so that duplicate ids are caught run-wide."""
+    out = Normalized()
+    root = root.resolve() if root.is_dir() else root.resolve().parent
+    accepted: list[tuple[RawRecord, str, str, Path]] = []
+    for item in items:
+        if isinstance(item, Reject):
+            sample_id = None if item.native_id is None else f"{dataset}:?:{item.native_id}"
+            out.reject(dataset, item.source_ref, item.reason, item.detail, sample_id)
+            continue
+        if splits and item.split not in splits:
+            out.counts[f"{dataset}.skipped_split"] += 1
+            continue
+        sample_id = f"{dataset}:{item.split}:{item.native_id}"
+        try:
+            language = _language(item)
+            if language not in config.languages:
+                raise RecordError("language_not_kept", f"{item.source_ref}: question language {language!r} not in {config.languages}")
+            question = _text(item.question)
+            if not question:
+                raise RecordError("empty_question", f"{item.source_ref}: field 'question' is empty")
+            answer = answer_text(item.answer)
+            if not answer:
+                raise RecordError("empty_answer", f"{item.source_ref}: field 'answer' is empty")
+            if sample_id in seen_ids:
+                raise RecordError("duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}")
+            image_path = _image_file(item, root, image_dir, config.dicom_window)
+        except RecordError as exc:
+            out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
+            continue
+        seen_ids.add(sample_id)
+        accepted.append((item, sample_id, language, image_path))
+
+    checked = _inspect_all({path for _, _, _, path in accepted}, config)
+    for item, sample_id, language, image_path in accepted:
+        info = checked[image_path]
+        if isinstance(info, ImageError):
+            out.reject(dataset, item.source_ref, info.reason, info.detail, sample_id)
+            seen_ids.discard(sample_id)
+            continue
+        try:
+            mask = _inside(root, item.mask, item.source_ref) if item.mask is not None else None
+            others = [_inside(root, p, item.source_ref) for p in item.other_images]
+        except RecordError as exc:
+            out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
+            seen_ids.discard(sample_id)
+            continue
+        boxes, labels, dropped = clip_boxes(item.boxes, item.box_labels, info.width, info.height)
+        out.counts[f"{dataset}.boxes_dropped_degenerate"] += dropped
+        out.rows.append(
+            {
+                "sample_id": sample_id,
+                "dataset": dataset,
+                "split": item.split,
+                "task": item.task,
+                "image_path": str(image_path),
+                "image_sha256": info.sha256,
+                "width": info.width,
+                "height": info.height,
+                "modality": item.modality,
+                "question": _text(item.question),
+                "answer": answer_text(item.answer),
+                "answer_type": answer_type(item),
+                "boxes": boxes,
+                "box_labels": labels,
+                "mask_path": None if mask is None else str(mask),
+                "other_images": [str(p) for p in others],
+                "language": language,
+                "source_ref": item.source_ref,
+            }
+        )
+        out.counts[f"{dataset}.kept"] += 1
+    return out
+
+
+def answer_text(value: object) -> str:
+    """Answers as strings: real files carry numbers (VQA-RAD ``2``) and booleans."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return _text(str(value))
+
+
+def answer_type(item: RawRecord) -> str:
+    if item.task == "report":
+        return "report"
+    given = str(item.answer_type or "").strip().lower()
+    if given in {"closed", "open"}:
+        return given
+    return "closed" if answer_text(item.answer).lower() in YES_NO else "open"
+
+
+def clip_boxes(boxes: list[list[float]], labels: list[str], width: int, height: int) -> tuple[list[list[float]], list[str], int]:
+    """Clip to the image; boxes with no area left are dropped (and counted by the caller)."""
+    kept, kept_labels = [], []
+    labels = list(labels) + ["lesion"] * (len(boxes) - len(labels))
+    for (x0, y0, x1, y1), label in zip(boxes, labels):
+        x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+        y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            kept.append([x0, y0, x1, y1])
+            kept_labels.append(label)
+    return kept, kept_labels, len(boxes) - len(kept)
+
+
+def _text(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _language(item: RawRecord) -> str:
+    if item.language is not None:
+        language = item.language.strip().lower()
+        if not language:
+            raise RecordError("unknown_language", f"{item.source_ref}: field 'q_lang' is empty")
+        return language
+    return "zh" if CJK.search(item.question) else "en"
+
+
+def _inside(root: Path, relative: Path, ref: str) -> Path:
+    """Resolve symlinks and '..' first, so neither can reach outside the data root."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise RecordError("path_outside_root", f"{ref}: {relative} resolves outside the data root {root}")
+    return path
+
+
+def _image_file(item: RawRecord, root: Path, image_dir: Path, dicom_window: bool) -> Path:
+    """The file later stages read: the original, or a PNG made from embedded bytes / DICOM."""
+    if isinstance(item.image, bytes):
+        digest = hashlib.sha256(item.image).hexdigest()
+        path = image_dir / f"{digest}{_suffix(item.image)}"
+        if not path.exists():
+            image_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(item.image)
+        return path
+    path = _inside(root, item.image, item.source_ref)
+    if not path.is_file():
+        raise RecordError("missing_image", f"{item.source_ref}: image {item.image} not found under {root}")
+    if is_dicom(path):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        png = image_dir / f"{digest}.png"
+        if not png.exists():
+            try:
+                dicom_to_png(path, png, apply_window=dicom_window)
+            except ImageError as exc:
+                raise RecordError(exc.reason, f"{item.source_ref}: {exc.detail}") from None
+        return png
+    return path
+
+
+def _suffix(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data.startswith(b"\xff\xd8"):
+        return ".jpg"
+    return ".img"
+
+
+def _inspect_all(paths: set[Path], config: IngestConfig) -> dict[Path, ImageInfo | ImageError]:
+    def check(path: Path) -> ImageInfo | ImageError:
+        try:
+            return inspect_image(path, config.max_image_pixels, config.min_image_side)
+        except ImageError as exc:
+            return exc
+
+    ordered = sorted(paths)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        return dict(zip(ordered, pool.map(check, ordered)))
+

@@ -1,0 +1,73 @@
+"""The store's promises: content keys, cache hits, atomic publication, lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config import StageConfig
+from tasks.store import ArtifactStore, SourceSnapshot, fingerprint_tree, stage_key
+
+
+class Options(StageConfig):
+    k: int = 1
+
+
+def writer(calls: list):
+    def build(out: Path) -> dict:
+        calls.append(out)
+        (out / "data.txt").write_text("payload")
+        (out / "sub").mkdir()
+        (out / "sub" / "x.bin").write_bytes(b"1")
+        return {"rows": 1}
+
+    return build
+
+
+def test_second_run_is_a_cache_hit_and_config_changes_the_key(tmp_path):
+    store = ArtifactStore(tmp_path)
+    source = SourceSnapshot(name="raw", key="abc")
+    calls: list = []
+    first = store.run("ingest", "code1", Options(), {"sources": source}, writer(calls))
+    again = store.run("ingest", "code1", Options(), {"sources": source}, writer(calls))
+    assert len(calls) == 1 and again == first
+    assert first.files == ["data.txt", "sub/x.bin"] and first.file("data.txt").read_text() == "payload"
+    assert first.counts == {"rows": 1} and first.config == {"k": 1} and first.inputs == {"sources": "abc"}
+    changed = store.run("ingest", "code1", Options(k=2), {"sources": source}, writer(calls))
+    new_code = store.run("ingest", "code2", Options(), {"sources": source}, writer(calls))
+    assert len({first.key, changed.key, new_code.key}) == 3 and len(calls) == 3
+    assert Path(first.path).is_dir()  # older versions stay intact
+
+
+def test_downstream_key_follows_upstream_and_lineage_is_transitive(tmp_path):
+    store = ArtifactStore(tmp_path)
+    up1 = store.run("ingest", "c", Options(k=1), {"sources": SourceSnapshot(name="s", key="1")}, writer([]))
+    up2 = store.run("ingest", "c", Options(k=2), {"sources": SourceSnapshot(name="s", key="1")}, writer([]))
+    down1 = store.run("localize", "c", Options(), {"ingest": up1}, writer([]))
+    down2 = store.run("localize", "c", Options(), {"ingest": up2}, writer([]))
+    assert down1.key != down2.key
+    assert down1.lineage == sorted([f"ingest/{up1.key}", "source:sources/1"])
+    assert stage_key("localize", "c", Options(), {"ingest": up1}) == down1.key
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def broken(out: Path) -> dict:
+        (out / "half.parquet").write_text("partial")
+        raise RuntimeError("killed mid-stage")
+
+    with pytest.raises(RuntimeError):
+        store.run("noise", "c", Options(), {}, broken)
+    assert list((tmp_path / "noise").iterdir()) == []
+    assert store.list("noise") == []
+
+
+def test_fingerprint_sees_new_and_changed_files(tmp_path):
+    (tmp_path / "a.txt").write_text("1")
+    before = fingerprint_tree(tmp_path)
+    assert fingerprint_tree(tmp_path) == before
+    (tmp_path / "b.txt").write_text("2")
+    assert fingerprint_tree(tmp_path) != before
+    assert fingerprint_tree(tmp_path / "a.txt") != fingerprint_tree(tmp_path / "missing")

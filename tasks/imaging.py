@@ -33,6 +33,7 @@ class ImageInfo:
     height: int
     mode: str
     sha256: str
+    phash: str  # content fingerprint that survives re-encoding and resizing (leakage checks)
 
 
 def is_dicom(path: Path) -> bool:
@@ -62,6 +63,7 @@ def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageInfo:
                     raise ImageError("image_too_large", f"{path}: {width}x{height} exceeds {max_pixels} pixels")
                 image.load()
                 mode = image.mode
+                phash = average_hash(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -70,7 +72,18 @@ def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageInfo:
         raise ImageError("corrupt_image", f"{path}: {exc}") from None
     if min(width, height) < min_side:
         raise ImageError("image_too_small", f"{path}: {width}x{height} has a side under {min_side} px")
-    return ImageInfo(width, height, mode, hashlib.sha256(data).hexdigest())
+    return ImageInfo(width, height, mode, hashlib.sha256(data).hexdigest(), phash)
+
+
+def average_hash(image: Image.Image, side: int = 16) -> str:
+    """Bits of "brighter than the mean" on a side x side thumbnail, as hex.
+
+    The same picture saved as JPEG instead of PNG, or at another size, keeps (nearly) the
+    same bits; float mode keeps 16-bit images from saturating.
+    """
+    small = np.asarray(image.convert("F").resize((side, side), Image.Resampling.BILINEAR))
+    bits = (small > small.mean()).flatten()
+    return np.packbits(bits).tobytes().hex()
 
 
 def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True) -> Path:

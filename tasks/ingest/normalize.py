@@ -100,6 +100,7 @@ def normalize(
                 "task": item.task,
                 "image_path": str(image_path),
                 "image_sha256": info.sha256,
+                "image_phash": info.phash,
                 "width": info.width,
                 "height": info.height,
                 "modality": item.modality,

@@ -38,12 +38,23 @@ class IngestConfig(StageConfig):
     dicom_window: bool = Field(default=True, description="Apply the VOI window stored in a DICOM file")
 
 
+class AssembleConfig(StageConfig):
+    """Which pairs make the preference set, and what counts as test-split leakage."""
+
+    text_pairs: bool = Field(default=True, description="Build text pairs (ground truth vs hallucination); off = the paper's visual-only ablation")
+    visual_pairs: bool = Field(default=True, description="Build visual pairs (original vs lesion-noised image); off = text-only ablation")
+    test_splits: list[str] = Field(default=["test"], description="Splits held out: no pairs from them, and pairs leaking into them are dropped")
+    check_near_duplicates: bool = Field(default=True, description="Also drop pairs whose image is a re-encoded/resized copy of a test image (perceptual hash)")
+
+
 class RunConfig(StageConfig):
     """Everything one run needs; echoed into every stage's manifest (its own section)."""
 
     name: str = "mmedpo"
     store: Path = Field(default=Path("data/artifacts"), description="Artifact store root")
+    sets: Path = Field(default=Path("data/preference_sets"), description="Where preference sets are published (<sets>/<name>/<version>/)")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
 
 
 class ConfigError(ValueError):
@@ -73,5 +84,5 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
 
     sources = [s.model_copy(update={"root": absolute(s.root)}) for s in config.ingest.sources]
     return config.model_copy(
-        update={"store": absolute(config.store), "ingest": config.ingest.model_copy(update={"sources": sources})}
+        update={"store": absolute(config.store), "sets": absolute(config.sets), "ingest": config.ingest.model_copy(update={"sources": sources})}
     )

@@ -27,6 +27,7 @@ SAMPLES = pa.schema(
         pa.field("task", pa.string(), nullable=False),  # vqa | report
         pa.field("image_path", pa.string(), nullable=False),  # absolute
         pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("image_phash", pa.string(), nullable=False),  # imaging.average_hash, for near-duplicate leakage
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("modality", pa.string()),
@@ -52,6 +53,46 @@ REJECTS = pa.schema(
         pa.field("detail", pa.string()),  # the specifics, for a human
     ],
     metadata={"artifact": "rejects", "schema_version": SCHEMA_VERSION},
+)
+
+
+# --- assemble: the preference set ------------------------------------------------------------
+# Image paths are relative to the set's version folder (the set travels as one folder).
+
+PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),  # <sample_id>#<pair_type>
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),  # = chosen for visual pairs
+        pa.field("chosen_image", pa.string(), nullable=False),
+        pa.field("rejected_image", pa.string(), nullable=False),  # = chosen_image for text pairs
+        pa.field("raw_score", pa.float64(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("error_type", pa.string()),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=False),
+        pa.field("ingest_key", pa.string(), nullable=False),
+        pa.field("localize_key", pa.string(), nullable=False),
+        pa.field("noise_key", pa.string(), nullable=False),
+        pa.field("hallucinate_key", pa.string(), nullable=False),
+        pa.field("score_key", pa.string(), nullable=False),
+    ],
+    metadata={"artifact": "pairs", "schema_version": SCHEMA_VERSION},
+)
+
+DROPPED = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("pair_type", pa.string()),  # null when the whole sample was left out (leakage)
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+    ],
+    metadata={"artifact": "dropped", "schema_version": SCHEMA_VERSION},
 )
 
 

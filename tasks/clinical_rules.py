@@ -116,7 +116,8 @@ SENTENCE_RE = re.compile(r"[^.!?\n]+[.!?]*")
 KEPT_MODIFIERS = ("acute", "focal", "large", "displaced", "confluent", "suspicious", "new", "significant")
 DROPPED_MODIFIERS = ("evidence of", "radiographic evidence of", "signs of", "definite", "visible", "gross", "overt",
                      "other", "obvious", "appreciable", "convincing")
-MODIFIER = rf"(?:{_words(KEPT_MODIFIERS + DROPPED_MODIFIERS)})"
+LATERALITY_WORDS = ("left", "right", "bilateral", "left-sided", "right-sided", "bibasilar", "basilar")
+MODIFIER = rf"(?:{_words(KEPT_MODIFIERS + DROPPED_MODIFIERS + LATERALITY_WORDS)})"
 NEGATED_FINDING_RE = re.compile(
     rf"\b(?P<lead>there\s+(?:is|are)\s+no|no|without)\s+(?P<mods>(?:{MODIFIER}\s+)*)(?P<finding>{_words(FINDINGS)})\b"
     rf"(?P<tail>\s*,\s*(?:or\s+|and\s+)?|\s+(?:or|nor|and)\s+)?",
@@ -154,9 +155,11 @@ def negation_flips(text: str) -> list[Candidate]:
     for match in NEGATED_FINDING_RE.finditer(text):
         finding = match.group("finding")
         qualifier, _ = FINDINGS[finding.lower()]
-        kept = [m for m in re.split(r"\s+", match.group("mods").strip()) if m and m.lower() in KEPT_MODIFIERS]
-        # 'evidence of' etc. split into words above; only single-word kept modifiers survive, as intended.
-        words = " ".join(kept) if kept else qualifier
+        mods = [m for m in re.split(r"\s+", match.group("mods").strip()) if m]
+        kept = [m for m in mods if m.lower() in KEPT_MODIFIERS]
+        sides = [m for m in mods if m.lower() in LATERALITY_WORDS]
+        # 'evidence of' etc. split into words here; only the clinical single words survive, as intended.
+        words = " ".join([*(kept or [qualifier] if qualifier or kept else []), *sides])
         lead = match.group("lead").lower()
         if lead.startswith("there"):
             article = "an" if (words or finding)[:1].lower() in "aeiou" else "a"
@@ -176,7 +179,6 @@ def negation_flips(text: str) -> list[Candidate]:
 
 SEVERITY_WORDS = ("small", "large", "tiny", "mild", "moderate", "severe", "minimal", "trace", "moderate-sized",
                   "small-to-moderate", "moderate-to-large", "mildly", "minimally")
-LATERALITY_WORDS = ("left", "right", "bilateral", "left-sided", "right-sided", "bibasilar", "basilar")
 PRESENT_PREFIX_RE = re.compile(
     rf"^(?P<space>\s*)(?P<there>there\s+(?:is|are)\s+)?(?:(?:a|an)\s+)?"
     rf"(?:(?:stable|persistent|new|unchanged|redemonstrated|increased|decreased|again\s+seen)\s+)?"

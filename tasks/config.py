@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class StageConfig(BaseModel):
@@ -45,6 +46,81 @@ class AssembleConfig(StageConfig):
     visual_pairs: bool = Field(default=True, description="Build visual pairs (original vs lesion-noised image); off = text-only ablation")
     test_splits: list[str] = Field(default=["test"], description="Splits held out: no pairs from them, and pairs leaking into them are dropped")
     check_near_duplicates: bool = Field(default=True, description="Also drop pairs whose image is a re-encoded/resized copy of a test image (perceptual hash)")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class EndpointConfig(StageConfig):
+    """An OpenAI-compatible chat endpoint (GPT-4o, vLLM, llama.cpp server, ...).
+
+    The API key never appears here: only the name of the environment variable (or Prefect
+    Secret block) that holds it, so config dumps and manifests can be shared.
+    """
+
+    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="Up to and including /v1")
+    model: str = Field(default="local", description="Model name sent with every request")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key; none for keyless local servers")
+    api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding the API key (used when api_key_env is unset)")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds")
+    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once")
+    rpm: float | None = Field(default=None, gt=0, description="Client-side requests-per-minute limit; none = unlimited")
+    max_retries: int = Field(default=4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (a Retry-After header wins)")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay")
+    allow_images: bool | None = Field(
+        default=None,
+        description="May this endpoint receive images? Unset: only local endpoints (127.0.0.1, localhost, ::1) may",
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return (urlsplit(self.base_url).hostname or "") in LOCAL_HOSTS
+
+    @property
+    def images_allowed(self) -> bool:
+        return self.is_local if self.allow_images is None else self.allow_images
+
+
+class TargetSamplingConfig(StageConfig):
+    """The target VLM sampled for candidate hallucinations (the paper's procedure)."""
+
+    model_path: Path | None = Field(default=None, description="Local LLaVA-family checkpoint folder (transformers format)")
+    num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (must be > 0 to get distinct candidates)")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass")
+    max_new_tokens: int = Field(default=128, ge=1, description="Longest sampled answer, tokens")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
+    seed: int = Field(default=0, description="Sampling seed")
+    device: str | None = Field(default=None, description="torch device; unset: cuda when available, else cpu")
+
+
+class HallucinateConfig(StageConfig):
+    """Stage 1: a clinically plausible wrong answer (the rejected side of a text pair) per sample."""
+
+    backend: Literal["rules", "llm", "target"] = Field(
+        default="rules", description="rules: offline clinical perturbations; llm: error injection by an LLM; target: sample the target VLM, an LLM selects or rewrites"
+    )
+    splits: list[str] | None = Field(default=["train"], description="Only samples of these splits get a rejection; all when unset")
+    min_length_ratio: float = Field(default=0.5, gt=0, description="Shortest rejection allowed, as a multiple of the ground truth's length")
+    max_length_ratio: float = Field(default=2.0, gt=0, description="Longest rejection allowed, as a multiple of the ground truth's length (the paper's data: ~6x, a length shortcut)")
+    length_floor_chars: int = Field(default=6, ge=1, description="Lengths under this count as this many characters, so 'CT' vs 'X-ray' is not a length violation")
+    max_attempts: int = Field(default=3, ge=1, description="LLM answers tried per sample before it is reported as failed")
+    seed: int = Field(default=0, description="Seeds the rules' choice among applicable perturbations (with the sample id)")
+    llm: EndpointConfig = Field(default_factory=EndpointConfig, description="Injection / selector endpoint (llm and target backends)")
+    temperature: float = Field(default=0.7, ge=0, description="Injection / selector sampling temperature")
+    json_mode: bool = Field(default=False, description="Ask the endpoint for response_format=json_object (not every server supports it)")
+    send_images: bool = Field(default=False, description="Send the image with the injection prompt (only to endpoints allowed to receive images)")
+    cache_dir: Path | None = Field(default=None, description="LLM response cache; unset: <store>/llm-cache")
+    inject_prompt: str = Field(default="hallucinate_inject_v1", description="Template in tasks/prompts/ for error injection / rewriting")
+    select_prompt: str = Field(default="hallucinate_select_v1", description="Template in tasks/prompts/ for choosing among sampled answers")
+    target: TargetSamplingConfig = Field(default_factory=TargetSamplingConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "HallucinateConfig":
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError("min_length_ratio must be below max_length_ratio")
+        if self.backend == "target" and self.target.model_path is None:
+            raise ValueError("backend 'target' needs target.model_path")
+        return self
 
 
 class RunConfig(StageConfig):
@@ -54,6 +130,7 @@ class RunConfig(StageConfig):
     store: Path = Field(default=Path("data/artifacts"), description="Artifact store root")
     sets: Path = Field(default=Path("data/preference_sets"), description="Where preference sets are published (<sets>/<name>/<version>/)")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    hallucinate: HallucinateConfig = Field(default_factory=HallucinateConfig)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
 
 
@@ -78,11 +155,20 @@ def load_run_config(path: str | Path) -> RunConfig:
     return resolve_paths(config, path.parent)
 
 
-def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    def absolute(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p).resolve()
+def resolve_paths(config: StageConfig, base: Path) -> StageConfig:
+    """Every Path field anywhere in the config tree, made absolute against ``base``.
 
-    sources = [s.model_copy(update={"root": absolute(s.root)}) for s in config.ingest.sources]
-    return config.model_copy(
-        update={"store": absolute(config.store), "sets": absolute(config.sets), "ingest": config.ingest.model_copy(update={"sources": sources})}
-    )
+    Generic on purpose: a stage that adds a path option gets it resolved without touching
+    this function.
+    """
+
+    def resolve(value):
+        if isinstance(value, Path):
+            return value if value.is_absolute() else (base / value).resolve()
+        if isinstance(value, StageConfig):
+            return value.model_copy(update={name: resolve(getattr(value, name)) for name in type(value).model_fields})
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    return resolve(config)

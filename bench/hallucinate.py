@@ -1,0 +1,114 @@
+"""Benchmark of the hallucination stage's offline and LLM backends.
+
+1. ``rules`` over the 3,955 real Indiana University chest X-ray reports shipped in
+   torchxrayvision (findings + impression): the share of reports that received a valid
+   perturbation, by error type, why the others did not, and reports/s.
+2. ``llm`` against the local OpenAI-compatible test server with 200 ms latency per request
+   at concurrency 16: throughput as a share of the ideal 16 / 0.2 s = 80 requests/s.
+
+Run: python bench/hallucinate.py [--llm-samples 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.config import EndpointConfig, HallucinateConfig  # noqa: E402
+from tasks.hallucinate import llm_rows, rules_row  # noqa: E402
+from tests.support.openai_server import OpenAIServer  # noqa: E402
+
+
+def iu_reports() -> list[tuple[str, str]]:
+    import torchxrayvision
+
+    archive = Path(torchxrayvision.__file__).parent / "data" / "NLMCXR_reports.tgz"
+    reports = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.endswith(".xml"):
+                continue
+            root = ET.parse(tar.extractfile(member)).getroot()
+            sections = {a.get("Label"): (a.text or "").strip() for a in root.iter("AbstractText")}
+            text = " ".join(t for t in (sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")) if t)
+            reports.append((Path(member.name).stem, text))
+    return reports
+
+
+def sample(sample_id: str, answer: str, task: str = "report") -> dict:
+    return {"sample_id": sample_id, "task": task, "answer": answer, "answer_type": "report" if task == "report" else "open",
+            "question": "Describe the findings of this chest X-ray.", "image_path": "", "split": "train"}
+
+
+def bench_rules() -> None:
+    reports = iu_reports()
+    config = HallucinateConfig()
+    started = time.perf_counter()
+    rows = [rules_row(sample(f"iu:{rid}", text), config) for rid, text in reports]
+    seconds = time.perf_counter() - started
+    outcome = collections.Counter(r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}" for r in rows)
+    types = collections.Counter(r["error_type"] for r in rows if r["status"] == "ok")
+    ok = outcome["ok"]
+    print(f"## rules backend on {len(reports)} IU-Xray reports (torchxrayvision NLMCXR_reports.tgz)\n")
+    print(f"perturbed: {ok} / {len(reports)} = {100 * ok / len(reports):.1f}%  |  {len(reports) / seconds:,.0f} reports/s "
+          f"({seconds:.2f} s, one process)\n")
+    print("| outcome | reports | share |\n|---|---:|---:|")
+    for name, n in outcome.most_common():
+        print(f"| {name} | {n} | {100 * n / len(reports):.1f}% |")
+    print("\n| error type (of perturbed) | reports | share |\n|---|---:|---:|")
+    for name, n in types.most_common():
+        print(f"| {name} | {n} | {100 * n / ok:.1f}% |")
+    lengths = [len(r["rejected"]) / max(len(t), 1) for r, (_, t) in zip(rows, reports) if r["status"] == "ok"]
+    print(f"\nrejected/ground-truth length ratio: mean {sum(lengths) / len(lengths):.2f}, "
+          f"min {min(lengths):.2f}, max {max(lengths):.2f}\n")
+
+
+def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> None:
+    def responder(request):
+        answer = re.search(r"Correct answer: (.*)", request.prompt_text).group(1).strip()
+        return json.dumps({"rejected": answer.replace("left", "right"), "error_type": "laterality"})
+
+    samples = [sample(f"s{i}", f"Small left pleural effusion, case {i}.") for i in range(n)]
+    with OpenAIServer(responder, latency_s=latency_s) as server, tempfile.TemporaryDirectory() as cache:
+        endpoint = EndpointConfig(base_url=server.base_url, model="bench", max_concurrency=concurrency, max_retries=0)
+        config = HallucinateConfig(backend="llm", llm=endpoint)
+        started = time.perf_counter()
+        rows, counts = llm_rows(samples, config, Path(cache))
+        seconds = time.perf_counter() - started
+        ok = sum(r["status"] == "ok" for r in rows)
+        rate = counts["requests"] / seconds
+        ideal = concurrency / latency_s
+        print(f"## llm backend against the local test server ({latency_s * 1000:.0f} ms latency, concurrency {concurrency})\n")
+        print("| samples | ok | requests | peak in flight (server) | seconds | requests/s | ideal | share of ideal |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"| {n} | {ok} | {counts['requests']} | {server.max_concurrent} | {seconds:.2f} | {rate:.1f} | {ideal:.0f} | "
+              f"{100 * rate / ideal:.0f}% |")
+        failures = collections.Counter(r["reason"] for r in rows if r["status"] != "ok")
+        if failures:
+            print(f"\nfailures: {dict(failures)}")
+        started = time.perf_counter()
+        _, again = llm_rows(samples, config, Path(cache))
+        print(f"\nre-run with the same cache: {again['cache_hits']} cache hits, {again['requests']} requests, "
+              f"{time.perf_counter() - started:.2f} s\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llm-samples", type=int, default=400)
+    args = parser.parse_args()
+    bench_rules()
+    bench_llm(args.llm_samples)
+
+
+if __name__ == "__main__":
+    main()

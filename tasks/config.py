@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,32 +39,64 @@ class IngestConfig(StageConfig):
     dicom_window: bool = Field(default=True, description="Apply the VOI window stored in a DICOM file")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class EndpointConfig(StageConfig):
+    """An OpenAI-compatible chat endpoint (GPT-4o, vLLM, llama.cpp server, ...).
+
+    The API key never appears here: only the name of the environment variable (or Prefect
+    Secret block) that holds it, so config dumps and manifests can be shared.
+    """
+
+    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="Up to and including /v1")
+    model: str = Field(default="local", description="Model name sent with every request")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key; none for keyless local servers")
+    api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding the API key (used when api_key_env is unset)")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds")
+    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once")
+    rpm: float | None = Field(default=None, gt=0, description="Client-side requests-per-minute limit; none = unlimited")
+    max_retries: int = Field(default=4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (a Retry-After header wins)")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay")
+    allow_images: bool | None = Field(
+        default=None,
+        description="May this endpoint receive images? Unset: only local endpoints (127.0.0.1, localhost, ::1) may",
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return (urlsplit(self.base_url).hostname or "") in LOCAL_HOSTS
+
+    @property
+    def images_allowed(self) -> bool:
+        return self.is_local if self.allow_images is None else self.allow_images
+
 JudgeKind = Literal["rules", "endpoint", "transformers"]
 
 
 class JudgeConfig(StageConfig):
     """One member of the clinical-relevance panel.
 
-    ``endpoint``: an OpenAI-compatible server (vLLM, llama.cpp, OpenAI) serving ``model``;
-    ``transformers``: a local causal LM folder at ``model``; ``rules``: the offline scorer
-    driven by the error type the hallucinate stage recorded (needs neither).
+    ``endpoint``: a model behind an OpenAI-compatible server (Med42 or BioMistral on vLLM or
+    llama.cpp, GPT-4o); ``transformers``: a local causal LM folder; ``rules``: the offline
+    scorer driven by the error type the hallucinate stage recorded (needs neither).
     """
 
     name: str = Field(default="rules", description="Label recorded with every round this judge plays; unique in the panel")
     kind: JudgeKind = Field(default="rules", description="rules | endpoint | transformers")
-    model: str | None = Field(default=None, description="Served model name (endpoint) or local model folder (transformers)")
-    base_url: str | None = Field(default=None, description="Endpoint base URL, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the endpoint's API key (never the key itself)")
+    endpoint: EndpointConfig | None = Field(default=None, description="endpoint judges: the server and model name")
+    model_path: str | None = Field(default=None, description="transformers judges: the local model folder")
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 keeps scores reproducible")
     max_tokens: int = Field(default=256, gt=0, description="Longest reply a judge may write")
     parse_retries: int = Field(default=2, ge=0, description="Re-asks after a reply without a usable score before the judge is excluded for that sample")
 
     @model_validator(mode="after")
     def _needs(self) -> "JudgeConfig":
-        if self.kind == "endpoint" and (not self.model or not self.base_url):
-            raise ValueError(f"judge {self.name!r}: an endpoint judge needs model and base_url")
-        if self.kind == "transformers" and not self.model:
-            raise ValueError(f"judge {self.name!r}: a transformers judge needs model (a local folder)")
+        if self.kind == "endpoint" and self.endpoint is None:
+            raise ValueError(f"judge {self.name!r}: an endpoint judge needs endpoint (base_url, model)")
+        if self.kind == "transformers" and not self.model_path:
+            raise ValueError(f"judge {self.name!r}: a transformers judge needs model_path (a local folder)")
         return self
 
 

@@ -1,0 +1,160 @@
+import asyncio
+
+import pytest
+
+from models.llm import EndpointConfigError, LLMClient, LLMError, parse_json_reply, run_with_client, system, user
+from tasks.config import EndpointConfig
+from tests.support.openai_server import OpenAIServer, Reply, openai_server  # noqa: F401 - fixture
+
+
+def endpoint(server: OpenAIServer, **overrides) -> EndpointConfig:
+    fields = {"base_url": server.base_url, "model": "test-model", "backoff_s": 0.0, "timeout_s": 5.0, "max_retries": 3}
+    return EndpointConfig(**(fields | overrides))
+
+
+def ask(config: EndpointConfig, prompts, cache_dir=None, **chat_kwargs):
+    """Send all prompts concurrently; return replies or LLMErrors in order, plus the client counts."""
+
+    async def work(client: LLMClient):
+        results = await asyncio.gather(
+            *(client.chat([system("sys"), user(p)], **chat_kwargs) for p in prompts), return_exceptions=True
+        )
+        return results, dict(client.counts)
+
+    return run_with_client(config, cache_dir, work)
+
+
+def test_retries_429_500_and_malformed_body_then_succeeds(openai_server):
+    openai_server.script(Reply(status=429, retry_after=0), Reply(status=503), Reply(body=b'{"choices": [oops'), "final answer")
+    (reply,), counts = ask(endpoint(openai_server), ["q"])
+    assert reply.text == "final answer"
+    assert reply.attempts == 4 and not reply.cached
+    assert len(openai_server.requests) == 4
+    assert counts == {"requests": 4, "cache_hits": 0, "retries": 3, "errors": 0}
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [(Reply(status=500), "http_500"), (Reply(status=429), "rate_limited"), (Reply(body=b"<html>bad gateway"), "malformed_response")],
+)
+def test_gives_up_after_max_retries_with_a_countable_reason(openai_server, failure, reason):
+    openai_server.set_responder(lambda request: failure)
+    (error,), counts = ask(endpoint(openai_server, max_retries=2), ["q"])
+    assert isinstance(error, LLMError) and error.reason == reason
+    assert len(openai_server.requests) == 3
+    assert counts["errors"] == 1
+
+
+def test_client_errors_are_not_retried(openai_server):
+    openai_server.script(Reply(status=400))
+    (error,), _ = ask(endpoint(openai_server), ["q"])
+    assert error.reason == "http_400"
+    assert len(openai_server.requests) == 1
+
+
+def test_timeouts_are_retried_then_reported(openai_server):
+    openai_server.set_responder(lambda request: Reply("late", delay_s=2.0))
+    (error,), _ = ask(endpoint(openai_server, timeout_s=0.2, max_retries=1), ["q"])
+    assert error.reason == "timeout"
+    assert len(openai_server.requests) == 2
+
+
+def test_rerun_is_served_from_cache_without_a_request(openai_server, tmp_path):
+    config = endpoint(openai_server)
+    first, _ = ask(config, ["a", "b"], cache_dir=tmp_path)
+    assert len(openai_server.requests) == 2
+    second, counts = ask(config, ["a", "b"], cache_dir=tmp_path)
+    assert len(openai_server.requests) == 2
+    assert [r.text for r in second] == [r.text for r in first]
+    assert all(r.cached and r.attempts == 0 for r in second)
+    assert counts["cache_hits"] == 2 and counts["requests"] == 0
+    # A different request (here: another seed) is a different key.
+    ask(config, ["a"], cache_dir=tmp_path, seed=7)
+    assert len(openai_server.requests) == 3
+    assert openai_server.requests[-1].body["seed"] == 7
+
+
+def test_failures_are_not_cached(openai_server, tmp_path):
+    openai_server.script(Reply(status=400))
+    (error,), _ = ask(endpoint(openai_server), ["q"], cache_dir=tmp_path)
+    assert isinstance(error, LLMError)
+    (reply,), _ = ask(endpoint(openai_server), ["q"], cache_dir=tmp_path)
+    assert not reply.cached and len(openai_server.requests) == 2
+
+
+def test_concurrency_bound_is_respected(openai_server):
+    openai_server.latency_s = 0.15
+    replies, _ = ask(endpoint(openai_server, max_concurrency=3), [f"q{i}" for i in range(12)])
+    assert all(not isinstance(r, Exception) for r in replies)
+    assert openai_server.max_concurrent <= 3
+    # The counter does see parallelism when the client allows it.
+    openai_server.reset()
+    ask(endpoint(openai_server, max_concurrency=12), [f"r{i}" for i in range(12)])
+    assert openai_server.max_concurrent > 3
+
+
+def test_requests_per_minute_spaces_request_starts(openai_server):
+    ask(endpoint(openai_server, rpm=1200, max_concurrency=8), [f"q{i}" for i in range(6)])
+    starts = sorted(r.started for r in openai_server.requests)
+    # 1200 rpm = one start per 50 ms: 6 starts span at least 5 intervals (minus arrival jitter).
+    assert starts[-1] - starts[0] >= 5 * 0.05 * 0.8
+
+
+def test_images_go_only_to_endpoints_allowed_to_receive_them(openai_server, tmp_path):
+    png = b"\x89PNG\r\n\x1a\n fake"
+
+    async def with_image(client: LLMClient):
+        try:
+            return await client.chat([user("what is this?", images=[png])])
+        except LLMError as exc:
+            return exc
+
+    remote = EndpointConfig(base_url="http://10.255.255.1:9/v1", max_retries=0)
+    assert run_with_client(remote, None, with_image).reason == "images_not_allowed"
+    refused = run_with_client(endpoint(openai_server, allow_images=False), None, with_image)
+    assert refused.reason == "images_not_allowed"
+    assert openai_server.requests == []
+    run_with_client(endpoint(openai_server), None, with_image)
+    (request,) = openai_server.requests
+    parts = request.messages[0]["content"]
+    assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert EndpointConfig(base_url="http://10.0.0.1/v1", allow_images=True).images_allowed
+
+
+def test_api_key_comes_from_the_named_env_var_and_is_never_shown(openai_server, monkeypatch):
+    secret = "sk-test-5f3a9c-never-print-me"
+    monkeypatch.setenv("MMEDPO_TEST_KEY", secret)
+    config = endpoint(openai_server, api_key_env="MMEDPO_TEST_KEY", max_retries=0)
+    openai_server.script("ok", Reply(status=401))
+    (ok, error), _ = ask(config, ["a", "b"])
+    assert {r.headers["authorization"] for r in openai_server.requests} == {f"Bearer {secret}"}
+    assert isinstance(error, LLMError) and error.reason == "http_401"
+    client = LLMClient(config)
+    for shown in (repr(client), str(error), config.model_dump_json(), repr(config)):
+        assert secret not in shown
+    monkeypatch.delenv("MMEDPO_TEST_KEY")
+    with pytest.raises(EndpointConfigError, match="MMEDPO_TEST_KEY"):
+        LLMClient(config)
+
+
+def test_runs_inside_an_already_running_event_loop(openai_server):
+    async def caller():
+        return ask(endpoint(openai_server), ["q"])
+
+    (reply,), _ = asyncio.run(caller())
+    assert reply.text.startswith("echo:")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"answer": "no"}', {"answer": "no"}),
+        ('Sure! ```json\n{"answer": "left", "type": "laterality"}\n``` hope it helps', {"answer": "left", "type": "laterality"}),
+        ('Here: {"a": {"b": [1, 2]}} and {"c": 3}', {"a": {"b": [1, 2]}}),
+        ("[1, 2] then {broken then {\"ok\": true}", {"ok": True}),
+        ("no json at all", None),
+        ('{"unterminated": "x"', None),
+    ],
+)
+def test_parse_json_reply_is_defensive(text, expected):
+    assert parse_json_reply(text) == expected

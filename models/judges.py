@@ -18,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import difflib
 import math
+import os
 import re
 import string
 import threading
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol, Sequence
+from typing import Any, AsyncIterator, Protocol, Sequence
 
 from models.llm import LLMClient, LLMError, parse_json_reply, user
+from tasks.config import JudgeConfig
 
 REASON_LIMIT = 500
 
@@ -180,9 +183,9 @@ def prompt_templates(version: str) -> dict[str, string.Template]:
     return templates
 
 
-def prompt_texts(version: str) -> dict[str, str]:
-    """The raw template texts (part of the score stage's code identity)."""
-    return {part: t.template for part, t in prompt_templates(version).items()}
+def all_prompt_texts() -> dict[str, str]:
+    """Every template file's text: part of the score stage's code identity."""
+    return {p.name: p.read_text() for p in sorted(resources.files("models.prompts").iterdir(), key=lambda p: p.name) if p.name.endswith(".txt")}
 
 
 def render_prompt(templates: dict[str, string.Template], item: JudgeItem, previous: Turn | None) -> str:
@@ -311,7 +314,7 @@ TERM_CLASSES: dict[str, tuple[float, frozenset[str]]] = {
         lung lungs liver heart kidney kidneys spleen brain pancreas gallbladder bladder stomach colon bowel intestine
         aorta trachea esophagus oesophagus diaphragm mediastinum pleura spine rib ribs bone bones chest abdomen pelvis
         head neck skull thyroid prostate uterus ovary breast adrenal lobe hilum hilar cardiac pulmonary hepatic renal""".split())),
-    "modality": (0.60, frozenset("ct mri mr x-ray xray radiograph ultrasound us pet t1 t2 flair dwi contrast".split())),
+    "modality": (0.60, frozenset("ct mri mr x-ray xray radiograph ultrasound sonography pet t1 t2 flair dwi contrast".split())),
     "count": (0.55, frozenset("one two three four five six seven eight nine ten single multiple several numerous".split())),
     "size_severity": (0.40, frozenset("""
         small large tiny huge mild moderate severe minimal marked trace slight extensive diffuse focal minor major
@@ -473,3 +476,26 @@ async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
     if not scores:
         return Outcome(None, "failed", "no_judge_answered", turns)
     return Outcome(round(sum(scores) / len(scores), 6), "ok", "mean", turns)
+
+
+@asynccontextmanager
+async def open_panel(configs: Sequence[JudgeConfig], prompt_version: str, cache_dir: str | os.PathLike[str] | None) -> AsyncIterator[list[Judge]]:
+    """The configured judges, ready to use; endpoint clients are closed on exit.
+
+    Misconfiguration (unknown prompt version, missing API key variable, unloadable model
+    folder) raises here, before any sample is judged.
+    """
+    templates = prompt_templates(prompt_version) if any(c.kind != "rules" for c in configs) else {}
+    async with AsyncExitStack() as stack:
+        panel: list[Judge] = []
+        for config in configs:
+            if config.kind == "rules":
+                panel.append(RulesJudge(config.name))
+            elif config.kind == "endpoint":
+                assert config.endpoint is not None
+                client = await stack.enter_async_context(LLMClient(config.endpoint, cache_dir))
+                panel.append(EndpointJudge(config.name, client, templates, temperature=config.temperature, max_tokens=config.max_tokens, parse_retries=config.parse_retries))
+            else:
+                assert config.model_path is not None
+                panel.append(TransformersJudge(config.name, config.model_path, templates, temperature=config.temperature, max_tokens=config.max_tokens, parse_retries=config.parse_retries))
+        yield panel

@@ -283,17 +283,20 @@ class TransformersJudge(PromptedJudge):
 # ---------------------------------------------------------------------------------------------
 # The rules judge: error type x clinical weight of what changed (table in docs/judges.md).
 
-# Base relevance of each error type the rules hallucination backend records.
+# Base relevance of each error type the rules hallucination backend records
+# (tasks/clinical_rules.py ERROR_TYPES).
 ERROR_TYPE_WEIGHTS: dict[str, float] = {
-    "negation_flip": 0.90,
+    "negation": 0.90,
     "yes_no_flip": 0.90,
-    "laterality_swap": 0.85,
+    "normality_flip": 0.85,
+    "laterality": 0.85,
     "finding_substitution": 0.85,
     "organ_swap": 0.70,
-    "modality_swap": 0.60,
-    "count_change": 0.55,
-    "size_change": 0.45,
-    "severity_change": 0.45,
+    "progression": 0.60,
+    "size_count": 0.55,
+    "modality_swap": 0.55,
+    "severity": 0.45,
+    "plane_swap": 0.35,
 }
 UNKNOWN_ERROR_TYPE_WEIGHT = 0.60  # LLM-selected or rewritten hallucinations carry no type
 TYPE_SHARE = 0.5  # score = TYPE_SHARE * type weight + (1 - TYPE_SHARE) * change weight
@@ -308,17 +311,22 @@ TERM_CLASSES: dict[str, tuple[float, frozenset[str]]] = {
     "finding": (0.80, frozenset("""
         atelectasis opacity opacities infiltrate infiltrates scarring scar granuloma granulomas calcification calcified
         emphysema fibrosis cyst cysts stone stones calculus calculi spondylosis degenerative osteophytes hyperinflation
-        thickening enlargement enlarged collapse congestion fluid air gas dilation dilated stenosis atrophy""".split())),
-    "laterality": (0.85, frozenset("left right bilateral unilateral ipsilateral contralateral".split())),
+        thickening enlargement enlarged widened hyperinflated hyperexpanded collapse congestion fluid air gas dilation dilated
+        stenosis atrophy""".split())),
+    "laterality": (0.85, frozenset("left right bilateral bilaterally unilateral ipsilateral contralateral left-sided right-sided bibasilar".split())),
     "organ": (0.70, frozenset("""
         lung lungs liver heart kidney kidneys spleen brain pancreas gallbladder bladder stomach colon bowel intestine
         aorta trachea esophagus oesophagus diaphragm mediastinum pleura spine rib ribs bone bones chest abdomen pelvis
         head neck skull thyroid prostate uterus ovary breast adrenal lobe hilum hilar cardiac pulmonary hepatic renal""".split())),
     "modality": (0.60, frozenset("ct mri mr x-ray xray radiograph ultrasound sonography pet t1 t2 flair dwi contrast".split())),
+    "progression": (0.60, frozenset("""
+        increased decreased improved worsened improving worsening unchanged stable enlarging resolved persistent new chronic
+        acute""".split())),
     "count": (0.55, frozenset("one two three four five six seven eight nine ten single multiple several numerous".split())),
     "size_severity": (0.40, frozenset("""
         small large tiny huge mild moderate severe minimal marked trace slight extensive diffuse focal minor major
-        normal abnormal""".split())),
+        normal abnormal mildly markedly moderately slightly minimally subtle massive borderline""".split())),
+    "plane": (0.35, frozenset("axial coronal sagittal transverse pa ap lateral".split())),
 }
 POLARITY_TERMS = frozenset("no not without absent negative none yes positive present".split())
 POLARITY_FLOOR = 0.50  # a flipped negation weighs at least this, more when it flips a finding

@@ -9,7 +9,7 @@ from models.judges import JudgeItem, JunkReply, Turn, parse_verdict, rules_score
 from tasks.config import EndpointConfig, JudgeConfig
 from tests.support.openai_server import OpenAIServer, Reply, openai_server  # noqa: F401 - fixture
 
-ITEM = JudgeItem("s1", "Is there a pneumothorax?", "There is a left pneumothorax.", "There is a right pneumothorax.", "laterality_swap")
+ITEM = JudgeItem("s1", "Is there a pneumothorax?", "There is a left pneumothorax.", "There is a right pneumothorax.", "laterality")
 
 
 def reply(score=None, reason="because", decision=None) -> str:
@@ -84,8 +84,8 @@ def test_adopt_takes_previous_score_whatever_number_is_repeated():
 
 
 def test_rules_flipped_critical_finding_outweighs_changed_adjective():
-    flip = rules_score(JudgeItem("a", "Describe the findings.", "There is no pneumothorax.", "There is pneumothorax.", "negation_flip"))
-    adjective = rules_score(JudgeItem("b", "Describe the findings.", "Mild cardiomegaly.", "Severe cardiomegaly.", "severity_change"))
+    flip = rules_score(JudgeItem("a", "Describe the findings.", "There is no pneumothorax.", "There is pneumothorax.", "negation"))
+    adjective = rules_score(JudgeItem("b", "Describe the findings.", "Mild cardiomegaly.", "Severe cardiomegaly.", "severity"))
     # 0.5 * type weight + 0.5 * change weight: negation 0.90 and a flipped critical finding 1.00;
     # severity 0.45 and a severity word 0.40.
     assert flip.score == pytest.approx(0.95)
@@ -104,7 +104,12 @@ def test_rules_laterality_and_unknown_type_and_no_change():
     assert rules_score(ITEM).score == pytest.approx(0.85)
     untyped = rules_score(JudgeItem("c", "Which organ?", "liver", "spleen", None))
     assert untyped.score == pytest.approx(0.5 * 0.60 + 0.5 * 0.70)
-    same = rules_score(JudgeItem("d", "q", "Left lung.", "left  LUNG", "laterality_swap"))
+    plane = rules_score(JudgeItem("e", "In which plane?", "Axial", "Coronal", "plane_swap"))
+    assert plane.score == pytest.approx(0.35)
+    # The hallucinate stage's negation rule: 'No pleural effusion.' -> 'Small pleural effusion.'
+    negated = rules_score(JudgeItem("f", "Findings?", "No pleural effusion.", "Small pleural effusion.", "negation"))
+    assert negated.score == pytest.approx(0.95)
+    same = rules_score(JudgeItem("d", "q", "Left lung.", "left  LUNG", "laterality"))
     assert same.score == 0.0
 
 

@@ -55,6 +55,21 @@ REJECTS = pa.schema(
 )
 
 
+# --- hallucinate: one row per in-scope sample ---------------------------------------------
+HALLUCINATIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("rejected", pa.string()),  # null unless status == ok
+        pa.field("backend", pa.string(), nullable=False),  # rules | llm | target
+        pa.field("error_type", pa.string()),  # negation, laterality, ... (tasks.clinical_rules.ERROR_TYPES, or "other")
+        pa.field("candidates", pa.list_(pa.string())),  # the target model's sampled answers (target backend only)
+        pa.field("attempts", pa.int32(), nullable=False),  # LLM answers tried / rules candidates tried
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+        pa.field("reason", pa.string()),  # short, countable, when not ok
+    ],
+    metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
+)
+
 def table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     extra = {k for row in rows for k in row} - set(schema.names)

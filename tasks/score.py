@@ -37,9 +37,8 @@ LLM_CACHE = "llm-cache"
 
 T = TypeVar("T")
 
-# Columns read from the upstream artifacts (their schemas are declared by their stages).
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
-HALLUCINATION_COLUMNS = ("sample_id", "rejected", "error_type", "status", "reason")
+# The localize stage's REGIONS schema is not merged yet: read the columns used, by name.
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")
 
 
@@ -56,7 +55,7 @@ def score(store: ArtifactStore, config: ScoreConfig, ingest: Manifest, hallucina
 
 def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: Manifest, localize: Manifest, cache_dir: Path | None) -> dict[str, float]:
     samples = {row["sample_id"]: row for row in read_columns(ingest.file("samples.parquet"), SAMPLE_COLUMNS)}
-    hallucinations = read_columns(hallucinate.file("hallucinations.parquet"), HALLUCINATION_COLUMNS)
+    hallucinations = schemas.read_parquet(hallucinate.file("hallucinations.parquet"), schemas.HALLUCINATIONS).to_pylist()
     regions = read_columns(localize.file("regions.parquet"), REGION_COLUMNS)
 
     rows = [text_row_or_skip(h, samples) for h in hallucinations]

@@ -34,11 +34,11 @@ SAMPLES = [
     sample("s4", "Findings?", "No fracture."),
 ]
 HALLUCINATIONS = [
-    {"sample_id": "s1", "rejected": "no", "backend": "rules", "error_type": "yes_no_flip", "status": "ok", "reason": None},
-    {"sample_id": "s2", "rejected": "Severe cardiomegaly.", "backend": "rules", "error_type": "severity", "status": "ok", "reason": None},
-    {"sample_id": "s3", "rejected": "Right.", "backend": "rules", "error_type": "laterality", "status": "ok", "reason": None},
-    {"sample_id": "s4", "rejected": None, "backend": "rules", "error_type": None, "status": "failed", "reason": "no_rule_applies"},
-    {"sample_id": "ghost", "rejected": "yes", "backend": "rules", "error_type": "yes_no_flip", "status": "ok", "reason": None},
+    {"sample_id": "s1", "rejected": "no", "backend": "rules", "error_type": "yes_no_flip", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
+    {"sample_id": "s2", "rejected": "Severe cardiomegaly.", "backend": "rules", "error_type": "severity", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
+    {"sample_id": "s3", "rejected": "Right.", "backend": "rules", "error_type": "laterality", "candidates": None, "attempts": 2, "status": "ok", "reason": None},
+    {"sample_id": "s4", "rejected": None, "backend": "rules", "error_type": None, "candidates": None, "attempts": 0, "status": "skipped", "reason": "no_rule_applies"},
+    {"sample_id": "ghost", "rejected": "yes", "backend": "rules", "error_type": "yes_no_flip", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
 ]
 REGIONS = [
     {"sample_id": "s1", "status": "ok", "reason": None, "source": "dataset", "mask_path": "/m1.png", "confidence": 1.0},
@@ -61,8 +61,9 @@ def upstream(tmp_path):
     def build(stage, name, rows):
         def run(out):
             builds[stage] += 1
-            if stage == "ingest":
-                schemas.write_parquet(schemas.table(rows, schemas.SAMPLES), out / name)
+            declared = {"ingest": schemas.SAMPLES, "hallucinate": schemas.HALLUCINATIONS}.get(stage)
+            if declared is not None:
+                schemas.write_parquet(schemas.table(rows, declared), out / name)
             else:
                 write_rows(out / name, rows)
             return {"rows": len(rows)}
@@ -142,7 +143,7 @@ def test_rules_panel_scores_text_and_visual_pairs_with_per_type_weights(upstream
     mean, std = (0.95 + 0.425 + 0.85) / 3, math.sqrt(((0.95 - 0.741667) ** 2 + (0.425 - 0.741667) ** 2 + (0.85 - 0.741667) ** 2) / 3)
     assert s2["weight"] == pytest.approx(1 + 0.125 * (0.425 - mean) / std, abs=1e-5)
 
-    assert (rows[("text", "s4")]["status"], rows[("text", "s4")]["reason"]) == ("skipped", "hallucinate_failed: no_rule_applies")
+    assert (rows[("text", "s4")]["status"], rows[("text", "s4")]["reason"]) == ("skipped", "hallucinate_skipped: no_rule_applies")
     assert (rows[("text", "ghost")]["status"], rows[("text", "ghost")]["reason"]) == ("failed", "sample_missing")
     assert rows[("text", "s4")]["weight"] is None
 

@@ -38,7 +38,7 @@ LLM_CACHE = "llm-cache"
 T = TypeVar("T")
 
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
-# The localize stage's REGIONS schema is not merged yet: read the columns used, by name.
+# The localize stage's REGIONS schema (branch issue3) is not merged here yet: read the columns used, by name.
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")
 
 
@@ -155,7 +155,8 @@ def visual_row(region: Mapping[str, Any]) -> dict[str, Any]:
         return base | {"status": "failed", "reason": "no_confidence"}
     if not 0.0 <= confidence <= 1.0:
         return base | {"status": "failed", "reason": f"confidence_out_of_range: {confidence:g}"}
-    return base | {"raw_score": float(confidence), "status": "ok", "reason": "localizer_confidence"}
+    # regions.parquet stores float32: 0.7 would come back as 0.699999988.
+    return base | {"raw_score": round(float(confidence), 6), "status": "ok", "reason": "localizer_confidence"}
 
 
 def empty_row(sample_id: str, pair_type: str, error_type: str | None = None) -> dict[str, Any]:

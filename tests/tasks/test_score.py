@@ -41,15 +41,19 @@ HALLUCINATIONS = [
     {"sample_id": "ghost", "rejected": "yes", "backend": "rules", "error_type": "yes_no_flip", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
 ]
 REGIONS = [
-    {"sample_id": "s1", "status": "ok", "reason": None, "source": "dataset", "mask_path": "/m1.png", "confidence": 1.0},
-    {"sample_id": "s2", "status": "ok", "reason": None, "source": "sam", "mask_path": "/m2.png", "confidence": 0.5},
-    {"sample_id": "s3", "status": "failed", "reason": "no_prompt", "source": None, "mask_path": None, "confidence": None},
-    {"sample_id": "s4", "status": "ok", "reason": None, "source": "sam", "mask_path": "/m4.png", "confidence": None},
+    {"sample_id": "s1", "status": "ok", "reason": None, "source": "annotation", "mask_path": "/m1.png", "boxes": [], "confidence": 1.0, "area_fraction": 0.1},
+    {"sample_id": "s2", "status": "ok", "reason": None, "source": "sam", "mask_path": "/m2.png", "boxes": [], "confidence": 0.5, "area_fraction": 0.1},
+    {"sample_id": "s3", "status": "no_region", "reason": "no_prompt", "source": "sam", "mask_path": None, "boxes": [], "confidence": None, "area_fraction": None},
+    {"sample_id": "s4", "status": "ok", "reason": None, "source": "sam", "mask_path": "/m4.png", "boxes": [], "confidence": None, "area_fraction": 0.1},
 ]
 
 
 def write_rows(path, rows):
-    schemas.write_parquet(pa.Table.from_pylist(rows), path)
+    # regions.parquet as the localize stage writes it (REGIONS, branch issue3): confidence is float32.
+    types = {"confidence": pa.float32(), "area_fraction": pa.float32(), "boxes": pa.list_(schemas.BOX)}
+    table = pa.Table.from_pylist(rows)
+    schema = pa.schema([pa.field(f.name, types.get(f.name, f.type)) for f in table.schema])
+    schemas.write_parquet(table.cast(schema), path)
 
 
 @pytest.fixture
@@ -151,8 +155,8 @@ def test_rules_panel_scores_text_and_visual_pairs_with_per_type_weights(upstream
     assert (v1["raw_score"], v2["raw_score"]) == (1.0, 0.5)
     # Visual weights normalized among visual pairs alone: z = +1, -1 -> 1.125, 0.875.
     assert (v1["weight"], v2["weight"]) == pytest.approx((1.125, 0.875))
-    assert v1["judges_used"] == ["localizer:dataset"] and v1["mode"] == "localizer"
-    assert (rows[("visual", "s3")]["status"], rows[("visual", "s3")]["reason"]) == ("skipped", "localize_failed: no_prompt")
+    assert v1["judges_used"] == ["localizer:annotation"] and v1["mode"] == "localizer"
+    assert (rows[("visual", "s3")]["status"], rows[("visual", "s3")]["reason"]) == ("skipped", "localize_no_region: no_prompt")
     assert (rows[("visual", "s4")]["status"], rows[("visual", "s4")]["reason"]) == ("failed", "no_confidence")
 
     counts = manifest.counts
@@ -286,3 +290,10 @@ def test_stats_rows_from_counters(upstream):
     stats = {(r["pair_type"], r["value"]): r for r in score.stats_rows(manifest.counts)}
     assert stats[("visual", "raw")]["max"] == 1.0 and stats[("visual", "raw")]["min"] == 0.5
     assert set(stats) == {("text", "raw"), ("text", "weight"), ("visual", "raw"), ("visual", "weight")}
+
+
+def test_visual_confidence_out_of_range_fails_and_float32_is_rounded():
+    region = {"sample_id": "a", "status": "ok", "reason": None, "source": "heatmap"}
+    assert score.visual_row(region | {"confidence": float(pa.array([0.7], pa.float32())[0].as_py())})["raw_score"] == 0.7
+    bad = score.visual_row(region | {"confidence": 1.5})
+    assert (bad["status"], bad["reason"], bad["raw_score"]) == ("failed", "confidence_out_of_range: 1.5", None)

@@ -58,13 +58,14 @@ def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: 
     hallucinations = schemas.read_parquet(hallucinate.file("hallucinations.parquet"), schemas.HALLUCINATIONS).to_pylist()
     regions = read_columns(localize.file("regions.parquet"), REGION_COLUMNS)
 
-    rows = [text_row_or_skip(h, samples) for h in hallucinations]
-    pending = [(i, item) for i, (row, item) in enumerate(rows) if item is not None]
+    prepared = [text_row_or_skip(h, samples) for h in hallucinations]
+    text_rows = [row for row, _ in prepared]
+    pending = [(i, item) for i, (_, item) in enumerate(prepared) if item is not None]
     if pending:
         outcomes = run_async(lambda: judge_items(config, [item for _, item in pending], cache_dir))
         for (i, item), outcome in zip(pending, outcomes):
-            rows[i] = (outcome_row(item, outcome, config.mode), None)
-    all_rows = [row for row, _ in rows] + [visual_row(r) for r in regions]
+            text_rows[i] = outcome_row(item, outcome, config.mode)
+    all_rows = text_rows + [visual_row(r) for r in regions]
     apply_weights(all_rows, config.normalizer)
     schemas.write_parquet(schemas.table(all_rows, schemas.SCORES), out / OUTPUT)
     return counters(all_rows)

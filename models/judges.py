@@ -440,10 +440,9 @@ async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5
             excluded.add(judge.name)
             turns.append(Turn(round_no, judge.name, None, str(exc), False, error=exc.reason))
             continue
-        adopted = previous is not None and previous.score is not None and (
-            verdict.adopted or abs(verdict.score - previous.score) <= tolerance
-        )
-        score = previous.score if adopted and previous is not None and previous.score is not None else verdict.score
+        agreed_with = previous.score if previous is not None else None
+        adopted = agreed_with is not None and (verdict.adopted or abs(verdict.score - agreed_with) <= tolerance)
+        score = agreed_with if adopted and agreed_with is not None else verdict.score
         turn = Turn(round_no, judge.name, score, verdict.reason, adopted)
         turns.append(turn)
         history.append(score)

@@ -141,3 +141,33 @@ def read_parquet(path: str | os.PathLike[str], schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
     return data.select(schema.names).cast(schema)
+
+# --- score stage -------------------------------------------------------------------------------
+
+JUDGE_ROUND = pa.struct(
+    [
+        pa.field("round", pa.int32()),  # scored-round number; an exclusion shares the number of the round it failed to play
+        pa.field("judge", pa.string()),
+        pa.field("score", pa.float64()),  # null when the judge was excluded
+        pa.field("reason", pa.string()),
+        pa.field("adopted", pa.bool_()),  # took the previous judge's score
+        pa.field("error", pa.string()),  # why the judge was excluded (junk_reply, unavailable_<reason>); null otherwise
+    ]
+)
+
+SCORES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+        pa.field("raw_score", pa.float64()),  # clinical relevance in [0, 1]; null unless status ok
+        pa.field("weight", pa.float64()),  # normalized DPO weight; null unless status ok
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped (upstream had no pair) | failed
+        pa.field("reason", pa.string()),  # ok: how the score was reached (adopted, no_agreement_mean, ...); else why none
+        pa.field("error_type", pa.string()),  # text pairs: what the hallucinate stage changed
+        pa.field("mode", pa.string()),  # debate | mean | localizer
+        pa.field("rounds", pa.list_(JUDGE_ROUND), nullable=False),  # every judge turn, in order
+        pa.field("n_rounds", pa.int32(), nullable=False),  # scored rounds (exclusions not counted)
+        pa.field("judges_used", pa.list_(pa.string()), nullable=False),  # judges whose score entered; localizer:<source> for visual
+    ],
+    metadata={"artifact": "scores", "schema_version": SCHEMA_VERSION},
+)

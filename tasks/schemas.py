@@ -95,6 +95,37 @@ DROPPED = pa.schema(
     metadata={"artifact": "dropped", "schema_version": SCHEMA_VERSION},
 )
 
+# --- localize and noise (visual pairs) --------------------------------------------------
+# File paths in these artifacts are relative to the artifact's own folder (manifest.path):
+# the folder is renamed into place after it is written, so absolute paths would go stale.
+
+REGIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | no_region | failed
+        pa.field("reason", pa.string()),  # short, countable; null when ok
+        pa.field("source", pa.string(), nullable=False),  # annotation | sam | heatmap
+        pa.field("mask_path", pa.string()),  # masks/<stem>.png, 0/255, image size; null unless ok
+        pa.field("boxes", pa.list_(BOX), nullable=False),  # boxes used (prompts, or the region's components)
+        pa.field("confidence", pa.float32()),  # [0, 1]: the visual pair's clinical-relevance score
+        pa.field("area_fraction", pa.float32()),  # region pixels / image pixels
+    ],
+    metadata={"artifact": "regions", "schema_version": SCHEMA_VERSION},
+)
+
+NOISED = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+        pa.field("reason", pa.string()),
+        pa.field("noised_path", pa.string()),  # images/<stem>.png, same size/dtype/channels as the original
+        pa.field("mode", pa.string(), nullable=False),  # local | global
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+    ],
+    metadata={"artifact": "noised", "schema_version": SCHEMA_VERSION},
+)
+
 
 # --- hallucinate: one row per in-scope sample ---------------------------------------------
 HALLUCINATIONS = pa.schema(

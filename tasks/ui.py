@@ -79,3 +79,51 @@ class Progress:
 def counts_rows(counts: Mapping[str, float], group: str = "counter") -> list[dict[str, Any]]:
     return [{group: name, "value": value} for name, value in sorted(counts.items())]
 
+
+
+def display_rgb(pixels: Any) -> Any:
+    """An image, mask or 16-bit array as 8-bit RGB for a thumbnail (16-bit: own range)."""
+    import numpy as np
+
+    values = np.asarray(pixels)
+    if values.dtype == bool:
+        values = values.astype(np.uint8) * 255
+    elif values.dtype != np.uint8:
+        values = values.astype(np.float32)
+        low, high = float(values.min()), float(values.max())
+        values = np.round((values - low) / (high - low) * 255 if high > low else np.zeros_like(values)).astype(np.uint8)
+    if values.ndim == 2:
+        values = np.repeat(values[:, :, None], 3, axis=2)
+    return values
+
+
+def image_grid_png(
+    rows: Sequence[Sequence[Any]], titles: Sequence[str], labels: Sequence[str] = (), cell: int = 160
+) -> bytes:
+    """A PNG grid: one row per sample, one column per title, each array fitted into a cell.
+
+    ``None`` leaves a cell blank (e.g. a sample whose noised image failed).
+    """
+    from PIL import Image, ImageDraw
+
+    header, footer, pad = 16, 14 if labels else 0, 4
+    width = len(titles) * (cell + pad) + pad
+    height = header + len(rows) * (cell + footer + pad) + pad
+    canvas = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(titles):
+        draw.text((pad + col * (cell + pad) + 2, 2), title, fill=(230, 230, 230))
+    for r, panels in enumerate(rows):
+        top = header + r * (cell + footer + pad)
+        for col, pixels in enumerate(panels):
+            if pixels is None:
+                continue
+            thumb = Image.fromarray(display_rgb(pixels))
+            thumb.thumbnail((cell, cell))
+            left = pad + col * (cell + pad)
+            canvas.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
+        if labels:
+            draw.text((pad, top + cell + 1), labels[r][: width // 6], fill=(200, 200, 200))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from models.sam import Prompt, SamLoadError, SamSegmenter, load_sam, to_rgb8
+from tests.support.sam import TINY_SAM, tiny_sam, tiny_sam_checkpoint
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (48, 80), dtype=np.uint8), rng.integers(0, 256, (70, 40, 3), dtype=np.uint8)]
+
+
+def test_batched_segmenter_matches_the_official_predictor():
+    sam = tiny_sam()
+    gray, rgb = _images()
+    box = np.array([[8.0, 6.0, 40.0, 30.0]])
+    points = np.array([[20.0, 35.0], [10.0, 50.0]])
+    by_box, by_points = SamSegmenter(sam).segment([gray, rgb], [[Prompt(boxes=box)], [Prompt(points=points)]])
+    by_box, by_points = by_box[0], by_points[0]
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(to_rgb8(gray))
+    masks, iou, _ = predictor.predict(box=box[0], multimask_output=False)
+    assert by_box.mask.shape == (48, 80)
+    assert by_box.predicted_iou == pytest.approx(iou, abs=1e-4)
+    assert (by_box.mask == masks[0]).mean() > 0.99
+
+    predictor.set_image(rgb)
+    masks, iou, _ = predictor.predict(point_coords=points, point_labels=np.ones(2), multimask_output=True)
+    best = int(np.argmax(iou))
+    assert by_points.mask.shape == (70, 40)
+    assert by_points.predicted_iou == pytest.approx([iou[best]], abs=1e-4)
+    assert (by_points.mask == masks[best]).mean() > 0.99
+
+
+def test_each_box_is_decoded_and_passed_in_the_model_frame():
+    sam = tiny_sam()
+    seen = []
+    sam.prompt_encoder.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["boxes"].clone()), with_kwargs=True)
+    boxes = np.array([[8.0, 6.0, 40.0, 30.0], [50.0, 10.0, 78.0, 44.0]])
+    (result,) = SamSegmenter(sam).segment([_images()[0]], [[Prompt(boxes=boxes)]])
+    # 48x80 image, 64 px model input: resized to 38x64 (SAM rounds the short side).
+    scale = np.array([64 / 80, 38 / 48, 64 / 80, 38 / 48])
+    assert torch.allclose(seen[0], torch.tensor(boxes * scale, dtype=torch.float))
+    assert result[0].predicted_iou.shape == (2,)
+
+
+def test_one_encoder_pass_for_all_images_and_prompts():
+    sam = tiny_sam()
+    calls = []
+    sam.image_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = _images()
+    results = SamSegmenter(sam).segment(images, [[Prompt(boxes=np.array([[1.0, 1.0, 20.0, 20.0]])), Prompt(points=np.array([[5.0, 5.0]]))], [Prompt(points=np.array([[5.0, 5.0]]))]])
+    assert calls == [2]
+    assert [len(r) for r in results] == [2, 1]
+
+
+def test_loader_reads_a_saved_state_dict(tmp_path):
+    config = tiny_sam_checkpoint(tmp_path / "tiny.pth", seed=3)
+    loaded = load_sam(config.model_type, config.checkpoint, TINY_SAM.model_dump())
+    expected = tiny_sam(seed=3).state_dict()
+    assert all(torch.equal(loaded.state_dict()[name], value) for name, value in expected.items())
+    assert not torch.equal(loaded.mask_decoder.iou_token.weight, tiny_sam(seed=4).mask_decoder.iou_token.weight)
+
+
+def test_loader_unwraps_a_model_key(tmp_path):
+    torch.save({"model": tiny_sam(seed=5).state_dict(), "epoch": 3}, tmp_path / "wrapped.pth")
+    loaded = load_sam("custom", tmp_path / "wrapped.pth", TINY_SAM.model_dump())
+    assert torch.equal(loaded.mask_decoder.iou_token.weight, tiny_sam(seed=5).mask_decoder.iou_token.weight)
+
+
+def test_registry_types_need_a_checkpoint_that_fits(tmp_path):
+    with pytest.raises(SamLoadError, match="needs a checkpoint"):
+        load_sam("vit_b", None)
+    config = tiny_sam_checkpoint(tmp_path / "tiny.pth")
+    with pytest.raises(SamLoadError, match="does not fit model_type vit_b"):
+        load_sam("vit_b", config.checkpoint)
+    with pytest.raises(SamLoadError, match="unknown SAM model_type"):
+        load_sam("vit_x", config.checkpoint)
+
+
+def test_to_rgb8_stretches_16_bit_and_repeats_gray():
+    pixels = np.array([[1000, 3000]], dtype=np.uint16)
+    assert to_rgb8(pixels).tolist() == [[[0, 0, 0], [255, 255, 255]]]

@@ -1,0 +1,58 @@
+"""Small ingest artifacts for stage tests: PNGs written with Pillow, a SAMPLES table, a real store run."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tasks import schemas
+from tasks.config import IngestConfig
+from tasks.imaging import save_array
+from tasks.store import ArtifactStore, Manifest, content_hash
+
+
+def write_image(path: Path, pixels: np.ndarray) -> Path:
+    return save_array(pixels, path)
+
+
+def sample_row(sample_id: str, image_path: Path, boxes: Sequence[Sequence[float]] = (), mask_path: Path | None = None, **extra: Any) -> dict[str, Any]:
+    """A SAMPLES row for an image on disk; size and sha256 are read from the file."""
+    from PIL import Image
+
+    with Image.open(image_path) as image:
+        width, height = image.size
+    row = {
+        "sample_id": sample_id,
+        "dataset": "fixture",
+        "split": "train",
+        "task": "vqa",
+        "image_path": str(Path(image_path).resolve()),
+        "image_sha256": hashlib.sha256(Path(image_path).read_bytes()).hexdigest(),
+        "width": width,
+        "height": height,
+        "modality": "CT",
+        "question": "Where is the lesion?",
+        "answer": "Left lobe",
+        "answer_type": "open",
+        "boxes": [list(map(float, b)) for b in boxes],
+        "box_labels": ["lesion"] * len(boxes),
+        "mask_path": None if mask_path is None else str(Path(mask_path).resolve()),
+        "other_images": [],
+        "language": "en",
+        "source_ref": f"fixture#{sample_id}",
+    }
+    row.update(extra)
+    return row
+
+
+def ingest_manifest(store: ArtifactStore, rows: Sequence[dict[str, Any]]) -> Manifest:
+    """Publish ``rows`` as an ingest artifact (its key follows the rows, so fixtures never collide)."""
+
+    def build(out: Path) -> dict[str, float]:
+        schemas.write_parquet(schemas.table(rows, schemas.SAMPLES), out / "samples.parquet")
+        return {"samples": float(len(rows))}
+
+    return store.run("ingest", f"fixture-{content_hash(list(rows))}", IngestConfig(), {}, build)

@@ -153,7 +153,7 @@ def save_array(pixels: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if pixels.dtype == np.uint16:
-        image = Image.fromarray(pixels, mode="I;16")
+        image = Image.fromarray(pixels)  # Pillow 13 picks I;16 itself and rejects it as an explicit mode
     else:
         image = Image.fromarray(pixels.astype(np.uint8))
     image.save(path, format="PNG")

@@ -1,0 +1,261 @@
+import json
+
+import numpy as np
+import pytest
+from segment_anything import SamPredictor
+
+from models.sam import to_rgb8
+from tasks import schemas, ui
+from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig
+from tasks.imaging import load_array
+from tasks.localize import boxes_mask, clip_boxes, localize, region_grid, region_rows
+from tasks.store import ArtifactStore, safe_stem
+from tests.support.sam import tiny_sam, tiny_sam_checkpoint
+from tests.support.samples import ingest_manifest, sample_row, write_image
+
+
+def _regions(manifest):
+    return {r["sample_id"]: r for r in schemas.read_parquet(manifest.file("regions.parquet"), schemas.REGIONS).to_pylist()}
+
+
+def _mask(manifest, row):
+    return load_array(manifest.file(row["mask_path"])) > 0
+
+
+def test_clip_boxes_drops_boxes_outside_the_image():
+    assert clip_boxes([[-5, 2, 10, 8], [70, 0, 90, 10], [3, 3, 3.5, 9]], 64, 32) == [[0.0, 2.0, 10.0, 8.0]]
+    assert clip_boxes([[10, 8, 2, 1]], 64, 32) == [[2.0, 1.0, 10.0, 8.0]]
+
+
+def test_boxes_mask_covers_pixel_centres_and_grows_by_margin():
+    mask = boxes_mask([[2, 1, 6, 3]], 8, 10)
+    assert mask.sum() == 8 and mask[1:3, 2:6].all()
+    assert boxes_mask([[2, 2, 6, 6]], 10, 10, margin=0.5)[0:8, 0:8].all()
+
+
+@pytest.fixture
+def annotated(tmp_path):
+    rng = np.random.default_rng(0)
+    image = write_image(tmp_path / "img.png", rng.integers(0, 256, (40, 50), dtype=np.uint8))
+    label = np.zeros((40, 50, 3), dtype=np.uint8)
+    label[5:15, 30:45] = (255, 0, 0)  # SLAKE colours each structure; any colour counts
+    mask_png = write_image(tmp_path / "mask.png", label)
+    rows = [
+        sample_row("box", image, boxes=[[10, 20, 30, 30]]),
+        sample_row("mask", image, mask_path=mask_png),
+        sample_row("both", image, boxes=[[10, 20, 30, 30]], mask_path=mask_png),
+        sample_row("none", image),
+        sample_row("outside", image, boxes=[[60, 50, 80, 70]]),
+        sample_row("tiny", image, boxes=[[0, 0, 1, 1]]),
+        sample_row("lost", image, mask_path=tmp_path / "gone.png"),
+    ]
+    store = ArtifactStore(tmp_path / "store")
+    return store, ingest_manifest(store, rows)
+
+
+def test_annotation_regions_from_boxes_and_masks(annotated):
+    store, ingest = annotated
+    manifest = localize(store, LocalizeConfig(), ingest)
+    rows = _regions(manifest)
+    box = np.zeros((40, 50), dtype=bool)
+    box[20:30, 10:30] = True
+    lesion = np.zeros((40, 50), dtype=bool)
+    lesion[5:15, 30:45] = True
+    assert np.array_equal(_mask(manifest, rows["box"]), box)
+    assert rows["box"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]]
+    assert rows["box"]["confidence"] == 1.0 and rows["box"]["area_fraction"] == pytest.approx(0.1)
+    assert np.array_equal(_mask(manifest, rows["mask"]), lesion)
+    assert rows["mask"]["boxes"] == [[30.0, 5.0, 45.0, 15.0]]
+    assert np.array_equal(_mask(manifest, rows["both"]), lesion)  # prefer=mask
+    assert rows["mask"]["mask_path"] == f"masks/{safe_stem('mask')}.png"
+    assert {s: (rows[s]["status"], rows[s]["reason"]) for s in ("none", "outside", "tiny", "lost")} == {
+        "none": ("no_region", "no_annotation"),
+        "outside": ("no_region", "boxes_outside_image"),
+        "tiny": ("no_region", "region_too_small"),
+        "lost": ("failed", "missing_mask"),
+    }
+    assert rows["none"]["mask_path"] is None and rows["none"]["confidence"] is None
+    assert manifest.counts == {
+        "samples": 7,
+        "ok": 3,
+        "no_region_no_annotation": 1,
+        "no_region_boxes_outside_image": 1,
+        "no_region_region_too_small": 1,
+        "failed_missing_mask": 1,
+    }
+
+
+def test_annotation_preferences_and_confidence(annotated):
+    store, ingest = annotated
+    union = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="union", confidence=0.8)), ingest))
+    assert union["both"]["area_fraction"] == pytest.approx((200 + 150) / 2000)
+    assert union["both"]["confidence"] == pytest.approx(0.8)
+    boxes = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="boxes")), ingest))
+    assert boxes["both"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]]
+    assert boxes["mask"]["status"] == "ok"  # no boxes: falls back to the mask
+
+
+def _blob(height, width, cy, cx, sigma):
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+@pytest.fixture
+def heat(tmp_path):
+    rng = np.random.default_rng(1)
+    image = write_image(tmp_path / "img.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
+    other = write_image(tmp_path / "other.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
+    flat = write_image(tmp_path / "flat.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
+    rows = [sample_row("by-image", image), sample_row("by-sample", other), sample_row("flat", flat), sample_row("missing", image, image_sha256="0" * 64)]
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    # A 16x24 attention map (as a ViT gives), blob at map (4, 18) = image (16, 72).
+    np.save(maps / f"{rows[0]['image_sha256']}.npy", _blob(16, 24, 4, 18, 2.0))
+    write_image(maps / f"{safe_stem('by-sample')}.png", (_blob(64, 96, 40, 20, 6.0) * 255).astype(np.uint8))
+    np.save(maps / f"{rows[2]['image_sha256']}.npy", np.full((8, 8), 0.3, dtype=np.float32))
+    store = ArtifactStore(tmp_path / "store")
+    return store, ingest_manifest(store, rows), maps
+
+
+def test_heatmap_regions_follow_the_map(heat):
+    store, ingest, maps = heat
+    config = LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="max_fraction", max_fraction=0.5))
+    manifest = localize(store, config, ingest)
+    rows = _regions(manifest)
+    first = _mask(manifest, rows["by-image"])
+    assert first[17, 73] and not first[50, 10]
+    (x0, y0, x1, y1), = rows["by-image"]["boxes"]
+    assert x0 < 73 < x1 and y0 < 17 < y1
+    second = _mask(manifest, rows["by-sample"])
+    assert second[40, 20] and not second[10, 80]
+    assert 0.5 < rows["by-image"]["confidence"] <= 1.0
+    assert (rows["flat"]["status"], rows["flat"]["reason"]) == ("no_region", "flat_heatmap")
+    assert (rows["missing"]["status"], rows["missing"]["reason"]) == ("no_region", "no_heatmap")
+    assert rows["by-image"]["source"] == "heatmap"
+
+
+def test_heatmap_statistics_and_confidence_sidecar(heat):
+    store, ingest, maps = heat
+    sha = _regions_sha(ingest)
+    (maps / "confidences.json").write_text(json.dumps({sha: 0.42}))
+    mean = _regions(localize(store, LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps)), ingest))
+    top = _regions(localize(store, LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="quantile", quantile=0.95)), ingest))
+    assert mean["by-image"]["confidence"] == pytest.approx(0.42)
+    assert top["by-image"]["area_fraction"] == pytest.approx(0.05, abs=0.01)
+    assert mean["by-image"]["area_fraction"] > top["by-image"]["area_fraction"]
+
+
+def _regions_sha(ingest):
+    samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
+    return next(r["image_sha256"] for r in samples if r["sample_id"] == "by-image")
+
+
+def test_heatmap_source_needs_its_folder(heat):
+    store, ingest, _ = heat
+    with pytest.raises(ValueError, match="heatmap.maps"):
+        localize(store, LocalizeConfig(source="heatmap"), ingest)
+
+
+@pytest.fixture
+def sam_fixture(tmp_path):
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (48, 80), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (70, 40, 3), dtype=np.uint8)
+    paths = [write_image(tmp_path / "gray.png", gray), write_image(tmp_path / "rgb.png", rgb)]
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    rows = [
+        sample_row("gray-q1", paths[0], boxes=[[8, 6, 40, 30]]),
+        sample_row("gray-q2", paths[0], boxes=[[8, 6, 40, 30], [50, 10, 78, 44]]),
+        sample_row("rgb-points", paths[1]),
+        sample_row("gray-none", paths[0], image_sha256="f" * 64),
+    ]
+    write_image(maps / f"{safe_stem('rgb-points')}.png", (_blob(70, 40, 50, 12, 5.0) * 255).astype(np.uint8))
+    store = ArtifactStore(tmp_path / "store")
+    config = LocalizeConfig(
+        source="sam",
+        sam=tiny_sam_checkpoint(tmp_path / "tiny.pth").model_copy(update={"box_margin": 0.0}),
+        heatmap=HeatmapConfig(maps=maps),
+        min_area_fraction=0.0,
+        max_area_fraction=1.0,
+    )
+    return store, ingest_manifest(store, rows), config, gray, rgb
+
+
+def test_sam_regions_from_box_and_point_prompts(sam_fixture):
+    store, ingest, config, gray, rgb = sam_fixture
+    sam = tiny_sam()
+    predictor = SamPredictor(sam)
+    predictor.set_image(to_rgb8(gray))
+    masks, iou, _ = predictor.predict(box=np.array([8, 6, 40, 30]), multimask_output=False)
+
+    manifest = localize(store, config, ingest)
+    rows = _regions(manifest)
+    assert rows["gray-q1"]["status"] == "ok" and rows["gray-q1"]["source"] == "sam"
+    assert rows["gray-q1"]["boxes"] == [[8.0, 6.0, 40.0, 30.0]]
+    assert rows["gray-q1"]["confidence"] == pytest.approx(float(np.clip(iou[0], 0, 1)), abs=1e-4)
+    mask = _mask(manifest, rows["gray-q1"])
+    assert mask.shape == (48, 80)
+    inside = boxes_mask([[8, 6, 40, 30]], 48, 80)
+    assert not (mask & ~inside).any()  # box_margin=0: nothing outside the prompt box
+    assert (mask == (masks[0] & inside)).mean() > 0.99
+    assert len(rows["gray-q2"]["boxes"]) == 2
+    assert rows["rgb-points"]["status"] == "ok" and rows["rgb-points"]["boxes"] == []
+    assert _mask(manifest, rows["rgb-points"]).shape == (70, 40)
+    assert 0.0 <= rows["rgb-points"]["confidence"] <= 1.0
+    assert (rows["gray-none"]["status"], rows["gray-none"]["reason"]) == ("no_region", "no_prompt")
+
+
+def test_sam_encodes_each_image_once(sam_fixture, monkeypatch):
+    store, ingest, config, *_ = sam_fixture
+    import models.sam
+
+    encoded = []
+    real = models.sam.SamSegmenter.segment
+
+    def counting(self, images, prompts):
+        encoded.extend(im.shape for im in images)
+        return real(self, images, prompts)
+
+    monkeypatch.setattr(models.sam.SamSegmenter, "segment", counting)
+    localize(store, config, ingest)
+    assert sorted(encoded) == [(48, 80), (70, 40, 3)]
+
+
+def test_sam_confidence_is_the_clipped_predicted_iou(sam_fixture):
+    store, ingest, config, gray, _ = sam_fixture
+    rows = _regions(localize(store, config, ingest))
+    predictor = SamPredictor(tiny_sam())
+    predictor.set_image(to_rgb8(gray))
+    ious = [predictor.predict(box=np.array(b), multimask_output=False)[1][0] for b in ([8, 6, 40, 30], [50, 10, 78, 44])]
+    assert rows["gray-q2"]["confidence"] == pytest.approx(float(np.clip(np.mean(ious), 0, 1)), abs=1e-4)
+
+
+def test_grid_and_table_show_the_regions(annotated):
+    store, ingest = annotated
+    manifest = localize(store, LocalizeConfig(), ingest)
+    png = region_grid(ingest, manifest)
+    from io import BytesIO
+
+    from PIL import Image
+
+    grid = Image.open(BytesIO(png))
+    assert grid.size == (2 * (160 + 4) + 4, 16 + 3 * (160 + 14 + 4) + 4)
+    table = {row["sample"]: row for row in region_rows(list(_regions(manifest).values()))}
+    assert table["box"] == {"sample": "box", "status": "ok", "area %": 10.0, "confidence": 1.0}
+    assert table["lost"]["status"] == "failed: missing_mask"
+
+
+def test_image_grid_places_each_panel():
+    from io import BytesIO
+
+    from PIL import Image
+
+    white = np.full((10, 20), 255, dtype=np.uint8)
+    mask = np.zeros((10, 20), dtype=bool)
+    png = ui.image_grid_png([[white, mask, None]], ["a", "b", "c"], cell=40)
+    grid = np.asarray(Image.open(BytesIO(png)))
+    top = 16 + (40 - 20) // 2  # the 20x40 thumbnail is centred in its cell
+    assert (grid[top + 5, 4 + 20] == 255).all()
+    assert (grid[top + 5, 4 + 44 + 20] == 0).all()
+    assert (grid[top + 5, 4 + 88 + 20] == 32).all()  # no image: background

@@ -177,3 +177,19 @@ def test_noise_table_joins_region_area_and_confidence(tmp_path):
     by_sample = {row["sample"]: row for row in table}
     assert by_sample["s:boxed"] == {"sample": "s:boxed", "region area %": 18.75, "confidence": 1.0, "noised": "ok"}
     assert by_sample["s:bare"]["noised"] == "skipped: no_region_no_annotation"
+
+
+def test_noise_grid_shows_original_mask_and_noised(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from tasks.noise import noise_grid
+
+    store, ingest = _fixture(tmp_path)
+    regions = localize(store, LocalizeConfig(), ingest)
+    manifest = noise(store, NoiseConfig(), ingest, regions)
+    grid = Image.open(BytesIO(noise_grid(ingest, regions, manifest)))
+    assert grid.size == (3 * (160 + 4) + 4, 16 + 2 * (160 + 14 + 4) + 4)  # two noised samples, three columns
+    empty = noise(store, NoiseConfig(), ingest, localize(store, LocalizeConfig(min_area_fraction=0.9), ingest))
+    assert noise_grid(ingest, regions, empty) is None

@@ -52,7 +52,7 @@ def lesion_box(rng: np.random.Generator) -> list[float]:
 def bench_ingest(store: ArtifactStore, paths: list[Path], boxes: list[list[float]]) -> Manifest:
     """An ingest artifact for the images, so the noise stage runs exactly as in a flow."""
     rows = [
-        {"sample_id": f"b{i}", "dataset": "bench", "split": "train", "task": "vqa", "image_path": str(p), "image_sha256": f"{i:064x}",
+        {"sample_id": f"b{i}", "dataset": "bench", "split": "train", "task": "vqa", "image_path": str(p), "image_sha256": f"{i:064x}", "image_phash": f"{i:064x}",
          "width": SIDE, "height": SIDE, "modality": None, "question": "Lesion?", "answer": "yes", "answer_type": "closed",
          "boxes": [b], "box_labels": ["lesion"], "mask_path": None, "other_images": [], "language": "en", "source_ref": f"bench#{i}"}
         for i, (p, b) in enumerate(zip(paths, boxes))

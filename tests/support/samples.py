@@ -10,7 +10,7 @@ import numpy as np
 
 from tasks import schemas
 from tasks.config import IngestConfig
-from tasks.imaging import save_array
+from tasks.imaging import average_hash, save_array
 from tasks.store import ArtifactStore, Manifest, content_hash
 
 
@@ -24,6 +24,7 @@ def sample_row(sample_id: str, image_path: Path, boxes: Sequence[Sequence[float]
 
     with Image.open(image_path) as image:
         width, height = image.size
+        phash = average_hash(image)
     row = {
         "sample_id": sample_id,
         "dataset": "fixture",
@@ -31,6 +32,7 @@ def sample_row(sample_id: str, image_path: Path, boxes: Sequence[Sequence[float]
         "task": "vqa",
         "image_path": str(Path(image_path).resolve()),
         "image_sha256": hashlib.sha256(Path(image_path).read_bytes()).hexdigest(),
+        "image_phash": phash,
         "width": width,
         "height": height,
         "modality": "CT",

@@ -30,6 +30,7 @@ CODE = code_version(__name__, "tasks.imaging", "models.sam")
 CHUNK_ROWS = 64
 GRID_SAMPLES = 8
 PEAK_SUPPRESSION = 0.1  # peaks picked for SAM points lie at least this fraction of the shorter side apart
+PEAK_FLOOR = 0.5  # a further peak must reach half the (0-1 scaled) map's maximum, or it is background
 
 
 @dataclass(frozen=True)
@@ -241,8 +242,8 @@ class HeatmapLocalizer:
         points = []
         for _ in range(count):
             y, x = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
-            if points and remaining[y, x] <= 0.5:
-                break  # what is left is background, not a second lesion
+            if points and remaining[y, x] <= PEAK_FLOOR:
+                break
             points.append([float(x), float(y)])
             remaining[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = 0.0
         return np.asarray(points)

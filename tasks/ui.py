@@ -119,7 +119,10 @@ def image_grid_png(
             if pixels is None:
                 continue
             thumb = Image.fromarray(display_rgb(pixels))
-            thumb.thumbnail((cell, cell))
+            # Small images are scaled up too (nearest: a 64 px lesion stays crisp), so every panel fills its cell.
+            scale = cell / max(thumb.size)
+            size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+            thumb = thumb.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
             left = pad + col * (cell + pad)
             canvas.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
         if labels:

@@ -255,7 +255,8 @@ def test_image_grid_places_each_panel():
     mask = np.zeros((10, 20), dtype=bool)
     png = ui.image_grid_png([[white, mask, None]], ["a", "b", "c"], cell=40)
     grid = np.asarray(Image.open(BytesIO(png)))
-    top = 16 + (40 - 20) // 2  # the 20x40 thumbnail is centred in its cell
-    assert (grid[top + 5, 4 + 20] == 255).all()
+    top = 16 + (40 - 20) // 2  # scaled to 40x20 and centred in its 40x40 cell
+    assert (grid[top, 4] == 255).all() and (grid[top + 19, 4 + 39] == 255).all()
+    assert (grid[top - 1, 4] == 32).all()
     assert (grid[top + 5, 4 + 44 + 20] == 0).all()
     assert (grid[top + 5, 4 + 88 + 20] == 32).all()  # no image: background

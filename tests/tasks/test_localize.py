@@ -260,3 +260,18 @@ def test_image_grid_places_each_panel():
     assert (grid[top - 1, 4] == 32).all()
     assert (grid[top + 5, 4 + 44 + 20] == 0).all()
     assert (grid[top + 5, 4 + 88 + 20] == 32).all()  # no image: background
+
+
+def test_heatmap_peaks_give_one_point_per_hot_spot(tmp_path):
+    from tasks.localize import HeatmapLocalizer
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    np.save(maps / f"{'a' * 64}.npy", _blob(60, 80, 15, 20, 4.0) + _blob(60, 80, 45, 60, 4.0))
+    np.save(maps / f"{'b' * 64}.npy", _blob(60, 80, 30, 40, 4.0))
+    localizer = HeatmapLocalizer(HeatmapConfig(maps=maps, blur_sigma=0.0))
+    row = {"sample_id": "x", "width": 80, "height": 60}
+    two = localizer.peaks({**row, "image_sha256": "a" * 64}, 3)
+    assert sorted(map(tuple, two.tolist())) == [(20.0, 15.0), (60.0, 45.0)]
+    assert localizer.peaks({**row, "image_sha256": "b" * 64}, 3).tolist() == [[40.0, 30.0]]
+    assert localizer.peaks({**row, "image_sha256": "c" * 64}, 3) is None

@@ -244,7 +244,23 @@ def test_build_samples_catches_duplicates_across_sources(tmp_path):
     png(root / "a.png")
     (root / "one.jsonl").write_text(json.dumps({"id": "1", "image": "a.png", "question": "Q?", "answer": "A"}) + "\n")
     source = SourceConfig(format="jsonl", root=root / "one.jsonl", name="same")
-    counts = build_samples(tmp_path / "art", IngestConfig(sources=[source, source]))
+    counts = build_samples(tmp_path / "art", IngestConfig(sources=[source, source]), tmp_path / "art")
     assert counts["kept"] == 1 and counts["same.rejected.duplicate_id"] == 1
     rejects = pq.read_table(tmp_path / "art/rejects.parquet").to_pylist()
     assert rejects[0]["reason"] == "duplicate_id" and rejects[0]["sample_id"] == "same:train:1"
+
+
+def test_rendered_images_are_recorded_where_the_published_artifact_keeps_them(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from tasks.ingest import ingest, snapshot_sources
+    from tasks.store import ArtifactStore
+
+    root = tmp_path / "d"
+    root.mkdir()
+    shutil.copyfile(get_testdata_file("CT_small.dcm", download=False), root / "ct.dcm")
+    (root / "x.jsonl").write_text(json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n")
+    config = IngestConfig(sources=[SourceConfig(format="jsonl", root=root)])
+    manifest = ingest(ArtifactStore(tmp_path / "store"), config, snapshot_sources(config))
+    path = Path(read_parquet(manifest.file("samples.parquet"), SAMPLES)["image_path"][0].as_py())
+    assert path.is_file() and path.is_relative_to(Path(manifest.path))

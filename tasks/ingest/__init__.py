@@ -25,7 +25,7 @@ from tasks.ingest.records import IngestError, ReaderOutput
 from tasks.ingest.slake import read_slake
 from tasks.ingest.vqa_rad import read_vqa_rad
 from tasks.schemas import REJECTS, SAMPLES, read_parquet, table, write_parquet
-from tasks.store import ArtifactStore, Manifest, SourceSnapshot, code_version, content_hash, fingerprint_tree, stage_task_options
+from tasks.store import ArtifactStore, Manifest, SourceSnapshot, code_version, content_hash, fingerprint_tree, stage_key, stage_task_options
 
 STAGE = "ingest"
 CODE = code_version(__name__, "tasks.imaging", "tasks.schemas")
@@ -49,7 +49,9 @@ def dataset_name(source: SourceConfig) -> str:
     return source.format
 
 
-def read_source(source: SourceConfig, config: IngestConfig, image_dir: Path, seen_ids: set[str]) -> Normalized:
+def read_source(
+    source: SourceConfig, config: IngestConfig, image_dir: Path, seen_ids: set[str], publish_as: Callable[[Path], Path] = lambda p: p
+) -> Normalized:
     if not source.root.exists():
         raise IngestError(f"{source.root}: data root does not exist (source format {source.format})")
     return normalize(
@@ -60,14 +62,20 @@ def read_source(source: SourceConfig, config: IngestConfig, image_dir: Path, see
         config=config,
         splits=source.splits,
         seen_ids=seen_ids,
+        publish_as=publish_as,
     )
 
 
-def build_samples(out: Path, config: IngestConfig) -> dict[str, float]:
+def build_samples(out: Path, config: IngestConfig, published: Path) -> dict[str, float]:
+    """``published``: the folder ``out`` becomes; rendered images are recorded under it."""
     rows, rejects, counts = [], [], Counter()
     seen: set[str] = set()
+
+    def publish_as(path: Path) -> Path:
+        return published / path.relative_to(out) if path.is_relative_to(out) else path
+
     for source in config.sources:
-        result = read_source(source, config, out / "images", seen)
+        result = read_source(source, config, out / "images", seen, publish_as)
         rows += result.rows
         rejects += result.rejects
         counts.update(result.counts)
@@ -82,7 +90,9 @@ def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
 
 
 def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
-    return store.run(STAGE, CODE, config, {"sources": sources}, lambda out: build_samples(out, config))
+    inputs = {"sources": sources}
+    published = store.directory(STAGE, stage_key(STAGE, CODE, config, inputs))
+    return store.run(STAGE, CODE, config, inputs, lambda out: build_samples(out, config, published))
 
 
 def ingest_to_file(source: SourceConfig, config: IngestConfig, out_file: Path) -> dict[str, float]:

@@ -12,7 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tasks.config import IngestConfig
 from tasks.imaging import ImageError, ImageInfo, dicom_to_png, inspect_image, is_dicom
@@ -43,8 +43,13 @@ def normalize(
     config: IngestConfig,
     splits: list[str] | None,
     seen_ids: set[str],
+    publish_as: Callable[[Path], Path] = lambda path: path,
 ) -> Normalized:
-    """``seen_ids`` is shared across sources so that duplicate ids are caught run-wide."""
+    """``seen_ids`` is shared across sources so that duplicate ids are caught run-wide.
+
+    ``publish_as`` maps a file written under ``image_dir`` to the path it will have once the
+    artifact is published (the store renames the stage's temporary folder into place).
+    """
     out = Normalized()
     root = root.resolve() if root.is_dir() else root.resolve().parent
     accepted: list[tuple[RawRecord, str, str, Path]] = []
@@ -98,7 +103,7 @@ def normalize(
                 "dataset": dataset,
                 "split": item.split,
                 "task": item.task,
-                "image_path": str(image_path),
+                "image_path": str(publish_as(image_path)),
                 "image_sha256": info.sha256,
                 "image_phash": info.phash,
                 "width": info.width,

@@ -1,0 +1,134 @@
+"""LLaVA-family vision-language models from a local path: loading, prompts, batched generation.
+
+The only module that knows how a VLM checkpoint is loaded and prompted. Any checkpoint
+transformers maps to an image-text-to-text model (LLaVA, LLaVA-NeXT, LLaVA-Med v1.5 in HF
+format, ...) loads here, with its own processor and chat template. The hallucination stage
+(sampling candidates), evaluation (greedy answers) and training (model + processor) share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin, PreTrainedModel
+
+
+@dataclass
+class VLM:
+    model: PreTrainedModel
+    processor: ProcessorMixin
+    path: Path
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU (what LLaVA-Med was trained in); fp32 on CPU, where bf16 matmuls are slow."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLM:
+    """Load model + processor from a local folder; never reaches for the hub."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json - not a transformers checkpoint folder")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    # Generation appends at the right end of every row, so batches are padded on the left.
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return VLM(model=model, processor=processor, path=path)
+
+
+def messages(question: str, answer: str | None = None, with_image: bool = True) -> list[dict[str, Any]]:
+    """One user turn (image + question) and, for training, the assistant's answer."""
+    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": question})
+    turns = [{"role": "user", "content": content}]
+    if answer is not None:
+        turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return turns
+
+
+def prompt(processor: ProcessorMixin, question: str, with_image: bool = True) -> str:
+    """The model's own chat template around one question, ready for the answer to follow."""
+    return processor.apply_chat_template(messages(question, with_image=with_image), add_generation_prompt=True, tokenize=False)
+
+
+def open_image(image: str | Path | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as handle:
+        return handle.convert("RGB")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt
+    seed: int = 0
+    batch_size: int = 8
+
+
+@torch.inference_mode()
+def generate(
+    vlm: VLM,
+    questions: Sequence[str],
+    images: Sequence[str | Path | Image.Image],
+    settings: GenerationSettings = GenerationSettings(),
+) -> list[list[str]]:
+    """``settings.n`` decoded answers per (question, image), in input order.
+
+    Sampling is seeded per batch, so the same inputs, settings and batch size give the same
+    answers on the same hardware.
+    """
+    if len(questions) != len(images):
+        raise ValueError(f"{len(questions)} questions but {len(images)} images")
+    sampling = settings.temperature > 0
+    if not sampling and settings.n > 1:
+        raise ValueError("greedy decoding gives one answer per prompt: set temperature > 0 for n > 1")
+    tokenizer = vlm.tokenizer
+    answers: list[list[str]] = []
+    for start in range(0, len(questions), settings.batch_size):
+        batch_questions = questions[start : start + settings.batch_size]
+        batch_images = [open_image(i) for i in images[start : start + settings.batch_size]]
+        texts = [prompt(vlm.processor, q) for q in batch_questions]
+        inputs = vlm.processor(text=texts, images=batch_images, padding=True, return_tensors="pt").to(vlm.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(vlm.model.dtype)
+        options: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": sampling,
+            "num_return_sequences": settings.n,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if sampling:
+            options.update(temperature=settings.temperature, top_p=settings.top_p)
+            torch.manual_seed(settings.seed + start)
+        else:
+            # Checkpoints ship sampling defaults in generation_config; greedy must not warn about or use them.
+            options.update(temperature=None, top_p=None, top_k=None)
+        output = vlm.model.generate(**inputs, **options)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        decoded = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        answers.extend(decoded[i : i + settings.n] for i in range(0, len(decoded), settings.n))
+    return answers

@@ -132,3 +132,18 @@ def generate(
         decoded = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         answers.extend(decoded[i : i + settings.n] for i in range(0, len(decoded), settings.n))
     return answers
+
+
+def apply_adapter(vlm: VLM, adapter: str | Path) -> VLM:
+    """The model with a saved peft (LoRA) adapter merged in, for inference only.
+
+    Merging costs one pass over the adapted weights and leaves a plain model, so generation
+    runs at the base model's speed and through the same code path.
+    """
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json - not a saved peft adapter")
+    merged = PeftModel.from_pretrained(vlm.model, adapter).merge_and_unload().eval()
+    return VLM(model=merged, processor=vlm.processor, path=vlm.path)

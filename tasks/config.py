@@ -38,12 +38,36 @@ class IngestConfig(StageConfig):
     dicom_window: bool = Field(default=True, description="Apply the VOI window stored in a DICOM file")
 
 
+class EvaluateConfig(StageConfig):
+    """Answer a test split with the base model (and a trained adapter) and score it."""
+
+    model: Path | None = Field(
+        default=None,
+        description="Base model: a local transformers checkpoint folder. Unset: the base model recorded in "
+        "the evaluated adapter (its adapter_config.json), which must then be a local folder",
+    )
+    splits: list[str] = Field(default=["test"], description="Sample splits evaluated")
+    datasets: list[str] | None = Field(default=None, description="Evaluate only these data sets; all when unset")
+    max_samples: int | None = Field(
+        default=None, ge=1, description="At most this many samples per data set (the first by sample_id); all when unset"
+    )
+    batch_size: int = Field(default=8, ge=1, description="Prompts generated together")
+    max_new_tokens: int = Field(default=64, ge=1, description="Answer length limit for VQA questions")
+    report_max_new_tokens: int = Field(default=256, ge=1, description="Answer length limit for generated reports")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding (the default); > 0 samples")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0")
+    seed: int = Field(default=0, description="Sampling seed (used when temperature > 0)")
+    meteor: bool = Field(default=True, description="Score METEOR (runs pycocoevalcap's jar: needs Java)")
+    examples: int = Field(default=10, ge=0, description="Example predictions shown side by side in the UI")
+
+
 class RunConfig(StageConfig):
     """Everything one run needs; echoed into every stage's manifest (its own section)."""
 
     name: str = "mmedpo"
     store: Path = Field(default=Path("data/artifacts"), description="Artifact store root")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
 class ConfigError(ValueError):
@@ -72,6 +96,11 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         return p if p.is_absolute() else (base / p).resolve()
 
     sources = [s.model_copy(update={"root": absolute(s.root)}) for s in config.ingest.sources]
+    model = config.evaluate.model
     return config.model_copy(
-        update={"store": absolute(config.store), "ingest": config.ingest.model_copy(update={"sources": sources})}
+        update={
+            "store": absolute(config.store),
+            "ingest": config.ingest.model_copy(update={"sources": sources}),
+            "evaluate": config.evaluate.model_copy(update={"model": absolute(model) if model else None}),
+        }
     )

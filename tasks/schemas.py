@@ -55,6 +55,32 @@ REJECTS = pa.schema(
 )
 
 
+# --- evaluate ---------------------------------------------------------------------------
+# One row per evaluated test sample and model. Score columns are null where they do not
+# apply (a report has no closed_correct) or where generation failed (status != "ok").
+PREDICTIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),  # vqa | report
+        pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),  # the reference
+        pa.field("prediction", pa.string()),  # null when generation failed
+        pa.field("model", pa.string(), nullable=False),  # base checkpoint folder
+        pa.field("adapter", pa.string()),  # train artifact key; null for the base model
+        pa.field("status", pa.string(), nullable=False),  # ok | failed
+        pa.field("error", pa.string()),
+        pa.field("closed_correct", pa.bool_()),  # normalized match (tasks.metrics.closed_correct)
+        pa.field("substring_correct", pa.bool_()),  # the released evaluation's rule
+        pa.field("exact_match", pa.bool_()),
+        pa.field("token_recall", pa.float64()),
+        pa.field("rouge_l", pa.float64()),  # per report; BLEU and METEOR are corpus-level (metrics.json)
+    ],
+    metadata={"artifact": "predictions", "schema_version": SCHEMA_VERSION},
+)
+
 def table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     extra = {k for row in rows for k in row} - set(schema.names)

@@ -41,15 +41,19 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLM:
-    """Load model + processor from a local folder; never reaches for the hub."""
+def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, move: bool = True) -> VLM:
+    """Load model + processor from a local folder; never reaches for the hub.
+
+    ``move=False`` leaves the weights where loading put them, for a trainer (or DeepSpeed) to place.
+    """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json - not a transformers checkpoint folder")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval() if move else model
     # Generation appends at the right end of every row, so batches are padded on the left.
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:

@@ -33,6 +33,7 @@ from tasks.store import (
 STAGE = "evaluate"
 CODE = code_version(__name__, "tasks.metrics", "models.vlm")
 ADAPTER_CONFIG = "adapter_config.json"
+BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its adapter
 
 Progress = Callable[[int, int], None]  # (samples done, total)
 
@@ -93,17 +94,34 @@ def adapter_dir(train: Manifest) -> Path:
 
 
 def resolve_model(config: EvaluateConfig, train: Manifest | None) -> EvaluateConfig:
-    """Fill ``model`` from the adapter's recorded base model when the run file leaves it unset."""
+    """Fill ``model`` with the trained adapter's base model when the run file leaves it unset."""
     if config.model is not None:
         return config
     if train is None:
         raise EvaluateError("evaluate.model is unset and no trained adapter names its base model: set evaluate.model")
-    recorded = json.loads((adapter_dir(train) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not recorded or not Path(recorded).is_dir():
-        raise EvaluateError(
-            f"evaluate.model is unset and the adapter's base model {recorded!r} is not a local folder: set evaluate.model"
-        )
-    return config.model_copy(update={"model": Path(recorded).resolve()})
+    candidates = base_model_candidates(train)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return config.model_copy(update={"model": candidate.resolve()})
+    raise EvaluateError(
+        f"evaluate.model is unset and train artifact {train.key} names no local base model "
+        f"(looked at {[str(c) for c in candidates]}): set evaluate.model"
+    )
+
+
+def base_model_candidates(train: Manifest) -> list[Path]:
+    """Where a train artifact says its base model is, most direct first: a checkpoint shipped
+    inside it (the demo's tiny model), the path the trainer recorded (base_model.txt), the
+    path peft recorded in the adapter."""
+    root = Path(train.path)
+    shipped = sorted(
+        root / Path(f).parent
+        for f in train.files
+        if Path(f).name == "config.json" and Path(f).parent != Path(".") and not (root / Path(f).parent / ADAPTER_CONFIG).is_file()
+    )
+    recorded = [Path(root / BASE_MODEL_FILE).read_text().strip()] if BASE_MODEL_FILE in train.files else []
+    peft_record = json.loads((adapter_dir(train) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    return [*shipped, *map(Path, recorded), *([Path(peft_record)] if peft_record else [])]
 
 
 def build_evaluation(

@@ -54,6 +54,22 @@ REJECTS = pa.schema(
     metadata={"artifact": "rejects", "schema_version": SCHEMA_VERSION},
 )
 
+# --- train (reads the preference set built by assemble; only the columns it uses) ---
+TRAIN_PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("chosen_image", pa.string(), nullable=False),
+        pa.field("rejected_image", pa.string(), nullable=False),  # equal to chosen_image for text pairs
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ],
+    metadata={"artifact": "train_pairs", "schema_version": SCHEMA_VERSION},
+)
+
 
 # --- evaluate ---------------------------------------------------------------------------
 # One row per evaluated test sample and model. Score columns are null where they do not

@@ -196,3 +196,4 @@ def test_resolve_model_needs_a_model(store: ArtifactStore, tiny_llava: Path) -> 
     assert ev.resolve_model(fast(tiny_llava), None).model == tiny_llava
     with pytest.raises(ev.EvaluateError, match="no config.json"):
         ev.model_snapshot(store.root)
+

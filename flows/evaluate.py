@@ -51,15 +51,32 @@ def find_artifact(store: ArtifactStore, stage: str, key: str | None) -> Manifest
     return existing[-1] if existing else None
 
 
+def upstream_artifact(store: ArtifactStore, manifest: Manifest, stage: str) -> Manifest | None:
+    """The one ``stage`` artifact in ``manifest``'s lineage (e.g. the ingest a train run's
+    preference set was curated from); None when there is none or several."""
+    keys = sorted({entry.split("/", 1)[1] for entry in manifest.lineage if entry.startswith(f"{stage}/")})
+    found = [m for m in (store.get(stage, key) for key in keys) if m is not None]
+    return found[0] if len(keys) == 1 and found else None
+
+
+def evaluate_after_training(config: RunConfig, train: Manifest, ingest: Manifest | None = None) -> Evaluation:
+    """The train flow's last step: evaluate on the samples its preference set came from."""
+    ingest = ingest or upstream_artifact(ArtifactStore(config.store), train, "ingest")
+    if ingest is None:
+        raise EvaluateError(f"train artifact {train.key} has no single ingest artifact in its lineage: pass the ingest to evaluate on")
+    return evaluate_flow(config, ingest, train)
+
+
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
         help="score the base model and a trained adapter on the test split; print the before/after table",
         description="Evaluate on the ingest artifact's test split (evaluate: section of the run file). "
-        "Without --ingest/--train the newest artifacts in the store are used.",
+        "Without --train the newest train artifact is used; without --ingest the one the train "
+        "artifact's preference set came from, else the newest.",
     )
     parser.add_argument("--config", required=True, help="run config YAML")
-    parser.add_argument("--ingest", metavar="KEY", help="ingest artifact key (default: the newest)")
+    parser.add_argument("--ingest", metavar="KEY", help="ingest artifact key (default: the train artifact's, else the newest)")
     adapter = parser.add_mutually_exclusive_group()
     adapter.add_argument("--train", metavar="KEY", help="train artifact key whose adapter is evaluated (default: the newest)")
     adapter.add_argument("--base-only", action="store_true", help="evaluate the base model alone")
@@ -71,10 +88,12 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args.config)
         store = ArtifactStore(config.store)
+        train = None if args.base_only else find_artifact(store, "train", args.train)
         ingest = find_artifact(store, "ingest", args.ingest)
+        if args.ingest is None and train is not None:
+            ingest = upstream_artifact(store, train, "ingest") or ingest
         if ingest is None:
             raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
-        train = None if args.base_only else find_artifact(store, "train", args.train)
         settings = resolve_model(config.evaluate, train)
         assert settings.model is not None
         model_snapshot(settings.model)  # a wrong model path fails here, with its reason, not inside the flow

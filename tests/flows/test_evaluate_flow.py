@@ -81,3 +81,15 @@ def test_cli_base_only_prints_the_table(prefect_backend, tmp_path: Path, tiny_ll
     out = capsys.readouterr().out
     assert "no train artifact" in out
     assert "slake    closed_accuracy" in out
+
+
+def test_upstream_ingest_is_found_through_lineage(tmp_path: Path) -> None:
+    from tasks.config import StageConfig
+
+    store = ArtifactStore(tmp_path / "store")
+    ingest = ingest_artifact(store, tmp_path / "images", SPECS[:1])
+    ingest_artifact(store, tmp_path / "images2", SPECS[1:2])  # newer, unrelated
+    assemble = store.run("assemble", "x", StageConfig(), {"ingest": ingest}, lambda out: {})
+    train = store.run("train", "x", StageConfig(), {"assemble": assemble}, lambda out: {})
+    assert flow.upstream_artifact(store, train, "ingest") == ingest
+    assert flow.upstream_artifact(store, ingest, "train") is None

@@ -197,3 +197,25 @@ def test_resolve_model_needs_a_model(store: ArtifactStore, tiny_llava: Path) -> 
     with pytest.raises(ev.EvaluateError, match="no config.json"):
         ev.model_snapshot(store.root)
 
+
+
+def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) -> None:
+    from tasks.config import StageConfig
+
+    def artifact(tag: str, ship_model: bool):
+        def build(out: Path) -> dict[str, float]:
+            (out / "adapter").mkdir()
+            (out / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+            (out / "base_model.txt").write_text(str(out / "tiny-model") + "\n")  # the build folder, renamed on publish
+            if ship_model:
+                (out / "tiny-model").mkdir()
+                (out / "tiny-model" / "config.json").write_text("{}")
+            return {}
+
+        return store.run("train", tag, StageConfig(), {}, build)
+
+    shipped = artifact("a", ship_model=True)
+    assert ev.resolve_model(fast(None), shipped).model == Path(shipped.path, "tiny-model")
+    assert ev.adapter_dir(shipped) == Path(shipped.path, "adapter")
+    with pytest.raises(ev.EvaluateError, match="names no local base model"):
+        ev.resolve_model(fast(None), artifact("b", ship_model=False))

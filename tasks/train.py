@@ -33,8 +33,6 @@ ADAPTER = "adapter"
 def train(store: ArtifactStore, config: TrainConfig, assemble: Keyed, preferences: Path, resume: bool = False) -> Manifest:
     """``assemble`` identifies the preference set (its manifest, or a snapshot of a Parquet file)."""
     checkpoints = checkpoint_dir(store, config, assemble)
-    if not resume and checkpoints.exists():
-        shutil.rmtree(checkpoints)
     return store.run(STAGE, CODE, config, {"assemble": assemble}, lambda out: build_adapter(out, config, preferences, checkpoints, resume))
 
 
@@ -83,6 +81,8 @@ def build_adapter(out: Path, config: TrainConfig, preferences: Path, checkpoints
     pairs, counts = select_pairs(preferences, config)
     if not pairs:
         raise ValueError(f"{preferences}: no pair left to train on ({counts})")
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
     job = {"config": config.model_dump(mode="json"), "pairs": pairs, "out": str(out), "checkpoints": str(checkpoints), "resume": resume}
     if config.accelerate_config is None:
@@ -128,7 +128,7 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation,
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
         lr_scheduler_type=settings.scheduler,
         max_length=settings.max_length,
         gradient_checkpointing=settings.gradient_checkpointing,
@@ -136,6 +136,7 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         use_cpu=not on_gpu,
         save_strategy="steps",
         save_steps=settings.save_steps,
+        save_total_limit=2,
         logging_steps=settings.logging_steps,
         seed=settings.seed,
         remove_unused_columns=False,  # the collator needs the image paths, weights and pair kinds

@@ -219,3 +219,27 @@ def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) ->
     assert ev.adapter_dir(shipped) == Path(shipped.path, "adapter")
     with pytest.raises(ev.EvaluateError, match="names no local base model"):
         ev.resolve_model(fast(None), artifact("b", ship_model=False))
+
+
+def test_adapter_from_the_train_stage_is_applied(store: ArtifactStore, tmp_path: Path) -> None:
+    from tasks.config import TrainConfig
+    from tasks.train import preference_snapshot, train
+    from tests.support.preference import preference_rows
+
+    pairs = preference_rows(tmp_path / "pairs")
+    keep = [f.name for f in schemas.TRAIN_PAIRS]
+    path = schemas.write_parquet(schemas.table([{k: r[k] for k in keep} for r in pairs], schemas.TRAIN_PAIRS), tmp_path / "p.parquet")
+    settings = TrainConfig(
+        lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=5e-2, max_steps=4, batch_size=2, gradient_accumulation=1,
+        max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1, warmup_ratio=0.0, scheduler="constant",
+    )
+    trained_on = train(store, settings, preference_snapshot(path), path)
+    ingest = ingest_artifact(store, tmp_path / "images", [{"sample_id": f"s:{i}"} for i in range(3)])
+
+    config = ev.resolve_model(fast(None), trained_on)
+    assert config.model == Path(trained_on.path, "tiny-model")  # the base model shipped in the artifact
+    model = ev.model_snapshot(config.model)
+    base = ev.load_predictions(ev.evaluate(store, config, ingest, model))
+    trained = ev.load_predictions(ev.evaluate(store, config, ingest, model, trained_on))
+    assert all(r["status"] == "ok" for r in base + trained)
+    assert [r["prediction"] for r in base] != [r["prediction"] for r in trained]

@@ -43,8 +43,8 @@ class EvaluateConfig(StageConfig):
 
     model: Path | None = Field(
         default=None,
-        description="Base model: a local transformers checkpoint folder. Unset: the base model recorded in "
-        "the evaluated adapter (its adapter_config.json), which must then be a local folder",
+        description="Base model: a local transformers checkpoint folder. Unset: the evaluated train artifact's "
+        "base model (a checkpoint shipped inside it, else the local path it records)",
     )
     splits: list[str] = Field(default=["test"], description="Sample splits evaluated")
     datasets: list[str] | None = Field(default=None, description="Evaluate only these data sets; all when unset")

@@ -41,15 +41,19 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLM:
-    """Load model + processor from a local folder; never reaches for the hub."""
+def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, move: bool = True) -> VLM:
+    """Load model + processor from a local folder; never reaches for the hub.
+
+    ``move=False`` leaves the weights where loading put them, for a trainer (or DeepSpeed) to place.
+    """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json - not a transformers checkpoint folder")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval() if move else model
     # Generation appends at the right end of every row, so batches are padded on the left.
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
@@ -132,3 +136,18 @@ def generate(
         decoded = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         answers.extend(decoded[i : i + settings.n] for i in range(0, len(decoded), settings.n))
     return answers
+
+
+def apply_adapter(vlm: VLM, adapter: str | Path) -> VLM:
+    """The model with a saved peft (LoRA) adapter merged in, for inference only.
+
+    Merging costs one pass over the adapted weights and leaves a plain model, so generation
+    runs at the base model's speed and through the same code path.
+    """
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json - not a saved peft adapter")
+    merged = PeftModel.from_pretrained(vlm.model, adapter).merge_and_unload().eval()
+    return VLM(model=merged, processor=vlm.processor, path=vlm.path)

@@ -55,6 +55,48 @@ REJECTS = pa.schema(
     metadata={"artifact": "rejects", "schema_version": SCHEMA_VERSION},
 )
 
+# --- train (reads the preference set built by assemble; only the columns it uses) ---
+TRAIN_PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("chosen_image", pa.string(), nullable=False),
+        pa.field("rejected_image", pa.string(), nullable=False),  # equal to chosen_image for text pairs
+        pa.field("weight", pa.float64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ],
+    metadata={"artifact": "train_pairs", "schema_version": SCHEMA_VERSION},
+)
+
+
+# --- evaluate ---------------------------------------------------------------------------
+# One row per evaluated test sample and model. Score columns are null where they do not
+# apply (a report has no closed_correct) or where generation failed (status != "ok").
+PREDICTIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),  # vqa | report
+        pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),  # the reference
+        pa.field("prediction", pa.string()),  # null when generation failed
+        pa.field("model", pa.string(), nullable=False),  # base checkpoint folder
+        pa.field("adapter", pa.string()),  # train artifact key; null for the base model
+        pa.field("status", pa.string(), nullable=False),  # ok | failed
+        pa.field("error", pa.string()),
+        pa.field("closed_correct", pa.bool_()),  # normalized match (tasks.metrics.closed_correct)
+        pa.field("substring_correct", pa.bool_()),  # the released evaluation's rule
+        pa.field("exact_match", pa.bool_()),
+        pa.field("token_recall", pa.float64()),
+        pa.field("rouge_l", pa.float64()),  # per report; BLEU and METEOR are corpus-level (metrics.json)
+    ],
+    metadata={"artifact": "predictions", "schema_version": SCHEMA_VERSION},
+)
 
 # --- assemble: the preference set ------------------------------------------------------------
 # Image paths are relative to the set's version folder (the set travels as one folder).

@@ -1,0 +1,107 @@
+"""Flow `evaluate`: base model and trained adapter on the test split, then the before/after table.
+
+    ingest + base model ------------------> evaluate (base)     -+
+    ingest + base model + train adapter -> evaluate (trained)  -+-> compare (table + examples)
+
+The base evaluation has no train input, so its artifact is shared by every training run
+on the same samples and model. The train flow calls ``evaluate_flow`` as its last step;
+``mmedpo evaluate --config FILE.yaml`` runs it on artifacts already in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import ConfigError, RunConfig, load_run_config
+from tasks.evaluate import EvaluateError, compare_task, comparison_text, evaluate_task, model_snapshot, resolve_model
+from tasks.store import ArtifactStore, Manifest
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    base: Manifest
+    trained: Manifest | None
+    comparison: list[dict[str, Any]]
+
+
+@flow(name="evaluate")
+def evaluate_flow(config: RunConfig, ingest: Manifest, train: Manifest | None = None) -> Evaluation:
+    settings = resolve_model(config.evaluate, train)
+    assert settings.model is not None
+    model = model_snapshot(settings.model)
+    store = str(config.store)
+    base = evaluate_task(store, settings, ingest, model)
+    trained = evaluate_task(store, settings, ingest, model, train) if train is not None else None
+    rows = compare_task(base, trained, settings.examples)
+    return Evaluation(base=base, trained=trained, comparison=rows)
+
+
+def find_artifact(store: ArtifactStore, stage: str, key: str | None) -> Manifest | None:
+    """The artifact with ``key``, or the newest of its stage when no key is given."""
+    if key is not None:
+        found = store.get(stage, key)
+        if found is None:
+            raise EvaluateError(f"no {stage} artifact {key!r} in {store.root}")
+        return found
+    existing = store.list(stage)
+    return existing[-1] if existing else None
+
+
+def upstream_artifact(store: ArtifactStore, manifest: Manifest, stage: str) -> Manifest | None:
+    """The one ``stage`` artifact in ``manifest``'s lineage (e.g. the ingest a train run's
+    preference set was curated from); None when there is none or several."""
+    keys = sorted({entry.split("/", 1)[1] for entry in manifest.lineage if entry.startswith(f"{stage}/")})
+    found = [m for m in (store.get(stage, key) for key in keys) if m is not None]
+    return found[0] if len(keys) == 1 and found else None
+
+
+def evaluate_after_training(config: RunConfig, train: Manifest, ingest: Manifest | None = None) -> Evaluation:
+    """The train flow's last step: evaluate on the samples its preference set came from."""
+    ingest = ingest or upstream_artifact(ArtifactStore(config.store), train, "ingest")
+    if ingest is None:
+        raise EvaluateError(f"train artifact {train.key} has no single ingest artifact in its lineage: pass the ingest to evaluate on")
+    return evaluate_flow(config, ingest, train)
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score the base model and a trained adapter on the test split; print the before/after table",
+        description="Evaluate on the ingest artifact's test split (evaluate: section of the run file). "
+        "Without --train the newest train artifact is used; without --ingest the one the train "
+        "artifact's preference set came from, else the newest.",
+    )
+    parser.add_argument("--config", required=True, help="run config YAML")
+    parser.add_argument("--ingest", metavar="KEY", help="ingest artifact key (default: the train artifact's, else the newest)")
+    adapter = parser.add_mutually_exclusive_group()
+    adapter.add_argument("--train", metavar="KEY", help="train artifact key whose adapter is evaluated (default: the newest)")
+    adapter.add_argument("--base-only", action="store_true", help="evaluate the base model alone")
+    parser.set_defaults(handler=run_cli)
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        config = load_run_config(args.config)
+        store = ArtifactStore(config.store)
+        train = None if args.base_only else find_artifact(store, "train", args.train)
+        ingest = find_artifact(store, "ingest", args.ingest)
+        if args.ingest is None and train is not None:
+            ingest = upstream_artifact(store, train, "ingest") or ingest
+        if ingest is None:
+            raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
+        settings = resolve_model(config.evaluate, train)
+        assert settings.model is not None
+        model_snapshot(settings.model)  # a wrong model path fails here, with its reason, not inside the flow
+    except (ConfigError, EvaluateError) as exc:
+        print(f"mmedpo evaluate: {exc}")
+        return 2
+    if train is None and not args.base_only:
+        print(f"no train artifact in {store.root}: evaluating the base model alone")
+    result = evaluate_flow(config, ingest, train)
+    print(comparison_text(result.comparison))
+    return 0

@@ -1,0 +1,60 @@
+"""Small preference sets on disk: real PNG images (clean and lesion-noised), Parquet rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+QA = [
+    ("Is there a lesion in the liver?", "Yes, in the right lobe.", "No, the liver is normal and there is no lesion."),
+    ("Is the lung healthy?", "No.", "Yes, the lungs are clear."),
+    ("Which organ is abnormal?", "The liver.", "The spleen is enlarged."),
+    ("What modality is used to take this image?", "CT.", "MRI of the brain."),
+]
+
+
+def write_images(folder: Path, index: int, size: int = 40) -> tuple[str, str]:
+    """A synthetic scan and a copy with Gaussian noise inside a square 'lesion'."""
+    rng = np.random.default_rng(index)
+    yy, xx = np.mgrid[:size, :size]
+    clean = (120 + 60 * np.sin(xx / (3 + index)) + 30 * np.cos(yy / 5)).clip(0, 255).astype(np.uint8)
+    noised = clean.astype(np.float64)
+    box = slice(size // 4, size // 2)
+    noised[box, box] += rng.normal(0, 80, noised[box, box].shape)
+    noised = noised.clip(0, 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_path, noised_path = folder / f"scan{index}.png", folder / f"scan{index}_noised.png"
+    Image.fromarray(clean).save(clean_path)
+    Image.fromarray(noised).save(noised_path)
+    return str(clean_path), str(noised_path)
+
+
+def preference_rows(folder: Path, weights: list[float] | None = None) -> list[dict]:
+    """One text pair and one visual pair per QA item, alternating; columns of the preference set."""
+    rows = []
+    for index, (question, answer, hallucination) in enumerate(QA):
+        clean, noised = write_images(folder, index)
+        for pair_type in ("text", "visual"):
+            rows.append(
+                {
+                    "pair_id": f"p{index}-{pair_type}",
+                    "sample_id": f"s{index}",
+                    "pair_type": pair_type,
+                    "prompt": question,
+                    "chosen": answer,
+                    "rejected": hallucination if pair_type == "text" else answer,
+                    "chosen_image": clean,
+                    "rejected_image": clean if pair_type == "text" else noised,
+                    "raw_score": 0.5 + 0.1 * index,
+                    "weight": 1.0,
+                    "error_type": "contradiction" if pair_type == "text" else "lesion_noise",
+                    "dataset": "synthetic",
+                    "split": "train",
+                }
+            )
+    if weights is not None:
+        for row, weight in zip(rows, weights):
+            row["weight"] = weight
+    return rows

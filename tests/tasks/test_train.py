@@ -1,0 +1,71 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks import schemas
+from tasks.config import TrainConfig
+from tasks.store import ArtifactStore
+from tasks.train import checkpoint_dir, preference_snapshot, train
+from tests.support.preference import preference_rows
+
+
+
+def write_set(folder: Path, rows: list[dict]) -> Path:
+    keep = [f.name for f in schemas.TRAIN_PAIRS]
+    return schemas.write_parquet(schemas.table([{k: r[k] for k in keep} for r in rows], schemas.TRAIN_PAIRS), folder / "preferences.parquet")
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps=2, batch_size=2,
+                  gradient_accumulation=1, save_steps=1, logging_steps=1, max_length=None, gradient_checkpointing=False)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
+    rows = preference_rows(tmp_path / "img", [1.2, 0.8, 1.0, 0.9, 1.1, 0.75, 1.25, 1.0])
+    rows[2]["chosen_image"] = str(tmp_path / "gone.png")
+    rows[3]["split"] = "test"
+    path = write_set(tmp_path, rows)
+    store = ArtifactStore(tmp_path / "store")
+    config = small_config()
+    manifest = train(store, config, preference_snapshot(path), path)
+
+    assert manifest.counts["pairs_in_set"] == 8
+    assert manifest.counts["skipped_missing_image"] == 1
+    assert manifest.counts["skipped_split"] == 1
+    assert manifest.counts["pairs_text"] + manifest.counts["pairs_visual"] == manifest.counts["pairs_trained"] == 6
+    assert manifest.counts["steps"] == 2
+    assert "last/visual/rewards/margins" in manifest.counts and "last/text/rewards/margins" in manifest.counts
+    assert "adapter/adapter_model.safetensors" in manifest.files and "tiny-model/model.safetensors" in manifest.files
+    adapter = load_file(manifest.file("adapter/adapter_model.safetensors"))
+    assert adapter and all("language_model" in name for name in adapter)
+    assert manifest.config["lora_r"] == 4 and manifest.inputs["assemble"] == preference_snapshot(path).key
+    history = json.loads(manifest.file("log_history.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+
+    assert train(store, config, preference_snapshot(path), path).created == manifest.created  # stored, not retrained
+
+    # A run killed after step 1's checkpoint resumes there and ends where the uninterrupted run did.
+    shutil.rmtree(manifest.path)
+    shutil.rmtree(checkpoint_dir(store, config, preference_snapshot(path)) / "checkpoint-2")
+    resumed = train(store, config, preference_snapshot(path), path, resume=True)
+    assert resumed.key == manifest.key and resumed.counts["resumed"] == 1 and resumed.counts["steps"] == 2
+    # Only step 2 ran again: the resumed run's mean loss is the original run's step-2 loss.
+    step2 = next(h["loss"] for h in history if h.get("step") == 2 and "loss" in h)
+    assert resumed.counts["train_loss"] == pytest.approx(step2, rel=1e-4)
+    again = load_file(resumed.file("adapter/adapter_model.safetensors"))
+    for name, value in adapter.items():
+        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_set_with_nothing_trainable_fails_with_the_reasons(tmp_path: Path):
+    rows = preference_rows(tmp_path / "img")[:2]
+    for row in rows:
+        row["split"] = "test"
+    path = write_set(tmp_path, rows)
+    with pytest.raises(ValueError, match="skipped_split"):
+        train(ArtifactStore(tmp_path / "store"), small_config(), preference_snapshot(path), path)

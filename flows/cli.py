@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, load_run_config
+from tasks.config import ConfigError, EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig, load_run_config
+from flows.evaluate import add_cli as evaluate_cli
+from flows.train import add_cli as train_cli
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 
@@ -41,14 +43,53 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sets_list(args: argparse.Namespace) -> int:
+    from tasks.sets import list_sets
+
+    sets = list_sets(args.root)
+    if not sets:
+        print(f"no preference sets under {args.root}")
+        return 0
+    print(f"{'name':<20}{'version':<18}{'created':<27}{'pairs':>7}{'text':>7}{'visual':>8}")
+    for manifest in sets:
+        counts = manifest.counts
+        print(f"{Path(manifest.path).parent.name:<20}{manifest.key:<18}{manifest.created:<27}"
+              f"{counts.get('pairs', 0):>7g}{counts.get('pairs.text', 0):>7g}{counts.get('pairs.visual', 0):>8g}")
+    return 0
+
+
+def cmd_sets_show(args: argparse.Namespace) -> int:
+    from tasks.sets import resolve_set
+
+    folder = resolve_set(args.root, args.ref)
+    print(f"{folder}\n")
+    print((folder / "CARD.md").read_text())
+    manifest = (folder / "manifest.json").read_text()
+    print("## manifest.json\n")
+    print(manifest)
+    return 0
+
+
 def demo_config(samples: Path) -> RunConfig:
-    """The demo's run config: the sample set, offline defaults for every stage."""
+    """The demo's run config: the sample set, offline defaults for every curation stage, and a
+    short CPU training run of a tiny random-weight LLaVA (the real model is a config away)."""
     source = SourceConfig(format="jsonl", root=(samples / "demo.jsonl").resolve(), name="demo")
-    return RunConfig(name="demo", store=(DATA / "artifacts").resolve(), ingest=IngestConfig(sources=[source]))
+    return RunConfig(
+        name="demo",
+        store=(DATA / "artifacts").resolve(),
+        sets=(DATA / "preference_sets").resolve(),
+        ingest=IngestConfig(sources=[source]),
+        train=TrainConfig(
+            lora_r=8, lora_alpha=16, learning_rate=5e-4, epochs=2, batch_size=2, gradient_accumulation=1,
+            max_length=256, gradient_checkpointing=False, logging_steps=1, save_steps=1000,
+        ),
+        evaluate=EvaluateConfig(max_new_tokens=8, report_max_new_tokens=24),
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.curate import curate
+    from flows.evaluate import comparison_text
+    from flows.pipeline import pipeline
     from tasks.demo_data import build_demo_data
 
     samples = DATA / "samples"
@@ -56,16 +97,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = demo_config(samples)
     config_path = samples / "demo-run.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    manifests = curate(config)
-    print_manifests(manifests)
-    print(f"\nrun config (re-run with `mmedpo curate --config {config_path}`): {config_path}")
+    result = pipeline(config)
+    print("\n== curation")
+    print_manifests(result.curated)
+    assembled = result.curated["assemble"]
+    print(f"\n== preference set {config.name}@{assembled.key}: {config.sets / config.name / assembled.key}")
+    print(f"   pairs: {assembled.counts['pairs']:g} (text {assembled.counts.get('pairs.text', 0):g}, visual {assembled.counts.get('pairs.visual', 0):g})")
+    print(f"\n== training (tiny random-weight LLaVA on CPU): {result.train.path}")
+    print(f"\n== evaluation on the test split (base vs trained)\n{comparison_text(result.evaluation.comparison)}")
+    print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
+    print("inspect: mmedpo sets show demo")
     return 0
 
 
-def print_manifests(manifests: dict) -> None:
+def print_manifests(manifests: dict, max_counters: int = 6) -> None:
     for stage, manifest in manifests.items():
-        counts = ", ".join(f"{k}={v:g}" for k, v in manifest.counts.items() if "." not in k)
-        print(f"{stage:<12} {manifest.path}  ({counts})")
+        counters = [f"{k}={v:g}" for k, v in manifest.counts.items() if "." not in k][:max_counters]
+        print(f"{stage:<12} {manifest.path}  ({', '.join(counters)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--config", required=True, type=Path, help="run config YAML")
     curate.set_defaults(handler=cmd_curate)
 
+    sets = commands.add_parser("sets", help="list or show preference sets").add_subparsers(dest="sets_command", required=True)
+    sets_list = sets.add_parser("list", help="every published set version")
+    sets_list.add_argument("--root", type=Path, default=DATA / "preference_sets")
+    sets_list.set_defaults(handler=cmd_sets_list)
+    sets_show = sets.add_parser("show", help="a set's data card and manifest")
+    sets_show.add_argument("ref", help="NAME (newest version) or NAME@VERSION")
+    sets_show.add_argument("--root", type=Path, default=DATA / "preference_sets")
+    sets_show.set_defaults(handler=cmd_sets_show)
+
+    train_cli(commands)
+    evaluate_cli(commands)
+
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -97,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, IngestError) as exc:
+    except (ConfigError, IngestError, FileNotFoundError) as exc:
         print(f"mmedpo: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks.assemble import assemble_task, publish_task
 from tasks.config import RunConfig
+from tasks.hallucinate import hallucinate_task
 from tasks.ingest import ingest_task, snapshot_sources_task
+from tasks.localize import localize_task
+from tasks.noise import noise_task
+from tasks.score import score_task
 from tasks.store import Manifest
 
 
@@ -14,4 +19,10 @@ def curate(config: RunConfig) -> dict[str, Manifest]:
     store = str(config.store)
     sources = snapshot_sources_task(config.ingest)
     ingest = ingest_task(store, config.ingest, sources)
-    return {"ingest": ingest}
+    localize = localize_task(store, config.localize, ingest)
+    noise = noise_task(store, config.noise, ingest, localize)
+    hallucinate = hallucinate_task(store, config.hallucinate, ingest)
+    score = score_task(store, config.score, ingest, hallucinate, localize)
+    assemble = assemble_task(store, config.assemble, ingest, localize, noise, hallucinate, score)
+    publish_task(assemble, str(config.sets), config.name)
+    return {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score, "assemble": assemble}

@@ -14,34 +14,36 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.config import RunConfig, load_run_config
+from tasks.sets import resolve_set
 from tasks.store import ArtifactStore, Keyed, Manifest
 from tasks.train import preference_snapshot, train_task
 
-PREFERENCES_FILE = "preferences.parquet"
-
-
-def resolve_preferences(store: ArtifactStore, ref: str) -> tuple[Keyed, Path]:
-    """A preference set is a Parquet path or the key of an `assemble` artifact in the store."""
+def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
+    """What to train on, and its identity for the train key. ``ref`` is a published set
+    (NAME or NAME@VERSION under ``config.sets``), a set version folder, an assemble artifact
+    key, or a Parquet file of pairs."""
     path = Path(ref)
     if path.is_file():
         return preference_snapshot(path), path.resolve()
-    manifest = store.get("assemble", ref)
-    if manifest is None:
-        raise FileNotFoundError(f"{ref!r} is neither a Parquet file nor an assemble artifact key in {store.root}")
-    return manifest, manifest.file(PREFERENCES_FILE)
+    if (path / "manifest.json").is_file():
+        return Manifest.model_validate_json((path / "manifest.json").read_text()), path.resolve()
+    manifest = ArtifactStore(config.store).get("assemble", ref)
+    if manifest is not None:
+        return manifest, Path(manifest.path)
+    folder = resolve_set(config.sets, ref)
+    return Manifest.model_validate_json((folder / "manifest.json").read_text()), folder
 
 
 @flow(name="mmedpo-train")
 def train_flow(config: RunConfig, preferences: str, resume: bool = False) -> Manifest:
-    store = ArtifactStore(config.store)
-    assemble, path = resolve_preferences(store, preferences)
-    return train_task(str(store.root), config.train, assemble, str(path), resume)
+    assemble, path = resolve_preferences(config, preferences)
+    return train_task(str(config.store), config.train, assemble, str(path), resume)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="weighted-DPO training of a LoRA adapter on a preference set")
     parser.add_argument("--config", required=True, type=Path, help="run config YAML (its `train` section)")
-    parser.add_argument("--preferences", required=True, help="preference set: a Parquet file or an assemble artifact key")
+    parser.add_argument("--preferences", required=True, help="preference set: NAME[@VERSION], a set folder, an assemble key or a Parquet file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this exact run")
     parser.set_defaults(handler=run_cli)
 

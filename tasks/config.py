@@ -45,7 +45,10 @@ class AssembleConfig(StageConfig):
     text_pairs: bool = Field(default=True, description="Build text pairs (ground truth vs hallucination); off = the paper's visual-only ablation")
     visual_pairs: bool = Field(default=True, description="Build visual pairs (original vs lesion-noised image); off = text-only ablation")
     test_splits: list[str] = Field(default=["test"], description="Splits held out: no pairs from them, and pairs leaking into them are dropped")
-    check_near_duplicates: bool = Field(default=True, description="Also drop pairs whose image is a re-encoded/resized copy of a test image (perceptual hash)")
+    near_duplicate_bits: int | None = Field(
+        default=8, ge=0, le=256,
+        description="Also drop pairs whose image is within this many bits (of 256) of a test image's perceptual hash: re-encoded or resized copies; None turns the check off",
+    )
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 

@@ -156,7 +156,7 @@ class ArtifactStore:
                 code_version=code,
                 counts=counts,
                 files=sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                created=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
                 seconds=round(time.perf_counter() - started, 3),
             )
             write_text_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2))

@@ -23,10 +23,11 @@ from prefect import task
 
 from tasks import schemas, ui
 from tasks.config import TrainConfig
+from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, stage_key, stage_task_options
 
 STAGE = "train"
-CODE = code_version(__name__, "models.dpo", "models.vlm", "models.tiny")
+CODE = code_version(__name__, "models.dpo", "models.vlm", "models.tiny", "tasks.sets")
 ADAPTER = "adapter"
 
 
@@ -47,7 +48,7 @@ def preference_snapshot(path: Path) -> SourceSnapshot:
 
 def select_pairs(preferences: Path, config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The rows trained on, and counters for every row left out and why."""
-    rows = schemas.read_parquet(preferences, schemas.TRAIN_PAIRS).to_pylist()
+    rows = load_pairs(preferences, schema=schemas.TRAIN_PAIRS).to_pylist()
     counts: dict[str, float] = {"pairs_in_set": len(rows)}
     kept = []
     for row in rows:

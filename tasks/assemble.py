@@ -1,0 +1,280 @@
+"""Stage `assemble`: samples + hallucinations + regions/noised images + weights -> the preference set.
+
+The set is self-contained: its images are linked (or copied) into the set's folder, so a
+set can be moved to a GPU machine alone (layout in tasks/sets.py). Besides the pairs it
+holds ``dropped.parquet`` (every sample or pair left out, with its reason) and ``CARD.md``
+(counts, length statistics, weight histogram, examples). Its version is the stage's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ui
+from tasks.config import AssembleConfig
+from tasks.schemas import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES, read_parquet, table, write_parquet
+from tasks.sets import PAIRS_DIR, link_or_copy, publish
+from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
+
+STAGE = "assemble"
+CODE = code_version(__name__, "tasks.schemas", "tasks.sets")
+INPUTS = ("ingest", "localize", "noise", "hallucinate", "score")
+
+
+def assemble(
+    store: ArtifactStore,
+    config: AssembleConfig,
+    ingest: Manifest,
+    localize: Manifest,
+    noise: Manifest,
+    hallucinate: Manifest,
+    score: Manifest,
+) -> Manifest:
+    inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
+    return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs))
+
+
+def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
+    samples = read_parquet(inputs["ingest"].file("samples.parquet"), SAMPLES).to_pylist()
+    hallucinations = _by_sample(read_parquet(inputs["hallucinate"].file("hallucinations.parquet"), HALLUCINATIONS))
+    noised = _by_sample(read_parquet(inputs["noise"].file("noised.parquet"), NOISED))
+    regions = _by_sample(read_parquet(inputs["localize"].file("regions.parquet"), REGIONS))
+    scores = {(r["sample_id"], r["pair_type"]): r for r in read_parquet(inputs["score"].file("scores.parquet"), SCORES).to_pylist()}
+    lineage = {f"{name}_key": manifest.key for name, manifest in inputs.items()}
+    noise_dir = Path(inputs["noise"].path)
+
+    leaks = LeakageIndex([s for s in samples if s["split"] in config.test_splits], config.near_duplicate_bits)
+    linker = ImageLinker(out / "images")
+    pairs: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    counts: Counter = Counter()
+
+    def drop(sample: dict, pair_type: str | None, reason: str, detail: str | None = None) -> None:
+        dropped.append({"sample_id": sample["sample_id"], "pair_type": pair_type, "reason": reason, "detail": detail})
+        counts[f"dropped.{reason}"] += 1
+
+    for sample in samples:
+        if sample["split"] in config.test_splits:
+            counts["test_samples"] += 1
+            continue
+        leak = leaks.match(sample)
+        if leak:
+            drop(sample, None, leak, "matches a test-split sample")
+            continue
+        base = {
+            "sample_id": sample["sample_id"],
+            "prompt": sample["question"],
+            "chosen": sample["answer"],
+            "dataset": sample["dataset"],
+            "split": sample["split"],
+            "task": sample["task"],
+            "answer_type": sample["answer_type"],
+            **lineage,
+        }
+        if config.text_pairs:
+            pair = _text_pair(sample, hallucinations.get(sample["sample_id"]), scores.get((sample["sample_id"], "text")))
+            if isinstance(pair, str):
+                drop(sample, "text", pair)
+            else:
+                image = linker.link(Path(sample["image_path"]))
+                pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
+        if config.visual_pairs:
+            pair = _visual_pair(sample, regions.get(sample["sample_id"]), noised.get(sample["sample_id"]), scores.get((sample["sample_id"], "visual")))
+            if isinstance(pair, str):
+                drop(sample, "visual", pair)
+            else:
+                rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
+                pairs.append({**base, **pair, "rejected": sample["answer"], "chosen_image": linker.link(Path(sample["image_path"])), "rejected_image": rejected_image})
+
+    pairs.sort(key=lambda p: p["pair_id"])
+    for split in sorted({p["split"] for p in pairs}):
+        write_parquet(table([p for p in pairs if p["split"] == split], PAIRS), out / PAIRS_DIR / f"{split}-00000-of-00001.parquet")
+    write_parquet(table(dropped, DROPPED), out / "dropped.parquet")
+    for pair in pairs:
+        counts[f"pairs.{pair['pair_type']}"] += 1
+    counts["pairs"] = len(pairs)
+    counts["images"] = linker.count
+    write_text_atomic(out / "CARD.md", data_card(pairs, dropped, counts))
+    return dict(counts)
+
+
+def _by_sample(data: pa.Table) -> dict[str, dict]:
+    return {row["sample_id"]: row for row in data.to_pylist()}
+
+
+def _text_pair(sample: dict, hallucination: dict | None, score: dict | None) -> dict | str:
+    """The pair's columns, or the reason there is none."""
+    if hallucination is None:
+        return "no_hallucination_row"
+    if hallucination["status"] != "ok":
+        return f"hallucination_{hallucination['status']}"
+    if score is None or score["status"] != "ok":
+        return "text_score_missing" if score is None else f"text_score_{score['status']}"
+    return {
+        "pair_id": f"{sample['sample_id']}#text",
+        "pair_type": "text",
+        "rejected": hallucination["rejected"],
+        "raw_score": score["raw_score"],
+        "weight": score["weight"],
+        "error_type": hallucination["error_type"],
+    }
+
+
+def _visual_pair(sample: dict, region: dict | None, noised: dict | None, score: dict | None) -> dict | str:
+    if region is None or region["status"] != "ok":
+        return "no_region" if region is None else f"region_{region['status']}"
+    if noised is None or noised["status"] != "ok":
+        return "not_noised" if noised is None else f"noise_{noised['status']}"
+    if score is None or score["status"] != "ok":
+        return "visual_score_missing" if score is None else f"visual_score_{score['status']}"
+    return {
+        "pair_id": f"{sample['sample_id']}#visual",
+        "pair_type": "visual",
+        "raw_score": score["raw_score"],
+        "weight": score["weight"],
+        "error_type": f"lesion_noise_{noised['mode']}",
+        "noised_path": noised["noised_path"],
+    }
+
+
+class LeakageIndex:
+    """Test-split images by exact hash and by perceptual hash (re-encoded or resized copies)."""
+
+    def __init__(self, test_samples: list[dict], near_duplicate_bits: int | None):
+        self.sha = {s["image_sha256"] for s in test_samples}
+        self.questions = {(normalize_question(s["question"]), s["image_phash"]) for s in test_samples}
+        self.max_bits = near_duplicate_bits
+        self.phashes = _bits([s["image_phash"] for s in test_samples])
+
+    def match(self, sample: dict) -> str | None:
+        if sample["image_sha256"] in self.sha:
+            return "leak_test_image"
+        if (normalize_question(sample["question"]), sample["image_phash"]) in self.questions:
+            return "leak_test_question_image"
+        if self.max_bits is not None and len(self.phashes):
+            distance = np.bitwise_count(self.phashes ^ _bits([sample["image_phash"]])).sum(axis=1).min()
+            if distance <= self.max_bits:
+                return "leak_test_near_duplicate_image"
+        return None
+
+
+def _bits(hashes: list[str]) -> np.ndarray:
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(len(hashes), -1)
+
+
+def normalize_question(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+class ImageLinker:
+    """Puts each distinct image into the set once, named by content; returns set-relative paths."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.by_source: dict[Path, str] = {}
+
+    @property
+    def count(self) -> int:
+        return len(set(self.by_source.values()))
+
+    def link(self, source: Path) -> str:
+        if source not in self.by_source:
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            target = self.folder / f"{digest}{source.suffix.lower()}"
+            if not target.exists():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                link_or_copy(source, target)
+            self.by_source[source] = str(target.relative_to(self.folder.parent))
+        return self.by_source[source]
+
+
+# ------------------------------------------------------------------------------ the card
+
+
+def data_card(pairs: list[dict], dropped: list[dict], counts: Counter) -> str:
+    lines = ["# Preference set", ""]
+    lines += ["## Pairs", "", _count_table(pairs, ("dataset", "pair_type")), "", _count_table(pairs, ("pair_type", "error_type")), ""]
+    text = [p for p in pairs if p["pair_type"] == "text"]
+    if text:
+        chosen = [len(p["chosen"]) for p in text]
+        rejected = [len(p["rejected"]) for p in text]
+        lines += [
+            "## Text pairs: chosen vs rejected length (characters)",
+            "",
+            "| side | mean | median | max |",
+            "|---|---:|---:|---:|",
+            f"| chosen | {statistics.mean(chosen):.1f} | {statistics.median(chosen):.1f} | {max(chosen)} |",
+            f"| rejected | {statistics.mean(rejected):.1f} | {statistics.median(rejected):.1f} | {max(rejected)} |",
+            "",
+            f"Mean rejected / chosen length ratio: {statistics.mean(r / max(c, 1) for r, c in zip(rejected, chosen)):.2f} "
+            "(the paper's released VQA data: ~6; near 1 leaves no length shortcut).",
+            "",
+        ]
+    lines += ["## Weights", "", weight_histogram(pairs), ""]
+    reasons = Counter(d["reason"] for d in dropped)
+    lines += ["## Left out", "", "| reason | count |", "|---|---:|"] + [f"| {r} | {n} |" for r, n in sorted(reasons.items())]
+    lines += ["", "## Examples", ""]
+    for pair in pairs[:5]:
+        lines += [
+            f"- **{pair['pair_id']}** ({pair['pair_type']}, weight {pair['weight']:.3f}, {pair['error_type']})",
+            f"  - prompt: {pair['prompt']}",
+            f"  - chosen: {pair['chosen']} (`{pair['chosen_image']}`)",
+            f"  - rejected: {pair['rejected']} (`{pair['rejected_image']}`)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _count_table(rows: list[dict], keys: tuple[str, str]) -> str:
+    counted = Counter((r[keys[0]], r[keys[1]]) for r in rows)
+    header = [f"| {keys[0]} | {keys[1]} | pairs |", "|---|---|---:|"]
+    return "\n".join(header + [f"| {a} | {b} | {n} |" for (a, b), n in sorted(counted.items(), key=lambda x: (str(x[0][0]), str(x[0][1])))])
+
+
+def weight_histogram(pairs: list[dict], bins: int = 10) -> str:
+    """A text histogram per pair type: readable in the card, the terminal and the UI."""
+    out = []
+    for pair_type in sorted({p["pair_type"] for p in pairs}):
+        weights = [p["weight"] for p in pairs if p["pair_type"] == pair_type]
+        low, high = min(weights), max(weights)
+        width = (high - low) / bins or 1.0
+        hist = Counter(min(int((w - low) / width), bins - 1) for w in weights)
+        out.append(f"{pair_type} (n={len(weights)}, mean {statistics.mean(weights):.3f}):")
+        out += [f"    {low + i * width:6.3f} | {'#' * hist[i]} {hist[i] or ''}".rstrip() for i in range(bins) if hist[i] or low != high]
+    return "```\n" + "\n".join(out) + "\n```" if out else "(no pairs)"
+
+
+def summary_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    return [{"counter": k, "value": v} for k, v in sorted(manifest.counts.items())]
+
+
+@task(**stage_task_options(STAGE, CODE))
+def assemble_task(
+    store_root: str,
+    config: AssembleConfig,
+    ingest: Manifest,
+    localize: Manifest,
+    noise: Manifest,
+    hallucinate: Manifest,
+    score: Manifest,
+) -> Manifest:
+    manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
+    ui.table("assemble-counts", summary_rows(manifest), f"Preference set version {manifest.key}")
+    ui.markdown("assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.key}")
+    ui.manifest_markdown(manifest)
+    return manifest
+
+
+@task(name="publish-set", cache_policy=NO_CACHE)
+def publish_task(manifest: Manifest, sets_root: str, name: str) -> str:
+    """Not cached: re-publishing is an idempotent check, and it restores a deleted set."""
+    return str(publish(manifest, Path(sets_root), name))

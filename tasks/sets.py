@@ -1,0 +1,114 @@
+"""Preference sets as published data sets: where they live, how to find and read them.
+
+A set version is the `assemble` artifact hard-linked to ``<sets>/<name>/<version>/``
+(version = the artifact's key). Layout:
+
+    data/<split>-00000-of-00001.parquet   pairs (schemas.PAIRS); image paths relative to the version folder
+    images/<sha256>.<ext>                 every chosen / rejected image, once
+    dropped.parquet, CARD.md, manifest.json
+
+Shared by assembly (publishing), training (reading) and the CLI (listing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.schemas import PAIRS, read_parquet
+from tasks.store import Manifest
+
+PAIRS_DIR = "data"
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(source, target)
+
+
+def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
+    """Hard-link the assemble artifact to <sets_root>/<name>/<version>/ (atomic, idempotent)."""
+    final = sets_root / name / manifest.key
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{manifest.key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(manifest.path, tmp, copy_function=link_or_copy)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
+    return final
+
+
+def list_sets(sets_root: Path) -> list[Manifest]:
+    """Every published version, oldest first; ``path`` is where it is published."""
+    if not sets_root.is_dir():
+        return []
+    found = []
+    for manifest_path in sorted(sets_root.glob("*/*/manifest.json")):
+        if not manifest_path.parent.name.startswith("."):
+            manifest = Manifest.model_validate_json(manifest_path.read_text())
+            found.append(manifest.model_copy(update={"path": str(manifest_path.parent)}))
+    return sorted(found, key=lambda m: m.created)
+
+
+def resolve_set(sets_root: Path, ref: str) -> Path:
+    """NAME (newest version) or NAME@VERSION -> the version folder, or a clear error."""
+    name, _, version = ref.partition("@")
+    published = list_sets(sets_root)
+    candidates = [Path(m.path) for m in published if Path(m.path).parent.name == name]
+    if version:
+        candidates = [p for p in candidates if p.name == version]
+    if not candidates:
+        known = sorted({f"{Path(m.path).parent.name}@{m.key}" for m in published})
+        raise FileNotFoundError(f"no preference set {ref!r} under {sets_root} (published: {', '.join(known) or 'none'})")
+    return candidates[-1]
+
+
+def load_pairs(location: Path, split: str | None = None, schema: pa.Schema = PAIRS) -> pa.Table:
+    """Pairs with absolute image paths, from a set version folder or from one Parquet file
+    (whose relative image paths are taken relative to the file's folder). ``schema`` names the
+    columns the caller needs (a hand-made Parquet file may hold only those)."""
+    if location.is_dir():
+        files = sorted((location / PAIRS_DIR).glob(f"{split or '*'}-*.parquet"))
+        base = location
+    else:
+        files, base = [location], location.parent
+    if not files:
+        raise FileNotFoundError(f"{location}: no pairs{' for split ' + split if split else ''}")
+    data = pa.concat_tables([read_parquet(f, schema) for f in files])
+    if split is not None:
+        data = data.filter(pc.equal(data["split"], split))
+    for column in ("chosen_image", "rejected_image"):
+        absolute = [str(base / p) for p in data[column].to_pylist()]  # base / absolute path = the absolute path
+        data = data.set_column(data.schema.get_field_index(column), column, pa.array(absolute, pa.string()))
+    return data
+
+
+def to_trl_records(location: Path, split: str = "train") -> Iterable[dict[str, Any]]:
+    """TRL's conversational vision preference format (``images``, ``prompt``, ``chosen``,
+    ``rejected``), plus ``rejected_images`` and ``weight`` for the weighted trainer."""
+    from PIL import Image
+
+    for pair in load_pairs(location, split).to_pylist():
+        yield {
+            "images": [Image.open(pair["chosen_image"]).convert("RGB")],
+            "rejected_images": [Image.open(pair["rejected_image"]).convert("RGB")],
+            "prompt": [{"role": "user", "content": pair["prompt"]}],
+            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+            "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+            "weight": pair["weight"],
+            "pair_type": pair["pair_type"],
+            "pair_id": pair["pair_id"],
+        }

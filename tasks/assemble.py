@@ -147,6 +147,9 @@ def _visual_pair(sample: dict, region: dict | None, noised: dict | None, score: 
     }
 
 
+PHASH_BYTES = 32  # imaging.average_hash: 16 x 16 bits
+
+
 class LeakageIndex:
     """Test-split images by exact hash and by perceptual hash (re-encoded or resized copies)."""
 
@@ -169,7 +172,7 @@ class LeakageIndex:
 
 
 def _bits(hashes: list[str]) -> np.ndarray:
-    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(len(hashes), -1)
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(len(hashes), PHASH_BYTES)
 
 
 def normalize_question(text: str) -> str:

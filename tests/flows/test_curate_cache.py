@@ -26,13 +26,16 @@ def stored_dirs(store: Path) -> set[str]:
     return {str(p.relative_to(store)) for p in store.glob("*/*")}
 
 
-def test_rerun_hits_every_key_and_an_option_recomputes_only_ingest(tmp_path, prefect_harness):
-    config = RunConfig(name="t", store=tmp_path / "store", ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]))
+def new_dirs(store: Path, before: set[str]) -> set[str]:
+    return {d.split("/")[0] for d in stored_dirs(store) - before}
 
-    first_state = curate(config, return_state=True)
-    first = first_state.result()
+
+def test_rerun_hits_every_key_and_a_change_recomputes_only_downstream(tmp_path, prefect_harness):
+    config = RunConfig(name="t", store=tmp_path / "store", sets=tmp_path / "sets", ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]))
+
+    first = curate(config)
     dirs = stored_dirs(config.store)
-    assert first["ingest"].counts["kept"] == 3
+    assert first["ingest"].counts["kept"] == 3 and first["assemble"].counts["pairs"] > 0
 
     second_state = curate(config, return_state=True)
     second = second_state.result()
@@ -40,10 +43,24 @@ def test_rerun_hits_every_key_and_an_option_recomputes_only_ingest(tmp_path, pre
     assert stored_dirs(config.store) == dirs  # nothing new was written
     assert {k: m.created for k, m in second.items()} == {k: m.created for k, m in first.items()}
     states = task_states(second_state.state_details.flow_run_id)
-    assert states["ingest"] == "Cached"
+    assert {states[s] for s in ("ingest", "localize", "noise", "hallucinate", "score", "assemble")} == {"Cached"}
 
+    # A judge-panel change: scoring and assembly only; every upstream key stays.
+    judged = config.model_copy(update={"score": config.score.model_copy(update={"max_rounds": 3})})
+    before = stored_dirs(config.store)
+    third = curate(judged)
+    assert new_dirs(config.store, before) == {"score", "assemble"}
+    assert all(third[s].key == first[s].key for s in ("ingest", "localize", "noise", "hallucinate"))
+
+    # A noising change: noise and assembly only (scores do not depend on the noised pixels).
+    noised = config.model_copy(update={"noise": config.noise.model_copy(update={"k": 300})})
+    before = stored_dirs(config.store)
+    curate(noised)
+    assert new_dirs(config.store, before) == {"noise", "assemble"}
+
+    # An ingestion option: ingestion and everything after it; the raw-data fingerprint is unchanged.
     changed = config.model_copy(update={"ingest": config.ingest.model_copy(update={"min_image_side": 8})})
-    third = curate(changed)
-    assert third["ingest"].key != first["ingest"].key
-    assert third["ingest"].inputs == first["ingest"].inputs  # the raw-data fingerprint did not change
-    assert stored_dirs(config.store) - dirs == {f"ingest/{third['ingest'].key}"}
+    before = stored_dirs(config.store)
+    fourth = curate(changed)
+    assert new_dirs(config.store, before) == {"ingest", "localize", "noise", "hallucinate", "score", "assemble"}
+    assert fourth["ingest"].inputs == first["ingest"].inputs

@@ -1,8 +1,9 @@
 """Ingestion throughput on the sample data replicated to 2,000 rows, against bare Pillow decoding.
 
-The replicated set has 10 questions per distinct image file (SLAKE's ratio), 200 image files
-in all (copies of the sample images, DICOMs pre-rendered to PNG so Pillow can decode every
-one). Baseline: Pillow decoding each distinct file once - the least any checker must do.
+The replicated set (bench/replicate.py): every `per-image` consecutive rows share one copy of
+each sample image they use (DICOMs pre-rendered to PNG so Pillow can decode every one); the
+table prints how many distinct files that made. Baseline: Pillow decoding each distinct file
+once - the least any checker must do.
 
     .venv/bin/python bench/ingest.py [--rows 2000] [--per-image 10]
 """
@@ -10,45 +11,20 @@ one). Baseline: Pillow decoding each distinct file once - the least any checker 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from tasks.config import IngestConfig, SourceConfig
-from tasks.demo_data import build_demo_data
-from tasks.ingest import ingest_to_file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from replicate import replicate_demo  # noqa: E402
 
-def replicate(work: Path, rows: int, per_image: int) -> tuple[Path, list[Path]]:
-    samples = work / "samples"
-    demo = build_demo_data(samples)
-    # Render once through ingestion so the copies are plain PNG/JPEG.
-    rendered = work / "rendered.parquet"
-    ingest_to_file(SourceConfig(format="jsonl", root=demo), IngestConfig(sources=[SourceConfig(format="jsonl", root=demo)]), rendered)
-    import pyarrow.parquet as pq
-
-    records = pq.read_table(rendered).to_pylist()
-    unique = sorted({r["image_path"] for r in records})
-    root = work / "replicated"
-    (root / "images").mkdir(parents=True)
-    files, lines = [], []
-    for i in range(rows):
-        image_index = i // per_image
-        source = Path(unique[image_index % len(unique)])
-        target = root / "images" / f"{image_index:05d}{source.suffix}"
-        if not target.exists():
-            shutil.copyfile(source, target)
-            files.append(target)
-        record = records[i % len(records)]
-        lines.append(json.dumps({"id": f"r{i}", "image": f"images/{target.name}", "question": record["question"],
-                                 "answer": record["answer"], "task": record["task"], "boxes": record["boxes"]}))
-    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "data.jsonl", files
+from tasks.config import IngestConfig, SourceConfig  # noqa: E402
+from tasks.ingest import ingest_to_file  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        jsonl, files = replicate(work, args.rows, args.per_image)
+        jsonl, files = replicate_demo(work, args.rows, args.per_image)
 
         started = time.perf_counter()
         for path in files:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.ingest.records import IngestError, RawRecord, ReaderOutput, RecordError, guarded, load_json, require
+from tasks.ingest.records import IngestError, RawRecord, ReaderOutput, RecordError, each_record, load_json, require
 
 REPORT_PROMPT = "Describe the findings of this chest X-ray."
 
@@ -19,10 +19,7 @@ def read_r2gen(root: Path) -> ReaderOutput:
     for split, records in splits.items():
         if not isinstance(records, list):
             raise IngestError(f"{path}: split '{split}' is not a list")
-        for index, record in enumerate(records):
-            ref = f"{path.name}#{split}/{index}"
-            native = record.get("id") if isinstance(record, dict) else None
-            yield guarded(ref, None if native is None else str(native), lambda: _record(split, record, ref))
+        yield from each_record(records, f"{path.name}#{split}/", "id", lambda record, ref: _record(split, record, ref))
 
 
 def _record(split: str, record: dict, ref: str) -> RawRecord:

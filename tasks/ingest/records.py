@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 
 class IngestError(ValueError):
@@ -88,9 +88,17 @@ def optional(record: Any, name: str, kinds: tuple[type, ...], ref: str) -> Any:
     return require(record, name, kinds, ref)
 
 
-def guarded(ref: str, native_id: str | None, build) -> Item:
+def guarded(ref: str, native_id: str | None, build: Callable[[], RawRecord]) -> Item:
     """Run a record builder; a RecordError becomes a Reject instead of stopping the reader."""
     try:
         return build()
     except RecordError as exc:
         return Reject(ref, exc.reason, exc.detail, native_id)
+
+
+def each_record(records: list, ref_prefix: str, id_field: str, build: Callable[[Any, str], RawRecord]) -> ReaderOutput:
+    """``build(record, ref)`` for every record of an annotation list, refs ``<prefix><index>``."""
+    for index, record in enumerate(records):
+        ref = f"{ref_prefix}{index}"
+        native = record.get(id_field) if isinstance(record, dict) else None
+        yield guarded(ref, None if native is None else str(native), lambda: build(record, ref))

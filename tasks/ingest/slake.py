@@ -9,7 +9,7 @@ from tasks.ingest.records import (
     RawRecord,
     ReaderOutput,
     RecordError,
-    guarded,
+    each_record,
     load_json,
     optional,
     require,
@@ -26,10 +26,7 @@ def read_slake(root: Path) -> ReaderOutput:
         records = load_json(path)
         if not isinstance(records, list):
             raise IngestError(f"{path}: expected a list of QA records, got {type(records).__name__}")
-        for index, record in enumerate(records):
-            ref = f"{path.name}#{index}"
-            native = record.get("qid") if isinstance(record, dict) else None
-            yield guarded(ref, None if native is None else str(native), lambda: _record(root, split, record, ref))
+        yield from each_record(records, f"{path.name}#", "qid", lambda record, ref: _record(root, split, record, ref))
 
 
 def _record(root: Path, split: str, record: dict, ref: str) -> RawRecord:

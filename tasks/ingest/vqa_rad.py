@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.ingest.records import IngestError, RawRecord, ReaderOutput, guarded, load_json, optional, require
+from tasks.ingest.records import IngestError, RawRecord, ReaderOutput, each_record, load_json, optional, require
 
 ANNOTATION = "VQA_RAD Dataset Public.json"
 IMAGE_FOLDER = "VQA_RAD Image Folder"
@@ -20,10 +20,7 @@ def read_vqa_rad(root: Path) -> ReaderOutput:
     records = load_json(path)
     if not isinstance(records, list):
         raise IngestError(f"{path}: expected a list of QA records, got {type(records).__name__}")
-    for index, record in enumerate(records):
-        ref = f"{path.name}#{index}"
-        native = record.get("qid") if isinstance(record, dict) else None
-        yield guarded(ref, None if native is None else str(native), lambda: _record(record, ref))
+    yield from each_record(records, f"{path.name}#", "qid", _record)
 
 
 def _record(record: dict, ref: str) -> RawRecord:

@@ -106,8 +106,18 @@ class WeightedDPOTrainer(DPOTrainer):
     answer's likelihood from falling while the rejected one is pushed down.
     """
 
-    def __init__(self, *args: Any, anchor_coef: float = 0.0, anchor_margin: float = 0.0, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        anchor_coef: float = 0.0,
+        anchor_margin: float = 0.0,
+        projector_lr: float | None = None,
+        projector_module: str = "multi_modal_projector",
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+        self.projector_module = projector_module
         unweightable = UNWEIGHTABLE_LOSSES.intersection(self.loss_types)
         if unweightable:
             raise ValueError(
@@ -126,6 +136,21 @@ class WeightedDPOTrainer(DPOTrainer):
         policy.register_forward_hook(self._weigh_outputs)
         if self.ref_model is not None:
             self.ref_model.register_forward_hook(self._capture_outputs)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The paper trains the multimodal projector at its own learning rate (2e-5) beside
+        LoRA adapters at 1e-7: trainable projector parameters move to groups of their own.
+        Done before the scheduler exists, so the schedule scales each group from its own lr."""
+        optimizer = super().create_optimizer(model)
+        if self.projector_lr is None:
+            return optimizer
+        names = {id(p): n for n, p in (model or self.model).named_parameters()}
+        for group in list(optimizer.param_groups):
+            projector = [p for p in group["params"] if self.projector_module in names.get(id(p), "")]
+            if projector:
+                group["params"] = [p for p in group["params"] if self.projector_module not in names.get(id(p), "")]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": projector, "lr": self.projector_lr})
+        return optimizer
 
     def _capture_outputs(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._batch is not None:

@@ -348,7 +348,10 @@ class TrainConfig(StageConfig):
         default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         description="Regex of the modules given adapters (the language model's linear layers)",
     )
-    learning_rate: float = Field(default=1e-7, description="Peak learning rate")
+    learning_rate: float = Field(default=1e-7, description="Peak learning rate of the LoRA adapters")
+    projector_lr: float | None = Field(
+        default=2e-5, description="Train the multimodal projector fully at this learning rate (the paper: 2e-5); None keeps it frozen"
+    )
     epochs: float = Field(default=3.0, description="Training epochs")
     max_steps: int = Field(default=-1, description="Stop after this many optimizer steps (-1 = by epochs)")
     batch_size: int = Field(default=1, description="Pairs per device per micro-batch")

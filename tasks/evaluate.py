@@ -119,7 +119,8 @@ def base_model_candidates(train: Manifest) -> list[Path]:
         for f in train.files
         if Path(f).name == "config.json" and Path(f).parent != Path(".") and not (root / Path(f).parent / ADAPTER_CONFIG).is_file()
     )
-    recorded = [Path(root / BASE_MODEL_FILE).read_text().strip()] if BASE_MODEL_FILE in train.files else []
+    # Relative: a model inside the artifact; root / an absolute path is that absolute path.
+    recorded = [root / (root / BASE_MODEL_FILE).read_text().strip()] if BASE_MODEL_FILE in train.files else []
     peft_record = json.loads((adapter_dir(train) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     return [*shipped, *map(Path, recorded), *([Path(peft_record)] if peft_record else [])]
 

@@ -29,6 +29,7 @@ from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_ver
 STAGE = "train"
 CODE = code_version(__name__, "models.dpo", "models.vlm", "models.tiny", "tasks.sets")
 ADAPTER = "adapter"
+PROJECTOR = "multi_modal_projector"  # LLaVA's vision -> text projector module
 
 
 def train(store: ArtifactStore, config: TrainConfig, assemble: Keyed, preferences: Path, resume: bool = False) -> Manifest:
@@ -158,7 +159,12 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         ]
     )
     peft = LoraConfig(
-        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.lora_target
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target,
+        # A fully trained copy of the projector is saved with the adapter.
+        modules_to_save=[PROJECTOR] if settings.projector_lr is not None else None,
     )
     trainer = WeightedDPOTrainer(
         model=policy.model,
@@ -170,6 +176,8 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         peft_config=peft,
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
+        projector_lr=settings.projector_lr,
+        projector_module=PROJECTOR,
     )
     has_checkpoint = resume and any(Path(checkpoints).glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
@@ -187,7 +195,9 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         trainer.model.save_pretrained(out_dir / ADAPTER)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        (out_dir / "base_model.txt").write_text(str(Path(model_path).resolve()) + "\n")
+        # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing.
+        base = Path(model_path).resolve()
+        (out_dir / "base_model.txt").write_text(f"{base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base}\n")
     trainer.accelerator.wait_for_everyone()
     return metrics
 

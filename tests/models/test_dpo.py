@@ -43,7 +43,8 @@ def make_trainer(tiny_llava: Path, out: Path, rows: list[dict], trainer_class=We
         **{k: overrides.pop(k) for k in list(overrides) if k in DPOConfig.__dataclass_fields__},
     )
     # Random (non-zero) adapters so the policy differs from the adapters-off reference from the start.
-    peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      modules_to_save=overrides.pop("modules_to_save", None))
     extra = {"data_collator": ImagePairCollator(loaded.processor)}
     return trainer_class(
         model=loaded.model,
@@ -165,3 +166,23 @@ def test_batch_wide_loss_types_are_refused(tiny_llava: Path, tmp_path: Path):
     rows = preference_rows(tmp_path / "img")[:2]
     with pytest.raises(ValueError, match="per-pair weights"):
         make_trainer(tiny_llava, tmp_path / "out", rows, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
+
+
+def test_projector_trains_at_its_own_learning_rate(tiny_llava: Path, tmp_path: Path):
+    rows = preference_rows(tmp_path / "img")[:4]
+    trainer = make_trainer(tiny_llava, tmp_path / "out", rows, learning_rate=1e-3, projector_lr=0.05,
+                           modules_to_save=["multi_modal_projector"])
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    optimizer = trainer.create_optimizer()
+    by_lr: dict[float, set[str]] = {}
+    for group in optimizer.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
+    assert set(by_lr) == {1e-3, 0.05}
+    assert by_lr[0.05] and all("multi_modal_projector" in n for n in by_lr[0.05])
+    assert by_lr[1e-3] and all("lora_" in n for n in by_lr[1e-3])
+    projector = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in by_lr[0.05]}
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "embed_tokens" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(after[n], v) for n, v in projector.items())
+    assert all(torch.equal(after[n], v) for n, v in frozen.items())

@@ -42,7 +42,10 @@ def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
     assert "last/visual/rewards/margins" in manifest.counts and "last/text/rewards/margins" in manifest.counts
     assert "adapter/adapter_model.safetensors" in manifest.files and "tiny-model/model.safetensors" in manifest.files
     adapter = load_file(manifest.file("adapter/adapter_model.safetensors"))
-    assert adapter and all("language_model" in name for name in adapter)
+    # LoRA on the language model, plus the fully trained projector (projector_lr, the paper's 2e-5).
+    assert adapter and all("language_model" in name or "multi_modal_projector" in name for name in adapter)
+    assert any("multi_modal_projector" in name for name in adapter) and any("lora_" in name for name in adapter)
+    assert manifest.file("base_model.txt").read_text().strip() == "tiny-model"
     assert manifest.config["lora_r"] == 4 and manifest.inputs["assemble"] == preference_snapshot(path).key
     history = json.loads(manifest.file("log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == [1, 2]

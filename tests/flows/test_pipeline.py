@@ -1,0 +1,46 @@
+"""The parent flow under the Prefect harness: curate -> train (a `gpu`-tagged task) -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from flows.pipeline import pipeline
+from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig
+
+
+def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = []
+    for i, (split, answer) in enumerate([("train", "yes"), ("train", "no"), ("train", "yes"), ("test", "no")]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(raw / f"{i}.png")
+        lines.append(json.dumps({"id": f"q{i}", "image": f"{i}.png", "question": "Is there a lesion?", "answer": answer,
+                                 "split": split, "boxes": [[5, 5, 25, 25]]}))
+    (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
+    config = RunConfig(
+        name="flowtest", store=tmp_path / "store", sets=tmp_path / "sets",
+        ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
+        train=TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, max_steps=2, batch_size=2, gradient_accumulation=1,
+                          max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1),
+        evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
+    )
+
+    result = pipeline(config)
+
+    assembled = result.curated["assemble"]
+    assert assembled.counts["pairs"] == 6  # 3 train samples x (text + visual); the test sample makes none
+    assert (config.sets / "flowtest" / assembled.key / "manifest.json").is_file()
+    assert result.train.inputs == {"assemble": assembled.key} and result.train.counts["steps"] == 2
+    assert result.evaluation.trained is not None and result.evaluation.trained.inputs["train"] == result.train.key
+    closed = [r for r in result.evaluation.comparison if r["metric"] == "closed_accuracy"]
+    assert closed and closed[0]["n"] == 1
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train-")))
+    train_runs = [run for run in runs if run.name.startswith("train-")]
+    assert train_runs and all("gpu" in run.tags for run in train_runs)

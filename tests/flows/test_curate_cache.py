@@ -26,7 +26,7 @@ def stored_dirs(store: Path) -> set[str]:
     return {str(p.relative_to(store)) for p in store.glob("*/*")}
 
 
-def test_rerun_hits_every_key_and_an_option_recomputes_only_ingest(tmp_path, prefect_harness):
+def test_rerun_hits_every_key_and_an_ingest_option_rekeys_downstream(tmp_path, prefect_harness):
     config = RunConfig(name="t", store=tmp_path / "store", ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]))
 
     first_state = curate(config, return_state=True)
@@ -46,4 +46,7 @@ def test_rerun_hits_every_key_and_an_option_recomputes_only_ingest(tmp_path, pre
     third = curate(changed)
     assert third["ingest"].key != first["ingest"].key
     assert third["ingest"].inputs == first["ingest"].inputs  # the raw-data fingerprint did not change
-    assert stored_dirs(config.store) - dirs == {f"ingest/{third['ingest'].key}"}
+    # A new ingest key re-keys everything downstream (keys chain on input keys): one new
+    # artifact per stage, none of the first run's touched.
+    assert stored_dirs(config.store) - dirs == {f"{stage}/{manifest.key}" for stage, manifest in third.items()}
+    assert all(third[stage].key != first[stage].key for stage in first)

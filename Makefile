@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test venv clean-artifacts
+.PHONY: demo test bench venv clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Every speed benchmark in turn (bench/README.md); each prints its table. Minutes on a CPU
+# machine, most of it SAM's image encoder (bench/noise.py) and the two trainers (bench/train.py).
+# Named, not globbed: bench/ may hold scripts that are not speed benchmarks.
+BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train.py curate.py))
+bench: $(STAMP)
+	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
 clean-artifacts:
 	rm -rf data/artifacts data/preference_sets data/samples data/prefect

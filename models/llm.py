@@ -6,14 +6,17 @@ What every caller of an LLM in this project needs, in one place:
   requests-per-minute limit, so a large curation run neither floods a local server nor
   trips a provider's rate limiter;
 - retries with exponential backoff on 429, 5xx, timeouts, connection errors and malformed
-  response bodies (a ``Retry-After`` header wins), and a short, countable ``LLMError.reason``
-  when retries run out, so callers can turn a failure into a row instead of a crash;
+  response bodies (a ``Retry-After`` header wins; one longer than ``max_backoff_s`` ends the
+  retries at once: a provider rate-limiting for minutes would otherwise hold every sample for
+  minutes), and a short, countable ``LLMError.reason`` when retries run out, so callers can
+  turn a failure into a row instead of a crash;
 - an on-disk response cache keyed by the full request (sqlite under ``cache_dir``), so a
   re-run never pays twice - callers that want a different answer change the request (e.g. a
   ``seed`` per attempt);
 - images only go to endpoints allowed to receive them (by default local ones);
 - the API key is read from the environment variable (or Prefect Secret block) named in
-  the config and lives only inside the HTTP client: never in reprs, logs or errors.
+  the config and lives only inside the HTTP client: never in reprs, logs or errors (an error
+  body that echoes it back is redacted before it becomes an ``LLMError``).
 
 Usage::
 
@@ -208,6 +211,10 @@ class LLMClient:
         if self._cache is not None:
             self._cache.close()
 
+    def _redact(self, text: str) -> str:
+        """Servers and proxies may echo the bearer token in an error body."""
+        return text.replace(self._api_key, "***") if self._api_key != PLACEHOLDER_KEY else text
+
     def request_key(self, request: Mapping[str, Any]) -> str:
         return content_hash(self.endpoint.base_url, request, length=64)
 
@@ -241,9 +248,9 @@ class LLMClient:
             return ChatReply(hit["text"], hit.get("finish_reason"), cached=True, attempts=0)
         try:
             text, finish_reason, attempts = await self._send(request)
-        except LLMError:
+        except LLMError as exc:
             self.counts["errors"] += 1
-            raise
+            raise LLMError(exc.reason, self._redact(exc.detail)) from None
         if self._cache is not None:
             self._cache.put(key, {"text": text, "finish_reason": finish_reason})
         return ChatReply(text, finish_reason, cached=False, attempts=attempts)
@@ -268,6 +275,11 @@ class LLMClient:
                     if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                         raise last from None
                     retry_after = _retry_after(exc.response.headers.get("retry-after"))
+                    if retry_after is not None and retry_after > self.endpoint.max_backoff_s:
+                        raise LLMError(
+                            last.reason,
+                            f"server asks to retry after {retry_after:g} s, more than max_backoff_s={self.endpoint.max_backoff_s:g}",
+                        ) from None
                 except (openai.APIResponseValidationError, ValueError, LLMError) as exc:
                     last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
             if attempt < self.endpoint.max_retries:

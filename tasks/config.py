@@ -68,7 +68,7 @@ class EndpointConfig(StageConfig):
     rpm: float | None = Field(default=None, gt=0, description="Client-side requests-per-minute limit; none = unlimited")
     max_retries: int = Field(default=4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors")
     backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (a Retry-After header wins)")
-    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay; a Retry-After above it ends the retries at once (reason rate_limited)")
     allow_images: bool | None = Field(
         default=None,
         description="May this endpoint receive images? Unset: only local endpoints (127.0.0.1, localhost, ::1) may",

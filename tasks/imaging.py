@@ -86,11 +86,13 @@ def average_hash(image: Image.Image, side: int = 16) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
-def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True) -> Path:
+def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True, max_pixels: int | None = None) -> Path:
     """Render a DICOM's pixels to an 8-bit PNG; only pixels are written, no identifiers.
 
     Modality LUT, then the stored VOI window (when asked), MONOCHROME1 inverted so that
     bright means dense as in every other image, first frame of a multi-frame file.
+    ``max_pixels``: larger images (by the header's Rows x Columns) are refused before any
+    pixel is decoded, as Pillow does for PNG/JPEG.
     """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -101,6 +103,9 @@ def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True) -> Path:
         raise ImageError("corrupt_dicom", f"{path}: {exc}") from None
     if "PixelData" not in dataset:
         raise ImageError("dicom_without_pixels", f"{path}: no PixelData element")
+    rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
+    if max_pixels is not None and rows * columns > max_pixels:
+        raise ImageError("image_too_large", f"{path}: {columns}x{rows} exceeds {max_pixels} pixels")
     try:
         pixels = dataset.pixel_array
     except Exception as exc:

@@ -218,7 +218,13 @@ def fingerprint_tree(root: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except OSError:
+                # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
+                # ingestion rejects the rows that name it.
+                entries.append((str(path.relative_to(root)), "unreadable"))
+                continue
             entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
     return content_hash(entries)
 

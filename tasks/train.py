@@ -179,12 +179,12 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         projector_lr=settings.projector_lr,
         projector_module=PROJECTOR,
     )
-    has_checkpoint = resume and any(Path(checkpoints).glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    start = last_complete_checkpoint(Path(checkpoints)) if resume else None
+    result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
     metrics = {
         "steps": float(trainer.state.global_step),
         "train_loss": float(result.training_loss),
-        "resumed": float(has_checkpoint),
+        "resumed": float(start is not None),
     }
     last = {}
     for entry in trainer.state.log_history:
@@ -200,6 +200,27 @@ def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoin
         (out_dir / "base_model.txt").write_text(f"{base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base}\n")
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing, or None.
+
+    The Trainer writes trainer_state.json last and not atomically, so a run killed while saving
+    leaves a newer checkpoint without it; transformers would resume from that one and fail.
+    Such partial checkpoints are removed, so the resumed run can save its own in their place.
+    """
+    complete = None
+    for path in sorted(folder.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            complete = path
+            break
+        shutil.rmtree(path, ignore_errors=True)  # every process may try; the first one wins
+    return complete
+
+
+def _checkpoint_step(path: Path) -> int:
+    suffix = path.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
 
 
 @task(**stage_task_options(STAGE, CODE, tags=["gpu"]))

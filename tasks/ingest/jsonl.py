@@ -25,17 +25,22 @@ def read_jsonl(root: Path) -> ReaderOutput:
         raise IngestError(f"{root}: no .jsonl files")
     for path in files:
         try:
-            lines = path.read_bytes().decode("utf-8-sig").splitlines()
+            data = path.read_bytes()
         except OSError as exc:
             raise IngestError(f"{path}: cannot read: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"{path}: not UTF-8 ({exc})") from exc
+        # Decoded line by line: one line in another encoding costs that row, not the file.
+        lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
         # Image paths are relative to the file, which may sit below the data root.
         prefix = path.parent.relative_to(root) if root.is_dir() else Path()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
             ref = f"{path.name}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Reject(ref, "not_utf8", f"{ref}: line is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})")
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

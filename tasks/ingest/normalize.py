@@ -74,7 +74,7 @@ def normalize(
                 raise RecordError("empty_answer", f"{item.source_ref}: field 'answer' is empty")
             if sample_id in seen_ids:
                 raise RecordError("duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}")
-            image_path = _image_file(item, root, image_dir, config.dicom_window)
+            image_path = _image_file(item, root, image_dir, config)
         except RecordError as exc:
             out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
             continue
@@ -176,7 +176,7 @@ def _inside(root: Path, relative: Path, ref: str) -> Path:
     return path
 
 
-def _image_file(item: RawRecord, root: Path, image_dir: Path, dicom_window: bool) -> Path:
+def _image_file(item: RawRecord, root: Path, image_dir: Path, config: IngestConfig) -> Path:
     """The file later stages read: the original, or a PNG made from embedded bytes / DICOM."""
     if isinstance(item.image, bytes):
         digest = hashlib.sha256(item.image).hexdigest()
@@ -193,7 +193,7 @@ def _image_file(item: RawRecord, root: Path, image_dir: Path, dicom_window: bool
         png = image_dir / f"{digest}.png"
         if not png.exists():
             try:
-                dicom_to_png(path, png, apply_window=dicom_window)
+                dicom_to_png(path, png, apply_window=config.dicom_window, max_pixels=config.max_image_pixels)
             except ImageError as exc:
                 raise RecordError(exc.reason, f"{item.source_ref}: {exc.detail}") from None
         return png

@@ -1,4 +1,5 @@
 import asyncio
+import json
 
 import pytest
 
@@ -135,6 +136,30 @@ def test_api_key_comes_from_the_named_env_var_and_is_never_shown(openai_server, 
     monkeypatch.delenv("MMEDPO_TEST_KEY")
     with pytest.raises(EndpointConfigError, match="MMEDPO_TEST_KEY"):
         LLMClient(config)
+
+
+def test_a_retry_after_beyond_the_backoff_cap_ends_the_retries_at_once(openai_server):
+    openai_server.set_responder(lambda request: Reply(status=429, retry_after=300))
+    (error,), counts = ask(endpoint(openai_server, max_retries=4, max_backoff_s=5.0), ["q"])
+    assert isinstance(error, LLMError) and error.reason == "rate_limited"
+    assert "retry after 300 s" in error.detail and "max_backoff_s=5" in error.detail
+    assert len(openai_server.requests) == 1 and counts["retries"] == 0
+
+
+def test_a_retry_after_within_the_cap_is_waited_for(openai_server):
+    openai_server.script(Reply(status=429, retry_after=0.05), Reply(status=429, retry_after=0.05), "ok")
+    (reply,), counts = ask(endpoint(openai_server, max_retries=4, max_backoff_s=5.0), ["q"])
+    assert reply.text == "ok" and counts["retries"] == 2
+
+
+def test_an_error_body_echoing_the_key_is_redacted(openai_server, monkeypatch):
+    secret = "sk-test-echoed-3141"
+    monkeypatch.setenv("MMEDPO_TEST_KEY", secret)
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {secret}"}}).encode()
+    openai_server.script(Reply(status=401, body=body))
+    (error,), _ = ask(endpoint(openai_server, api_key_env="MMEDPO_TEST_KEY"), ["q"])
+    assert error.reason == "http_401" and "Incorrect API key provided: ***" in str(error)
+    assert secret not in str(error) and secret not in repr(error) and secret not in error.detail
 
 
 def test_runs_inside_an_already_running_event_loop(openai_server):

@@ -152,3 +152,10 @@ def test_loads_with_datasets_and_converts_to_trl_format(tmp_path):
     buffer = io.BytesIO()
     visual["images"][0].save(buffer, "PNG")  # real, loadable PIL images
     assert buffer.tell() > 0
+
+
+def test_a_data_set_without_a_test_split_has_nothing_to_leak():
+    from tasks.assemble import LeakageIndex
+
+    sample = {"image_sha256": "ab" * 32, "question": "Is there a lesion?", "image_phash": "0f" * 32}
+    assert LeakageIndex([], near_duplicate_bits=8).match(sample) is None

@@ -52,9 +52,11 @@ def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
 
     assert train(store, config, preference_snapshot(path), path).created == manifest.created  # stored, not retrained
 
-    # A run killed after step 1's checkpoint resumes there and ends where the uninterrupted run did.
+    # A run killed while writing step 2's checkpoint (the Trainer writes trainer_state.json last)
+    # resumes from step 1's and ends where the uninterrupted run did.
     shutil.rmtree(manifest.path)
-    shutil.rmtree(checkpoint_dir(store, config, preference_snapshot(path)) / "checkpoint-2")
+    partial = checkpoint_dir(store, config, preference_snapshot(path)) / "checkpoint-2"
+    (partial / "trainer_state.json").unlink()
     resumed = train(store, config, preference_snapshot(path), path, resume=True)
     assert resumed.key == manifest.key and resumed.counts["resumed"] == 1 and resumed.counts["steps"] == 2
     # Only step 2 ran again: the resumed run's mean loss is the original run's step-2 loss.

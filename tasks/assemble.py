@@ -169,6 +169,8 @@ class LeakageIndex:
 
 
 def _bits(hashes: list[str]) -> np.ndarray:
+    if not hashes:  # a set without test samples: nothing to compare against
+        return np.zeros((0, 0), dtype=np.uint8)
     return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(len(hashes), -1)
 
 

@@ -46,4 +46,8 @@ def test_rerun_hits_every_key_and_an_option_recomputes_only_ingest(tmp_path, pre
     third = curate(changed)
     assert third["ingest"].key != first["ingest"].key
     assert third["ingest"].inputs == first["ingest"].inputs  # the raw-data fingerprint did not change
-    assert stored_dirs(config.store) - dirs == {f"ingest/{third['ingest'].key}"}
+    # Downstream keys follow the new ingest key, but every sample's content is unchanged:
+    # the per-sample stages reuse all their cached items and compute none.
+    assert third["localize"].key != first["localize"].key
+    for stage in ("localize", "noise", "hallucinate", "score"):
+        assert third[stage].work == {"computed": 0, "reused": 3}, stage

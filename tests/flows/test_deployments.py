@@ -46,9 +46,11 @@ def test_curate_deployment_runs_on_a_worker_and_publishes_artifacts(tmp_path, pr
     with get_client(sync_client=True) as client:
         for pool in ("local", "gpu"):
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
-    prefect_cli("--no-prompt", "deploy", "--name", "curate")
+    prefect_cli("--no-prompt", "deploy", "--all")
 
     with get_client(sync_client=True) as client:
+        for name, pool in (("mmedpo-train/train", "gpu"), ("evaluate-keys/evaluate", "local"), ("pipeline/pipeline", "local")):
+            assert client.read_deployment_by_name(name).work_pool_name == pool
         deployment = client.read_deployment_by_name("curate/curate")
         assert deployment.work_pool_name == "local"
         assert [s.active for s in deployment.schedules] == [False]  # nightly, off until switched on

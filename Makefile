@@ -9,7 +9,15 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test bench venv clean-artifacts
+# `make ui`: a local Prefect server (UI at http://127.0.0.1:4200), the work pools the
+# deployments in prefect.yaml name, the `llm-api` tag concurrency limit (shards that call an
+# LLM endpoint carry the tag: at most LLM_API_LIMIT of them run at once, across all runs) and
+# a process worker in the foreground (Ctrl-C stops it; `make ui-stop` stops the server).
+UI_PORT ?= 4200
+LLM_API_LIMIT ?= 4
+UI_API := http://127.0.0.1:$(UI_PORT)/api
+
+.PHONY: demo test bench venv clean-artifacts ui ui-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +42,16 @@ bench: $(STAMP)
 
 clean-artifacts:
 	rm -rf data/artifacts data/preference_sets data/samples data/prefect
+
+ui: $(STAMP)
+	$(BIN)/prefect config set PREFECT_API_URL=$(UI_API) >/dev/null
+	$(BIN)/prefect server status >/dev/null 2>&1 || $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) --background
+	@for i in $$(seq 90); do curl -sf $(UI_API)/health >/dev/null && break; sleep 1; done
+	$(BIN)/prefect work-pool create local --type process --overwrite
+	$(BIN)/prefect work-pool create gpu --type process --overwrite
+	$(BIN)/prefect concurrency-limit create llm-api $(LLM_API_LIMIT)
+	@echo "UI: http://127.0.0.1:$(UI_PORT)   deploy: $(BIN)/prefect deploy --all"
+	$(BIN)/prefect worker start --pool local --type process
+
+ui-stop:
+	$(BIN)/prefect server stop

@@ -10,6 +10,7 @@ from tasks.hallucinate import hallucinate_task
 from tasks.ingest import ingest_task, snapshot_sources_task
 from tasks.localize import localize_task
 from tasks.noise import noise_task
+from tasks.runners import shard_runner
 from tasks.score import score_task
 from tasks.store import Manifest
 
@@ -17,12 +18,13 @@ from tasks.store import Manifest
 @flow(name="curate", flow_run_name="curate-{config.name}")
 def curate(config: RunConfig) -> dict[str, Manifest]:
     store = str(config.store)
-    sources = snapshot_sources_task(config.ingest)
-    ingest = ingest_task(store, config.ingest, sources)
-    localize = localize_task(store, config.localize, ingest)
-    noise = noise_task(store, config.noise, ingest, localize)
-    hallucinate = hallucinate_task(store, config.hallucinate, ingest)
-    score = score_task(store, config.score, ingest, hallucinate, localize)
-    assemble = assemble_task(store, config.assemble, ingest, localize, noise, hallucinate, score)
-    publish_task(assemble, str(config.sets), config.name)
+    with shard_runner(config.runner):
+        sources = snapshot_sources_task(config.ingest)
+        ingest = ingest_task(store, config.ingest, sources)
+        localize = localize_task(store, config.localize, ingest)
+        noise = noise_task(store, config.noise, ingest, localize)
+        hallucinate = hallucinate_task(store, config.hallucinate, ingest)
+        score = score_task(store, config.score, ingest, hallucinate, localize)
+        assemble = assemble_task(store, config.assemble, ingest, localize, noise, hallucinate, score)
+        publish_task(assemble, str(config.sets), config.name)
     return {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score, "assemble": assemble}

@@ -270,7 +270,9 @@ def assemble_task(
     hallucinate: Manifest,
     score: Manifest,
 ) -> Manifest:
+    progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
     manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
+    progress.advance()
     ui.table("assemble-counts", summary_rows(manifest), f"Preference set version {manifest.key}")
     ui.markdown("assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.key}")
     ui.manifest_markdown(manifest)

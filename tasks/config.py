@@ -367,6 +367,21 @@ class TrainConfig(StageConfig):
     num_processes: int | None = Field(default=None, description="Processes for accelerate launch; None = the config's")
 
 
+class RunnerConfig(StageConfig):
+    """Where per-sample shards run. Not part of any key: results do not depend on it."""
+
+    kind: Literal["threads", "dask", "ray"] = Field(
+        default="threads", description="threads: this process; dask: a distributed cluster (prefect-dask); ray: a Ray cluster (prefect-ray)"
+    )
+    address: str | None = Field(
+        default=None,
+        description="dask: scheduler address (tcp://host:8786); ray: cluster address (ray://host:10001 or auto). "
+        "Unset: a local cluster of `workers` processes for the run",
+    )
+    workers: int = Field(default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes")
+    shard_size: int = Field(default=16, ge=1, description="Samples per shard (one Prefect task run each)")
+
+
 class RunConfig(StageConfig):
     """Everything one run needs; echoed into every stage's manifest (its own section)."""
 
@@ -381,6 +396,7 @@ class RunConfig(StageConfig):
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where per-sample shards run (threads, Dask, Ray)")
 
 
 class ConfigError(ValueError):

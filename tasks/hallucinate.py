@@ -23,6 +23,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 from string import Template
 from typing import Any, Mapping, Sequence
@@ -32,7 +33,7 @@ from prefect import task
 from models import llm as llm_api
 from tasks import clinical_rules, schemas, ui
 from tasks.config import HallucinateConfig
-from tasks.store import ArtifactStore, Manifest, code_version, content_hash, stage_task_options
+from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, content_hash, stage_task_options
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,41 @@ CODE = content_hash(code_version(__name__, "tasks.clinical_rules", "models.llm",
 
 def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifest) -> Manifest:
     cache_dir = config.cache_dir or store.root / "llm-cache"
-    return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_hallucinations(out, config, ingest, cache_dir))
+    return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_hallucinations(out, config, ingest, cache_dir, store))
 
 
-def build_hallucinations(out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path) -> dict[str, float]:
+# What a rejection depends on: the sample's text and image (by content), and the config less
+# where caches live and how hard the endpoint is pushed.
+ITEM_FIELDS = ("sample_id", "task", "answer_type", "question", "answer", "image_sha256")
+OPERATIONAL = {"cache_dir": True, "llm": {"max_concurrency", "rpm", "timeout_s", "max_retries", "backoff_s", "max_backoff_s", "api_key_env", "api_key_secret"}}
+
+
+def build_hallucinations(out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path, store: ArtifactStore) -> dict[str, float]:
     samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
     in_scope = [s for s in samples if config.splits is None or s["split"] in config.splits]
     counts: collections.Counter[str] = collections.Counter(samples=len(samples), not_in_splits=len(samples) - len(in_scope))
-    if config.backend == "rules":
-        rows = [rules_row(sample, config) for sample in in_scope]
-    elif config.backend == "llm":
-        rows, client_counts = llm_rows(in_scope, config, cache_dir)
-        counts.update({f"llm_{k}": v for k, v in client_counts.items()})
-    else:
-        rows, client_counts = target_rows(in_scope, config, cache_dir)
-        counts.update({f"llm_{k}": v for k, v in client_counts.items()})
+    if config.backend != "rules":
+        _check_images_allowed(config)
+    items = store.items(STAGE, CODE, config.model_dump(mode="json", exclude=OPERATIONAL))
+    tags = () if config.backend == "rules" else (LLM_TAG,)
+    rows = items.build(out, [items.item(by_content(s, ITEM_FIELDS), s) for s in in_scope],
+                       partial(hallucinate_items, config, str(cache_dir)), tags=tags)
+    counts.update({f"llm_{k}": int(v) for k, v in items.counts.items()})
     schemas.write_parquet(schemas.table(rows, schemas.HALLUCINATIONS), out / OUTPUT)
     for row in rows:
         counts[row["status"] if row["status"] == "ok" else f"{row['status']}_{row['reason']}"] += 1
         if row["status"] == "ok":
             counts[f"error_{row['error_type']}"] += 1
     return {name: float(value) for name, value in counts.items()}
+
+
+def hallucinate_items(config: HallucinateConfig, cache_dir: str, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One shard: a HALLUCINATIONS row per sample, and the LLM client's counters."""
+    if config.backend == "rules":
+        return [rules_row(sample, config) for sample in samples], {}
+    if config.backend == "llm":
+        return llm_rows(samples, config, Path(cache_dir))
+    return target_rows(samples, config, Path(cache_dir))
 
 
 # --- validation shared by all backends ---------------------------------------------------------

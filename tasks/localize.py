@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
@@ -23,7 +24,7 @@ from scipy import ndimage
 from tasks import schemas, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array, save_array
-from tasks.store import ArtifactStore, Manifest, code_version, safe_stem, stage_task_options
+from tasks.store import ArtifactStore, Manifest, by_content, canonical_json, code_version, safe_stem, stage_task_options
 
 STAGE = "localize"
 CODE = code_version(__name__, "tasks.imaging", "models.sam")
@@ -336,22 +337,45 @@ def make_localizer(config: LocalizeConfig) -> Localizer:
 
 
 def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> Manifest:
-    return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest))
+    return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest, store))
 
 
-def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest) -> dict[str, float]:
+# What a sample's region depends on; its image by content (image_sha256), never by path.
+ITEM_FIELDS = ("sample_id", "image_sha256", "width", "height", "boxes")
+
+
+def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:
     samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
-    localizer = make_localizer(config)
-    # Same-image samples side by side, so SAM encodes each image once.
-    order = sorted(range(len(samples)), key=lambda i: (samples[i]["image_sha256"], samples[i]["sample_id"]))
-    records: list[dict[str, Any] | None] = [None] * len(samples)
-    for start in range(0, len(order), CHUNK_ROWS):
-        chunk = order[start : start + CHUNK_ROWS]
-        regions = localizer.locate([samples[i] for i in chunk])
-        for i, region in zip(chunk, regions):
-            records[i] = record(out, samples[i]["sample_id"], localizer.source, *finish(region, config))
+    items = store.items(STAGE, CODE, config)
+    # Same-image samples side by side (and so mostly in one shard), so SAM encodes each image once.
+    order = sorted(samples, key=lambda s: (s["image_sha256"], s["sample_id"]))
+    by_id = dict(zip((s["sample_id"] for s in order), items.build(
+        out,
+        [items.item(by_content(s, ITEM_FIELDS, {"mask_path": None}), s) for s in order],
+        partial(locate_items, config),
+    )))
+    records = [by_id[s["sample_id"]] for s in samples]
     schemas.write_parquet(schemas.table(records, schemas.REGIONS), out / "regions.parquet")
     return region_counts(records)
+
+
+_LOCALIZERS: dict[str, Localizer] = {}
+
+
+def locate_items(config: LocalizeConfig, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict]:
+    """One shard: REGIONS rows, each sample's mask written under its item folder."""
+    # One localizer (one SAM load) per process, however many shards it runs.
+    key = canonical_json(config)
+    if key not in _LOCALIZERS:
+        _LOCALIZERS[key] = make_localizer(config)
+    localizer = _LOCALIZERS[key]
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(samples), CHUNK_ROWS):
+        chunk = samples[start : start + CHUNK_ROWS]
+        regions = localizer.locate(chunk)
+        for sample, folder, region in zip(chunk, folders[start : start + CHUNK_ROWS], regions):
+            records.append(record(folder, sample["sample_id"], localizer.source, *finish(region, config)))
+    return records, {}
 
 
 def record(out: Path, sample_id: str, source: str, region: Region, area: float | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ the same image, and runs with different ``k`` use the same eps at different stre
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,7 @@ from scipy import ndimage
 from tasks import schemas, ui
 from tasks.config import NoiseConfig
 from tasks.imaging import load_array, save_array
-from tasks.store import ArtifactStore, Manifest, code_version, content_hash, safe_stem, stage_task_options
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
 
 STAGE = "noise"
 CODE = code_version(__name__, "tasks.imaging")
@@ -106,23 +107,44 @@ def noise_array(pixels: np.ndarray, weight: np.ndarray | None, abar: float, seed
 
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
     return store.run(
-        STAGE, CODE, config, {"ingest": ingest, "localize": localize}, lambda out: build_noised(out, config, ingest, localize)
+        STAGE, CODE, config, {"ingest": ingest, "localize": localize}, lambda out: build_noised(out, config, ingest, localize, store)
     )
 
 
-def build_noised(out: Path, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> dict[str, float]:
+# What a sample's noised image depends on: its image by content, its region row with the mask
+# by content (never the localize artifact's folder), and the config less the thread count.
+SAMPLE_FIELDS = ("sample_id", "image_sha256")
+REGION_FIELDS = ("sample_id", "status", "reason")
+
+
+def build_noised(out: Path, config: NoiseConfig, ingest: Manifest, localize: Manifest, store: ArtifactStore) -> dict[str, float]:
     samples = {r["sample_id"]: r for r in schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()}
     regions = schemas.read_parquet(localize.file("regions.parquet"), schemas.REGIONS).to_pylist()
-    abar = alpha_bar(config)
     region_dir = Path(localize.path)
-    with ThreadPoolExecutor(max_workers=config.workers) as pool:
-        records = list(pool.map(lambda r: noise_one(out, r, samples.get(r["sample_id"]), region_dir, config, abar), regions))
+    items = store.items(STAGE, CODE, config.model_dump(exclude={"workers"}))
+    work = []
+    for region in regions:
+        sample = samples.get(region["sample_id"])
+        content = {
+            "sample": None if sample is None else by_content(sample, SAMPLE_FIELDS),
+            "region": by_content(region, REGION_FIELDS, {"mask_path": region_dir}),
+        }
+        work.append(items.item(content, (region, sample, str(region_dir))))
+    records = items.build(out, work, partial(noise_items, config))
     schemas.write_parquet(schemas.table(records, schemas.NOISED), out / "noised.parquet")
     counts: dict[str, float] = {"samples": float(len(records)), "kept": 0.0}
     for row in records:
         name = "kept" if row["status"] == "ok" else f"{row['status']}_{row['reason']}"
         counts[name] = counts.get(name, 0.0) + 1
     return counts
+
+
+def noise_items(config: NoiseConfig, payloads: Sequence[tuple], folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict]:
+    """One shard: NOISED rows, each noised image written under its item folder."""
+    abar = alpha_bar(config)
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        rows = list(pool.map(lambda job: noise_one(job[1], job[0][0], job[0][1], Path(job[0][2]), config, abar), zip(payloads, folders)))
+    return rows, {}
 
 
 def noise_one(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -22,7 +23,7 @@ from prefect import task
 from models import judges
 from tasks import schemas, ui
 from tasks.config import NormalizerConfig, ScoreConfig
-from tasks.store import ArtifactStore, Manifest, code_version, content_hash, stage_task_options
+from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, content_hash, stage_task_options
 
 STAGE = "score"
 # Prompt templates are not Python, so their text joins the code identity explicitly.
@@ -49,26 +50,47 @@ def score(store: ArtifactStore, config: ScoreConfig, ingest: Manifest, hallucina
         CODE,
         config,
         {"ingest": ingest, "hallucinate": hallucinate, "localize": localize},
-        lambda out: build_scores(out, config, ingest, hallucinate, localize, cache_dir),
+        lambda out: build_scores(out, config, ingest, hallucinate, localize, cache_dir, store),
     )
 
 
-def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: Manifest, localize: Manifest, cache_dir: Path | None) -> dict[str, float]:
+# A text pair's judging depends on its texts and the panel, not on the normalizer (weights are
+# computed over the whole batch after gathering) nor on how hard endpoints are pushed.
+HALLUCINATION_FIELDS = ("sample_id", "status", "reason", "rejected", "error_type")
+ENDPOINT_OPERATIONAL = {"max_concurrency", "rpm", "timeout_s", "max_retries", "backoff_s", "max_backoff_s", "api_key_env", "api_key_secret"}
+OPERATIONAL = {"normalizer": True, "concurrency": True, "judges": {"__all__": {"endpoint": ENDPOINT_OPERATIONAL}}}
+
+
+def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: Manifest, localize: Manifest, cache_dir: Path | None,
+                 store: ArtifactStore) -> dict[str, float]:
     samples = {row["sample_id"]: row for row in read_columns(ingest.file("samples.parquet"), SAMPLE_COLUMNS)}
     hallucinations = schemas.read_parquet(hallucinate.file("hallucinations.parquet"), schemas.HALLUCINATIONS).to_pylist()
     regions = read_columns(localize.file("regions.parquet"), REGION_COLUMNS)
 
-    prepared = [text_row_or_skip(h, samples) for h in hallucinations]
-    text_rows = [row for row, _ in prepared]
-    pending = [(i, item) for i, (_, item) in enumerate(prepared) if item is not None]
-    if pending:
-        outcomes = run_async(lambda: judge_items(config, [item for _, item in pending], cache_dir))
-        for (i, item), outcome in zip(pending, outcomes):
-            text_rows[i] = outcome_row(item, outcome, config.mode)
+    items = store.items(STAGE, CODE, config.model_dump(mode="json", exclude=OPERATIONAL))
+    work = []
+    for h in hallucinations:
+        sample = samples.get(h["sample_id"])
+        content = {"hallucination": by_content(h, HALLUCINATION_FIELDS), "sample": sample}
+        work.append(items.item(content, (h, sample)))
+    tags = (LLM_TAG,) if any(j.kind == "endpoint" for j in config.judges) else ()
+    text_rows = items.build(out, work, partial(score_items, config, None if cache_dir is None else str(cache_dir)), tags=tags)
     all_rows = text_rows + [visual_row(r) for r in regions]
     apply_weights(all_rows, config.normalizer)
     schemas.write_parquet(schemas.table(all_rows, schemas.SCORES), out / OUTPUT)
     return counters(all_rows)
+
+
+def score_items(config: ScoreConfig, cache_dir: str | None, payloads: Sequence[tuple], folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict]:
+    """One shard: a SCORES text row (raw score, no weight yet) per hallucination row."""
+    prepared = [text_row_or_skip(h, {} if sample is None else {sample["sample_id"]: sample}) for h, sample in payloads]
+    rows = [row for row, _ in prepared]
+    pending = [(i, item) for i, (_, item) in enumerate(prepared) if item is not None]
+    if pending:
+        outcomes = run_async(lambda: judge_items(config, [item for _, item in pending], None if cache_dir is None else Path(cache_dir)))
+        for (i, item), outcome in zip(pending, outcomes):
+            rows[i] = outcome_row(item, outcome, config.mode)
+    return rows, {}
 
 
 def read_columns(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:

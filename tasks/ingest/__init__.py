@@ -120,7 +120,10 @@ def load_samples(manifest: Manifest, split: str | None = None):
 
 @task(**stage_task_options(STAGE, CODE))
 def ingest_task(store_root: str, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+    # Start and end only: ingestion reads each source whole (not per-sample items).
+    progress = ui.Progress(STAGE, len(config.sources))
     manifest = ingest(ArtifactStore(store_root), config, sources)
+    progress.advance(len(config.sources))
     ui.table("ingest-sources", source_summary_rows(manifest), "Rows kept and rejected (by reason) per data set")
     ui.manifest_markdown(manifest)
     return manifest

@@ -24,3 +24,13 @@ def task_states(flow_run_id) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def task_run_names(flow_run_id) -> list[str]:
+    """Every task run name of one flow run (shard runs included), sorted."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(run.name for run in runs)

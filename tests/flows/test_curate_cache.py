@@ -64,3 +64,7 @@ def test_rerun_hits_every_key_and_a_change_recomputes_only_downstream(tmp_path, 
     fourth = curate(changed)
     assert new_dirs(config.store, before) == {"ingest", "localize", "noise", "hallucinate", "score", "assemble"}
     assert fourth["ingest"].inputs == first["ingest"].inputs
+    # Downstream keys follow the new ingest key, but every sample's content is unchanged:
+    # the per-sample stages reuse all their cached items and compute none.
+    for stage in ("localize", "noise", "hallucinate", "score"):
+        assert fourth[stage].work == {"computed": 0, "reused": 3}, stage

@@ -1,0 +1,37 @@
+"""The same curation flow with its shards on a Dask cluster of 2 worker processes."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from flows.curate import curate
+from tasks.config import IngestConfig, RunConfig, RunnerConfig
+from tasks.sets import PAIRS_DIR
+from tests.flows.conftest import task_run_names
+from tests.support.raw_jsonl import append_records
+
+PER_SAMPLE = ("localize", "noise", "hallucinate", "score")
+
+
+def pairs(manifest) -> list[dict]:
+    files = sorted(f for f in manifest.files if f.startswith(PAIRS_DIR))
+    return [row for f in files for row in pq.read_table(manifest.file(f)).to_pylist()]
+
+
+def test_dask_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harness):
+    source = append_records(tmp_path / "raw", 0, 4)
+
+    def config(name: str, runner: RunnerConfig) -> RunConfig:
+        return RunConfig(name="scale", store=tmp_path / name, sets=tmp_path / f"{name}-sets", ingest=IngestConfig(sources=[source]), runner=runner)
+
+    threads = curate(config("threads", RunnerConfig(kind="threads", workers=2, shard_size=4)))
+    state = curate(config("dask", RunnerConfig(kind="dask", workers=2, shard_size=1)), return_state=True)
+    dask = state.result()
+
+    assert dask["assemble"].key == threads["assemble"].key
+    assert pairs(dask["assemble"]) == pairs(threads["assemble"])
+    for stage in PER_SAMPLE:
+        assert dask[stage].work == {"computed": 4, "reused": 0}
+    # One shard per sample, each a task run the Dask workers reported to the server.
+    shards = [name for name in task_run_names(state.state_details.flow_run_id) if "-shard-" in name]
+    assert shards == sorted(f"{stage}-shard-{i}" for stage in PER_SAMPLE for i in range(4))

@@ -8,7 +8,6 @@ holds ``dropped.parquet`` (every sample or pair left out, with its reason) and `
 
 from __future__ import annotations
 
-import hashlib
 import re
 import statistics
 from collections import Counter
@@ -23,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks import ui
 from tasks.config import AssembleConfig
 from tasks.schemas import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES, read_parquet, table, write_parquet
-from tasks.sets import PAIRS_DIR, link_or_copy, publish
-from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
+from tasks.sets import PAIRS_DIR, publish
+from tasks.store import ArtifactStore, Manifest, code_version, file_digest, link_or_copy, stage_task_options, write_text_atomic
 
 STAGE = "assemble"
 CODE = code_version(__name__, "tasks.schemas", "tasks.sets")
@@ -192,7 +191,7 @@ class ImageLinker:
 
     def link(self, source: Path) -> str:
         if source not in self.by_source:
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            digest = file_digest(source)
             target = self.folder / f"{digest}{source.suffix.lower()}"
             if not target.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)

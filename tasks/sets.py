@@ -21,16 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.schemas import PAIRS, read_parquet
-from tasks.store import Manifest
+from tasks.store import Manifest, link_or_copy
 
 PAIRS_DIR = "data"
-
-
-def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(source, target)
 
 
 def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:

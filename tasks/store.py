@@ -382,10 +382,7 @@ class StageItems:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if target.exists():
                     raise StageFailed(f"{self.stage}: two items write {target.relative_to(out)}")
-                try:
-                    os.link(path, target)
-                except OSError:
-                    shutil.copy2(path, target)
+                link_or_copy(path, target)
         return json.loads(row_file.read_text())
 
 
@@ -398,6 +395,14 @@ def _lineage(inputs: Mapping[str, Keyed]) -> list[str]:
         else:
             lineage.add(f"source:{name}/{item.key}")
     return sorted(lineage)
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Hard link (no extra disk, same bytes); a copy across file systems or where links are refused."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -28,7 +28,7 @@ class Evaluation(BaseModel):
     comparison: list[dict[str, Any]]
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate-{config.name}")
 def evaluate_flow(config: RunConfig, ingest: Manifest, train: Manifest | None = None) -> Evaluation:
     settings = resolve_model(config.evaluate, train)
     assert settings.model is not None

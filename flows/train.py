@@ -34,7 +34,7 @@ def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
     return Manifest.model_validate_json((folder / "manifest.json").read_text()), folder
 
 
-@flow(name="mmedpo-train")
+@flow(name="train", flow_run_name="train-{config.name}")
 def train_flow(config: RunConfig, preferences: str, resume: bool = False) -> Manifest:
     assemble, path = resolve_preferences(config, preferences)
     return train_task(str(config.store), config.train, assemble, str(path), resume)

@@ -49,7 +49,7 @@ def test_curate_deployment_runs_on_a_worker_and_publishes_artifacts(tmp_path, pr
     prefect_cli("--no-prompt", "deploy", "--all")
 
     with get_client(sync_client=True) as client:
-        for name, pool in (("mmedpo-train/train", "gpu"), ("evaluate-keys/evaluate", "local"), ("pipeline/pipeline", "local")):
+        for name, pool in (("train/train", "gpu"), ("evaluate-keys/evaluate", "local"), ("pipeline/pipeline", "local")):
             assert client.read_deployment_by_name(name).work_pool_name == pool
         deployment = client.read_deployment_by_name("curate/curate")
         assert deployment.work_pool_name == "local"

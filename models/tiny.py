@@ -18,6 +18,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -118,26 +120,27 @@ def build_tiny_llava(
     hidden_size: int = 64,
     layers: int = 2,
     extra_texts: Sequence[str] = (),
+    vision: Literal["clip", "siglip"] = "clip",
 ) -> Path:
     """Write a LLaVA checkpoint (model, tokenizer, processor) to ``out``; returns the folder.
 
     ``extra_texts`` joins the tokenizer's training corpus (e.g. the demo's answers), so it
-    splits them into words the way a real medical model's tokenizer would.
+    splits them into words the way a real medical model's tokenizer would. ``vision`` picks
+    the tower: CLIP (LLaVA-1.5's) or SigLIP (LLaVA-OneVision's). A random-weight tower that
+    must *learn* to see from scratch needs SigLIP: CLIP's pre-layernorm normalizes every
+    patch embedding, which erases a patch's absolute brightness (a uniform bright patch and
+    a uniform dark one become the same vector), so small intensity lesions are nearly
+    invisible to an untrained CLIP tower.
     """
     out = Path(out)
     tokenizer = train_tokenizer([*MEDICAL_CORPUS, *extra_texts])
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     num_patches = (image_size // patch_size) ** 2
 
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=32,
-    )
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    # CLIP has a CLS token that "default" drops (one image token per patch, as in LLaVA-1.5); SigLIP has none.
+    strategy = "default" if vision == "clip" else "full"
+    vision_config = CLIPVisionConfig(**tower, projection_dim=32) if vision == "clip" else SiglipVisionConfig(**tower)
     text_kwargs = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -153,11 +156,10 @@ def build_tiny_llava(
     )
     text = MistralConfig(**text_kwargs) if text_model == "mistral" else LlamaConfig(**text_kwargs)
     config = LlavaConfig(
-        vision_config=vision,
+        vision_config=vision_config,
         text_config=text,
         image_token_index=image_token_id,
-        # "default" drops CLIP's CLS token: one image token per patch, as in LLaVA-1.5.
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=strategy,
         vision_feature_layer=-2,
         image_seq_length=num_patches,
     )
@@ -167,16 +169,16 @@ def build_tiny_llava(
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
+    if vision == "clip":
+        image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    else:
+        image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=1 if vision == "clip" else 0,
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE,
     )

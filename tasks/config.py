@@ -380,6 +380,64 @@ class RunnerConfig(StageConfig):
     )
     workers: int = Field(default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes")
     shard_size: int = Field(default=16, ge=1, description="Samples per shard (one Prefect task run each)")
+SFTPart = Literal["vision_tower", "projector", "language_model"]
+
+
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning (TRL's SFTTrainer) on a split's ground-truth answers: the
+    starting point DPO training refines. Full-parameter training of the chosen parts, so it
+    is meant for small models (the tiny LLaVA of the demo and the grounding experiment)."""
+
+    model: Path | None = Field(default=None, description="Local LLaVA-family checkpoint to start from; None builds the tiny random-weight LLaVA")
+    tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
+    tiny_image_size: int = Field(default=32, ge=8, description="Tiny model: vision tower input side, pixels (lesions must stay visible at it)")
+    tiny_patch_size: int = Field(default=8, ge=1, description="Tiny model: vision patch side (image tokens = (image_size / patch_size)^2)")
+    tiny_hidden_size: int = Field(default=64, ge=8, description="Tiny model: text decoder width")
+    tiny_layers: int = Field(default=2, ge=1, description="Tiny model: text decoder layers")
+    tiny_vision: Literal["clip", "siglip"] = Field(
+        default="siglip", description="Tiny model: vision tower; an untrained CLIP tower barely sees intensity lesions (models/tiny.py)"
+    )
+    trainable: list[SFTPart] = Field(
+        default=["vision_tower", "projector", "language_model"],
+        description="Parts trained (the rest frozen); a random-weight vision tower must be trained for the model to see anything",
+    )
+    splits: list[str] = Field(default=["train"], description="Sample splits trained on")
+    learning_rate: float = Field(default=3e-3, gt=0, description="Peak learning rate")
+    epochs: float = Field(default=3.0, gt=0, description="Training epochs")
+    batch_size: int = Field(default=32, ge=1, description="Samples per optimizer step")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps spent warming up")
+    scheduler: str = Field(default="cosine", description="Learning-rate schedule")
+    max_length: int | None = Field(default=256, description="Truncate prompt+answer to this many tokens")
+    seed: int = Field(default=0, description="Seed of data order and dropout")
+
+
+class GroundingDataConfig(StageConfig):
+    """The grounding experiment's synthetic-lesion data set (tasks.grounding_data)."""
+
+    seed: int = Field(default=0, description="Seed of crops, lesions and answers")
+    n_train: int = Field(default=600, ge=1, description="Training samples (one question per image)")
+    n_val: int = Field(default=96, ge=0, description="Held-out samples whose pairs measure log-prob margins (never trained on)")
+    n_test: int = Field(default=200, ge=1, description="Test samples (accuracy, image sensitivity)")
+    image_size: int = Field(default=64, ge=16, description="Side of the written images, pixels")
+    train_yes_rate: float = Field(default=0.75, ge=0, le=1, description="Share of 'yes' (and of left-half lesions) in the training split: the text prior")
+    test_yes_rate: float = Field(default=0.25, ge=0, le=1, description="The same share in the val and test splits (the flipped prior)")
+    question_mix: list[float] = Field(default=[0.5, 0.3, 0.2], description="Relative frequency of presence / side / where questions")
+    radius_min: float = Field(default=0.15, gt=0, description="Smallest lesion radius, as a fraction of the image side")
+    radius_max: float = Field(default=0.25, gt=0, description="Largest lesion radius, as a fraction of the image side")
+    contrast_min: float = Field(default=0.5, gt=0, le=1, description="Weakest lesion contrast, as a fraction of the grey range")
+    contrast_max: float = Field(default=0.8, gt=0, le=1, description="Strongest lesion contrast")
+    bright_rate: float = Field(default=0.5, ge=0, le=1, description="Share of bright lesions (the rest are dark)")
+    background_range: tuple[float, float] = Field(
+        default=(64.0, 192.0), description="Grey levels (0-255) a background crop is stretched into; lesions reach beyond it"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "GroundingDataConfig":
+        if len(self.question_mix) != 3 or min(self.question_mix) < 0 or sum(self.question_mix) <= 0:
+            raise ValueError("question_mix: three non-negative weights (presence, side, where), not all zero")
+        if self.radius_min > self.radius_max or self.contrast_min > self.contrast_max:
+            raise ValueError("radius/contrast: min above max")
+        return self
 
 
 class RunConfig(StageConfig):
@@ -394,6 +452,7 @@ class RunConfig(StageConfig):
     hallucinate: HallucinateConfig = Field(default_factory=HallucinateConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where per-sample shards run (threads, Dask, Ray)")

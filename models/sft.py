@@ -1,0 +1,116 @@
+"""Supervised fine-tuning of a LLaVA-family model with TRL's SFTTrainer (loss on the answer only).
+
+Which parts learn is explicit (``SFTConfig.trainable``): a tiny model's random vision tower
+has to be trained for the model to see anything at all, a production checkpoint would
+usually train the projector and the language model only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from models import vlm
+from models.tiny import build_tiny_llava
+
+if TYPE_CHECKING:
+    from tasks.config import SFTConfig
+
+# SFTConfig.trainable names -> attribute paths of a LlavaForConditionalGeneration.
+PARTS = {
+    "vision_tower": ("model.vision_tower",),
+    "projector": ("model.multi_modal_projector",),
+    "language_model": ("model.language_model", "lm_head"),
+}
+
+
+def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
+    if config.model is not None:
+        return config.model
+    return build_tiny_llava(
+        work / "tiny-base",
+        seed=config.tiny_seed,
+        image_size=config.tiny_image_size,
+        patch_size=config.tiny_patch_size,
+        hidden_size=config.tiny_hidden_size,
+        layers=config.tiny_layers,
+        extra_texts=texts,
+        vision=config.tiny_vision,
+    )
+
+
+def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> int:
+    """Freeze everything but ``parts``; returns the number of trainable parameters."""
+    model.requires_grad_(False)
+    for part in parts:
+        for dotted in PARTS[part]:
+            module = model.get_submodule(dotted)
+            module.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def example(question: str, answer: str, image: str) -> dict[str, Any]:
+    """One conversational prompt-completion row with its image, as TRL's vision collator expects."""
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": answer}],
+        "images": [vlm.open_image(image)],
+    }
+
+
+def fit_sft(config: SFTConfig, samples: Sequence[tuple[str, str, str]], out: Path, work: Path | None = None) -> dict[str, float]:
+    """Train on (question, answer, image path) samples; write the checkpoint to ``out``."""
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    on_gpu = torch.cuda.is_available()
+    scratch = Path(tempfile.mkdtemp(prefix="sft-", dir=work.parent if work is not None else None))
+    try:
+        start = base_model(config, scratch, [answer for _, answer, _ in samples] + [q for q, _, _ in samples])
+        loaded = vlm.load(start, device="cpu" if not on_gpu else None, move=False)
+        trainable = set_trainable(loaded.model, config.trainable)
+        # Training pads on the right (the answer follows the prompt); generation needs the left.
+        loaded.processor.tokenizer.padding_side = "right"
+        args = TRLSFTConfig(
+            output_dir=str(scratch / "trainer"),
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            warmup_steps=config.warmup_ratio,
+            lr_scheduler_type=config.scheduler,
+            max_length=config.max_length,
+            completion_only_loss=True,
+            bf16=on_gpu,
+            use_cpu=not on_gpu,
+            save_strategy="no",
+            logging_steps=10,
+            seed=config.seed,
+            remove_unused_columns=False,
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SFTTrainer(
+            model=loaded.model,
+            args=args,
+            train_dataset=Dataset.from_list([example(*sample) for sample in samples]),
+            processing_class=loaded.processor,
+        )
+        result = trainer.train()
+        loaded.processor.tokenizer.padding_side = "left"
+        trainer.model.save_pretrained(out)
+        loaded.processor.save_pretrained(out)
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return {
+            "steps": float(trainer.state.global_step),
+            "train_loss": float(result.training_loss),
+            "last_loss": float(losses[-1]) if losses else float("nan"),
+            "trainable_parameters": float(trainable),
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

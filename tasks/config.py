@@ -8,7 +8,7 @@ cache key).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -17,6 +17,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+OPERATIONAL = {"operational": True}
+
+
+def identity(config: BaseModel) -> dict[str, Any]:
+    """The config as it defines a stage's output: every field but the operational ones
+    (marked ``json_schema_extra=OPERATIONAL``: concurrency, devices, timeouts, cache folders,
+    the names of key variables). Cache keys hash this, so tuning how a stage runs never
+    recomputes what it produced; manifests still echo the whole config."""
+
+    def value(v: Any) -> Any:
+        if isinstance(v, BaseModel):
+            return identity(v)
+        if isinstance(v, (list, tuple)):
+            return [value(x) for x in v]
+        return v
+
+    return {
+        name: value(getattr(config, name))
+        for name, field in type(config).model_fields.items()
+        if not (isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("operational"))
+    }
 
 
 SourceFormat = Literal["slake", "vqa-rad", "r2gen", "pathvqa", "jsonl"]
@@ -61,14 +84,14 @@ class EndpointConfig(StageConfig):
 
     base_url: str = Field(default="http://127.0.0.1:8000/v1", description="Up to and including /v1")
     model: str = Field(default="local", description="Model name sent with every request")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key; none for keyless local servers")
-    api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding the API key (used when api_key_env is unset)")
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds")
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once")
-    rpm: float | None = Field(default=None, gt=0, description="Client-side requests-per-minute limit; none = unlimited")
-    max_retries: int = Field(default=4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors")
-    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (a Retry-After header wins)")
-    max_backoff_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay; a Retry-After above it ends the retries at once (reason rate_limited)")
+    api_key_env: str | None = Field(json_schema_extra=OPERATIONAL, default=None, description="Environment variable holding the API key; none for keyless local servers")
+    api_key_secret: str | None = Field(json_schema_extra=OPERATIONAL, default=None, description="Prefect Secret block holding the API key (used when api_key_env is unset)")
+    timeout_s: float = Field(json_schema_extra=OPERATIONAL, default=60.0, gt=0, description="Per-request timeout, seconds")
+    max_concurrency: int = Field(json_schema_extra=OPERATIONAL, default=8, ge=1, description="Requests in flight at once")
+    rpm: float | None = Field(json_schema_extra=OPERATIONAL, default=None, gt=0, description="Client-side requests-per-minute limit; none = unlimited")
+    max_retries: int = Field(json_schema_extra=OPERATIONAL, default=4, ge=0, description="Retries on 429, 5xx, timeouts and connection errors")
+    backoff_s: float = Field(json_schema_extra=OPERATIONAL, default=1.0, ge=0, description="First retry delay; doubles per retry (a Retry-After header wins)")
+    max_backoff_s: float = Field(json_schema_extra=OPERATIONAL, default=60.0, ge=0, description="Cap on one retry delay; a Retry-After above it ends the retries at once (reason rate_limited)")
     allow_images: bool | None = Field(
         default=None,
         description="May this endpoint receive images? Unset: only local endpoints (127.0.0.1, localhost, ::1) may",
@@ -149,7 +172,7 @@ class ScoreConfig(StageConfig):
     max_rounds: int = Field(default=5, ge=1, description="debate: most scored rounds before falling back to the mean of the score history")
     agreement_tolerance: float = Field(default=0.0, ge=0.0, le=1.0, description="debate: a re-score this close to the previous score counts as adopting it")
     prompt_version: str = Field(default="v1", description="Judge prompt templates models/prompts/judge_{first,followup}_<version>.txt")
-    concurrency: int = Field(default=8, ge=1, description="Samples judged at once (endpoints add their own request limits)")
+    concurrency: int = Field(json_schema_extra=OPERATIONAL, default=8, ge=1, description="Samples judged at once (endpoints add their own request limits)")
     normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
 
     @model_validator(mode="after")
@@ -191,7 +214,7 @@ class HallucinateConfig(StageConfig):
     temperature: float = Field(default=0.7, ge=0, description="Injection / selector sampling temperature")
     json_mode: bool = Field(default=False, description="Ask the endpoint for response_format=json_object (not every server supports it)")
     send_images: bool = Field(default=False, description="Send the image with the injection prompt (only to endpoints allowed to receive images)")
-    cache_dir: Path | None = Field(default=None, description="LLM response cache; unset: <store>/llm-cache")
+    cache_dir: Path | None = Field(json_schema_extra=OPERATIONAL, default=None, description="LLM response cache; unset: <store>/llm-cache")
     inject_prompt: str = Field(default="hallucinate_inject_v1", description="Template in tasks/prompts/ for error injection / rewriting")
     select_prompt: str = Field(default="hallucinate_select_v1", description="Template in tasks/prompts/ for choosing among sampled answers")
     target: TargetSamplingConfig = Field(default_factory=TargetSamplingConfig)
@@ -262,8 +285,8 @@ class SamConfig(StageConfig):
         default=None, description="State dict (.pth); required for vit_b/l/h. Keyed by path: version the file name"
     )
     architecture: SamArchitecture = Field(default_factory=SamArchitecture, description="Used for model_type=custom only")
-    device: str = Field(default="cpu", description="torch device")
-    batch_size: int = Field(default=2, ge=1, description="Images encoded per forward pass")
+    device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
+    batch_size: int = Field(json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass")
     num_points: int = Field(default=3, ge=1, description="Heatmap peaks used as point prompts for samples without boxes")
     box_margin: float | None = Field(
         default=0.1, description="Keep mask pixels within the prompt boxes grown by this fraction of their size; None keeps all"
@@ -295,7 +318,7 @@ class NoiseConfig(StageConfig):
     beta_end: float = Field(default=0.02, gt=0.0, lt=1.0, description="beta_T")
     feather_px: float = Field(default=4.0, ge=0.0, description="Noise ramps up over this many pixels inside the region edge")
     seed: int = Field(default=0, description="Mixed with each sample_id into that sample's noise seed")
-    workers: int = Field(default=2, ge=1, description="Threads noising samples in parallel (PNG codecs and numpy release the GIL)")
+    workers: int = Field(json_schema_extra=OPERATIONAL, default=2, ge=1, description="Threads noising samples in parallel (PNG codecs and numpy release the GIL)")
 
     @model_validator(mode="after")
     def _step_in_schedule(self) -> "NoiseConfig":

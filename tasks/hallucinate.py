@@ -56,10 +56,9 @@ def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifes
     return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_hallucinations(out, config, ingest, cache_dir, store))
 
 
-# What a rejection depends on: the sample's text and image (by content), and the config less
-# where caches live and how hard the endpoint is pushed.
+# What a rejection depends on: the sample's text and image (by content), and the config's
+# identity (tasks.config.identity: not where caches live nor how hard the endpoint is pushed).
 ITEM_FIELDS = ("sample_id", "task", "answer_type", "question", "answer", "image_sha256")
-OPERATIONAL = {"cache_dir": True, "llm": {"max_concurrency", "rpm", "timeout_s", "max_retries", "backoff_s", "max_backoff_s", "api_key_env", "api_key_secret"}}
 
 
 def build_hallucinations(out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path, store: ArtifactStore) -> dict[str, float]:
@@ -68,7 +67,7 @@ def build_hallucinations(out: Path, config: HallucinateConfig, ingest: Manifest,
     counts: collections.Counter[str] = collections.Counter(samples=len(samples), not_in_splits=len(samples) - len(in_scope))
     if config.backend != "rules":
         _check_images_allowed(config)
-    items = store.items(STAGE, CODE, config.model_dump(mode="json", exclude=OPERATIONAL))
+    items = store.items(STAGE, CODE, config)
     tags = () if config.backend == "rules" else (LLM_TAG,)
     rows = items.build(out, [items.item(by_content(s, ITEM_FIELDS), s) for s in in_scope],
                        partial(hallucinate_items, config, str(cache_dir)), tags=tags)

@@ -121,7 +121,7 @@ def build_noised(out: Path, config: NoiseConfig, ingest: Manifest, localize: Man
     samples = {r["sample_id"]: r for r in schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()}
     regions = schemas.read_parquet(localize.file("regions.parquet"), schemas.REGIONS).to_pylist()
     region_dir = Path(localize.path)
-    items = store.items(STAGE, CODE, config.model_dump(exclude={"workers"}))
+    items = store.items(STAGE, CODE, config)
     work = []
     for region in regions:
         sample = samples.get(region["sample_id"])

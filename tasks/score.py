@@ -22,7 +22,7 @@ from prefect import task
 
 from models import judges
 from tasks import schemas, ui
-from tasks.config import NormalizerConfig, ScoreConfig
+from tasks.config import NormalizerConfig, ScoreConfig, identity
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, content_hash, stage_task_options
 
 STAGE = "score"
@@ -54,11 +54,9 @@ def score(store: ArtifactStore, config: ScoreConfig, ingest: Manifest, hallucina
     )
 
 
-# A text pair's judging depends on its texts and the panel, not on the normalizer (weights are
-# computed over the whole batch after gathering) nor on how hard endpoints are pushed.
+# A text pair's judging depends on its texts and the panel's identity, not on the normalizer:
+# weights are computed over the whole batch after gathering.
 HALLUCINATION_FIELDS = ("sample_id", "status", "reason", "rejected", "error_type")
-ENDPOINT_OPERATIONAL = {"max_concurrency", "rpm", "timeout_s", "max_retries", "backoff_s", "max_backoff_s", "api_key_env", "api_key_secret"}
-OPERATIONAL = {"normalizer": True, "concurrency": True, "judges": {"__all__": {"endpoint": ENDPOINT_OPERATIONAL}}}
 
 
 def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: Manifest, localize: Manifest, cache_dir: Path | None,
@@ -67,7 +65,7 @@ def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: 
     hallucinations = schemas.read_parquet(hallucinate.file("hallucinations.parquet"), schemas.HALLUCINATIONS).to_pylist()
     regions = read_columns(localize.file("regions.parquet"), REGION_COLUMNS)
 
-    items = store.items(STAGE, CODE, config.model_dump(mode="json", exclude=OPERATIONAL))
+    items = store.items(STAGE, CODE, {k: v for k, v in identity(config).items() if k != "normalizer"})
     work = []
     for h in hallucinations:
         sample = samples.get(h["sample_id"])

@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, ConfigDict
 
+from tasks.config import identity
+
 STAGES = ("ingest", "localize", "noise", "hallucinate", "score", "assemble", "train", "evaluate")
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
@@ -103,7 +105,11 @@ class Manifest(BaseModel):
 
 
 def stage_key(stage: str, code: str, config: BaseModel | Mapping[str, Any], inputs: Mapping[str, Keyed]) -> str:
-    return content_hash(stage, code, config, {name: item.key for name, item in inputs.items()})
+    return content_hash(stage, code, _identity(config), {name: item.key for name, item in inputs.items()})
+
+
+def _identity(config: BaseModel | Mapping[str, Any]) -> Any:
+    return identity(config) if isinstance(config, BaseModel) else config
 
 
 class StageFailed(RuntimeError):
@@ -347,7 +353,7 @@ class StageItems:
         self.counts: dict[str, float] = {}  # the compute function's counters, summed over shards
 
     def item(self, content: Any, payload: Any) -> Item:
-        return Item(content_hash("item", self.stage, self.code, self.config, content, length=ITEM_KEY_LENGTH), payload)
+        return Item(content_hash("item", self.stage, self.code, _identity(self.config), content, length=ITEM_KEY_LENGTH), payload)
 
     def build(self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Result rows of ``items`` in order: cached ones reused, the rest computed in shards;

@@ -71,3 +71,19 @@ def test_fingerprint_sees_new_and_changed_files(tmp_path):
     (tmp_path / "b.txt").write_text("2")
     assert fingerprint_tree(tmp_path) != before
     assert fingerprint_tree(tmp_path / "a.txt") != fingerprint_tree(tmp_path / "missing")
+
+
+def test_operational_fields_are_echoed_but_never_change_a_key(tmp_path):
+    from tasks.config import EndpointConfig, HallucinateConfig, NoiseConfig
+
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    two = store.run("noise", "c", NoiseConfig(workers=2), {}, writer(calls))
+    eight = store.run("noise", "c", NoiseConfig(workers=8), {}, writer(calls))
+    assert eight.key == two.key and len(calls) == 1 and two.config["workers"] == 2
+    assert store.run("noise", "c", NoiseConfig(k=300), {}, writer(calls)).key != two.key
+    # Endpoint tuning and the name of the key variable are operational; which model answers is not.
+    base = HallucinateConfig(backend="llm", llm=EndpointConfig(model="m"))
+    tuned = HallucinateConfig(backend="llm", llm=EndpointConfig(model="m", max_concurrency=2, timeout_s=5, api_key_env="K"), cache_dir=tmp_path)
+    other = HallucinateConfig(backend="llm", llm=EndpointConfig(model="other"))
+    assert stage_key("hallucinate", "c", tuned, {}) == stage_key("hallucinate", "c", base, {}) != stage_key("hallucinate", "c", other, {})

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from contextvars import ContextVar
@@ -152,7 +153,8 @@ class ArtifactStore:
             return cached
         final = self.directory(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+        sweep_abandoned(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{OWNER}-", dir=final.parent))
         started = time.perf_counter()
         work: dict[str, float] = {}
         token = _BUILD_WORK.set(work)
@@ -284,7 +286,8 @@ def compute_items(store_root: str | os.PathLike[str], stage: str, items: Sequenc
         return {}
     scratch = Path(store_root) / stage / ITEMS / ".tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    folders = [Path(tempfile.mkdtemp(prefix=f"{item.key}-", dir=scratch)) for item in todo]
+    sweep_abandoned(scratch)
+    folders = [Path(tempfile.mkdtemp(prefix=f".tmp-{item.key}-{OWNER}-", dir=scratch)) for item in todo]
     try:
         rows, counts = compute([item.payload for item in todo], folders)
         rows = list(rows)
@@ -401,6 +404,30 @@ def _lineage(inputs: Mapping[str, Keyed]) -> list[str]:
         else:
             lineage.add(f"source:{name}/{item.key}")
     return sorted(lineage)
+
+
+# Temporary folders are named .tmp-<key>-<host>-<pid>-<random>: a later run on the same host can
+# tell the ones a killed process left behind (its pid is gone) from ones still being written,
+# and never touches another host's (a Dask or Ray worker writing to a shared store).
+OWNER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def sweep_abandoned(folder: Path) -> None:
+    host = socket.gethostname()
+    for path in folder.glob(f".tmp-*-{host}-*"):
+        pid = path.name.split(f"-{host}-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

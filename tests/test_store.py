@@ -87,3 +87,23 @@ def test_operational_fields_are_echoed_but_never_change_a_key(tmp_path):
     tuned = HallucinateConfig(backend="llm", llm=EndpointConfig(model="m", max_concurrency=2, timeout_s=5, api_key_env="K"), cache_dir=tmp_path)
     other = HallucinateConfig(backend="llm", llm=EndpointConfig(model="other"))
     assert stage_key("hallucinate", "c", tuned, {}) == stage_key("hallucinate", "c", base, {}) != stage_key("hallucinate", "c", other, {})
+
+
+def test_sweep_removes_only_what_dead_processes_left(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tasks.store import OWNER, sweep_abandoned
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    left = tmp_path / f".tmp-abc-{host}-{dead}-x1"
+    mine = tmp_path / f".tmp-abc-{OWNER}-x2"
+    remote = tmp_path / f".tmp-abc-another-host-{dead}-x3"
+    for folder in (left, mine, remote):
+        folder.mkdir()
+    sweep_abandoned(tmp_path)
+    assert not left.exists() and mine.exists() and remote.exists()
+    assert str(os.getpid()) in OWNER

@@ -83,8 +83,12 @@ def test_sigkill_mid_stage_then_rerun_reuses_finished_samples(tmp_path, prefect_
     finished_stages = {p.parent.name: p.name for p in config.store.glob("*/*") if (p / MANIFEST).is_file()}
     assert {"ingest", "localize"} <= set(finished_stages)
 
+    abandoned = list(config.store.rglob(".tmp-*"))
+    assert abandoned  # the killed run was writing when it died
+
     resumed = curate(config)
     assert resumed["noise"].work == {"computed": SAMPLES - done, "reused": done}
+    assert list(config.store.rglob(".tmp-*")) == []  # what the dead process left is swept away
     # Stages that finished before the kill are not run again: the re-run gets their artifacts.
     assert resumed["ingest"].key == finished_stages["ingest"] and resumed["localize"].key == finished_stages["localize"]
     visible_state_is_complete(config.store)

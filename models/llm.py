@@ -165,15 +165,18 @@ class ResponseCache:
 
 
 class RateLimiter:
-    """Spaces request starts at least 60/rpm seconds apart (no bursts: servers see a steady rate)."""
+    """Spaces request starts at least 60/rpm seconds apart (no bursts: servers see a steady rate),
+    and holds every start while the server has asked the client to back off (Retry-After):
+    one 429 pauses the whole client, not only the request that met it."""
 
     def __init__(self, rpm: float | None):
         self.interval = 60.0 / rpm if rpm else 0.0
         self._next = 0.0
 
+    def pause(self, seconds: float) -> None:
+        self._next = max(self._next, time.monotonic() + seconds)
+
     async def wait(self) -> None:
-        if not self.interval:
-            return
         now = time.monotonic()
         start = max(now, self._next)
         self._next = start + self.interval
@@ -280,6 +283,8 @@ class LLMClient:
                             last.reason,
                             f"server asks to retry after {retry_after:g} s, more than max_backoff_s={self.endpoint.max_backoff_s:g}",
                         ) from None
+                    if retry_after is not None:
+                        self._limiter.pause(retry_after)
                 except (openai.APIResponseValidationError, ValueError, LLMError) as exc:
                     last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
             if attempt < self.endpoint.max_retries:

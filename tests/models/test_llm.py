@@ -101,6 +101,15 @@ def test_requests_per_minute_spaces_request_starts(openai_server):
     assert starts[-1] - starts[0] >= 5 * 0.05 * 0.8
 
 
+def test_a_429_pauses_every_request_of_the_client_not_only_its_own(openai_server):
+    openai_server.script(Reply(status=429, retry_after=0.4))
+    replies, counts = ask(endpoint(openai_server, max_concurrency=1), ["a", "b", "c"])
+    assert not any(isinstance(r, LLMError) for r in replies) and counts["retries"] == 1
+    limited, *later = sorted(openai_server.requests, key=lambda r: r.started)
+    # Whoever comes next starts only once the server's Retry-After has passed.
+    assert min(r.started for r in later) >= limited.finished + 0.4 * 0.9
+
+
 def test_images_go_only_to_endpoints_allowed_to_receive_them(openai_server, tmp_path):
     png = b"\x89PNG\r\n\x1a\n fake"
 

@@ -533,7 +533,7 @@ class ExperimentConfig(StageConfig):
     )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
-            lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-3, projector_lr=1e-3, epochs=2, batch_size=8,
+            lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-4, projector_lr=1e-4, epochs=2, batch_size=8,
             gradient_accumulation=1, warmup_ratio=0.0, scheduler="constant", max_length=None, gradient_checkpointing=False,
             save_steps=100_000, logging_steps=10,
         )

@@ -54,7 +54,7 @@ LABELS = {
 }
 # The arm whose curated set (text + local visual pairs) holds the held-out pairs every arm's margins are measured on.
 REFERENCE_ARM = "mmedpo"
-METRICS = ("closed_accuracy", "image_sensitivity", "text_margin", "visual_margin")
+METRICS = ("closed_accuracy", "forced_choice_accuracy", "image_sensitivity", "text_margin", "visual_margin")
 
 
 def base_run_config(config: ExperimentConfig, source: Path) -> RunConfig:
@@ -108,7 +108,9 @@ def build_measures(
         model = vlm.apply_adapter(model, adapter_dir(train))
     samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
     result: dict[str, float] = {"closed_accuracy": closed_accuracy(load_metrics(evaluate))}
-    result.update(image_sensitivity(model, [s for s in samples if s["split"] == "test"], config, out / "noised"))
+    test = [s for s in samples if s["split"] == "test"]
+    result.update(forced_choice(model, test))
+    result.update(image_sensitivity(model, test, config, out / "noised"))
     result.update(pair_margins(model, load_pairs(Path(assemble.path), config.margin_split).to_pylist()))
     (out / "measures.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
@@ -118,6 +120,21 @@ def closed_accuracy(metrics: Mapping[str, Any]) -> float:
     entries = [entry for entry in metrics["datasets"].values() if entry.get("n_closed")]
     total = sum(entry["n_closed"] for entry in entries)
     return sum(entry["closed_accuracy"] * entry["n_closed"] for entry in entries) / total
+
+
+def forced_choice(model: Any, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Share of closed yes/no test questions where the model gives the right answer the
+    higher log-probability of the two: whether it grounds its choice, even when its greedy
+    answer has drifted off the two words."""
+    from models import vlm
+
+    closed = [s for s in samples if s["answer_type"] == "closed" and s["answer"].strip().lower() in ("yes", "no")]
+    right = []
+    for sample in closed:
+        truth = sample["answer"].strip().lower()
+        other = "no" if truth == "yes" else "yes"
+        right.append(vlm.answer_logprob(model, sample["question"], truth, sample["image_path"]) > vlm.answer_logprob(model, sample["question"], other, sample["image_path"]))
+    return {"forced_choice_accuracy": float(np.mean(right)) if right else float("nan")}
 
 
 def lesion_noised(sample: Mapping[str, Any], config: MeasureConfig) -> np.ndarray:
@@ -214,7 +231,7 @@ def verdict(table: Sequence[Mapping[str, Any]]) -> list[str]:
     if REFERENCE_ARM not in by_arm:
         return lines
     ours = by_arm[REFERENCE_ARM]
-    for metric, name in (("closed_accuracy", "test accuracy"), ("image_sensitivity", "image sensitivity")):
+    for metric, name in (("closed_accuracy", "test accuracy"), ("forced_choice_accuracy", "yes/no forced choice"), ("image_sensitivity", "image sensitivity")):
         if ours[metric] is None:
             continue
         mean, std = ours[metric]
@@ -252,17 +269,18 @@ def write_report(
         f"lr {config.sft.learning_rate:g} {config.sft.scheduler}) and goes through the real flows "
         "(curate -> train -> evaluate). Seeds: " + ", ".join(map(str, config.seeds)) + f" (mean ± std over {len(config.seeds)}).",
         "",
-        "| arm | closed accuracy, test (%) | image sensitivity (%) | text margin, val | visual margin, val |",
-        "|---|---|---|---|---|",
+        "| arm | closed accuracy, test (%) | yes/no forced choice, test (%) | image sensitivity (%) | text margin, val | visual margin, val |",
+        "|---|---|---|---|---|---|",
     ]
     for row in table:
-        cells = [_cell(row["closed_accuracy"], True), _cell(row["image_sensitivity"], True), _cell(row["text_margin"], False), _cell(row["visual_margin"], False)]
+        cells = [_cell(row["closed_accuracy"], True), _cell(row["forced_choice_accuracy"], True), _cell(row["image_sensitivity"], True), _cell(row["text_margin"], False), _cell(row["visual_margin"], False)]
         lines.append(f"| {LABELS[row['arm']]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"![per-arm metrics]({plot.name})",
         "",
-        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow).",
+        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is neither yes nor no counts as wrong.",
+        "- **yes/no forced choice**: share of the same questions where the right answer has the higher log-probability of 'yes' and 'no' (grounding of the choice, whatever the greedy answer drifted to).",
         f"- **image sensitivity**: share of test answers (questions about an image with a lesion) that change when the lesion's box is diffusion-noised (k={config.measure.noise_k}).",
         "- **margins**: mean log p(chosen) - log p(rejected) on the held-out val pairs of the MMedPO set (text: ground truth vs hallucinated answer; visual: the answer on the real vs the lesion-noised image). Higher = prefers the truth / the real image.",
         "",
@@ -272,12 +290,12 @@ def write_report(
         "",
         "## Per seed",
         "",
-        "| arm | seed | closed accuracy (%) | image sensitivity (%) | text margin | visual margin |",
-        "|---|---|---|---|---|---|",
+        "| arm | seed | closed accuracy (%) | forced choice (%) | image sensitivity (%) | text margin | visual margin |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | {100 * row['image_sensitivity']:.1f} | "
+            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | {100 * row['image_sensitivity']:.1f} | "
             f"{row['text_margin']:+.2f} | {row['visual_margin']:+.2f} |"
         )
     lines += ["", f"Run: `make experiment`, {seconds / 60:.1f} minutes on {machine}. Config: `{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`", ""]
@@ -291,10 +309,10 @@ def write_plot(table: Sequence[Mapping[str, Any]], path: Path, prior_accuracy: f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     names = [LABELS[row["arm"]].replace("SFT + ", "").replace(", ", "\n") for row in table]
     panels = (
-        (axes[0], ["closed_accuracy"], "closed accuracy, test (%)", 100),
+        (axes[0], ["closed_accuracy", "forced_choice_accuracy"], "test accuracy (%)", 100),
         (axes[1], ["image_sensitivity"], "image sensitivity (%)", 100),
         (axes[2], ["text_margin", "visual_margin"], "val log-prob margin", 1),
     )
@@ -307,11 +325,10 @@ def write_plot(table: Sequence[Mapping[str, Any]], path: Path, prior_accuracy: f
             ax.bar(positions, means, width, yerr=stds, capsize=3, label=metric.replace("_", " "))
         ax.set_xticks(np.arange(len(table)), names, fontsize=7)
         ax.set_title(title)
-        if len(metrics) > 1:
-            ax.legend(fontsize=7)
-            ax.axhline(0, color="black", linewidth=0.5)
+        ax.axhline(0, color="black", linewidth=0.5)
     axes[0].axhline(100 * prior_accuracy, color="red", linestyle="--", linewidth=1, label="text prior")
     axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

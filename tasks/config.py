@@ -524,7 +524,7 @@ class ExperimentConfig(StageConfig):
     )
     data: GroundingDataConfig = Field(
         default_factory=lambda: GroundingDataConfig(
-            n_train=400, n_val=64, n_test=200, image_size=32, question_mix=[0.6, 0.4, 0.0], contrast_min=0.8, contrast_max=1.0, radius_min=0.2, radius_max=0.3
+            n_train=400, n_val=128, n_test=400, image_size=32, question_mix=[0.6, 0.4, 0.0], contrast_min=0.8, contrast_max=1.0, radius_min=0.2, radius_max=0.3
         )
     )
     sft: SFTConfig = Field(

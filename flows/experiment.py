@@ -37,6 +37,7 @@ def experiment_flow(config: ExperimentConfig) -> list[dict[str, Any]]:
     store = str(config.store)
     curated = {arm: curate(arm_config(base, arm)) for arm in dict.fromkeys([REFERENCE_ARM, *config.arms]) if arm != "sft"}
     ingest = curated[REFERENCE_ARM]["ingest"]
+    built = {(m.stage, m.key): m.seconds for stages in curated.values() for m in stages.values()}
     rows = []
     for seed in config.seeds:
         tuned = sft_task(store, config.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
@@ -55,9 +56,13 @@ def experiment_flow(config: ExperimentConfig) -> list[dict[str, Any]]:
             scored = evaluation.trained or evaluation.base
             measured = measure_task(store, config.measure, ingest, curated[REFERENCE_ARM]["assemble"], tuned, scored, trained)
             rows.append({"arm": arm, "seed": seed, **measured.counts})
+            for manifest in (tuned, trained, evaluation.base, evaluation.trained, measured):
+                if manifest is not None:
+                    built[(manifest.stage, manifest.key)] = manifest.seconds
     samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
     machine = f"{platform.machine()} CPU, {_cores()} cores"
-    write_report(rows, config, prior_accuracy(samples, config.data.train_yes_rate), time.perf_counter() - started, machine)
+    timing = (time.perf_counter() - started, sum(built.values()))
+    write_report(rows, config, prior_accuracy(samples, config.data.train_yes_rate), timing, machine)
     return rows
 
 

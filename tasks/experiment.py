@@ -36,7 +36,7 @@ from tasks.config import (
     ScoreConfig,
     SourceConfig,
 )
-from tasks.evaluate import adapter_dir, load_metrics
+from tasks.evaluate import adapter_dir, load_metrics, load_predictions
 from tasks.noise import alpha_bar, noise_array, sample_seed
 from tasks.imaging import load_array, save_array
 from tasks.sets import load_pairs
@@ -54,7 +54,7 @@ LABELS = {
 }
 # The arm whose curated set (text + local visual pairs) holds the held-out pairs every arm's margins are measured on.
 REFERENCE_ARM = "mmedpo"
-METRICS = ("closed_accuracy", "forced_choice_accuracy", "image_sensitivity", "text_margin", "visual_margin")
+METRICS = ("closed_accuracy", "off_answers", "forced_choice_accuracy", "image_sensitivity", "text_margin", "visual_margin")
 
 
 def base_run_config(config: ExperimentConfig, source: Path) -> RunConfig:
@@ -107,7 +107,7 @@ def build_measures(
     if train is not None:
         model = vlm.apply_adapter(model, adapter_dir(train))
     samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
-    result: dict[str, float] = {"closed_accuracy": closed_accuracy(load_metrics(evaluate))}
+    result: dict[str, float] = {"closed_accuracy": closed_accuracy(load_metrics(evaluate)), "off_answers": off_answers(load_predictions(evaluate))}
     test = [s for s in samples if s["split"] == "test"]
     result.update(forced_choice(model, test))
     result.update(image_sensitivity(model, test, config, out / "noised"))
@@ -120,6 +120,12 @@ def closed_accuracy(metrics: Mapping[str, Any]) -> float:
     entries = [entry for entry in metrics["datasets"].values() if entry.get("n_closed")]
     total = sum(entry["n_closed"] for entry in entries)
     return sum(entry["closed_accuracy"] * entry["n_closed"] for entry in entries) / total
+
+
+def off_answers(predictions: Sequence[Mapping[str, Any]]) -> float:
+    """Share of closed test answers that start with neither yes nor no (generation drift)."""
+    closed = [p for p in predictions if p["answer_type"] == "closed"]
+    return sum(first_word(p["prediction"] or "") not in ("yes", "no") for p in closed) / len(closed) if closed else float("nan")
 
 
 def forced_choice(model: Any, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -250,8 +256,10 @@ def verdict(table: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def write_report(
-    rows: Sequence[Mapping[str, Any]], config: ExperimentConfig, prior_accuracy: float, seconds: float, machine: str
+    rows: Sequence[Mapping[str, Any]], config: ExperimentConfig, prior_accuracy: float, seconds: tuple[float, float], machine: str
 ) -> Path:
+    """``seconds``: this invocation's wall time and the summed build time of every artifact
+    it used (what a run from an empty store computes, orchestration overhead aside)."""
     table = summarize(rows, config.arms)
     plot = config.report.with_suffix(".png")
     config.report.parent.mkdir(parents=True, exist_ok=True)
@@ -269,17 +277,17 @@ def write_report(
         f"lr {config.sft.learning_rate:g} {config.sft.scheduler}) and goes through the real flows "
         "(curate -> train -> evaluate). Seeds: " + ", ".join(map(str, config.seeds)) + f" (mean ± std over {len(config.seeds)}).",
         "",
-        "| arm | closed accuracy, test (%) | yes/no forced choice, test (%) | image sensitivity (%) | text margin, val | visual margin, val |",
-        "|---|---|---|---|---|---|",
+        "| arm | closed accuracy, test (%) | answers neither yes nor no (%) | yes/no forced choice, test (%) | image sensitivity (%) | text margin, val | visual margin, val |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in table:
-        cells = [_cell(row["closed_accuracy"], True), _cell(row["forced_choice_accuracy"], True), _cell(row["image_sensitivity"], True), _cell(row["text_margin"], False), _cell(row["visual_margin"], False)]
+        cells = [_cell(row["closed_accuracy"], True), _cell(row["off_answers"], True), _cell(row["forced_choice_accuracy"], True), _cell(row["image_sensitivity"], True), _cell(row["text_margin"], False), _cell(row["visual_margin"], False)]
         lines.append(f"| {LABELS[row['arm']]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"![per-arm metrics]({plot.name})",
         "",
-        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is neither yes nor no counts as wrong.",
+        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is neither yes nor no counts as wrong (their share: next column).",
         "- **yes/no forced choice**: share of the same questions where the right answer has the higher log-probability of 'yes' and 'no' (grounding of the choice, whatever the greedy answer drifted to).",
         f"- **image sensitivity**: share of test answers (questions about an image with a lesion) that change when the lesion's box is diffusion-noised (k={config.measure.noise_k}).",
         "- **margins**: mean log p(chosen) - log p(rejected) on the held-out val pairs of the MMedPO set (text: ground truth vs hallucinated answer; visual: the answer on the real vs the lesion-noised image). Higher = prefers the truth / the real image.",
@@ -290,15 +298,15 @@ def write_report(
         "",
         "## Per seed",
         "",
-        "| arm | seed | closed accuracy (%) | forced choice (%) | image sensitivity (%) | text margin | visual margin |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | seed | closed accuracy (%) | neither yes nor no (%) | forced choice (%) | image sensitivity (%) | text margin | visual margin |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | {100 * row['image_sensitivity']:.1f} | "
+            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | {100 * row['off_answers']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | {100 * row['image_sensitivity']:.1f} | "
             f"{row['text_margin']:+.2f} | {row['visual_margin']:+.2f} |"
         )
-    lines += ["", f"Run: `make experiment`, {seconds / 60:.1f} minutes on {machine}. Config: `{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`", ""]
+    lines += ["", f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min; building its artifacts from scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: `{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`", ""]
     config.report.write_text("\n".join(lines))
     return config.report
 

@@ -29,7 +29,7 @@ def test_every_arm_is_trained_evaluated_and_measured(tmp_path, prefect_harness):
 
     assert [row["arm"] for row in rows] == list(config.arms) == list(LABELS)
     for row in rows:
-        for metric in ("closed_accuracy", "forced_choice_accuracy", "image_sensitivity"):
+        for metric in ("closed_accuracy", "off_answers", "forced_choice_accuracy", "image_sensitivity"):
             assert 0.0 <= row[metric] <= 1.0, (row["arm"], metric)
         assert math.isfinite(row["text_margin"]) and math.isfinite(row["visual_margin"])
         assert row["text_margin_pairs"] > 0 and row["visual_margin_pairs"] > 0  # the val split's held-out pairs

@@ -26,7 +26,7 @@ def test_each_arm_changes_only_its_own_section():
 
 def rows(arm: str, accuracies: list[float]) -> list[dict]:
     return [
-        {"arm": arm, "seed": i, "closed_accuracy": a, "forced_choice_accuracy": a, "image_sensitivity": 0.5, "text_margin": 1.0, "visual_margin": float("nan")}
+        {"arm": arm, "seed": i, "closed_accuracy": a, "off_answers": 0.0, "forced_choice_accuracy": a, "image_sensitivity": 0.5, "text_margin": 1.0, "visual_margin": float("nan")}
         for i, a in enumerate(accuracies)
     ]
 

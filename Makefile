@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # The grounding experiment (flows/experiment.py): five arms x three seeds through the real
 # curate -> sft -> train -> evaluate flows on synthetic lesions; writes bench/experiment.md and
-# its plot. About 15 minutes on 2 CPU cores; a re-run reuses data/experiment/artifacts.
+# its plot. About 5 minutes on 2 CPU cores; a re-run reuses data/experiment/artifacts.
 experiment: $(STAMP)
 	PYTHONPATH=. $(BIN)/python -m flows.experiment
 

@@ -23,7 +23,8 @@ from flows.evaluate import evaluate_flow
 from flows.train import train_flow
 from tasks import schemas
 from tasks.config import ExperimentConfig
-from tasks.experiment import REFERENCE_ARM, arm_config, base_run_config, measure_task, prior_accuracy, write_report
+from tasks.experiment import REFERENCE_ARM, arm_config, base_run_config, measure_task
+from tasks.experiment_report import prior_accuracy, write_report
 from tasks.grounding_data import build_grounding_data
 from tasks.sft import model_dir, sft_task
 from tasks.store import content_hash

@@ -1,4 +1,4 @@
-"""The grounding experiment's arms, summary and verdict (the flow itself: tests/flows/test_experiment.py)."""
+"""The grounding experiment's arms, test-time noise, summary and verdict (the flow itself: tests/flows/test_experiment.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tasks.config import ExperimentConfig, MeasureConfig
-from tasks.experiment import arm_config, base_run_config, lesion_noised, prior_accuracy, summarize, verdict
+from tasks.experiment import arm_config, base_run_config, lesion_noised
+from tasks.experiment_report import prior_accuracy, summarize, verdict
 
 
 def test_each_arm_changes_only_its_own_section():
@@ -24,21 +25,23 @@ def test_each_arm_changes_only_its_own_section():
         arm_config(base, "bogus")
 
 
-def rows(arm: str, accuracies: list[float]) -> list[dict]:
+def rows(arm: str, accuracies: list[float], off: float = 0.0) -> list[dict]:
     return [
-        {"arm": arm, "seed": i, "closed_accuracy": a, "off_answers": 0.0, "forced_choice_accuracy": a, "image_sensitivity": 0.5, "text_margin": 1.0, "visual_margin": float("nan")}
+        {"arm": arm, "seed": i, "closed_accuracy": a, "off_answers": off, "forced_choice_accuracy": a, "image_sensitivity": 0.5, "text_margin": 1.0, "visual_margin": float("nan")}
         for i, a in enumerate(accuracies)
     ]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds_and_the_verdict_reads_it():
-    table = summarize(rows("mmedpo", [0.6, 0.8]) + rows("sft", [0.3, 0.3]) + rows("dpo_text", [0.65, 0.75]), ["sft", "dpo_text", "mmedpo"])
+    table = summarize(rows("mmedpo", [0.6, 0.8]) + rows("sft", [0.3, 0.3]) + rows("dpo_text", [0.65, 0.75], off=0.4), ["sft", "dpo_text", "mmedpo"])
     ours = table[2]
     assert ours["closed_accuracy"][0] == pytest.approx(0.7) and ours["closed_accuracy"][1] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert ours["visual_margin"] is None  # no pair of that kind in any seed
     lines = verdict(table)
     assert any("test accuracy" in line and "above SFT only" in line for line in lines)
     assert any("test accuracy" in line and "no clear difference from SFT + DPO (text pairs)" in line for line in lines)
+    drifted = [line for line in lines if "neither yes nor no" in line]
+    assert len(drifted) == 1 and drifted[0].startswith("- SFT + DPO (text pairs): 40%")
 
 
 def test_test_time_noise_stays_inside_the_lesion_box(tmp_path):

@@ -151,3 +151,19 @@ def apply_adapter(vlm: VLM, adapter: str | Path) -> VLM:
         raise FileNotFoundError(f"{adapter}: no adapter_config.json - not a saved peft adapter")
     merged = PeftModel.from_pretrained(vlm.model, adapter).merge_and_unload().eval()
     return VLM(model=merged, processor=vlm.processor, path=vlm.path)
+
+
+@torch.no_grad()
+def answer_logprob(vlm: VLM, question: str, answer: str, image: str | Path | Image.Image) -> float:
+    """Summed log-probability of ``answer``'s tokens after the image and question (the
+    quantity DPO compares between a chosen and a rejected response)."""
+    picture = open_image(image)
+    head = vlm.processor(text=[prompt(vlm.processor, question)], images=[picture], return_tensors="pt")
+    full_text = vlm.processor.apply_chat_template(messages(question, answer), tokenize=False)
+    full = vlm.processor(text=[full_text], images=[picture], return_tensors="pt").to(vlm.device)
+    if "pixel_values" in full:
+        full["pixel_values"] = full["pixel_values"].to(vlm.model.dtype)
+    start = head["input_ids"].shape[1]
+    logits = vlm.model(**full).logits[0, start - 1 : -1].float()
+    targets = full["input_ids"][0, start:]
+    return float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum())

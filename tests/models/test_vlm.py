@@ -51,3 +51,12 @@ def test_rejects_mismatched_inputs_and_greedy_n(loaded: vlm.VLM, tmp_path: Path)
         vlm.generate(loaded, QUESTIONS[:1], images(1), vlm.GenerationSettings(n=2))
     with pytest.raises(FileNotFoundError, match="config.json"):
         vlm.load(tmp_path)
+
+
+def test_answer_logprob_scores_the_answer_given_image_and_question(loaded: vlm.VLM):
+    first, second = images(2)
+    yes = vlm.answer_logprob(loaded, QUESTIONS[0], "yes", first)
+    assert yes < 0 and np.isfinite(yes)
+    assert vlm.answer_logprob(loaded, QUESTIONS[0], "yes", first) == yes  # no sampling, no state
+    assert vlm.answer_logprob(loaded, QUESTIONS[0], "no", first) != yes
+    assert vlm.answer_logprob(loaded, QUESTIONS[0], "yes", second) != yes  # the image is read

@@ -1,0 +1,206 @@
+"""The grounding experiment's pieces: run configs per arm, the measures, the report.
+
+Arms differ only in how their preference set is curated (flows/experiment.py composes
+them): ``sft`` trains nothing after SFT; ``dpo_text`` has text pairs only (plain DPO on
+hallucinated answers); ``mmedpo`` adds the lesion-noised visual pairs, weighted by the
+judged score; ``mmedpo_global`` noises the whole image instead of the lesion;
+``mmedpo_unweighted`` gives every pair weight 1.
+
+Measures (stage ``measure``, one artifact per model): closed accuracy on the flipped-prior
+test split (from the evaluate artifact), image sensitivity (share of test answers that change
+when the lesion's box is diffusion-noised at test time) and the mean chosen - rejected
+log-probability margin of held-out (val) pairs, text and visual separately.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from prefect import task
+
+from tasks import schemas, ui
+from tasks.config import (
+    AssembleConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    HallucinateConfig,
+    IngestConfig,
+    MeasureConfig,
+    NoiseConfig,
+    NormalizerConfig,
+    RunConfig,
+    ScoreConfig,
+    SourceConfig,
+)
+from tasks.evaluate import adapter_dir, load_metrics, load_predictions
+from tasks.noise import alpha_bar, noise_array, sample_seed
+from tasks.imaging import load_array, save_array
+from tasks.sets import load_pairs
+from tasks.store import ArtifactStore, Keyed, Manifest, code_version, safe_stem, stage_task_options
+
+STAGE = "measure"
+CODE = code_version(__name__, "models.vlm", "tasks.noise")
+
+LABELS = {
+    "sft": "SFT only",
+    "dpo_text": "SFT + DPO (text pairs)",
+    "mmedpo": "SFT + MMedPO",
+    "mmedpo_global": "SFT + MMedPO, global noise",
+    "mmedpo_unweighted": "SFT + MMedPO, no weights",
+}
+# The arm whose curated set (text + local visual pairs) holds the held-out pairs every arm's margins are measured on.
+REFERENCE_ARM = "mmedpo"
+METRICS = ("closed_accuracy", "off_answers", "forced_choice_accuracy", "image_sensitivity", "text_margin", "visual_margin")
+
+
+def base_run_config(config: ExperimentConfig, source: Path) -> RunConfig:
+    """The curation every arm shares; the arms change one section each."""
+    return RunConfig(
+        name=config.name,
+        store=config.store,
+        sets=config.sets,
+        ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=source, name="grounding")]),
+        # val needs rejections too: its pairs are the held-out margins.
+        hallucinate=HallucinateConfig(splits=["train", "val"]),
+        # Train and test crops come from the same few background images: the near-duplicate
+        # check would drop most of the training set as leakage.
+        assemble=AssembleConfig(near_duplicate_bits=None),
+        train=config.train,
+        evaluate=EvaluateConfig(meteor=False, max_new_tokens=4, batch_size=config.measure.batch_size, examples=4),
+    )
+
+
+def arm_config(base: RunConfig, arm: str) -> RunConfig:
+    if arm in ("sft", REFERENCE_ARM):
+        update: dict[str, Any] = {}
+    elif arm == "dpo_text":
+        update = {"assemble": base.assemble.model_copy(update={"visual_pairs": False})}
+    elif arm == "mmedpo_global":
+        update = {"noise": base.noise.model_copy(update={"mode": "global"})}
+    elif arm == "mmedpo_unweighted":
+        update = {"score": base.score.model_copy(update={"normalizer": NormalizerConfig(kind="paper", anchor=1.0, gain=0.0)})}
+    else:
+        raise ValueError(f"unknown arm {arm!r}")
+    return base.model_copy(update={**update, "name": f"{base.name}-{arm.replace('_', '-')}"})
+
+
+def measure(
+    store: ArtifactStore, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None = None
+) -> Manifest:
+    inputs: dict[str, Keyed] = {"ingest": ingest, "assemble": assemble, "sft": sft, "evaluate": evaluate}
+    if train is not None:
+        inputs["train"] = train
+    return store.run(STAGE, CODE, config, inputs, lambda out: build_measures(out, config, ingest, assemble, sft, evaluate, train))
+
+
+def build_measures(
+    out: Path, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None
+) -> dict[str, float]:
+    from models import vlm
+    from tasks.sft import model_dir
+
+    model = vlm.load(model_dir(sft), device="cpu")
+    if train is not None:
+        model = vlm.apply_adapter(model, adapter_dir(train))
+    samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
+    result: dict[str, float] = {"closed_accuracy": closed_accuracy(load_metrics(evaluate)), "off_answers": off_answers(load_predictions(evaluate))}
+    test = [s for s in samples if s["split"] == "test"]
+    result.update(forced_choice(model, test))
+    result.update(image_sensitivity(model, test, config, out / "noised"))
+    result.update(pair_margins(model, load_pairs(Path(assemble.path), config.margin_split).to_pylist()))
+    (out / "measures.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def closed_accuracy(metrics: Mapping[str, Any]) -> float:
+    entries = [entry for entry in metrics["datasets"].values() if entry.get("n_closed")]
+    total = sum(entry["n_closed"] for entry in entries)
+    return sum(entry["closed_accuracy"] * entry["n_closed"] for entry in entries) / total
+
+
+def off_answers(predictions: Sequence[Mapping[str, Any]]) -> float:
+    """Share of closed test answers that start with neither yes nor no (generation drift)."""
+    closed = [p for p in predictions if p["answer_type"] == "closed"]
+    return sum(first_word(p["prediction"] or "") not in ("yes", "no") for p in closed) / len(closed) if closed else float("nan")
+
+
+def forced_choice(model: Any, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Share of closed yes/no test questions where the model gives the right answer the
+    higher log-probability of the two: whether it grounds its choice, even when its greedy
+    answer has drifted off the two words."""
+    from models import vlm
+
+    closed = [s for s in samples if s["answer_type"] == "closed" and s["answer"].strip().lower() in ("yes", "no")]
+    right = []
+    for sample in closed:
+        truth = sample["answer"].strip().lower()
+        other = "no" if truth == "yes" else "yes"
+        right.append(vlm.answer_logprob(model, sample["question"], truth, sample["image_path"]) > vlm.answer_logprob(model, sample["question"], other, sample["image_path"]))
+    return {"forced_choice_accuracy": float(np.mean(right)) if right else float("nan")}
+
+
+def lesion_noised(sample: Mapping[str, Any], config: MeasureConfig) -> np.ndarray:
+    """The sample's image with the inside of its boxes diffusion-noised to step ``noise_k``."""
+    pixels = load_array(sample["image_path"])
+    weight = np.zeros(pixels.shape[:2], dtype=np.float32)
+    for x0, y0, x1, y1 in sample["boxes"]:
+        weight[max(int(y0), 0) : int(y1), max(int(x0), 0) : int(x1)] = 1.0
+    return noise_array(pixels, weight, alpha_bar(NoiseConfig(k=config.noise_k)), sample_seed(sample["sample_id"], config.noise_seed))
+
+
+def image_sensitivity(model: Any, samples: Sequence[Mapping[str, Any]], config: MeasureConfig, folder: Path) -> dict[str, float]:
+    """Share of closed test answers that change when the lesion is noised away (samples
+    without a lesion have nothing to noise and are counted apart)."""
+    from models import vlm
+
+    chosen = [s for s in samples if s["answer_type"] == "closed" and s["boxes"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    noised = []
+    for sample in chosen:
+        path = folder / f"{safe_stem(sample['sample_id'])}.png"
+        save_array(lesion_noised(sample, config), path)
+        noised.append(str(path))
+    settings = vlm.GenerationSettings(max_new_tokens=3, batch_size=config.batch_size)
+    questions = [s["question"] for s in chosen]
+    before = vlm.generate(model, questions, [s["image_path"] for s in chosen], settings)
+    after = vlm.generate(model, questions, noised, settings)
+    changed = [first_word(a[0]) != first_word(b[0]) for a, b in zip(before, after)]
+    return {
+        "image_sensitivity": float(np.mean(changed)) if changed else float("nan"),
+        "sensitivity_samples": float(len(changed)),
+        "sensitivity_skipped_no_lesion": float(sum(s["answer_type"] == "closed" and not s["boxes"] for s in samples)),
+    }
+
+
+def first_word(text: str) -> str:
+    words = text.lower().replace(".", " ").replace(",", " ").split()
+    return words[0] if words else ""
+
+
+def pair_margins(model: Any, pairs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean log p(chosen) - log p(rejected) per pair type: positive = the model prefers the
+    ground truth (text) or the answer on the real image over the noised one (visual)."""
+    from models import vlm
+
+    found: dict[str, list[float]] = {"text": [], "visual": []}
+    for pair in pairs:
+        chosen = vlm.answer_logprob(model, pair["prompt"], pair["chosen"], pair["chosen_image"])
+        rejected = vlm.answer_logprob(model, pair["prompt"], pair["rejected"], pair["rejected_image"])
+        found.setdefault(pair["pair_type"], []).append(chosen - rejected)
+    result = {}
+    for kind, margins in found.items():
+        result[f"{kind}_margin"] = float(np.mean(margins)) if margins else float("nan")
+        result[f"{kind}_margin_pairs"] = float(len(margins))
+    return result
+
+
+@task(**stage_task_options(STAGE, CODE))
+def measure_task(
+    store_root: str, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None = None
+) -> Manifest:
+    manifest = measure(ArtifactStore(store_root), config, ingest, assemble, sft, evaluate, train)
+    ui.manifest_markdown(manifest)
+    return manifest

@@ -10,6 +10,7 @@ import yaml
 
 from tasks.config import ConfigError, EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig, load_run_config
 from flows.evaluate import add_cli as evaluate_cli
+from flows.experiment import add_cli as experiment_cli
 from flows.train import add_cli as train_cli
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cli(commands)
     evaluate_cli(commands)
+    experiment_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.set_defaults(handler=cmd_demo)

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import ui
 from tasks.config import IngestConfig, SourceConfig
+from tasks.ingest.checks import Checker, cached_checker, inspect_all
 from tasks.ingest.jsonl import read_jsonl
 from tasks.ingest.normalize import Normalized, normalize
 from tasks.ingest.pathvqa import read_pathvqa
@@ -50,7 +51,12 @@ def dataset_name(source: SourceConfig) -> str:
 
 
 def read_source(
-    source: SourceConfig, config: IngestConfig, image_dir: Path, seen_ids: set[str], publish_as: Callable[[Path], Path] = lambda p: p
+    source: SourceConfig,
+    config: IngestConfig,
+    image_dir: Path,
+    seen_ids: set[str],
+    publish_as: Callable[[Path], Path] = lambda p: p,
+    check: Checker = inspect_all,
 ) -> Normalized:
     if not source.root.exists():
         raise IngestError(f"{source.root}: data root does not exist (source format {source.format})")
@@ -63,10 +69,11 @@ def read_source(
         splits=source.splits,
         seen_ids=seen_ids,
         publish_as=publish_as,
+        check=check,
     )
 
 
-def build_samples(out: Path, config: IngestConfig, published: Path) -> dict[str, float]:
+def build_samples(out: Path, config: IngestConfig, published: Path, check: Checker = inspect_all) -> dict[str, float]:
     """``published``: the folder ``out`` becomes; rendered images are recorded under it."""
     rows, rejects, counts = [], [], Counter()
     seen: set[str] = set()
@@ -75,7 +82,7 @@ def build_samples(out: Path, config: IngestConfig, published: Path) -> dict[str,
         return published / path.relative_to(out) if path.is_relative_to(out) else path
 
     for source in config.sources:
-        result = read_source(source, config, out / "images", seen, publish_as)
+        result = read_source(source, config, out / "images", seen, publish_as, check)
         rows += result.rows
         rejects += result.rejects
         counts.update(result.counts)
@@ -92,7 +99,7 @@ def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
 def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
     inputs = {"sources": sources}
     published = store.directory(STAGE, stage_key(STAGE, CODE, config, inputs))
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_samples(out, config, published))
+    return store.run(STAGE, CODE, config, inputs, lambda out: build_samples(out, config, published, cached_checker(store, STAGE, config, out)))
 
 
 def ingest_to_file(source: SourceConfig, config: IngestConfig, out_file: Path) -> dict[str, float]:

@@ -9,18 +9,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from tasks.config import IngestConfig
-from tasks.imaging import ImageError, ImageInfo, dicom_to_png, inspect_image, is_dicom
+from tasks.imaging import ImageError, dicom_to_png, is_dicom
+from tasks.ingest.checks import Checker, inspect_all
 from tasks.ingest.records import RawRecord, RecordError, Reject
 
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 YES_NO = {"yes", "no"}
-DECODE_THREADS = 4
 
 
 @dataclass
@@ -44,11 +43,13 @@ def normalize(
     splits: list[str] | None,
     seen_ids: set[str],
     publish_as: Callable[[Path], Path] = lambda path: path,
+    check: Checker = inspect_all,
 ) -> Normalized:
     """``seen_ids`` is shared across sources so that duplicate ids are caught run-wide.
 
     ``publish_as`` maps a file written under ``image_dir`` to the path it will have once the
     artifact is published (the store renames the stage's temporary folder into place).
+    ``check`` decodes the images (``checks.cached_checker`` remembers them across runs).
     """
     out = Normalized()
     root = root.resolve() if root.is_dir() else root.resolve().parent
@@ -81,7 +82,7 @@ def normalize(
         seen_ids.add(sample_id)
         accepted.append((item, sample_id, language, image_path))
 
-    checked = _inspect_all({path for _, _, _, path in accepted}, config)
+    checked = check({path for _, _, _, path in accepted}, config)
     for item, sample_id, language, image_path in accepted:
         info = checked[image_path]
         if isinstance(info, ImageError):
@@ -206,16 +207,3 @@ def _suffix(data: bytes) -> str:
     if data.startswith(b"\xff\xd8"):
         return ".jpg"
     return ".img"
-
-
-def _inspect_all(paths: set[Path], config: IngestConfig) -> dict[Path, ImageInfo | ImageError]:
-    def check(path: Path) -> ImageInfo | ImageError:
-        try:
-            return inspect_image(path, config.max_image_pixels, config.min_image_side)
-        except ImageError as exc:
-            return exc
-
-    ordered = sorted(paths)
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        return dict(zip(ordered, pool.map(check, ordered)))
-

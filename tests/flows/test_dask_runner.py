@@ -32,6 +32,6 @@ def test_dask_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harne
     assert pairs(dask["assemble"]) == pairs(threads["assemble"])
     for stage in PER_SAMPLE:
         assert dask[stage].work == {"computed": 4, "reused": 0}
-    # One shard per sample, each a task run the Dask workers reported to the server.
+    # One shard per sample (and per image check), each a task run the Dask workers reported to the server.
     shards = [name for name in task_run_names(state.state_details.flow_run_id) if "-shard-" in name]
-    assert shards == sorted(f"{stage}-shard-{i}" for stage in PER_SAMPLE for i in range(4))
+    assert shards == sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in range(4))

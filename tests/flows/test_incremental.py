@@ -26,9 +26,11 @@ def test_three_new_records_are_the_only_items_computed(tmp_path, prefect_harness
     second = state.result()
     assert second["ingest"].counts["kept"] == 8
     assert {stage: second[stage].work for stage in PER_SAMPLE} == {stage: {"computed": 3, "reused": 5} for stage in PER_SAMPLE}
-    # 3 new samples in shards of 2: two shard task runs per per-sample stage.
+    # Ingestion re-reads the records but decodes only the 3 new images.
+    assert (first["ingest"].work, second["ingest"].work) == ({"computed": 5, "reused": 0}, {"computed": 3, "reused": 5})
+    # 3 new samples in shards of 2: two shard task runs per per-sample stage (and for the image checks).
     shards = [name for name in task_run_names(state.state_details.flow_run_id) if "-shard-" in name]
-    assert shards == sorted(f"{stage}-shard-{i}" for stage in PER_SAMPLE for i in (0, 1))
+    assert shards == sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in (0, 1))
     assert second["assemble"].key != first["assemble"].key
     assert second["assemble"].counts["pairs"] == 16  # a text and a visual pair per sample
     assert [m.key for m in list_sets(config.sets)] == [first["assemble"].key, second["assemble"].key]

@@ -255,10 +255,6 @@ def weight_histogram(pairs: list[dict], bins: int = 10) -> str:
     return "```\n" + "\n".join(out) + "\n```" if out else "(no pairs)"
 
 
-def summary_rows(manifest: Manifest) -> list[dict[str, Any]]:
-    return [{"counter": k, "value": v} for k, v in sorted(manifest.counts.items())]
-
-
 @task(**stage_task_options(STAGE, CODE))
 def assemble_task(
     store_root: str,
@@ -272,7 +268,7 @@ def assemble_task(
     progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
     manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
     progress.advance()
-    ui.table("assemble-counts", summary_rows(manifest), f"Preference set version {manifest.key}")
+    ui.table("assemble-counts", ui.counts_rows(manifest.counts), f"Preference set version {manifest.key}")
     ui.markdown("assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.key}")
     ui.manifest_markdown(manifest)
     return manifest

@@ -32,7 +32,6 @@ from tasks.config import (
     NoiseConfig,
     NormalizerConfig,
     RunConfig,
-    ScoreConfig,
     SourceConfig,
 )
 from tasks.evaluate import adapter_dir, load_metrics, load_predictions

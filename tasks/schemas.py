@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -207,13 +207,14 @@ def write_parquet(data: pa.Table, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_parquet(path: str | os.PathLike[str], schema: pa.Schema) -> pa.Table:
-    """Read and check the columns a consumer relies on are there with the declared types."""
-    data = pq.read_table(path)
-    missing = [f.name for f in schema if f.name not in data.schema.names]
+def read_parquet(path: str | os.PathLike[str], schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read and check the columns a consumer relies on are there with the declared types;
+    ``columns`` reads only those (of ``schema``)."""
+    names = list(columns) if columns is not None else schema.names
+    missing = [name for name in names if name not in pq.read_schema(path).names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
-    return data.select(schema.names).cast(schema)
+    return pq.read_table(path, columns=names).cast(pa.schema([schema.field(name) for name in names]))
 
 # --- score stage -------------------------------------------------------------------------------
 

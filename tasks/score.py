@@ -17,7 +17,6 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVa
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 
 from models import judges
@@ -61,9 +60,9 @@ HALLUCINATION_FIELDS = ("sample_id", "status", "reason", "rejected", "error_type
 
 def build_scores(out: Path, config: ScoreConfig, ingest: Manifest, hallucinate: Manifest, localize: Manifest, cache_dir: Path | None,
                  store: ArtifactStore) -> dict[str, float]:
-    samples = {row["sample_id"]: row for row in read_columns(ingest.file("samples.parquet"), SAMPLE_COLUMNS)}
+    samples = {row["sample_id"]: row for row in schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES, SAMPLE_COLUMNS).to_pylist()}
     hallucinations = schemas.read_parquet(hallucinate.file("hallucinations.parquet"), schemas.HALLUCINATIONS).to_pylist()
-    regions = read_columns(localize.file("regions.parquet"), REGION_COLUMNS)
+    regions = schemas.read_parquet(localize.file("regions.parquet"), schemas.REGIONS, REGION_COLUMNS).to_pylist()
 
     items = store.items(STAGE, CODE, {k: v for k, v in identity(config).items() if k != "normalizer"})
     work = []
@@ -89,14 +88,6 @@ def score_items(config: ScoreConfig, cache_dir: str | None, payloads: Sequence[t
         for (i, item), outcome in zip(pending, outcomes):
             rows[i] = outcome_row(item, outcome, config.mode)
     return rows, {}
-
-
-def read_columns(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
-    names = pq.read_schema(path).names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return pq.read_table(path, columns=list(columns)).to_pylist()
 
 
 # ---------------------------------------------------------------------------------------------

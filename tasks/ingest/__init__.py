@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,7 +24,7 @@ from tasks.ingest.r2gen import read_r2gen
 from tasks.ingest.records import IngestError, ReaderOutput
 from tasks.ingest.slake import read_slake
 from tasks.ingest.vqa_rad import read_vqa_rad
-from tasks.schemas import REJECTS, SAMPLES, read_parquet, table, write_parquet
+from tasks.schemas import REJECTS, SAMPLES, table, write_parquet
 from tasks.store import ArtifactStore, Manifest, SourceSnapshot, code_version, content_hash, fingerprint_tree, stage_key, stage_task_options
 
 STAGE = "ingest"
@@ -118,11 +117,6 @@ def source_summary_rows(manifest: Manifest) -> list[dict]:
         if outcome and value:
             rows.append({"dataset": dataset, "outcome": outcome.replace("rejected.", "rejected: "), "rows": int(value)})
     return rows
-
-
-def load_samples(manifest: Manifest, split: str | None = None):
-    samples = read_parquet(manifest.file("samples.parquet"), SAMPLES)
-    return samples if split is None else samples.filter(pc.equal(samples["split"], split))
 
 
 @task(**stage_task_options(STAGE, CODE))

@@ -1,35 +1,26 @@
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tasks import clinical_rules, schemas
-from tasks.config import EndpointConfig, HallucinateConfig, IngestConfig, TargetSamplingConfig
+from tasks.config import EndpointConfig, HallucinateConfig, TargetSamplingConfig
 from tasks.hallucinate import OUTPUT, hallucinate, rejection_problem
-from tasks.store import ArtifactStore, content_hash
+from tasks.store import ArtifactStore
 from tests.support.openai_server import LoggedRequest, Reply, openai_server  # noqa: F401 - fixture
+from tests.support.samples import ingest_manifest, sample_row
 from tests.support.tiny_vlm import tiny_llava  # noqa: F401 - fixture
 
 REPORT = "Heart size normal. Small right pleural effusion. No pneumothorax."
 
 
 def sample(sid, answer, *, task="vqa", answer_type="open", question="What abnormality is seen?", split="train", image="/nonexistent.png"):
-    return {
-        "sample_id": sid, "dataset": "test", "split": split, "task": task, "image_path": str(image),
-        "image_sha256": "0" * 64, "image_phash": "0" * 64, "width": 32, "height": 32, "modality": "X-Ray", "question": question,
-        "answer": answer, "answer_type": answer_type, "boxes": [], "box_labels": [], "mask_path": None,
-        "other_images": [], "language": "en", "source_ref": f"test.json#{sid}",
-    }
+    return sample_row(sid, Path(image), dataset="test", split=split, task=task, modality="X-Ray", question=question,
+                      answer=answer, answer_type=answer_type)
 
-
-def make_ingest(store, rows):
-    def build(out):
-        schemas.write_parquet(schemas.table(rows, schemas.SAMPLES), out / "samples.parquet")
-        return {"kept": float(len(rows))}
-
-    return store.run("ingest", content_hash(rows), IngestConfig(), {}, build)
 
 
 def read_rows(manifest):
@@ -49,7 +40,7 @@ SAMPLES = [
 
 def test_rules_backend_perturbs_clinically_and_reports_what_it_cannot(tmp_path):
     store = ArtifactStore(tmp_path / "store")
-    manifest = hallucinate(store, HallucinateConfig(), make_ingest(store, SAMPLES))
+    manifest = hallucinate(store, HallucinateConfig(), ingest_manifest(store, SAMPLES))
     rows = read_rows(manifest)
     assert set(rows) == {"closed-yes", "modality", "side", "report", "nothing", "empty"}  # train split only
     assert rows["closed-yes"]["rejected"] == "No"
@@ -67,7 +58,7 @@ def test_rules_backend_perturbs_clinically_and_reports_what_it_cannot(tmp_path):
     assert manifest.counts["not_in_splits"] == 1 and manifest.counts["error_yes_no_flip"] == 1
     # Deterministic: a fresh store computes the same rejections.
     again = ArtifactStore(tmp_path / "other")
-    assert read_rows(hallucinate(again, HallucinateConfig(), make_ingest(again, SAMPLES))) == rows
+    assert read_rows(hallucinate(again, HallucinateConfig(), ingest_manifest(again, SAMPLES))) == rows
 
 
 def test_rules_choice_depends_on_the_seed_but_stays_among_the_candidates():
@@ -108,12 +99,12 @@ def test_rules_leave_negated_mentions_alone():
 def test_rules_reject_a_rewrite_outside_the_length_ratio(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     rows = [sample("short", "Lungs clear.", task="report", answer_type="report")]
-    manifest = hallucinate(store, HallucinateConfig(), make_ingest(store, rows))
+    manifest = hallucinate(store, HallucinateConfig(), ingest_manifest(store, rows))
     (row,) = read_rows(manifest).values()
     # The only rule that applies writes 'Lungs with patchy bibasilar opacities.' (3x longer).
     assert row["status"] == "failed" and row["reason"] == "too_long" and row["rejected"] is None
     loose = HallucinateConfig(max_length_ratio=4.0)
-    (row,) = read_rows(hallucinate(store, loose, make_ingest(store, rows))).values()
+    (row,) = read_rows(hallucinate(store, loose, ingest_manifest(store, rows))).values()
     assert row["status"] == "ok" and row["error_type"] == "normality_flip"
 
 
@@ -150,7 +141,7 @@ def test_llm_backend_injects_retries_with_feedback_and_reports_failures(openai_s
     openai_server.latency_s = 0.05
     store = ArtifactStore(tmp_path / "store")
     config = llm_config(openai_server, tmp_path)
-    manifest = hallucinate(store, config, make_ingest(store, SAMPLES))
+    manifest = hallucinate(store, config, ingest_manifest(store, SAMPLES))
     rows = read_rows(manifest)
     assert rows["closed-yes"]["rejected"] == "No" and rows["closed-yes"]["attempts"] == 1
     assert rows["closed-yes"]["error_type"] == "laterality" and rows["closed-yes"]["backend"] == "llm"
@@ -168,7 +159,7 @@ def test_llm_backend_injects_retries_with_feedback_and_reports_failures(openai_s
     # A re-run elsewhere with the same cache pays for nothing that succeeded before.
     sent = len(openai_server.requests)
     other = ArtifactStore(tmp_path / "store2")
-    rerun = read_rows(hallucinate(other, config, make_ingest(other, SAMPLES)))
+    rerun = read_rows(hallucinate(other, config, ingest_manifest(other, SAMPLES)))
     new_requests = openai_server.requests[sent:]
     assert all("Correct answer: the patient" in r.prompt_text for r in new_requests)  # only the failed one is retried
     assert {k: v["rejected"] for k, v in rerun.items()} == {k: v["rejected"] for k, v in rows.items()}
@@ -180,7 +171,7 @@ def test_llm_backend_sends_images_only_where_allowed(openai_server, tmp_path):
     openai_server.set_responder(injector)
     rows = [sample("closed-yes", "Yes", answer_type="closed", image=image)]
     store = ArtifactStore(tmp_path / "store")
-    ingest = make_ingest(store, rows)
+    ingest = ingest_manifest(store, rows)
     hallucinate(store, llm_config(openai_server, tmp_path, send_images=True), ingest)
     (request,) = openai_server.requests
     assert request.messages[1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
@@ -212,7 +203,7 @@ def test_target_backend_samples_the_vlm_then_selects_or_rewrites(openai_server, 
     # Random weights answer gibberish of any length: a loose ratio lets the selector see candidates.
     config = llm_config(openai_server, tmp_path, backend="target", target=target, min_length_ratio=0.01, max_length_ratio=100.0)
     store = ArtifactStore(tmp_path / "store")
-    manifest = hallucinate(store, config, make_ingest(store, rows))
+    manifest = hallucinate(store, config, ingest_manifest(store, rows))
     out = read_rows(manifest)
     picked = out["pick"]
     assert picked["status"] == "ok" and picked["backend"] == "target" and len(picked["candidates"]) == 3

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -8,6 +9,7 @@ from tasks import schemas, score
 from tasks.config import EndpointConfig, JudgeConfig, NormalizerConfig, ScoreConfig, StageConfig
 from tasks.store import ArtifactStore, stage_key
 from tests.support.openai_server import openai_server  # noqa: F401 - fixture
+from tests.support.samples import sample_row
 
 SIGMA = math.sqrt(0.1)
 
@@ -19,12 +21,7 @@ class FixtureConfig(StageConfig):
 
 
 def sample(sample_id, question, answer, answer_type="open"):
-    return {
-        "sample_id": sample_id, "dataset": "demo", "split": "train", "task": "vqa", "image_path": f"/img/{sample_id}.png",
-        "image_sha256": "0" * 64, "image_phash": "0" * 64, "width": 8, "height": 8, "modality": "CT", "question": question, "answer": answer,
-        "answer_type": answer_type, "boxes": [], "box_labels": [], "mask_path": None, "other_images": [], "language": "en",
-        "source_ref": f"demo#{sample_id}",
-    }
+    return sample_row(sample_id, Path(f"/img/{sample_id}.png"), dataset="demo", question=question, answer=answer, answer_type=answer_type)
 
 
 SAMPLES = [
@@ -227,7 +224,7 @@ def test_missing_upstream_column_is_a_clear_error(tmp_path):
     path = tmp_path / "regions.parquet"
     write_rows(path, [{"sample_id": "a", "status": "ok"}])
     with pytest.raises(ValueError, match="confidence"):
-        score.read_columns(path, score.REGION_COLUMNS)
+        schemas.read_parquet(path, schemas.REGIONS, score.REGION_COLUMNS)
 
 
 def test_run_config_has_offline_score_defaults():

@@ -17,7 +17,7 @@ UI_PORT ?= 4200
 LLM_API_LIMIT ?= 4
 UI_API := http://127.0.0.1:$(UI_PORT)/api
 
-.PHONY: demo test bench experiment venv clean-artifacts ui ui-stop
+.PHONY: demo test lint bench experiment venv clean-artifacts ui ui-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mmedpo demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/pytest -q
+
+# ruff's linter and formatter, configured in pyproject.toml (line length 120, import order).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Every speed benchmark in turn (bench/README.md); each prints its table. Minutes on a CPU
 # machine, most of it SAM's image encoder (bench/noise.py) and the two trainers (bench/train.py).
@@ -40,11 +45,11 @@ BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train
 bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
-# The grounding experiment (flows/experiment.py): five arms x three seeds through the real
+# The grounding experiment (experiments/grounding/): five arms x three seeds through the real
 # curate -> sft -> train -> evaluate flows on synthetic lesions; writes bench/experiment.md and
 # its plot. About 5 minutes on 2 CPU cores; a re-run reuses data/experiment/artifacts.
 experiment: $(STAMP)
-	PYTHONPATH=. $(BIN)/python -m flows.experiment
+	$(BIN)/mmedpo experiment
 
 clean-artifacts:
 	rm -rf data/artifacts data/preference_sets data/samples data/prefect data/experiment

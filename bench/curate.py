@@ -53,8 +53,12 @@ def main() -> None:
         from tasks.config import IngestConfig, JudgeConfig, RunConfig, ScoreConfig, SourceConfig
 
         jsonl, files = replicate_demo(work, args.rows, args.per_image)
-        config = RunConfig(name="bench", store=work / "store", sets=work / "sets",
-                           ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=jsonl)]))
+        config = RunConfig(
+            name="bench",
+            store=work / "store",
+            sets=work / "sets",
+            ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=jsonl)]),
+        )
         judged = config.model_copy(update={"score": ScoreConfig(judges=[JudgeConfig(name="rules-2")])})
         results = {}
         for label, run_config in (("first run", config), ("unchanged re-run", config), ("judge changed", judged)):
@@ -66,7 +70,10 @@ def main() -> None:
 
     first_wall = results["first run"][0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"{args.rows} samples, {len(files)} image files, pairs: {results['first run'][2]['assemble'].counts['pairs']:g}\n")
+    print(
+        f"{args.rows} samples, {len(files)} image files, pairs: "
+        f"{results['first run'][2]['assemble'].counts['pairs.built']:g}\n"
+    )
     header = f"{'stage':<14}" + "".join(f"{label:>20}" for label in results)
     print(header)
     for stage in STAGES:

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import EndpointConfig, HallucinateConfig  # noqa: E402
-from tasks.hallucinate import llm_rows, rules_row  # noqa: E402
+from tasks.hallucinate.llm import llm_rows  # noqa: E402
+from tasks.hallucinate.rules import rules_row  # noqa: E402
 from tests.support.openai_server import OpenAIServer  # noqa: E402
 
 
@@ -46,8 +47,15 @@ def iu_reports() -> list[tuple[str, str]]:
 
 
 def sample(sample_id: str, answer: str, task: str = "report") -> dict:
-    return {"sample_id": sample_id, "task": task, "answer": answer, "answer_type": "report" if task == "report" else "open",
-            "question": "Describe the findings of this chest X-ray.", "image_path": "", "split": "train"}
+    return {
+        "sample_id": sample_id,
+        "task": task,
+        "answer": answer,
+        "answer_type": "report" if task == "report" else "open",
+        "question": "Describe the findings of this chest X-ray.",
+        "image_path": "",
+        "split": "train",
+    }
 
 
 def bench_rules() -> None:
@@ -60,8 +68,11 @@ def bench_rules() -> None:
     types = collections.Counter(r["error_type"] for r in rows if r["status"] == "ok")
     ok = outcome["ok"]
     print(f"## rules backend on {len(reports)} IU-Xray reports (torchxrayvision NLMCXR_reports.tgz)\n")
-    print(f"perturbed: {ok} / {len(reports)} = {100 * ok / len(reports):.1f}%  |  {len(reports) / seconds:,.0f} reports/s "
-          f"({seconds:.2f} s, one process)\n")
+    print(
+        f"perturbed: {ok} / {len(reports)} = {100 * ok / len(reports):.1f}%  |  {len(reports) / seconds:,.0f} "
+        "reports/s "
+        f"({seconds:.2f} s, one process)\n"
+    )
     print("| outcome | reports | share |\n|---|---:|---:|")
     for name, n in outcome.most_common():
         print(f"| {name} | {n} | {100 * n / len(reports):.1f}% |")
@@ -69,8 +80,10 @@ def bench_rules() -> None:
     for name, n in types.most_common():
         print(f"| {name} | {n} | {100 * n / ok:.1f}% |")
     lengths = [len(r["rejected"]) / max(len(t), 1) for r, (_, t) in zip(rows, reports) if r["status"] == "ok"]
-    print(f"\nrejected/ground-truth length ratio: mean {sum(lengths) / len(lengths):.2f}, "
-          f"min {min(lengths):.2f}, max {max(lengths):.2f}\n")
+    print(
+        f"\nrejected/ground-truth length ratio: mean {sum(lengths) / len(lengths):.2f}, "
+        f"min {min(lengths):.2f}, max {max(lengths):.2f}\n"
+    )
 
 
 def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> None:
@@ -88,18 +101,26 @@ def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> None:
         ok = sum(r["status"] == "ok" for r in rows)
         rate = counts["requests"] / seconds
         ideal = concurrency / latency_s
-        print(f"## llm backend against the local test server ({latency_s * 1000:.0f} ms latency, concurrency {concurrency})\n")
+        print(
+            f"## llm backend against the local test server ({latency_s * 1000:.0f} ms latency, concurrency "
+            f"{concurrency})\n"
+        )
         print("| samples | ok | requests | peak in flight (server) | seconds | requests/s | ideal | share of ideal |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        print(f"| {n} | {ok} | {counts['requests']} | {server.max_concurrent} | {seconds:.2f} | {rate:.1f} | {ideal:.0f} | "
-              f"{100 * rate / ideal:.0f}% |")
+        print(
+            f"| {n} | {ok} | {counts['requests']} | {server.max_concurrent} | {seconds:.2f} | {rate:.1f} | "
+            f"{ideal:.0f} | "
+            f"{100 * rate / ideal:.0f}% |"
+        )
         failures = collections.Counter(r["reason"] for r in rows if r["status"] != "ok")
         if failures:
             print(f"\nfailures: {dict(failures)}")
         started = time.perf_counter()
         _, again = llm_rows(samples, config, Path(cache))
-        print(f"\nre-run with the same cache: {again['cache_hits']} cache hits, {again['requests']} requests, "
-              f"{time.perf_counter() - started:.2f} s\n")
+        print(
+            f"\nre-run with the same cache: {again['cache_hits']} cache hits, {again['requests']} requests, "
+            f"{time.perf_counter() - started:.2f} s\n"
+        )
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def main() -> None:
         started = time.perf_counter()
         counts = ingest_to_file(source, IngestConfig(sources=[source]), work / "out.parquet")
         ingest_s = time.perf_counter() - started
-        assert counts["kept"] == args.rows, counts
+        assert counts["samples.kept"] == args.rows, counts
 
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}")
     print(f"{'what':<36}{'seconds':>10}{'rows/s':>12}")

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.config import LocalizeConfig, NoiseConfig
+from tasks import catalog
+from tasks.config import IngestConfig, LocalizeConfig, NoiseConfig
+from tasks.diffusion import alpha_bar, feather, noise_array
 from tasks.imaging import load_array, save_array
 from tasks.localize import localize
-from tasks.noise import alpha_bar, feather, noise, noise_array
-from tasks import schemas
-from tasks.config import IngestConfig
+from tasks.noise import noise
 from tasks.store import ArtifactStore, Manifest
 
 SIDE = 512
@@ -52,14 +52,32 @@ def lesion_box(rng: np.random.Generator) -> list[float]:
 def bench_ingest(store: ArtifactStore, paths: list[Path], boxes: list[list[float]]) -> Manifest:
     """An ingest artifact for the images, so the noise stage runs exactly as in a flow."""
     rows = [
-        {"sample_id": f"b{i}", "dataset": "bench", "split": "train", "task": "vqa", "image_path": str(p), "image_sha256": f"{i:064x}", "image_phash": f"{i:064x}",
-         "width": SIDE, "height": SIDE, "modality": None, "question": "Lesion?", "answer": "yes", "answer_type": "closed",
-         "boxes": [b], "box_labels": ["lesion"], "mask_path": None, "other_images": [], "language": "en", "source_ref": f"bench#{i}"}
+        {
+            "sample_id": f"b{i}",
+            "dataset": "bench",
+            "split": "train",
+            "task": "vqa",
+            "image_path": str(p),
+            "image_sha256": f"{i:064x}",
+            "image_phash": f"{i:064x}",
+            "width": SIDE,
+            "height": SIDE,
+            "modality": None,
+            "question": "Lesion?",
+            "answer": "yes",
+            "answer_type": "closed",
+            "boxes": [b],
+            "box_labels": ["lesion"],
+            "mask_path": None,
+            "other_images": [],
+            "language": "en",
+            "source_ref": f"bench#{i}",
+        }
         for i, (p, b) in enumerate(zip(paths, boxes))
     ]
 
     def build(out: Path) -> dict[str, float]:
-        schemas.write_parquet(schemas.table(rows, schemas.SAMPLES), out / "samples.parquet")
+        catalog.write_file(out / "samples.parquet", catalog.SAMPLES, rows)
         return {"samples": float(len(rows))}
 
     return store.run("ingest", "bench", IngestConfig(), {}, build)
@@ -95,7 +113,11 @@ def main() -> None:
             x0, y0, x1, y1 = map(int, box)
             mask[y0:y1, x0:x1] = True
             masks.append(mask)
-        local_s = timed(lambda: [noise_array(a, feather(m, config.feather_px), abar, i) for i, (a, m) in enumerate(zip(arrays, masks))])
+        local_s = timed(
+            lambda: [
+                noise_array(a, feather(m, config.feather_px), abar, i) for i, (a, m) in enumerate(zip(arrays, masks))
+            ]
+        )
         global_s = timed(lambda: [noise_array(a, None, abar, i) for i, a in enumerate(arrays)])
 
         store = ArtifactStore(work / "store")
@@ -103,7 +125,9 @@ def main() -> None:
         regions = localize(store, LocalizeConfig(), ingest)
         stage_s = {}
         for workers in (1, 2):
-            stage_s[workers] = timed(lambda: noise(store, config.model_copy(update={"workers": workers}), ingest, regions))
+            stage_s[workers] = timed(
+                lambda: noise(store, config.model_copy(update={"workers": workers}), ingest, regions)
+            )
 
         sam_s = None
         if args.sam_images:
@@ -118,7 +142,10 @@ def main() -> None:
             sam_s = timed(lambda: [segmenter.segment([a], [p]) for a, p in zip(picks, prompts)]) / len(picks)
 
     n = args.images
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}, "
+        f"python {platform.python_version()}"
+    )
     print(f"{n} images {SIDE}x{SIDE} (gray8 / rgb / gray16 in turn), lesion ~10% of the image, k={config.k}")
     print(f"| {'what':<44} | {'seconds':>8} | {'images/s':>9} | {'/ codec':>7} |")
     print(f"|{'-' * 46}|{'-' * 9}:|{'-' * 10}:|{'-' * 8}:|")
@@ -131,9 +158,15 @@ def main() -> None:
     ]
     for name, seconds in rows:
         print(f"| {name:<44} | {seconds:>8.3f} | {n / seconds:>9.1f} | {seconds / codec_s:>6.2f}x |")
-    print(f"local noising adds {100 * local_s / codec_s:.0f}% to the codec cost (goal < 30%); global adds {100 * global_s / codec_s:.0f}%")
+    print(
+        f"local noising adds {100 * local_s / codec_s:.0f}% to the codec cost (goal < 30%); global adds "
+        f"{100 * global_s / codec_s:.0f}%"
+    )
     if sam_s is not None:
-        print(f"SAM vit_b encode + decode, random weights, 1024x1024 input: {sam_s:.2f} s/image ({args.sam_images} images)")
+        print(
+            f"SAM vit_b encode + decode, random weights, 1024x1024 input: {sam_s:.2f} s/image ({args.sam_images} "
+            "images)"
+        )
 
 
 if __name__ == "__main__":

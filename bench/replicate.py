@@ -36,9 +36,19 @@ def replicate_demo(work: Path, rows: int, per_image: int) -> tuple[Path, list[Pa
             pixels.flat[0] = copy % 256
             save_array(pixels, target)
             files.append(target)
-        lines.append(json.dumps({
-            "id": f"r{i}", "image": f"images/{target.name}", "question": record["question"], "answer": record["answer"],
-            "answer_type": record["answer_type"], "task": record["task"], "split": record["split"], "boxes": record["boxes"],
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"r{i}",
+                    "image": f"images/{target.name}",
+                    "question": record["question"],
+                    "answer": record["answer"],
+                    "answer_type": record["answer_type"],
+                    "task": record["task"],
+                    "split": record["split"],
+                    "boxes": record["boxes"],
+                }
+            )
+        )
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
     return root / "data.jsonl", files

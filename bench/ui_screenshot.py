@@ -24,8 +24,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1600,1100", "--virtual-time-budget=20000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1600,1100",
+    "--virtual-time-budget=20000",
 ]
 
 
@@ -53,8 +61,12 @@ def screenshot(url: str, png: Path, profile: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: apt-get update && apt-get install -y chromium")
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", url],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", url],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def main() -> int:
@@ -64,10 +76,19 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="mmedpo-ui-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(scratch / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(REPO),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_healthy(api, server)
         demo = scratch / "demo"
@@ -87,7 +108,10 @@ def main() -> int:
             print(f"  {task.name:<28} {task.state.name}")
         args.out.mkdir(parents=True, exist_ok=True)
         grid = next(a for a in artifacts if a.key == "noise-grid")
-        pages = (("run", f"http://127.0.0.1:{port}/runs/flow-run/{run.id}"), ("noise_grid", f"http://127.0.0.1:{port}/artifacts/artifact/{grid.id}"))
+        pages = (
+            ("run", f"http://127.0.0.1:{port}/runs/flow-run/{run.id}"),
+            ("noise_grid", f"http://127.0.0.1:{port}/artifacts/artifact/{grid.id}"),
+        )
         for suffix, url in pages:
             png = args.out / f"ui_curate_{suffix}.png"
             screenshot(url, png, scratch / f"chromium-{suffix}")

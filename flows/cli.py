@@ -1,120 +1,41 @@
-"""The `mmedpo` command: parse, load the run config, call a flow or a stage function."""
+"""The `mmedpo` command: parse, load the run config, call a flow or a stage function.
+
+Every command reports a bad input the same way: one line on stderr naming the file and the
+field (or the artifact) at fault, exit status 2. Commands of research built on the product
+(the grounding experiment) join through the ``mmedpo.commands`` entry point group, so this
+module knows none of them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import yaml
 
-from tasks.config import ConfigError, EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig, load_run_config
 from flows.evaluate import add_cli as evaluate_cli
-from flows.experiment import add_cli as experiment_cli
+from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
+from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
+from tasks.counters import headline
+from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 
 DATA = Path("data")
+# What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
+USER_ERRORS = (ConfigError, IngestError, EvaluateError, FileNotFoundError)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    source = SourceConfig(format=args.format, root=args.root.resolve(), name=args.name, splits=args.split)
-    counts = ingest_to_file(source, IngestConfig(sources=[source]), args.out.resolve())
-    print(f"wrote {args.out} ({int(counts['kept'])} rows) and {args.out.with_suffix('.rejects.parquet')} ({int(counts['rejected'])} rows)")
-    for name, value in sorted(counts.items()):
-        if "." in name and value:
-            print(f"  {name}: {int(value)}")
-    return 0
-
-
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from tasks.demo_data import build_demo_data
-
-    path = build_demo_data(args.out.resolve())
-    print(f"demo data: {path}")
-    return 0
-
-
-def cmd_curate(args: argparse.Namespace) -> int:
-    from flows.curate import curate
-
-    manifests = curate(load_run_config(args.config))
-    print_manifests(manifests)
-    return 0
-
-
-def cmd_sets_list(args: argparse.Namespace) -> int:
-    from tasks.sets import list_sets
-
-    sets = list_sets(args.root)
-    if not sets:
-        print(f"no preference sets under {args.root}")
-        return 0
-    print(f"{'name':<20}{'version':<18}{'created':<27}{'pairs':>7}{'text':>7}{'visual':>8}")
-    for manifest in sets:
-        counts = manifest.counts
-        print(f"{Path(manifest.path).parent.name:<20}{manifest.key:<18}{manifest.created:<27}"
-              f"{counts.get('pairs', 0):>7g}{counts.get('pairs.text', 0):>7g}{counts.get('pairs.visual', 0):>8g}")
-    return 0
-
-
-def cmd_sets_show(args: argparse.Namespace) -> int:
-    from tasks.sets import resolve_set
-
-    folder = resolve_set(args.root, args.ref)
-    print(f"{folder}\n")
-    print((folder / "CARD.md").read_text())
-    manifest = (folder / "manifest.json").read_text()
-    print("## manifest.json\n")
-    print(manifest)
-    return 0
-
-
-def demo_config(samples: Path) -> RunConfig:
-    """The demo's run config: the sample set, offline defaults for every curation stage, and a
-    short CPU training run of a tiny random-weight LLaVA (the real model is a config away)."""
-    source = SourceConfig(format="jsonl", root=(samples / "demo.jsonl").resolve(), name="demo")
-    return RunConfig(
-        name="demo",
-        store=(DATA / "artifacts").resolve(),
-        sets=(DATA / "preference_sets").resolve(),
-        ingest=IngestConfig(sources=[source]),
-        train=TrainConfig(
-            lora_r=8, lora_alpha=16, learning_rate=5e-4, epochs=2, batch_size=2, gradient_accumulation=1,
-            max_length=256, gradient_checkpointing=False, logging_steps=1, save_steps=1000,
-        ),
-        evaluate=EvaluateConfig(max_new_tokens=8, report_max_new_tokens=24),
-    )
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.evaluate import comparison_text
-    from flows.pipeline import pipeline
-    from tasks.demo_data import build_demo_data
-
-    samples = DATA / "samples"
-    build_demo_data(samples)
-    config = demo_config(samples)
-    config_path = samples / "demo-run.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    result = pipeline(config)
-    print("\n== curation")
-    print_manifests(result.curated)
-    assembled = result.curated["assemble"]
-    print(f"\n== preference set {config.name}@{assembled.key}: {config.sets / config.name / assembled.key}")
-    print(f"   pairs: {assembled.counts['pairs']:g} (text {assembled.counts.get('pairs.text', 0):g}, visual {assembled.counts.get('pairs.visual', 0):g})")
-    print(f"\n== training (tiny random-weight LLaVA on CPU): {result.train.path}")
-    print(f"\n== evaluation on the test split (base vs trained)\n{comparison_text(result.evaluation.comparison)}")
-    print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
-    print("inspect: mmedpo sets show demo")
-    return 0
-
-
-def print_manifests(manifests: dict, max_counters: int = 6) -> None:
-    for stage, manifest in manifests.items():
-        counters = [f"{k}={v:g}" for k, v in manifest.counts.items() if "." not in k][:max_counters]
-        print(f"{stage:<12} {manifest.path}  ({', '.join(counters)})")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as exc:
+        print(f"mmedpo: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--config", required=True, type=Path, help="run config YAML")
     curate.set_defaults(handler=cmd_curate)
 
-    sets = commands.add_parser("sets", help="list or show preference sets").add_subparsers(dest="sets_command", required=True)
+    sets = commands.add_parser("sets", help="list or show preference sets").add_subparsers(
+        dest="sets_command", required=True
+    )
     sets_list = sets.add_parser("list", help="every published set version")
     sets_list.add_argument("--root", type=Path, default=DATA / "preference_sets")
     sets_list.set_defaults(handler=cmd_sets_list)
@@ -146,22 +69,143 @@ def build_parser() -> argparse.ArgumentParser:
     sets_show.add_argument("--root", type=Path, default=DATA / "preference_sets")
     sets_show.set_defaults(handler=cmd_sets_show)
 
+    config = commands.add_parser("config", help="show run configs").add_subparsers(dest="config_command", required=True)
+    config_show = config.add_parser("show", help="the full resolved config of a run file, or every default")
+    source = config_show.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="run config YAML: print it with every default filled in")
+    source.add_argument("--defaults", action="store_true", help="print every field's default")
+    config_show.set_defaults(handler=cmd_config_show)
+
+    sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
-    experiment_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.set_defaults(handler=cmd_demo)
+
+    for plugin in entry_points(group="mmedpo.commands"):
+        plugin.load()(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ConfigError, IngestError, FileNotFoundError) as exc:
-        print(f"mmedpo: error: {exc}", file=sys.stderr)
-        return 2
+def cmd_ingest(args: argparse.Namespace) -> int:
+    source = SourceConfig(format=args.format, root=args.root.resolve(), name=args.name, splits=args.split)
+    counts = ingest_to_file(source, IngestConfig(sources=[source]), args.out.resolve())
+    kept, rejected = int(counts.get("samples.kept", 0)), int(counts.get("samples.rejected", 0))
+    print(f"wrote {args.out} ({kept} rows) and {args.out.with_suffix('.rejects.parquet')} ({rejected} rows)")
+    for name, value in sorted(counts.items()):
+        if name.count(".") == 2 and "[" not in name and value:
+            print(f"  {name}: {int(value)}")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from tasks.demo_data import build_demo_data
+
+    path = build_demo_data(args.out.resolve())
+    print(f"demo data: {path}")
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from flows.curate import curate
+
+    print_manifests(curate(load_run_config(args.config)))
+    return 0
+
+
+def cmd_sets_list(args: argparse.Namespace) -> int:
+    from tasks.sets import list_sets
+
+    sets = list_sets(args.root)
+    if not sets:
+        print(f"no preference sets under {args.root}")
+        return 0
+    print(f"{'name':<20}{'version':<18}{'created':<27}{'pairs':>7}{'text':>7}{'visual':>8}")
+    for manifest in sets:
+        built = [manifest.counts.get(name, 0) for name in ("pairs.built", "pairs.built.text", "pairs.built.visual")]
+        name = Path(manifest.path).parent.name
+        print(f"{name:<20}{manifest.key:<18}{manifest.created:<27}{built[0]:>7g}{built[1]:>7g}{built[2]:>8g}")
+    return 0
+
+
+def cmd_sets_show(args: argparse.Namespace) -> int:
+    from tasks.sets import resolve_set
+
+    folder = resolve_set(args.root, args.ref)
+    print(f"{folder}\n")
+    print((folder / "CARD.md").read_text())
+    print("## manifest.json\n")
+    print((folder / "manifest.json").read_text())
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config = RunConfig() if args.defaults else load_run_config(args.config)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def demo_config() -> RunConfig:
+    """The demo's run config, as it is written to data/samples/demo-run.yaml: the sample set,
+    offline defaults for every curation stage, and a short CPU training run of a tiny
+    random-weight LLaVA (the real model is a config away). Paths are relative to the file."""
+    return RunConfig(
+        name="demo",
+        store=Path("../artifacts"),
+        sets=Path("../preference_sets"),
+        ingest={"sources": [{"format": "jsonl", "root": "demo.jsonl", "name": "demo"}]},
+        train={
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "learning_rate": 5e-4,
+            "epochs": 2,
+            "batch_size": 2,
+            "gradient_accumulation": 1,
+            "max_length": 256,
+            "gradient_checkpointing": False,
+            "logging_steps": 1,
+            "save_steps": 1000,
+        },
+        evaluate={"max_new_tokens": 8, "report_max_new_tokens": 24},
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline
+    from tasks.comparison import comparison_text
+    from tasks.demo_data import build_demo_data
+    from tasks.store import write_text_atomic
+
+    samples = DATA / "samples"
+    build_demo_data(samples)
+    config_path = samples / "demo-run.yaml"
+    header = (
+        "# The demo's run config: only what differs from the defaults (mmedpo config show --defaults lists them all).\n"
+    )
+    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config()), sort_keys=False))
+    config = load_run_config(config_path)
+    result = pipeline(config)
+    print("\n== curation")
+    print_manifests(result.curated)
+    assembled = result.curated["assemble"]
+    counts = assembled.counts
+    print(f"\n== preference set {config.name}@{assembled.key}: {config.sets / config.name / assembled.key}")
+    print(
+        f"   pairs: {counts['pairs.built']:g} (text {counts.get('pairs.built.text', 0):g}, visual "
+        f"{counts.get('pairs.built.visual', 0):g})"
+    )
+    print(f"\n== training (tiny random-weight LLaVA on CPU): {result.train.path}")
+    print(f"\n== evaluation on the test split (base vs trained)\n{comparison_text(result.evaluation.comparison)}")
+    print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
+    print("inspect: mmedpo sets show demo")
+    return 0
+
+
+def print_manifests(manifests: dict, max_counters: int = 6) -> None:
+    for stage, manifest in manifests.items():
+        shown = [f"{k}={v:g}" for k, v in headline(manifest.counts).items()][:max_counters]
+        print(f"{stage:<12} {manifest.path}  ({', '.join(shown)})")
 
 
 if __name__ == "__main__":

@@ -27,4 +27,11 @@ def curate(config: RunConfig) -> dict[str, Manifest]:
         score = score_task(store, config.score, ingest, hallucinate, localize)
         assemble = assemble_task(store, config.assemble, ingest, localize, noise, hallucinate, score)
         publish_task(assemble, str(config.sets), config.name)
-    return {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score, "assemble": assemble}
+    return {
+        "ingest": ingest,
+        "localize": localize,
+        "noise": noise,
+        "hallucinate": hallucinate,
+        "score": score,
+        "assemble": assemble,
+    }

@@ -16,8 +16,9 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import ConfigError, RunConfig, load_run_config
-from tasks.evaluate import EvaluateError, compare_task, comparison_text, evaluate_task, model_snapshot, resolve_model
+from tasks.comparison import comparison_text
+from tasks.config import RunConfig, load_run_config
+from tasks.evaluate import EvaluateError, compare_task, evaluate_task, model_snapshot, resolve_model
 from tasks.store import ArtifactStore, Manifest
 
 
@@ -63,7 +64,9 @@ def evaluate_after_training(config: RunConfig, train: Manifest, ingest: Manifest
     """The train flow's last step: evaluate on the samples its preference set came from."""
     ingest = ingest or upstream_artifact(ArtifactStore(config.store), train, "ingest")
     if ingest is None:
-        raise EvaluateError(f"train artifact {train.key} has no single ingest artifact in its lineage: pass the ingest to evaluate on")
+        raise EvaluateError(
+            f"train artifact {train.key} has no single ingest artifact in its lineage: pass the ingest to evaluate on"
+        )
     return evaluate_flow(config, ingest, train)
 
 
@@ -76,30 +79,30 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         "artifact's preference set came from, else the newest.",
     )
     parser.add_argument("--config", required=True, help="run config YAML")
-    parser.add_argument("--ingest", metavar="KEY", help="ingest artifact key (default: the train artifact's, else the newest)")
+    parser.add_argument(
+        "--ingest", metavar="KEY", help="ingest artifact key (default: the train artifact's, else the newest)"
+    )
     adapter = parser.add_mutually_exclusive_group()
-    adapter.add_argument("--train", metavar="KEY", help="train artifact key whose adapter is evaluated (default: the newest)")
+    adapter.add_argument(
+        "--train", metavar="KEY", help="train artifact key whose adapter is evaluated (default: the newest)"
+    )
     adapter.add_argument("--base-only", action="store_true", help="evaluate the base model alone")
     parser.set_defaults(handler=run_cli)
     return parser
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        config = load_run_config(args.config)
-        store = ArtifactStore(config.store)
-        train = None if args.base_only else find_artifact(store, "train", args.train)
-        ingest = find_artifact(store, "ingest", args.ingest)
-        if args.ingest is None and train is not None:
-            ingest = upstream_artifact(store, train, "ingest") or ingest
-        if ingest is None:
-            raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
-        settings = resolve_model(config.evaluate, train)
-        assert settings.model is not None
-        model_snapshot(settings.model)  # a wrong model path fails here, with its reason, not inside the flow
-    except (ConfigError, EvaluateError) as exc:
-        print(f"mmedpo evaluate: {exc}")
-        return 2
+    config = load_run_config(args.config)
+    store = ArtifactStore(config.store)
+    train = None if args.base_only else find_artifact(store, "train", args.train)
+    ingest = find_artifact(store, "ingest", args.ingest)
+    if args.ingest is None and train is not None:
+        ingest = upstream_artifact(store, train, "ingest") or ingest
+    if ingest is None:
+        raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
+    settings = resolve_model(config.evaluate, train)
+    assert settings.model is not None
+    model_snapshot(settings.model)  # a wrong model path fails here, with its reason, not inside the flow
     if train is None and not args.base_only:
         print(f"no train artifact in {store.root}: evaluating the base model alone")
     result = evaluate_flow(config, ingest, train)

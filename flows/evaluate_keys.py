@@ -15,7 +15,9 @@ from tasks.store import ArtifactStore
 
 
 @flow(name="evaluate-keys", flow_run_name="evaluate-{config.name}")
-def evaluate_keys(config: RunConfig, train: str | None = None, ingest: str | None = None, base_only: bool = False) -> Evaluation:
+def evaluate_keys(
+    config: RunConfig, train: str | None = None, ingest: str | None = None, base_only: bool = False
+) -> Evaluation:
     store = ArtifactStore(config.store)
     trained = None if base_only else find_artifact(store, "train", train)
     samples = find_artifact(store, "ingest", ingest)

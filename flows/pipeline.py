@@ -1,4 +1,8 @@
-"""The whole MMedPO run as one parent flow: curate -> train -> evaluate, each a sub-flow."""
+"""The whole MMedPO run as one parent flow: curate -> [sft] -> train -> evaluate, each a sub-flow.
+
+The sft step runs when the run config has an ``sft:`` section; DPO then trains from its
+checkpoint, and evaluation compares against that checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.curate import curate
 from flows.evaluate import Evaluation, evaluate_after_training
+from flows.sft import sft_flow
 from flows.train import train_flow
 from tasks.config import RunConfig
 from tasks.store import Manifest
@@ -15,6 +20,7 @@ from tasks.store import Manifest
 class PipelineResult(BaseModel):
     model_config = ConfigDict(frozen=True)
     curated: dict[str, Manifest]
+    sft: Manifest | None
     train: Manifest
     evaluation: Evaluation
 
@@ -22,6 +28,7 @@ class PipelineResult(BaseModel):
 @flow(name="pipeline", flow_run_name="pipeline-{config.name}")
 def pipeline(config: RunConfig) -> PipelineResult:
     curated = curate(config)
-    trained = train_flow(config, curated["assemble"].key)
+    tuned = sft_flow(config, curated["ingest"]) if config.sft is not None else None
+    trained = train_flow(config, curated["assemble"].key, sft=tuned)
     evaluation = evaluate_after_training(config, trained, curated["ingest"])
-    return PipelineResult(curated=curated, train=trained, evaluation=evaluation)
+    return PipelineResult(curated=curated, sft=tuned, train=trained, evaluation=evaluation)

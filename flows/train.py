@@ -15,8 +15,10 @@ from prefect import flow
 
 from tasks.config import RunConfig, load_run_config
 from tasks.sets import resolve_set
+from tasks.sft import model_dir
 from tasks.store import ArtifactStore, Keyed, Manifest
 from tasks.train import preference_snapshot, train_task
+
 
 def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
     """What to train on, and its identity for the train key. ``ref`` is a published set
@@ -35,15 +37,21 @@ def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
 
 
 @flow(name="train", flow_run_name="train-{config.name}")
-def train_flow(config: RunConfig, preferences: str, resume: bool = False) -> Manifest:
+def train_flow(config: RunConfig, preferences: str, resume: bool = False, sft: Manifest | None = None) -> Manifest:
+    """``sft``: the sft artifact whose checkpoint is the base model (``train.model``)."""
     assemble, path = resolve_preferences(config, preferences)
-    return train_task(str(config.store), config.train, assemble, str(path), resume)
+    settings = config.train if sft is None else config.train.model_copy(update={"model": model_dir(sft)})
+    return train_task(str(config.store), settings, assemble, str(path), resume, sft)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="weighted-DPO training of a LoRA adapter on a preference set")
     parser.add_argument("--config", required=True, type=Path, help="run config YAML (its `train` section)")
-    parser.add_argument("--preferences", required=True, help="preference set: NAME[@VERSION], a set folder, an assemble key or a Parquet file")
+    parser.add_argument(
+        "--preferences",
+        required=True,
+        help="preference set: NAME[@VERSION], a set folder, an assemble key or a Parquet file",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this exact run")
     parser.set_defaults(handler=run_cli)
 

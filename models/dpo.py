@@ -24,9 +24,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig
 from PIL import Image
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from models.progress import quiet_progress
+from tasks.config import TrainConfig
 
 PAIR_TYPES = ("text", "visual")
 # Keys the collator adds for the trainer; they never reach the model.
@@ -149,7 +153,9 @@ class WeightedDPOTrainer(DPOTrainer):
             projector = [p for p in group["params"] if self.projector_module in names.get(id(p), "")]
             if projector:
                 group["params"] = [p for p in group["params"] if self.projector_module not in names.get(id(p), "")]
-                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": projector, "lr": self.projector_lr})
+                optimizer.add_param_group(
+                    {**{k: v for k, v in group.items() if k != "params"}, "params": projector, "lr": self.projector_lr}
+                )
         return optimizer
 
     def _capture_outputs(self, module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -173,7 +179,9 @@ class WeightedDPOTrainer(DPOTrainer):
         self._pairs_in_step = sum(len(batch["weight"]) for batch in batches) or None
         return batches, num_items
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ):
         inputs = dict(inputs)
         self._batch = {key: inputs.pop(key) for key in PAIR_KEYS}
         self._captured = []
@@ -212,7 +220,9 @@ class WeightedDPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         margins = (chosen_rewards - rejected_rewards).detach()
         pair_types = self._batch["pair_type"].to(margins.device)
-        gathered = self.accelerator.gather_for_metrics((pair_types, chosen_rewards.detach(), rejected_rewards.detach(), margins, weights))
+        gathered = self.accelerator.gather_for_metrics(
+            (pair_types, chosen_rewards.detach(), rejected_rewards.detach(), margins, weights)
+        )
         kinds, chosen_all, rejected_all, margins_all, weights_all = gathered
         self._metrics[mode]["weight"].append(weights_all.mean().item())
         for code, name in enumerate(PAIR_TYPES):
@@ -231,3 +241,94 @@ class WeightedDPOTrainer(DPOTrainer):
         self._metrics[mode]["anchor_loss"].append(self.accelerator.gather_for_metrics(anchor.detach()).mean().item())
         return self.anchor_coef * anchor
 
+
+# --- construction from the train stage's settings ------------------------------------------------
+
+PROJECTOR = "multi_modal_projector"  # LLaVA's vision -> text projector module
+
+
+def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
+    """TRL's DPOConfig from the train stage's settings (the paper's defaults live there).
+
+    Built before the model is loaded: under DeepSpeed ZeRO-3 the arguments make
+    ``from_pretrained`` shard while loading.
+    """
+    on_gpu = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=checkpoints,
+        beta=settings.beta,
+        loss_type=settings.loss_type,
+        loss_weights=settings.loss_weights,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
+        lr_scheduler_type=settings.scheduler,
+        max_length=settings.max_length,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=settings.logging_steps,
+        seed=settings.seed,
+        remove_unused_columns=False,  # the collator needs the image paths, weights and pair kinds
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def lora_config(settings: TrainConfig) -> LoraConfig:
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target,
+        # A fully trained copy of the projector is saved with the adapter.
+        modules_to_save=[PROJECTOR] if settings.projector_lr is not None else None,
+    )
+
+
+def make_trainer(
+    settings: TrainConfig,
+    args: DPOConfig,
+    policy: Any,
+    reference: Any | None,
+    processor: Any,
+    pairs: list[dict[str, Any]],
+) -> WeightedDPOTrainer:
+    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(
+        [
+            preference_example(
+                p["prompt"],
+                p["chosen"],
+                p["rejected"],
+                p["chosen_image"],
+                p["rejected_image"],
+                p["weight"],
+                p["pair_type"],
+            )
+            for p in pairs
+        ]
+    )
+    trainer = WeightedDPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=ImagePairCollator(processor, max_length=settings.max_length),
+        peft_config=lora_config(settings),
+        anchor_coef=settings.anchor_coef,
+        anchor_margin=settings.anchor_margin,
+        projector_lr=settings.projector_lr,
+        projector_module=PROJECTOR,
+    )
+    return quiet_progress(trainer, "dpo")

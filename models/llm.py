@@ -40,9 +40,10 @@ import random
 import re
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import openai
 
@@ -131,7 +132,9 @@ def resolve_api_key(endpoint: EndpointConfig) -> str:
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
         if not key:
-            raise EndpointConfigError(f"environment variable {endpoint.api_key_env!r} (api_key_env of {endpoint.base_url}) is not set")
+            raise EndpointConfigError(
+                f"environment variable {endpoint.api_key_env!r} (api_key_env of {endpoint.base_url}) is not set"
+            )
         return key
     if endpoint.api_key_secret:
         from prefect.blocks.system import Secret
@@ -139,7 +142,9 @@ def resolve_api_key(endpoint: EndpointConfig) -> str:
         try:
             return str(Secret.load(endpoint.api_key_secret).get())
         except Exception as exc:  # noqa: BLE001 - Prefect raises many kinds; the message must not carry the value
-            raise EndpointConfigError(f"cannot load Prefect Secret block {endpoint.api_key_secret!r}: {type(exc).__name__}") from None
+            raise EndpointConfigError(
+                f"cannot load Prefect Secret block {endpoint.api_key_secret!r}: {type(exc).__name__}"
+            ) from None
     return PLACEHOLDER_KEY
 
 
@@ -151,7 +156,9 @@ class ResponseCache:
         self.path = Path(folder) / CACHE_FILE
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)"
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
@@ -197,7 +204,7 @@ class LLMClient:
     def __repr__(self) -> str:
         return f"LLMClient({self.endpoint.base_url!r}, model={self.endpoint.model!r})"
 
-    async def __aenter__(self) -> "LLMClient":
+    async def __aenter__(self) -> LLMClient:
         # Our own retry loop owns retries and timeouts, so the SDK's are off.
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key,
@@ -234,7 +241,9 @@ class LLMClient:
         if self._client is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
         if has_images(messages) and not self.endpoint.images_allowed:
-            raise LLMError("images_not_allowed", f"endpoint {self.endpoint.base_url} may not receive images (allow_images)")
+            raise LLMError(
+                "images_not_allowed", f"endpoint {self.endpoint.base_url} may not receive images (allow_images)"
+            )
         request: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": list(messages),
@@ -274,14 +283,17 @@ class LLMClient:
                 except openai.APIConnectionError as exc:
                     last = LLMError("connection", type(exc.__cause__ or exc).__name__)
                 except openai.APIStatusError as exc:
-                    last = LLMError("rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", _short(exc.message))
+                    last = LLMError(
+                        "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", _short(exc.message)
+                    )
                     if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                         raise last from None
                     retry_after = _retry_after(exc.response.headers.get("retry-after"))
                     if retry_after is not None and retry_after > self.endpoint.max_backoff_s:
                         raise LLMError(
                             last.reason,
-                            f"server asks to retry after {retry_after:g} s, more than max_backoff_s={self.endpoint.max_backoff_s:g}",
+                            f"server asks to retry after {retry_after:g} s, more than "
+                            f"max_backoff_s={self.endpoint.max_backoff_s:g}",
                         ) from None
                     if retry_after is not None:
                         self._limiter.pause(retry_after)
@@ -289,7 +301,11 @@ class LLMClient:
                     last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
             if attempt < self.endpoint.max_retries:
                 self.counts["retries"] += 1
-                delay = retry_after if retry_after is not None else self.endpoint.backoff_s * 2**attempt * (1 + 0.25 * random.random())
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else self.endpoint.backoff_s * 2**attempt * (1 + 0.25 * random.random())
+                )
                 delay = min(delay, self.endpoint.max_backoff_s)
                 log.info("LLM %s: %s; retry %d in %.2f s", self.endpoint.base_url, last.reason, attempt + 1, delay)
                 await asyncio.sleep(delay)
@@ -323,19 +339,22 @@ def _short(text: str, limit: int = 200) -> str:
 def run_with_client(
     endpoint: EndpointConfig, cache_dir: str | os.PathLike[str] | None, work: Callable[[LLMClient], Awaitable[T]]
 ) -> T:
-    """Run ``await work(client)`` from synchronous code (stages are synchronous functions).
-
-    Inside an already running event loop (an async Prefect task, a notebook) the work runs on
-    its own loop in a helper thread, since a loop cannot be re-entered.
-    """
+    """Run ``await work(client)`` from synchronous code (stages are synchronous functions)."""
 
     async def main() -> T:
         async with LLMClient(endpoint, cache_dir) as client:
             return await work(client)
 
+    return run_sync(main)
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine ``make()`` to its end from synchronous code. Inside an already running
+    event loop (an async Prefect task, a notebook) it runs on its own loop in a helper thread,
+    since a loop cannot be re-entered."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(main())
+        return asyncio.run(make())  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, main()).result()
+        return pool.submit(lambda: asyncio.run(make())).result()  # type: ignore[arg-type]

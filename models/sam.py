@@ -8,10 +8,11 @@ box of an image through the decoder at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,10 @@ def build_custom_sam(
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=decoder_depth, embedding_dim=prompt_embed_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_num_heads
+                depth=decoder_depth,
+                embedding_dim=prompt_embed_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_num_heads,
             ),
             transformer_dim=prompt_embed_dim,
             iou_head_depth=3,
@@ -158,10 +162,15 @@ class SamSegmenter:
         if not images:
             return []
         device = self.sam.device
-        resized = [torch.as_tensor(self.transform.apply_image(to_rgb8(im)), device=device).permute(2, 0, 1) for im in images]
+        resized = [
+            torch.as_tensor(self.transform.apply_image(to_rgb8(im)), device=device).permute(2, 0, 1) for im in images
+        ]
         embeddings = self.sam.image_encoder(torch.stack([self.sam.preprocess(x) for x in resized]))
         return [
-            [self._decode(embedding[None], tuple(x.shape[-2:]), tuple(image.shape[:2]), prompt) for prompt in image_prompts]
+            [
+                self._decode(embedding[None], tuple(x.shape[-2:]), tuple(image.shape[:2]), prompt)
+                for prompt in image_prompts
+            ]
             for image, image_prompts, x, embedding in zip(images, prompts, resized, embeddings)
         ]
 

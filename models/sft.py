@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from models import vlm
+from models.progress import quiet_progress
 from models.tiny import build_tiny_llava
 
 if TYPE_CHECKING:
@@ -62,7 +64,9 @@ def example(question: str, answer: str, image: str) -> dict[str, Any]:
     }
 
 
-def fit_sft(config: SFTConfig, samples: Sequence[tuple[str, str, str]], out: Path, work: Path | None = None) -> dict[str, float]:
+def fit_sft(
+    config: SFTConfig, samples: Sequence[tuple[str, str, str]], out: Path, work: Path | None = None
+) -> dict[str, float]:
     """Train on (question, answer, image path) samples; write the checkpoint to ``out``."""
     from datasets import Dataset
     from trl import SFTConfig as TRLSFTConfig
@@ -101,16 +105,16 @@ def fit_sft(config: SFTConfig, samples: Sequence[tuple[str, str, str]], out: Pat
             train_dataset=Dataset.from_list([example(*sample) for sample in samples]),
             processing_class=loaded.processor,
         )
-        result = trainer.train()
+        result = quiet_progress(trainer, "sft").train()
         loaded.processor.tokenizer.padding_side = "left"
         trainer.model.save_pretrained(out)
         loaded.processor.save_pretrained(out)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         return {
-            "steps": float(trainer.state.global_step),
-            "train_loss": float(result.training_loss),
-            "last_loss": float(losses[-1]) if losses else float("nan"),
-            "trainable_parameters": float(trainable),
+            "train.steps": float(trainer.state.global_step),
+            "train.loss": float(result.training_loss),
+            "train.final_loss": float(losses[-1]) if losses else float("nan"),
+            "parameters.trainable": float(trainable),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

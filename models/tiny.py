@@ -10,22 +10,23 @@ The same seed gives the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     MistralConfig,
     PreTrainedTokenizerFast,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
 )
 
 BOS, EOS, PAD, UNK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<image>"
@@ -137,7 +138,14 @@ def build_tiny_llava(
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     num_patches = (image_size // patch_size) ** 2
 
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    tower = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     # CLIP has a CLS token that "default" drops (one image token per patch, as in LLaVA-1.5); SigLIP has none.
     strategy = "default" if vision == "clip" else "full"
     vision_config = CLIPVisionConfig(**tower, projection_dim=32) if vision == "clip" else SiglipVisionConfig(**tower)
@@ -170,7 +178,9 @@ def build_tiny_llava(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
     if vision == "clip":
-        image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
     else:
         image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(

@@ -8,13 +8,14 @@ format, ...) loads here, with its own processor and chat template. The hallucina
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin, PreTrainedModel
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 
 @dataclass
@@ -41,7 +42,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, move: bool = True) -> VLM:
+def load(
+    path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, move: bool = True
+) -> VLM:
     """Load model + processor from a local folder; never reaches for the hub.
 
     ``move=False`` leaves the weights where loading put them, for a trainer (or DeepSpeed) to place.
@@ -73,7 +76,9 @@ def messages(question: str, answer: str | None = None, with_image: bool = True) 
 
 def prompt(processor: ProcessorMixin, question: str, with_image: bool = True) -> str:
     """The model's own chat template around one question, ready for the answer to follow."""
-    return processor.apply_chat_template(messages(question, with_image=with_image), add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(
+        messages(question, with_image=with_image), add_generation_prompt=True, tokenize=False
+    )
 
 
 def open_image(image: str | Path | Image.Image) -> Image.Image:

@@ -1,10 +1,4 @@
-"""Stage `assemble`: samples + hallucinations + regions/noised images + weights -> the preference set.
-
-The set is self-contained: its images are linked (or copied) into the set's folder, so a
-set can be moved to a GPU machine alone (layout in tasks/sets.py). Besides the pairs it
-holds ``dropped.parquet`` (every sample or pair left out, with its reason) and ``CARD.md``
-(counts, length statistics, weight histogram, examples). Its version is the stage's key.
-"""
+"""Stage `assemble`: samples + hallucinations + regions/noised images + weights -> the preference set."""
 
 from __future__ import annotations
 
@@ -15,19 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import ui
+from tasks import catalog, counters, ui
+from tasks.catalog import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES
 from tasks.config import AssembleConfig
-from tasks.schemas import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES, read_parquet, table, write_parquet
-from tasks.sets import PAIRS_DIR, publish
-from tasks.store import ArtifactStore, Manifest, code_version, file_digest, link_or_copy, stage_task_options, write_text_atomic
+from tasks.counters import Counters
+from tasks.sets import publish
+from tasks.store import (
+    ArtifactStore,
+    Manifest,
+    code_version,
+    file_digest,
+    link_or_copy,
+    stage_task_options,
+    write_text_atomic,
+)
 
 STAGE = "assemble"
-CODE = code_version(__name__, "tasks.schemas", "tasks.sets")
-INPUTS = ("ingest", "localize", "noise", "hallucinate", "score")
+CODE = code_version(__name__, "tasks.catalog", "tasks.sets")
 
 
 def assemble(
@@ -39,16 +40,30 @@ def assemble(
     hallucinate: Manifest,
     score: Manifest,
 ) -> Manifest:
+    """The preference set: a text pair (ground truth vs hallucination) and a visual pair
+    (original vs lesion-noised image, same answer) per training sample, each with its weight.
+
+    The set is self-contained: its images are linked (or copied) into the set's folder, so a
+    set can be moved to a GPU machine alone (layout in tasks/sets.py). Pairs whose image is a
+    test-split image (same file, or a re-encoded or resized copy) are left out. Its version is
+    the stage's key.
+
+    Inputs: every curation stage. Output: ``data/<split>-00000-of-00001.parquet`` (PAIRS),
+    ``dropped.parquet`` (DROPPED: every sample or pair left out, with its reason), ``CARD.md``
+    (counts, length statistics, weight histogram, examples) and ``images/``.
+    Counters: ``pairs.built.<text|visual>``, ``<text|visual>.dropped.<reason>``,
+    ``samples.dropped.<leak reason>``, ``samples.held_out.test``, ``images.linked``.
+    """
     inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
     return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs))
 
 
 def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
-    samples = read_parquet(inputs["ingest"].file("samples.parquet"), SAMPLES).to_pylist()
-    hallucinations = _by_sample(read_parquet(inputs["hallucinate"].file("hallucinations.parquet"), HALLUCINATIONS))
-    noised = _by_sample(read_parquet(inputs["noise"].file("noised.parquet"), NOISED))
-    regions = _by_sample(read_parquet(inputs["localize"].file("regions.parquet"), REGIONS))
-    scores = {(r["sample_id"], r["pair_type"]): r for r in read_parquet(inputs["score"].file("scores.parquet"), SCORES).to_pylist()}
+    samples = catalog.rows(inputs["ingest"], SAMPLES)
+    hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS))
+    noised = _by_sample(catalog.rows(inputs["noise"], NOISED))
+    regions = _by_sample(catalog.rows(inputs["localize"], REGIONS))
+    scores = {(r["sample_id"], r["pair_type"]): r for r in catalog.rows(inputs["score"], SCORES)}
     lineage = {f"{name}_key": manifest.key for name, manifest in inputs.items()}
     noise_dir = Path(inputs["noise"].path)
 
@@ -56,15 +71,15 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     linker = ImageLinker(out / "images")
     pairs: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
-    counts: Counter = Counter()
+    counts = Counters()
 
     def drop(sample: dict, pair_type: str | None, reason: str, detail: str | None = None) -> None:
         dropped.append({"sample_id": sample["sample_id"], "pair_type": pair_type, "reason": reason, "detail": detail})
-        counts[f"dropped.{reason}"] += 1
+        counts.add(pair_type or "samples", "dropped", reason)
 
     for sample in samples:
         if sample["split"] in config.test_splits:
-            counts["test_samples"] += 1
+            counts.add("samples", "held_out", sample["split"])
             continue
         leak = leaks.match(sample)
         if leak:
@@ -81,34 +96,49 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
             **lineage,
         }
         if config.text_pairs:
-            pair = _text_pair(sample, hallucinations.get(sample["sample_id"]), scores.get((sample["sample_id"], "text")))
+            pair = _text_pair(
+                sample, hallucinations.get(sample["sample_id"]), scores.get((sample["sample_id"], "text"))
+            )
             if isinstance(pair, str):
                 drop(sample, "text", pair)
             else:
                 image = linker.link(Path(sample["image_path"]))
                 pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
         if config.visual_pairs:
-            pair = _visual_pair(sample, regions.get(sample["sample_id"]), noised.get(sample["sample_id"]), scores.get((sample["sample_id"], "visual")))
+            pair = _visual_pair(
+                sample,
+                regions.get(sample["sample_id"]),
+                noised.get(sample["sample_id"]),
+                scores.get((sample["sample_id"], "visual")),
+            )
             if isinstance(pair, str):
                 drop(sample, "visual", pair)
             else:
                 rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
-                pairs.append({**base, **pair, "rejected": sample["answer"], "chosen_image": linker.link(Path(sample["image_path"])), "rejected_image": rejected_image})
+                pairs.append(
+                    {
+                        **base,
+                        **pair,
+                        "rejected": sample["answer"],
+                        "chosen_image": linker.link(Path(sample["image_path"])),
+                        "rejected_image": rejected_image,
+                    }
+                )
 
     pairs.sort(key=lambda p: p["pair_id"])
     for split in sorted({p["split"] for p in pairs}):
-        write_parquet(table([p for p in pairs if p["split"] == split], PAIRS), out / PAIRS_DIR / f"{split}-00000-of-00001.parquet")
-    write_parquet(table(dropped, DROPPED), out / "dropped.parquet")
+        catalog.write(out, PAIRS, [p for p in pairs if p["split"] == split], split=split)
+    catalog.write(out, DROPPED, dropped)
+    counts.add("pairs", "built", n=0)  # present when empty too: `mmedpo sets list` reads it
     for pair in pairs:
-        counts[f"pairs.{pair['pair_type']}"] += 1
-    counts["pairs"] = len(pairs)
-    counts["images"] = linker.count
-    write_text_atomic(out / "CARD.md", data_card(pairs, dropped, counts))
-    return dict(counts)
+        counts.add("pairs", "built", pair["pair_type"])
+    counts.add("images", "linked", n=linker.count)
+    write_text_atomic(out / "CARD.md", data_card(pairs, dropped))
+    return counts.as_dict()
 
 
-def _by_sample(data: pa.Table) -> dict[str, dict]:
-    return {row["sample_id"]: row for row in data.to_pylist()}
+def _by_sample(rows: list[dict]) -> dict[str, dict]:
+    return {row["sample_id"]: row for row in rows}
 
 
 def _text_pair(sample: dict, hallucination: dict | None, score: dict | None) -> dict | str:
@@ -171,7 +201,9 @@ class LeakageIndex:
 
 
 def _bits(hashes: list[str]) -> np.ndarray:
-    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(len(hashes), PHASH_BYTES)
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(
+        len(hashes), PHASH_BYTES
+    )
 
 
 def normalize_question(text: str) -> str:
@@ -203,9 +235,16 @@ class ImageLinker:
 # ------------------------------------------------------------------------------ the card
 
 
-def data_card(pairs: list[dict], dropped: list[dict], counts: Counter) -> str:
+def data_card(pairs: list[dict], dropped: list[dict]) -> str:
     lines = ["# Preference set", ""]
-    lines += ["## Pairs", "", _count_table(pairs, ("dataset", "pair_type")), "", _count_table(pairs, ("pair_type", "error_type")), ""]
+    lines += [
+        "## Pairs",
+        "",
+        _count_table(pairs, ("dataset", "pair_type")),
+        "",
+        _count_table(pairs, ("pair_type", "error_type")),
+        "",
+    ]
     text = [p for p in pairs if p["pair_type"] == "text"]
     if text:
         chosen = [len(p["chosen"]) for p in text]
@@ -218,13 +257,16 @@ def data_card(pairs: list[dict], dropped: list[dict], counts: Counter) -> str:
             f"| chosen | {statistics.mean(chosen):.1f} | {statistics.median(chosen):.1f} | {max(chosen)} |",
             f"| rejected | {statistics.mean(rejected):.1f} | {statistics.median(rejected):.1f} | {max(rejected)} |",
             "",
-            f"Mean rejected / chosen length ratio: {statistics.mean(r / max(c, 1) for r, c in zip(rejected, chosen)):.2f} "
+            "Mean rejected / chosen length ratio: "
+            f"{statistics.mean(r / max(c, 1) for r, c in zip(rejected, chosen)):.2f} "
             "(the paper's released VQA data: ~6; near 1 leaves no length shortcut).",
             "",
         ]
     lines += ["## Weights", "", weight_histogram(pairs), ""]
     reasons = Counter(d["reason"] for d in dropped)
-    lines += ["## Left out", "", "| reason | count |", "|---|---:|"] + [f"| {r} | {n} |" for r, n in sorted(reasons.items())]
+    lines += ["## Left out", "", "| reason | count |", "|---|---:|"] + [
+        f"| {r} | {n} |" for r, n in sorted(reasons.items())
+    ]
     lines += ["", "## Examples", ""]
     for pair in pairs[:5]:
         lines += [
@@ -239,7 +281,10 @@ def data_card(pairs: list[dict], dropped: list[dict], counts: Counter) -> str:
 def _count_table(rows: list[dict], keys: tuple[str, str]) -> str:
     counted = Counter((r[keys[0]], r[keys[1]]) for r in rows)
     header = [f"| {keys[0]} | {keys[1]} | pairs |", "|---|---|---:|"]
-    return "\n".join(header + [f"| {a} | {b} | {n} |" for (a, b), n in sorted(counted.items(), key=lambda x: (str(x[0][0]), str(x[0][1])))])
+    return "\n".join(
+        header
+        + [f"| {a} | {b} | {n} |" for (a, b), n in sorted(counted.items(), key=lambda x: (str(x[0][0]), str(x[0][1])))]
+    )
 
 
 def weight_histogram(pairs: list[dict], bins: int = 10) -> str:
@@ -251,7 +296,11 @@ def weight_histogram(pairs: list[dict], bins: int = 10) -> str:
         width = (high - low) / bins or 1.0
         hist = Counter(min(int((w - low) / width), bins - 1) for w in weights)
         out.append(f"{pair_type} (n={len(weights)}, mean {statistics.mean(weights):.3f}):")
-        out += [f"    {low + i * width:6.3f} | {'#' * hist[i]} {hist[i] or ''}".rstrip() for i in range(bins) if hist[i] or low != high]
+        out += [
+            f"    {low + i * width:6.3f} | {'#' * hist[i]} {hist[i] or ''}".rstrip()
+            for i in range(bins)
+            if hist[i] or low != high
+        ]
     return "```\n" + "\n".join(out) + "\n```" if out else "(no pairs)"
 
 
@@ -268,7 +317,7 @@ def assemble_task(
     progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
     manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
     progress.advance()
-    ui.table("assemble-counts", ui.counts_rows(manifest.counts), f"Preference set version {manifest.key}")
+    ui.table("assemble-counts", counters.rows(manifest.counts), f"Preference set version {manifest.key}")
     ui.markdown("assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.key}")
     ui.manifest_markdown(manifest)
     return manifest

@@ -13,140 +13,47 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable
 
+from tasks import clinical_lexicon as lexicon
+from tasks.clinical_text import (
+    Candidate,
+    in_negated_scope,
+    match_case,
+    replace_span,
+    sentences,
+    words_pattern,
+)
 from tasks.store import content_hash
-
-
-@dataclass(frozen=True)
-class Candidate:
-    error_type: str
-    text: str
-
-
-def match_case(source: str, replacement: str) -> str:
-    if len(source) > 1 and source.isupper():
-        return replacement.upper()
-    if " " in source and source.istitle() and replacement.islower():
-        return replacement.title()  # VQA answers such as "Brain Edema"
-    if source[:1].isupper():
-        return replacement[:1].upper() + replacement[1:]
-    return replacement
-
-
-def _words(options: Iterable[str]) -> str:
-    """A regex alternation matching whole words/phrases, longest first (so 'pleural effusion' beats 'effusion')."""
-    return "|".join(re.escape(o).replace(r"\ ", r"\s+") for o in sorted(options, key=len, reverse=True))
-
-
-def _replace_span(text: str, start: int, end: int, replacement: str) -> str:
-    return text[:start] + match_case(text[start:end], replacement) + text[end:]
-
 
 # --- findings -------------------------------------------------------------------------------
 
-# finding -> (qualifier used when a negated finding is made present, confusable substitutes)
-FINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pleural effusion": ("small", ("pneumothorax", "pleural thickening")),
-    "pleural effusions": ("small", ("pleural thickening",)),
-    "effusion": ("small", ("pneumothorax",)),
-    "effusions": ("small", ("pleural thickening",)),
-    "pneumothorax": ("small", ("pleural effusion",)),
-    "pleural thickening": ("mild", ("pleural effusion",)),
-    "consolidation": ("focal", ("atelectasis", "pneumonia")),
-    "atelectasis": ("mild", ("consolidation", "pneumonia")),
-    "pneumonia": ("focal", ("atelectasis", "pulmonary edema")),
-    "infiltrate": ("focal", ("atelectasis", "consolidation")),
-    "infiltrates": ("patchy", ("nodules",)),
-    "infiltration": ("focal", ("atelectasis",)),
-    "airspace disease": ("focal", ("atelectasis", "pulmonary edema")),
-    "airspace opacity": ("focal", ("atelectasis",)),
-    "opacity": ("focal", ("nodule", "atelectasis")),
-    "opacities": ("patchy", ("nodules",)),
-    "pulmonary edema": ("mild", ("pneumonia", "atelectasis")),
-    "edema": ("mild", ("pneumonia",)),
-    "cardiomegaly": ("mild", ("pericardial effusion",)),
-    "pericardial effusion": ("small", ("cardiomegaly",)),
-    "nodule": ("small", ("mass", "granuloma")),
-    "nodules": ("small", ("masses", "granulomas")),
-    "mass": ("small", ("nodule", "consolidation")),
-    "masses": ("small", ("nodules",)),
-    "granuloma": ("small calcified", ("nodule",)),
-    "granulomas": ("small calcified", ("nodules",)),
-    "emphysema": ("mild", ("pulmonary fibrosis",)),
-    "pulmonary fibrosis": ("mild", ("emphysema",)),
-    "fibrosis": ("mild", ("scarring",)),
-    "scarring": ("mild", ("atelectasis",)),
-    "fracture": ("nondisplaced", ("lytic lesion",)),
-    "fractures": ("nondisplaced", ("lytic lesions",)),
-    "hiatal hernia": ("small", ("pericardial effusion",)),
-    "pneumoperitoneum": ("small", ("pneumothorax",)),
-    "lung cancer": ("", ("pneumonia", "nodule")),
-    "brain tumor": ("", ("brain edema",)),
-    "brain edema": ("", ("brain tumor",)),
-    "liver cancer": ("", ("liver cyst",)),
-    "liver cyst": ("", ("liver cancer",)),
-    "acute cardiopulmonary abnormality": ("", ()),
-    "acute cardiopulmonary process": ("", ()),
-    "acute cardiopulmonary disease": ("", ()),
-    "acute cardiopulmonary findings": ("", ()),
-    "acute bony abnormality": ("", ("acute fracture",)),
-    "acute osseous abnormality": ("", ("acute fracture",)),
-    "acute bone abnormality": ("", ("acute fracture",)),
-    "acute disease": ("", ()),
-    "acute abnormality": ("", ()),
-    "acute pulmonary abnormality": ("", ()),
-    "acute pulmonary disease": ("", ()),
-    "active cardiopulmonary disease": ("", ()),
-    "airspace consolidation": ("focal", ("atelectasis",)),
-    "hiatus hernia": ("small", ("pericardial effusion",)),
-    "active disease": ("", ()),
-}
-FINDING_RE = re.compile(rf"\b(?:{_words(FINDINGS)})\b", re.IGNORECASE)
+FINDING_RE = re.compile(rf"\b(?:{words_pattern(lexicon.FINDINGS)})\b", re.IGNORECASE)
 
-NEGATORS = r"no|without|negative\s+for|free\s+of|absence\s+of|not|nor|resolved|resolution\s+of|clear\s+of"
-NEGATOR_RE = re.compile(rf"\b(?:{NEGATORS})\b", re.IGNORECASE)
-# Words after which a negation no longer reaches (NegEx-style scope terminators).
-SCOPE_END_RE = re.compile(r"\b(?:but|however|although|though|except|which|with\s+the\s+exception)\b|;", re.IGNORECASE)
-SENTENCE_RE = re.compile(r"[^.!?\n]+[.!?]*")
 
 # Descriptors between a negator and the finding. Kept when the finding is made present
 # (they are clinical: acute, focal, large) unless purely epistemic (evidence of, definite).
 KEPT_MODIFIERS = ("acute", "focal", "large", "displaced", "confluent", "suspicious", "new", "significant")
-DROPPED_MODIFIERS = ("evidence of", "radiographic evidence of", "signs of", "definite", "visible", "gross", "overt",
-                     "other", "obvious", "appreciable", "convincing")
+DROPPED_MODIFIERS = (
+    "evidence of",
+    "radiographic evidence of",
+    "signs of",
+    "definite",
+    "visible",
+    "gross",
+    "overt",
+    "other",
+    "obvious",
+    "appreciable",
+    "convincing",
+)
 LATERALITY_WORDS = ("left", "right", "bilateral", "left-sided", "right-sided", "bibasilar", "basilar")
-MODIFIER = rf"(?:{_words(KEPT_MODIFIERS + DROPPED_MODIFIERS + LATERALITY_WORDS)})"
+MODIFIER = rf"(?:{words_pattern(KEPT_MODIFIERS + DROPPED_MODIFIERS + LATERALITY_WORDS)})"
 NEGATED_FINDING_RE = re.compile(
-    rf"\b(?P<lead>there\s+(?:is|are)\s+no|no|without)\s+(?P<mods>(?:{MODIFIER}\s+)*)(?P<finding>{_words(FINDINGS)})\b"
+    rf"\b(?P<lead>there\s+(?:is|are)\s+no|no|without)\s+(?P<mods>(?:{MODIFIER}\s+)*)(?P<finding>{words_pattern(lexicon.FINDINGS)})\b"
     rf"(?P<tail>\s*,\s*(?:or\s+|and\s+)?|\s+(?:or|nor|and)\s+)?",
     re.IGNORECASE,
 )
-
-
-def _is_negated(sentence: str, position: int) -> bool:
-    before = sentence[:position]
-    ends = [m.end() for m in SCOPE_END_RE.finditer(before)]
-    scope = before[max(ends, default=0):]
-    return NEGATOR_RE.search(scope) is not None
-
-
-def _sentences(text: str) -> Iterable[tuple[int, str]]:
-    for match in SENTENCE_RE.finditer(text):
-        yield match.start(), match.group(0)
-
-
-def in_negated_scope(text: str, position: int) -> bool:
-    """Is the word at ``position`` inside a negation ('No acute X', 'without A, B or C')?
-
-    Swapping a negated word ('No left effusion' -> 'No right effusion') asserts nothing the
-    image could contradict, so such rewrites are not offered as hallucinations.
-    """
-    for start, sentence in _sentences(text):
-        if start <= position < start + len(sentence):
-            return _is_negated(sentence, position - start)
-    return False
 
 
 def negation_flips(text: str) -> list[Candidate]:
@@ -154,7 +61,7 @@ def negation_flips(text: str) -> list[Candidate]:
     found: list[Candidate] = []
     for match in NEGATED_FINDING_RE.finditer(text):
         finding = match.group("finding")
-        qualifier, _ = FINDINGS[finding.lower()]
+        qualifier, _ = lexicon.FINDINGS[finding.lower()]
         mods = [m for m in re.split(r"\s+", match.group("mods").strip()) if m]
         kept = [m for m in mods if m.lower() in KEPT_MODIFIERS]
         sides = [m for m in mods if m.lower() in LATERALITY_WORDS]
@@ -164,7 +71,8 @@ def negation_flips(text: str) -> list[Candidate]:
         if lead.startswith("there"):
             article = "an" if (words or finding)[:1].lower() in "aeiou" else "a"
             plural = finding.lower().endswith("s") and not finding.lower().endswith("sis")
-            present = f"there {'are' if plural else 'is'} {'' if plural else article + ' '}{words + ' ' if words else ''}{finding}"
+            subject = f"{'' if plural else article + ' '}{words + ' ' if words else ''}{finding}"
+            present = f"there {'are' if plural else 'is'} {subject}"
         elif lead == "without":
             present = f"with {words + ' ' if words else ''}{finding}"
         else:
@@ -172,31 +80,46 @@ def negation_flips(text: str) -> list[Candidate]:
         # The rest of a negated list stays negated: "No A, B or C." -> "Small A. No B or C."
         rest = ". No " if match.group("tail") else ""
         replacement = match_case(match.group(0), present) + rest
-        found.append(Candidate("negation", text[: match.start()] + replacement + text[match.end():]))
+        found.append(Candidate("negation", text[: match.start()] + replacement + text[match.end() :]))
     found.extend(_affirmative_to_negated(text))
     return found
 
 
-SEVERITY_WORDS = ("small", "large", "tiny", "mild", "moderate", "severe", "minimal", "trace", "moderate-sized",
-                  "small-to-moderate", "moderate-to-large", "mildly", "minimally")
+SEVERITY_WORDS = (
+    "small",
+    "large",
+    "tiny",
+    "mild",
+    "moderate",
+    "severe",
+    "minimal",
+    "trace",
+    "moderate-sized",
+    "small-to-moderate",
+    "moderate-to-large",
+    "mildly",
+    "minimally",
+)
 PRESENT_PREFIX_RE = re.compile(
     rf"^(?P<space>\s*)(?P<there>there\s+(?:is|are)\s+)?(?:(?:a|an)\s+)?"
     rf"(?:(?:stable|persistent|new|unchanged|redemonstrated|increased|decreased|again\s+seen)\s+)?"
-    rf"(?:(?:{_words(SEVERITY_WORDS)})\s+)?(?:(?:{_words(LATERALITY_WORDS)})\s+)?"
-    rf"(?P<finding>{_words(FINDINGS)})\b",
+    rf"(?:(?:{words_pattern(SEVERITY_WORDS)})\s+)?(?:(?:{words_pattern(LATERALITY_WORDS)})\s+)?"
+    rf"(?P<finding>{words_pattern(lexicon.FINDINGS)})\b",
     re.IGNORECASE,
 )
 
 
 def _affirmative_to_negated(text: str) -> list[Candidate]:
     found = []
-    for start, sentence in _sentences(text):
+    for start, sentence in sentences(text):
         match = PRESENT_PREFIX_RE.match(sentence)
-        if not match or FINDINGS[match.group("finding").lower()][0] == "":
+        if not match or lexicon.FINDINGS[match.group("finding").lower()][0] == "":
             continue  # 'Acute cardiopulmonary process' is already the negated form's flip target, not a finding
         there = "there is " if match.group("there") else ""
         negated = match.group("space") + match_case(sentence.lstrip(), f"{there}no {match.group('finding').lower()}")
-        found.append(Candidate("negation", text[:start] + negated + sentence[match.end():] + text[start + len(sentence):]))
+        found.append(
+            Candidate("negation", text[:start] + negated + sentence[match.end() :] + text[start + len(sentence) :])
+        )
     return found
 
 
@@ -207,10 +130,10 @@ def finding_substitutions(text: str) -> list[Candidate]:
     for match in FINDING_RE.finditer(text):
         if in_negated_scope(text, match.start()):
             continue
-        for substitute in FINDINGS[match.group(0).lower()][1]:
+        for substitute in lexicon.FINDINGS[match.group(0).lower()][1]:
             if substitute in lowered:
                 continue  # 'No effusion or effusion' would be nonsense, not a hallucination
-            found.append(Candidate("finding_substitution", _replace_span(text, match.start(), match.end(), substitute)))
+            found.append(Candidate("finding_substitution", replace_span(text, match.start(), match.end(), substitute)))
     return found
 
 
@@ -218,26 +141,66 @@ def finding_substitutions(text: str) -> list[Candidate]:
 
 NORMAL_PREDICATE = r"(?:normal|within\s+normal\s+limits|unremarkable|stable|normal\s+in\s+size)"
 NORMAL_TAIL = r"(?:\s+(?:for|in)\s+size(?:\s+and\s+(?:contour|configuration|shape))?|\s+in\s+size)?"
-CARDIAC_SUBJECT = r"heart\s+size|heart|cardiac\s+silhouette|cardiomediastinal\s+silhouette|cardiac\s+size|cardiac\s+contours?"
+CARDIAC_SUBJECT = (
+    r"heart\s+size|heart|cardiac\s+silhouette|cardiomediastinal\s+silhouette|cardiac\s+size|cardiac\s+contours?"
+)
 NORMALITY_FLIPS: list[tuple[re.Pattern[str], str]] = [
     # "Heart size and pulmonary vascularity (are) within normal limits": only the heart is made abnormal.
-    (re.compile(rf"\b({CARDIAC_SUBJECT})\s+and\s+((?:the\s+)?[a-z]+(?:\s+[a-z]+)?)\s+(are\s+)?{NORMAL_PREDICATE}{NORMAL_TAIL}",
-                re.IGNORECASE), r"\1 is enlarged; the \2 is normal"),
-    (re.compile(rf"\b(heart\s+size|heart|cardiac\s+silhouette|cardiomediastinal\s+silhouette|cardiac\s+size|cardiac\s+contours?)"
-                rf"\s+(is|are|appears|remains)\s+{NORMAL_PREDICATE}{NORMAL_TAIL}", re.IGNORECASE), r"\1 \2 enlarged"),
-    (re.compile(rf"\b(heart\s+size|cardiomediastinal\s+silhouette|cardiac\s+silhouette)\s+{NORMAL_PREDICATE}\b", re.IGNORECASE),
-     r"\1 enlarged"),
-    (re.compile(r"\bnormal\s+(heart\s+size|cardiac\s+silhouette|cardiomediastinal\s+silhouette)", re.IGNORECASE), r"enlarged \1"),
-    (re.compile(rf"\b(mediastinal\s+contours?|mediastinum|mediastinal\s+silhouette)\s+(is|are|appears)\s+{NORMAL_PREDICATE}", re.IGNORECASE),
-     r"\1 \2 widened"),
-    (re.compile(rf"\b(pulmonary\s+vascularity|pulmonary\s+vasculature)\s+(is|are|appears)\s+{NORMAL_PREDICATE}", re.IGNORECASE),
-     r"\1 \2 increased"),
-    (re.compile(r"\b(lungs?)\s+(are|is)\s+clear\b", re.IGNORECASE), r"\1 \2 hyperinflated with patchy bibasilar opacities"),
+    (
+        re.compile(
+            rf"\b({CARDIAC_SUBJECT})\s+and\s+((?:the\s+)?[a-z]+(?:\s+[a-z]+)?)\s+(are\s+)?{NORMAL_PREDICATE}{NORMAL_TAIL}",
+            re.IGNORECASE,
+        ),
+        r"\1 is enlarged; the \2 is normal",
+    ),
+    (
+        re.compile(
+            rf"\b(heart\s+size|heart|cardiac\s+silhouette|cardiomediastinal\s+silhouette|cardiac\s+size|cardiac\s+contours?)"
+            rf"\s+(is|are|appears|remains)\s+{NORMAL_PREDICATE}{NORMAL_TAIL}",
+            re.IGNORECASE,
+        ),
+        r"\1 \2 enlarged",
+    ),
+    (
+        re.compile(
+            rf"\b(heart\s+size|cardiomediastinal\s+silhouette|cardiac\s+silhouette)\s+{NORMAL_PREDICATE}\b",
+            re.IGNORECASE,
+        ),
+        r"\1 enlarged",
+    ),
+    (
+        re.compile(r"\bnormal\s+(heart\s+size|cardiac\s+silhouette|cardiomediastinal\s+silhouette)", re.IGNORECASE),
+        r"enlarged \1",
+    ),
+    (
+        re.compile(
+            rf"\b(mediastinal\s+contours?|mediastinum|mediastinal\s+silhouette)\s+(is|are|appears)\s+{NORMAL_PREDICATE}",
+            re.IGNORECASE,
+        ),
+        r"\1 \2 widened",
+    ),
+    (
+        re.compile(
+            rf"\b(pulmonary\s+vascularity|pulmonary\s+vasculature)\s+(is|are|appears)\s+{NORMAL_PREDICATE}",
+            re.IGNORECASE,
+        ),
+        r"\1 \2 increased",
+    ),
+    (
+        re.compile(r"\b(lungs?)\s+(are|is)\s+clear\b", re.IGNORECASE),
+        r"\1 \2 hyperinflated with patchy bibasilar opacities",
+    ),
     (re.compile(r"\b(lungs?)\s+clear\b", re.IGNORECASE), r"\1 with patchy bibasilar opacities"),
     (re.compile(r"\bnormally\s+inflated\b", re.IGNORECASE), "hyperinflated"),
     (re.compile(r"\bwell[-\s]+(?:expanded|aerated)\b", re.IGNORECASE), "hyperexpanded"),
-    (re.compile(r"\b(osseous\s+structures|bony\s+structures|visualized\s+osseous\s+structures|bones)\s+(are|appear)\s+"
-                r"(?:intact|normal|unremarkable)", re.IGNORECASE), r"\1 \2 notable for an acute rib fracture"),
+    (
+        re.compile(
+            r"\b(osseous\s+structures|bony\s+structures|visualized\s+osseous\s+structures|bones)\s+(are|appear)\s+"
+            r"(?:intact|normal|unremarkable)",
+            re.IGNORECASE,
+        ),
+        r"\1 \2 notable for an acute rib fracture",
+    ),
 ]
 
 
@@ -246,18 +209,23 @@ def normality_flips(text: str) -> list[Candidate]:
     for pattern, replacement in NORMALITY_FLIPS:
         for match in pattern.finditer(text):
             new = match_case(match.group(0), match.expand(replacement))
-            found.append(Candidate("normality_flip", text[: match.start()] + new + text[match.end():]))
+            found.append(Candidate("normality_flip", text[: match.start()] + new + text[match.end() :]))
     return found
 
 
 # --- simple word swaps ------------------------------------------------------------------------
 
-def _word_swaps(error_type: str, table: dict[str, str], affirmative_only: bool = True) -> Callable[[str], list[Candidate]]:
-    pattern = re.compile(rf"(?<![\w-])(?:{_words(table)})(?![\w-])", re.IGNORECASE)
+
+def _word_swaps(
+    error_type: str, table: dict[str, str], affirmative_only: bool = True
+) -> Callable[[str], list[Candidate]]:
+    pattern = re.compile(rf"(?<![\w-])(?:{words_pattern(table)})(?![\w-])", re.IGNORECASE)
 
     def rule(text: str) -> list[Candidate]:
         return [
-            Candidate(error_type, _replace_span(text, m.start(), m.end(), table[re.sub(r"\s+", " ", m.group(0).lower())]))
+            Candidate(
+                error_type, replace_span(text, m.start(), m.end(), table[re.sub(r"\s+", " ", m.group(0).lower())])
+            )
             for m in pattern.finditer(text)
             if not (affirmative_only and in_negated_scope(text, m.start()))
         ]
@@ -266,54 +234,22 @@ def _word_swaps(error_type: str, table: dict[str, str], affirmative_only: bool =
     return rule
 
 
-laterality_swaps = _word_swaps(
-    "laterality",
-    {"left": "right", "right": "left", "left-sided": "right-sided", "right-sided": "left-sided", "bilateral": "right",
-     "bilaterally": "on the right"},
-)
-severity_changes = _word_swaps(
-    "severity",
-    {"small": "large", "large": "small", "tiny": "large", "mild": "severe", "moderate": "mild", "severe": "mild",
-     "minimal": "moderate", "trace": "moderate", "mildly": "markedly", "markedly": "mildly", "moderately": "mildly",
-     "slightly": "markedly", "minimally": "markedly", "subtle": "extensive", "extensive": "subtle", "massive": "small",
-     "borderline": "marked"},
-)
-progression_changes = _word_swaps(
-    "progression",
-    {"increased": "decreased", "decreased": "increased", "improved": "worsened", "worsened": "improved",
-     "improving": "worsening", "worsening": "improving", "unchanged": "increased", "stable": "enlarging",
-     "resolved": "persistent", "new": "chronic", "chronic": "new", "acute": "chronic"},
-)
-organ_swaps = _word_swaps(
-    "organ_swap",
-    {"liver": "spleen", "spleen": "liver", "kidney": "adrenal gland", "kidneys": "adrenal glands", "pancreas": "stomach",
-     "stomach": "pancreas", "colon": "small bowel", "small bowel": "colon", "small intestine": "large intestine",
-     "large intestine": "small intestine", "duodenum": "pancreas", "gallbladder": "duodenum", "lung": "heart",
-     "lungs": "heart", "heart": "lung", "bladder": "rectum", "rectum": "bladder", "esophagus": "trachea",
-     "trachea": "esophagus", "brainstem": "cerebellum", "brain stem": "cerebellum", "cerebellum": "brainstem",
-     "temporal lobe": "frontal lobe", "frontal lobe": "parietal lobe", "parietal lobe": "occipital lobe",
-     "occipital lobe": "temporal lobe", "aorta": "inferior vena cava", "inferior vena cava": "aorta",
-     "chest": "abdomen", "abdomen": "chest", "head": "neck", "neck": "head", "pelvic cavity": "abdomen",
-     "pelvis": "abdomen", "spinal cord": "esophagus", "thyroid": "trachea"},
-    affirmative_only=False,
-)
-modality_swaps = _word_swaps(
-    "modality_swap",
-    {"ct": "MRI", "mri": "CT", "mr": "CT", "x-ray": "CT", "xray": "CT", "radiograph": "CT scan", "ultrasound": "CT",
-     "t1": "T2", "t2": "T1", "flair": "T1", "pet": "CT", "ct scan": "MRI", "mri scan": "CT scan"},
-    affirmative_only=False,
-)
-plane_swaps = _word_swaps(
-    "plane_swap",
-    {"axial": "coronal", "coronal": "sagittal", "sagittal": "axial", "transverse": "coronal", "pa": "AP", "ap": "PA",
-     "lateral": "PA"},
-    affirmative_only=False,
-)
+laterality_swaps = _word_swaps("laterality", lexicon.LATERALITY)
+severity_changes = _word_swaps("severity", lexicon.SEVERITY)
+progression_changes = _word_swaps("progression", lexicon.PROGRESSION)
+organ_swaps = _word_swaps("organ_swap", lexicon.ORGANS, affirmative_only=False)
+modality_swaps = _word_swaps("modality_swap", lexicon.MODALITIES, affirmative_only=False)
+plane_swaps = _word_swaps("plane_swap", lexicon.PLANES, affirmative_only=False)
 
 COUNT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-COUNTED_NOUN = r"(?:nodules?|masses|lesions?|ribs?|fractures?|granulomas?|calcifications?|lobes?|kidneys?|lungs?|cysts?|foci|opacities|effusions?)"
+COUNTED_NOUN = (
+    r"(?:nodules?|masses|lesions?|ribs?|fractures?|granulomas?|calcifications?|lobes?|kidneys?|lungs?|cysts?|foci"
+    r"|opacities|effusions?)"
+)
 MEASURE_RE = re.compile(r"\b(\d+(?:\.\d+)?)(\s*(?:cm|mm|centimeters?|millimeters?)\b)", re.IGNORECASE)
-COUNT_WORD_RE = re.compile(rf"\b({'|'.join(COUNT_WORDS)}|single|multiple|several)(\s+(?:\w+\s+)?{COUNTED_NOUN}\b)", re.IGNORECASE)
+COUNT_WORD_RE = re.compile(
+    rf"\b({'|'.join(COUNT_WORDS)}|single|multiple|several)(\s+(?:\w+\s+)?{COUNTED_NOUN}\b)", re.IGNORECASE
+)
 NUMBER_ONLY_RE = re.compile(r"^\s*(\d+)\s*$")
 
 
@@ -329,12 +265,14 @@ def size_count_changes(text: str) -> list[Candidate]:
     word_only = text.strip().lower()
     if word_only in COUNT_WORDS:
         i = COUNT_WORDS.index(word_only)
-        found.append(Candidate("size_count", match_case(text.strip(), COUNT_WORDS[i + 1 if i + 1 < len(COUNT_WORDS) else i - 1])))
+        found.append(
+            Candidate("size_count", match_case(text.strip(), COUNT_WORDS[i + 1 if i + 1 < len(COUNT_WORDS) else i - 1]))
+        )
     for m in MEASURE_RE.finditer(text):
         value = float(m.group(1))
         decimals = len(m.group(1).split(".")[1]) if "." in m.group(1) else 0
         new = f"{value * 2:.{decimals}f}"
-        found.append(Candidate("size_count", text[: m.start(1)] + new + text[m.end(1):]))
+        found.append(Candidate("size_count", text[: m.start(1)] + new + text[m.end(1) :]))
     for m in COUNT_WORD_RE.finditer(text):
         word = m.group(1).lower()
         if word in ("single", "one"):
@@ -344,7 +282,7 @@ def size_count_changes(text: str) -> list[Candidate]:
         else:
             i = COUNT_WORDS.index(word)
             new = COUNT_WORDS[i + 1] if i + 1 < len(COUNT_WORDS) else COUNT_WORDS[i - 1]
-        found.append(Candidate("size_count", _replace_span(text, m.start(1), m.end(1), new)))
+        found.append(Candidate("size_count", replace_span(text, m.start(1), m.end(1), new)))
     return found
 
 
@@ -361,12 +299,39 @@ def yes_no_flip(text: str) -> list[Candidate]:
 
 # --- choosing ----------------------------------------------------------------------------------
 
-REPORT_RULES = (negation_flips, normality_flips, laterality_swaps, finding_substitutions, severity_changes,
-                size_count_changes, progression_changes)
-VQA_RULES = (yes_no_flip, negation_flips, laterality_swaps, finding_substitutions, severity_changes,
-             size_count_changes, organ_swaps, modality_swaps, plane_swaps)
-ERROR_TYPES = ("yes_no_flip", "negation", "normality_flip", "laterality", "finding_substitution", "severity",
-               "size_count", "progression", "organ_swap", "modality_swap", "plane_swap")
+REPORT_RULES = (
+    negation_flips,
+    normality_flips,
+    laterality_swaps,
+    finding_substitutions,
+    severity_changes,
+    size_count_changes,
+    progression_changes,
+)
+VQA_RULES = (
+    yes_no_flip,
+    negation_flips,
+    laterality_swaps,
+    finding_substitutions,
+    severity_changes,
+    size_count_changes,
+    organ_swaps,
+    modality_swaps,
+    plane_swaps,
+)
+ERROR_TYPES = (
+    "yes_no_flip",
+    "negation",
+    "normality_flip",
+    "laterality",
+    "finding_substitution",
+    "severity",
+    "size_count",
+    "progression",
+    "organ_swap",
+    "modality_swap",
+    "plane_swap",
+)
 
 
 def normalized(text: str) -> str:

@@ -44,33 +44,128 @@ IHC_GLAND = [[256, 302, 384, 471]]
 # (id, image, task, question, answer, answer_type, boxes, split)
 QUESTIONS = [
     ("chest-1", "chest_xray.dcm", "vqa", "Are there masses in the lungs?", "yes", "closed", CHEST_MASSES, "train"),
-    ("chest-2", "chest_xray.dcm", "vqa", "What abnormality is seen in the lungs?", "multiple lung masses", "open", CHEST_MASSES, "train"),
+    (
+        "chest-2",
+        "chest_xray.dcm",
+        "vqa",
+        "What abnormality is seen in the lungs?",
+        "multiple lung masses",
+        "open",
+        CHEST_MASSES,
+        "train",
+    ),
     ("chest-3", "chest_xray.dcm", "vqa", "Is there a pleural effusion?", "no", "closed", CHEST_MASSES, "train"),
-    ("chest-4", "chest_xray.dcm", "vqa", "Are the masses in one lung or in both?", "both lungs", "open", CHEST_MASSES, "train"),
-    ("chest-5", "chest_xray.dcm", "report", REPORT_PROMPT,
-     "Multiple round masses in both lungs, consistent with metastases. No pleural effusion. Normal heart size.",
-     "report", CHEST_MASSES, "train"),
+    (
+        "chest-4",
+        "chest_xray.dcm",
+        "vqa",
+        "Are the masses in one lung or in both?",
+        "both lungs",
+        "open",
+        CHEST_MASSES,
+        "train",
+    ),
+    (
+        "chest-5",
+        "chest_xray.dcm",
+        "report",
+        REPORT_PROMPT,
+        "Multiple round masses in both lungs, consistent with metastases. No pleural effusion. Normal heart size.",
+        "report",
+        CHEST_MASSES,
+        "train",
+    ),
     ("tibia-1", "tibia_xray.dcm", "vqa", "Is there a lesion in the tibia?", "yes", "closed", TIBIA_FIBROMA, "train"),
-    ("tibia-2", "tibia_xray.dcm", "vqa", "Where is the lesion located?", "distal tibia", "open", TIBIA_FIBROMA, "train"),
+    (
+        "tibia-2",
+        "tibia_xray.dcm",
+        "vqa",
+        "Where is the lesion located?",
+        "distal tibia",
+        "open",
+        TIBIA_FIBROMA,
+        "train",
+    ),
     ("tibia-3", "tibia_xray.dcm", "vqa", "What imaging modality is this?", "X-ray", "open", TIBIA_FIBROMA, "train"),
-    ("tibia-4", "tibia_xray.dcm", "report", REPORT_PROMPT,
-     "Lucent lesion with a sclerotic margin in the distal tibia, consistent with a non-ossifying fibroma. No fracture.",
-     "report", TIBIA_FIBROMA, "train"),
+    (
+        "tibia-4",
+        "tibia_xray.dcm",
+        "report",
+        REPORT_PROMPT,
+        "Lucent lesion with a sclerotic margin in the distal tibia, consistent with a non-ossifying fibroma. No "
+        "fracture.",
+        "report",
+        TIBIA_FIBROMA,
+        "train",
+    ),
     ("liver-1", "liver_mr.dcm", "vqa", "Is there a lesion in the liver?", "yes", "closed", "liver", "train"),
     ("liver-2", "liver_mr.dcm", "vqa", "Which organ contains the lesion?", "liver", "open", "liver", "train"),
     ("liver-3", "liver_mr.dcm", "vqa", "What modality is used?", "MRI", "open", "liver", "train"),
     ("liver-4", "liver_mr.dcm", "vqa", "Is the lesion in the left kidney?", "no", "closed", "liver", "train"),
-    ("liver-5", "liver_mr.dcm", "report", REPORT_PROMPT,
-     "Large round lesion with an enhancing rim in the right liver lobe and a small second lesion laterally. Normal kidneys.",
-     "report", "liver", "train"),
+    (
+        "liver-5",
+        "liver_mr.dcm",
+        "report",
+        REPORT_PROMPT,
+        "Large round lesion with an enhancing rim in the right liver lobe and a small second lesion laterally. Normal "
+        "kidneys.",
+        "report",
+        "liver",
+        "train",
+    ),
     ("node-1", "lymph_node_us.dcm", "vqa", "What organ is shown?", "lymph node", "open", NODE_BOXES, "train"),
-    ("node-2", "lymph_node_us.dcm", "vqa", "Is there increased blood flow in the node?", "yes", "closed", NODE_BOXES, "train"),
+    (
+        "node-2",
+        "lymph_node_us.dcm",
+        "vqa",
+        "Is there increased blood flow in the node?",
+        "yes",
+        "closed",
+        NODE_BOXES,
+        "train",
+    ),
     ("retina-1", "retina.jpg", "vqa", "Are there retinal hemorrhages?", "no", "closed", OPTIC_DISC, "train"),
-    ("retina-2", "retina.jpg", "vqa", "What is the bright round structure on the left?", "optic disc", "open", OPTIC_DISC, "train"),
-    ("retina-3", "retina.jpg", "vqa", "What imaging modality is this?", "fundus photography", "open", OPTIC_DISC, "train"),
+    (
+        "retina-2",
+        "retina.jpg",
+        "vqa",
+        "What is the bright round structure on the left?",
+        "optic disc",
+        "open",
+        OPTIC_DISC,
+        "train",
+    ),
+    (
+        "retina-3",
+        "retina.jpg",
+        "vqa",
+        "What imaging modality is this?",
+        "fundus photography",
+        "open",
+        OPTIC_DISC,
+        "train",
+    ),
     ("ma-1", "retina_microaneurysms.png", "vqa", "Are there microaneurysms?", "yes", "closed", MICROANEURYSMS, "train"),
-    ("ma-2", "retina_microaneurysms.png", "vqa", "How many microaneurysms are visible?", "2", "open", MICROANEURYSMS, "train"),
-    ("ihc-1", "pathology_ihc.png", "vqa", "Is there membrane staining in the tumor cells?", "yes", "closed", IHC_GLAND, "train"),
+    (
+        "ma-2",
+        "retina_microaneurysms.png",
+        "vqa",
+        "How many microaneurysms are visible?",
+        "2",
+        "open",
+        MICROANEURYSMS,
+        "train",
+    ),
+    (
+        "ihc-1",
+        "pathology_ihc.png",
+        "vqa",
+        "Is there membrane staining in the tumor cells?",
+        "yes",
+        "closed",
+        IHC_GLAND,
+        "train",
+    ),
     ("ihc-2", "pathology_ihc.png", "vqa", "What type of image is this?", "pathology", "open", IHC_GLAND, "train"),
     ("spine-1", "spine_ct.dcm", "vqa", "What modality is this?", "CT", "open", [], "test"),
     ("spine-2", "spine_ct.dcm", "vqa", "Is there a fracture of the vertebral body?", "no", "closed", [], "test"),
@@ -86,7 +181,7 @@ def build_demo_data(out: Path) -> Path:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     for name, (source, ref) in IMAGES.items():
-        _materialize(source, ref, images / name)
+        materialize(source, ref, images / name)
     liver_boxes = [LIVER_MASS, overlay_box(images / "liver_mr.dcm")]
     lines = []
     for sample_id, image, task, question, answer, answer_type, boxes, split in QUESTIONS:
@@ -120,7 +215,8 @@ def overlay_box(path: Path) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
 
 
-def _materialize(source: str, ref: str, target: Path) -> None:
+def materialize(source: str, ref: str, target: Path) -> None:
+    """Copy one of the real images installed packages ship (``IMAGES``' sources) to ``target``."""
     if target.exists():
         return
     if source == "dicom":

@@ -1,25 +1,20 @@
-"""Stage `evaluate`: answer a test split with a model (optionally + a trained adapter) and score it.
-
-Outputs ``predictions.parquet`` (schemas.PREDICTIONS, one row per sample) and
-``metrics.json`` (per data set: closed accuracy - normalized and the paper's substring
-rule - open recall and exact match, report BLEU-1..4/mean, ROUGE-L, METEOR). The base
-model's evaluation has no ``train`` input, so it is computed once and reused by every
-training run that compares against it. ``comparison_rows`` / ``comparison_text`` /
-``examples_markdown`` build the before/after views from two evaluations.
-"""
+"""Stage `evaluate`: answer a test split with a model (optionally + a trained adapter) and score it."""
 
 from __future__ import annotations
 
 import json
-from itertools import zip_longest
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prefect import task
 
 from models import vlm as vlms
-from tasks import metrics, schemas, ui
+from tasks import catalog, metrics, ui
+from tasks.catalog import PREDICTIONS, SAMPLES
+from tasks.comparison import comparison_rows, example_rows, examples_markdown
 from tasks.config import EvaluateConfig
+from tasks.counters import Counters
 from tasks.store import (
     ArtifactStore,
     Manifest,
@@ -37,22 +32,6 @@ BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its ada
 
 Progress = Callable[[int, int], None]  # (samples done, total)
 
-# Metrics in the order tables show them; all are fractions in metrics.json, % in tables.
-METRICS = (
-    "closed_accuracy",
-    "closed_substring_accuracy",
-    "closed_exact_match",
-    "open_recall",
-    "open_exact_match",
-    "bleu",
-    "bleu_1",
-    "bleu_2",
-    "bleu_3",
-    "bleu_4",
-    "rouge_l",
-    "meteor",
-)
-
 
 class EvaluateError(ValueError):
     pass
@@ -68,8 +47,17 @@ def evaluate(
 ) -> Manifest:
     """Evaluate ``config.model`` (+ the adapter of ``train``) on the ingest artifact's samples.
 
-    ``model`` fingerprints the checkpoint folder (``model_snapshot``), so replacing the
-    weights at the same path re-evaluates.
+    The base model's evaluation has no ``train`` input, so it is computed once and reused by
+    every training run that compares against it (tasks.comparison builds the before/after
+    views from two evaluations).
+
+    Inputs: ``ingest`` (SAMPLES), ``model`` (a fingerprint of the checkpoint folder,
+    ``model_snapshot``: replacing the weights at the same path re-evaluates), ``train`` (the
+    adapter). Output: ``predictions.parquet`` (PREDICTIONS, one row per sample) and
+    ``metrics.json`` (per data set: closed accuracy - normalized and the paper's substring
+    rule - open recall and exact match, report BLEU-1..4/mean, ROUGE-L, METEOR).
+    Counters: ``samples.seen.<closed|open|report>``, ``samples.ok``, ``samples.failed``,
+    ``samples.skipped.empty_reference``.
     """
     if config.model is None:
         raise EvaluateError("evaluate.model is unset: resolve it first with resolve_model(config, train)")
@@ -87,7 +75,9 @@ def model_snapshot(path: Path) -> SourceSnapshot:
 
 def adapter_dir(train: Manifest) -> Path:
     """The trained adapter inside a train artifact: the shallowest folder holding a peft adapter."""
-    found = sorted((Path(f) for f in train.files if Path(f).name == ADAPTER_CONFIG), key=lambda p: (len(p.parts), str(p)))
+    found = sorted(
+        (Path(f) for f in train.files if Path(f).name == ADAPTER_CONFIG), key=lambda p: (len(p.parts), str(p))
+    )
     if not found:
         raise EvaluateError(f"train artifact {train.key} holds no {ADAPTER_CONFIG}")
     return Path(train.path) / found[0].parent
@@ -117,7 +107,9 @@ def base_model_candidates(train: Manifest) -> list[Path]:
     shipped = sorted(
         root / Path(f).parent
         for f in train.files
-        if Path(f).name == "config.json" and Path(f).parent != Path(".") and not (root / Path(f).parent / ADAPTER_CONFIG).is_file()
+        if Path(f).name == "config.json"
+        and Path(f).parent != Path(".")
+        and not (root / Path(f).parent / ADAPTER_CONFIG).is_file()
     )
     # Relative: a model inside the artifact; root / an absolute path is that absolute path.
     recorded = [root / (root / BASE_MODEL_FILE).read_text().strip()] if BASE_MODEL_FILE in train.files else []
@@ -129,7 +121,7 @@ def build_evaluation(
     out: Path, config: EvaluateConfig, ingest: Manifest, train: Manifest | None, progress: Progress | None
 ) -> dict[str, float]:
     assert config.model is not None
-    samples = select_samples(schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist(), config)
+    samples = select_samples(catalog.rows(ingest, SAMPLES), config)
     adapter = train.key if train is not None else None
     answers = skipped(samples)
     if any(generated(s) for s in samples):
@@ -137,25 +129,29 @@ def build_evaluation(
         if train is not None:
             model = vlms.apply_adapter(model, adapter_dir(train))
         answers = generate_answers(model, samples, config, progress)
-    rows = [prediction_row(s, answer, error, str(config.model), adapter) for s, (answer, error) in zip(samples, answers)]
-    schemas.write_parquet(schemas.table(rows, schemas.PREDICTIONS), out / "predictions.parquet")
+    rows = [
+        prediction_row(s, answer, error, str(config.model), adapter) for s, (answer, error) in zip(samples, answers)
+    ]
+    catalog.write(out, PREDICTIONS, rows)
     summary = summarize(rows, with_meteor=config.meteor)
     summary.update(model=str(config.model), adapter=adapter)
     write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
-    statuses = [r["status"] for r in rows]
-    return {
-        "samples": len(rows),
-        "ok": statuses.count("ok"),
-        "failed": statuses.count("failed"),
-        "skipped_empty_reference": statuses.count("skipped_empty_reference"),
-        **{f"task_{kind}": sum(r["answer_type"] == kind for r in rows) for kind in ("closed", "open", "report")},
-    }
+    counts = Counters()
+    for row in rows:
+        counts.add("samples", "seen", row["answer_type"])
+        outcome, _, reason = row["status"].partition("_")
+        counts.add("samples", outcome, reason or None)
+    return counts.as_dict()
 
 
 def select_samples(samples: Iterable[Mapping[str, Any]], config: EvaluateConfig) -> list[dict[str, Any]]:
     """The configured splits and data sets, in sample_id order, at most ``max_samples`` per data set."""
     kept = sorted(
-        (dict(s) for s in samples if s["split"] in config.splits and (config.datasets is None or s["dataset"] in config.datasets)),
+        (
+            dict(s)
+            for s in samples
+            if s["split"] in config.splits and (config.datasets is None or s["dataset"] in config.datasets)
+        ),
         key=lambda s: (s["dataset"], s["sample_id"]),
     )
     if config.max_samples is None:
@@ -298,114 +294,7 @@ def load_metrics(manifest: Manifest) -> dict[str, Any]:
 
 
 def load_predictions(manifest: Manifest) -> list[dict[str, Any]]:
-    return schemas.read_parquet(manifest.file("predictions.parquet"), schemas.PREDICTIONS).to_pylist()
-
-
-def _count_key(metric: str) -> str:
-    """The metrics.json count of the samples a metric averages over."""
-    kind = metric.split("_", 1)[0]
-    return f"n_{kind}" if kind in ("closed", "open") else "n_report"
-
-
-def comparison_rows(base: Mapping[str, Any], trained: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per data set and metric present in either evaluation's metrics.json, in percent.
-
-    ``trained`` None gives the base model's numbers alone (trained and delta null).
-    """
-    rows = []
-    base_sets, trained_sets = base["datasets"], (trained or {"datasets": {}})["datasets"]
-    for dataset in sorted(set(base_sets) | set(trained_sets)):
-        before, after = base_sets.get(dataset, {}), trained_sets.get(dataset, {})
-        for metric in METRICS:
-            if metric not in before and metric not in after:
-                continue
-            b, a = _percent(before.get(metric)), _percent(after.get(metric))
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "metric": metric,
-                    "n": int(before.get(_count_key(metric)) or after.get(_count_key(metric)) or 0),
-                    "base": b,
-                    "trained": a,
-                    "delta": round(a - b, 2) if a is not None and b is not None else None,
-                }
-            )
-    return rows
-
-
-def _percent(value: float | None) -> float | None:
-    return None if value is None else round(100 * value, 2)
-
-
-def comparison_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The before/after table as aligned plain text (what `make demo` prints)."""
-    header = ("dataset", "metric", "n", "base %", "trained %", "delta")
-    cells = [header] + [
-        (
-            str(r["dataset"]),
-            str(r["metric"]),
-            str(r["n"]),
-            _cell(r["base"]),
-            _cell(r["trained"]),
-            "" if r["delta"] is None else f"{r['delta']:+.2f}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def example_rows(
-    base: Sequence[Mapping[str, Any]], trained: Sequence[Mapping[str, Any]] | None = None, count: int = 10
-) -> list[dict[str, Any]]:
-    """``count`` samples side by side, taken in turn from each data set (in sample_id order) so
-    every data set is shown."""
-    after = {r["sample_id"]: r for r in trained or ()}
-    per_dataset: dict[str, list[Mapping[str, Any]]] = {}
-    for row in sorted(base, key=lambda r: (r["dataset"], r["sample_id"])):
-        per_dataset.setdefault(row["dataset"], []).append(row)
-    interleaved = [r for group in zip_longest(*per_dataset.values()) for r in group if r is not None]
-    chosen = []
-    for row in interleaved[:count]:
-        other = after.get(row["sample_id"])
-        chosen.append(
-            {
-                "dataset": row["dataset"],
-                "sample_id": row["sample_id"],
-                "question": row["question"],
-                "reference": row["answer"],
-                "base": _shown(row),
-                **({"trained": _shown(other) if other else "(not evaluated)"} if trained is not None else {}),
-            }
-        )
-    return chosen
-
-
-def _shown(row: Mapping[str, Any]) -> str:
-    if row["status"] != "ok":
-        return f"({row['status']}: {row['error']})"
-    return row["prediction"] or "(empty)"
-
-
-def examples_markdown(rows: Sequence[Mapping[str, Any]], max_chars: int = 300) -> str:
-    if not rows:
-        return "_No evaluated samples._"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_md_cell(str(r[c]), max_chars) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _md_cell(text: str, max_chars: int) -> str:
-    if len(text) > max_chars:
-        text = text[: max_chars - 1] + "…"
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+    return catalog.rows(manifest, PREDICTIONS)
 
 
 @task(**stage_task_options(STAGE, CODE))

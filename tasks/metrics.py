@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 YES = frozenset({"yes", "yeah", "yep", "true", "correct"})
 NO = frozenset({"no", "nope", "false", "incorrect"})
@@ -171,7 +171,9 @@ def meteor(predictions: Sequence[str], references: Sequence[str], timeout_s: flo
 
 def report_scores(predictions: Sequence[str], references: Sequence[str], with_meteor: bool = True) -> ReportScores:
     if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"need equally many predictions and references, at least one ({len(predictions)} vs {len(references)})")
+        raise ValueError(
+            f"need equally many predictions and references, at least one ({len(predictions)} vs {len(references)})"
+        )
     b1, b2, b3, b4 = bleu_scores(predictions, references)
     errors: dict[str, str] = {}
     score: float | None = None

@@ -11,17 +11,18 @@ content and gathered in the stage's own order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks import ui
+from tasks import counters, ui
 from tasks.config import RunnerConfig
-from tasks.store import SHARDS, Compute, Item, ShardJob, add_counts, compute_items
+from tasks.store import SHARDS, Compute, Item, ShardJob, compute_items
 
 
 @task(name="shard", task_run_name="{stage}-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
@@ -42,7 +43,10 @@ class PrefectShards:
             progress.advance(job.reused)
         shard = shard_task.with_options(tags=set(job.tags)) if job.tags else shard_task
         futures = {
-            self.runner.submit(shard, {"store_root": job.store_root, "stage": job.stage, "index": i, "items": items, "compute": job.compute}): len(items)
+            self.runner.submit(
+                shard,
+                {"store_root": job.store_root, "stage": job.stage, "index": i, "items": items, "compute": job.compute},
+            ): len(items)
             for i, items in enumerate(job.shards)
         }
         counts: dict[str, float] = {}
@@ -50,7 +54,7 @@ class PrefectShards:
         # Every shard runs to its end before a failure is raised: finished items stay cached.
         for future in as_completed(list(futures)):
             try:
-                add_counts(counts, future.result())
+                counters.merge(counts, future.result())
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the other shards
                 failures.append(exc)
             progress.advance(futures[future])
@@ -66,11 +70,20 @@ def make_task_runner(config: RunnerConfig) -> TaskRunner:
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError as exc:
-            raise ImportError("runner.kind=dask needs prefect-dask: pip install prefect-dask==0.3.7 distributed==2026.8.0") from exc
+            raise ImportError(
+                "runner.kind=dask needs prefect-dask: pip install prefect-dask==0.3.7 distributed==2026.8.0"
+            ) from exc
         if config.address:
             return DaskTaskRunner(address=config.address)
         # No address: a cluster of worker processes on this machine, for as long as the flow runs.
-        return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": config.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:

@@ -3,7 +3,7 @@
 A set version is the `assemble` artifact hard-linked to ``<sets>/<name>/<version>/``
 (version = the artifact's key). Layout:
 
-    data/<split>-00000-of-00001.parquet   pairs (schemas.PAIRS); image paths relative to the version folder
+    data/<split>-00000-of-00001.parquet   pairs (catalog.PAIRS); image paths relative to the version folder
     images/<sha256>.<ext>                 every chosen / rejected image, once
     dropped.parquet, CARD.md, manifest.json
 
@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.schemas import PAIRS, read_parquet
+from tasks.catalog import PAIRS, read_file
 from tasks.store import Manifest, link_or_copy
-
-PAIRS_DIR = "data"
 
 
 def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
@@ -65,22 +64,24 @@ def resolve_set(sets_root: Path, ref: str) -> Path:
         candidates = [p for p in candidates if p.name == version]
     if not candidates:
         known = sorted({f"{Path(m.path).parent.name}@{m.key}" for m in published})
-        raise FileNotFoundError(f"no preference set {ref!r} under {sets_root} (published: {', '.join(known) or 'none'})")
+        raise FileNotFoundError(
+            f"no preference set {ref!r} under {sets_root} (published: {', '.join(known) or 'none'})"
+        )
     return candidates[-1]
 
 
-def load_pairs(location: Path, split: str | None = None, schema: pa.Schema = PAIRS) -> pa.Table:
+def load_pairs(location: Path, split: str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
     """Pairs with absolute image paths, from a set version folder or from one Parquet file
-    (whose relative image paths are taken relative to the file's folder). ``schema`` names the
+    (whose relative image paths are taken relative to the file's folder). ``columns`` names the
     columns the caller needs (a hand-made Parquet file may hold only those)."""
     if location.is_dir():
-        files = sorted((location / PAIRS_DIR).glob(f"{split or '*'}-*.parquet"))
+        files = sorted(location.glob(PAIRS.file.format(split=split or "*")))
         base = location
     else:
         files, base = [location], location.parent
     if not files:
         raise FileNotFoundError(f"{location}: no pairs{' for split ' + split if split else ''}")
-    data = pa.concat_tables([read_parquet(f, schema) for f in files])
+    data = pa.concat_tables([read_file(f, PAIRS, columns) for f in files])
     if split is not None:
         data = data.filter(pc.equal(data["split"], split))
     for column in ("chosen_image", "rejected_image"):

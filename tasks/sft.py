@@ -1,11 +1,4 @@
-"""Stage sft: supervised fine-tuning (TRL's SFTTrainer) of a small LLaVA on ground-truth answers.
-
-DPO refines a model that already answers the task; this stage makes one from a checkpoint
-(or from the tiny random-weight LLaVA of models/tiny.py) by training the chosen parts -
-vision tower, projector, language model - on a split's (image, question, answer) samples.
-The artifact is a complete checkpoint (``model/``: weights, tokenizer, processor) that the
-train stage takes as ``train.model`` and evaluation as its base model.
-"""
+"""Stage sft: supervised fine-tuning (TRL's SFTTrainer) on ground-truth answers, before DPO."""
 
 from __future__ import annotations
 
@@ -15,18 +8,31 @@ from typing import Any
 
 from prefect import task
 
-from tasks import schemas, ui
+from tasks import catalog, counters, ui
+from tasks.catalog import SAMPLES
 from tasks.config import SFTConfig
+from tasks.counters import Counters
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, stage_task_options
 
 STAGE = "sft"
-CODE = code_version(__name__, "models.sft", "models.vlm", "models.tiny")
+CODE = code_version(__name__, "models.sft", "models.progress", "models.vlm", "models.tiny")
 MODEL = "model"
 
 
-def sft(store: ArtifactStore, config: SFTConfig, ingest: Keyed, model: Keyed | None = None) -> Manifest:
-    """``model`` fingerprints ``config.model`` when one is given (evaluate.model_snapshot), so
-    new weights at the same path retrain."""
+def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest, model: Keyed | None = None) -> Manifest:
+    """A model that already answers the task, for DPO to refine.
+
+    Trains the chosen parts of a checkpoint (``config.model``; unset, the tiny random-weight
+    LLaVA of models/tiny.py) - vision tower, projector, language model - on a split's (image,
+    question, answer) samples. A run config with an ``sft:`` section makes ``pipeline`` run
+    this before ``train``, whose base model it then is.
+
+    Inputs: ``ingest`` (SAMPLES); ``model`` fingerprints ``config.model`` when one is given,
+    so new weights at the same path retrain. Output: ``model/`` (a complete checkpoint:
+    weights, tokenizer, processor), ``metrics.json``. Counters: ``samples.seen``,
+    ``samples.trained``, ``samples.skipped.<reason>``, ``train.steps``, ``train.loss``,
+    ``train.final_loss``, ``parameters.trainable``.
+    """
     inputs: dict[str, Keyed] = {"ingest": ingest}
     if model is not None:
         inputs["model"] = model
@@ -39,7 +45,9 @@ def model_dir(manifest: Manifest) -> Path:
 
 
 def select_samples(samples: list[dict[str, Any]], config: SFTConfig) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    counts: dict[str, float] = {"samples": len(samples)}
+    counts = Counters()
+    counts.add("samples", "seen", n=len(samples))
+    counts.add("samples", "trained", n=0)
     kept = []
     for sample in samples:
         if sample["split"] not in config.splits:
@@ -50,17 +58,16 @@ def select_samples(samples: list[dict[str, Any]], config: SFTConfig) -> tuple[li
             reason = "missing_image"
         else:
             kept.append(sample)
+            counts.add("samples", "trained")
             continue
-        counts[f"skipped_{reason}"] = counts.get(f"skipped_{reason}", 0) + 1
-    counts["trained"] = len(kept)
-    return kept, counts
+        counts.add("samples", "skipped", reason)
+    return kept, counts.as_dict()
 
 
-def build_sft(out: Path, config: SFTConfig, ingest: Keyed) -> dict[str, float]:
+def build_sft(out: Path, config: SFTConfig, ingest: Manifest) -> dict[str, float]:
     from models.sft import fit_sft
 
-    assert isinstance(ingest, Manifest), "sft reads the ingest artifact's samples"
-    samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
+    samples = catalog.rows(ingest, SAMPLES)
     kept, counts = select_samples(samples, config)
     if not kept:
         raise ValueError(f"sft: no sample to train on ({counts})")
@@ -78,5 +85,5 @@ def build_sft(out: Path, config: SFTConfig, ingest: Keyed) -> dict[str, float]:
 def sft_task(store_root: str, config: SFTConfig, ingest: Manifest, model: Keyed | None = None) -> Manifest:
     manifest = sft(ArtifactStore(store_root), config, ingest, model)
     ui.manifest_markdown(manifest)
-    ui.table(f"{STAGE}-counts", ui.counts_rows(manifest.counts), "sft: samples used and final metrics")
+    ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "sft: samples used and final metrics")
     return manifest

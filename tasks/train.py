@@ -1,12 +1,4 @@
-"""Stage train: weighted DPO with LoRA on a preference set; the adapter is the artifact.
-
-``train`` is the stage (store-keyed on the config and the preference set's key);
-``fit`` does the work and is also what each process runs under ``accelerate launch``
-(``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3 training.
-Checkpoints live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes
-(``resume=True``) from its last checkpoint; the published artifact holds the adapter,
-the log history and the counters.
-"""
+"""Stage train: weighted DPO with LoRA on a preference set; the adapter is the artifact."""
 
 from __future__ import annotations
 
@@ -21,25 +13,53 @@ from typing import Any
 
 from prefect import task
 
-from tasks import schemas, ui
+from tasks import counters, ui
+from tasks.catalog import TRAIN_COLUMNS
 from tasks.config import TrainConfig
+from tasks.counters import Counters
 from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, stage_key, stage_task_options
 
 STAGE = "train"
-CODE = code_version(__name__, "models.dpo", "models.vlm", "models.tiny", "tasks.sets")
+CODE = code_version(__name__, "models.dpo", "models.progress", "models.vlm", "models.tiny", "tasks.sets")
 ADAPTER = "adapter"
-PROJECTOR = "multi_modal_projector"  # LLaVA's vision -> text projector module
 
 
-def train(store: ArtifactStore, config: TrainConfig, assemble: Keyed, preferences: Path, resume: bool = False) -> Manifest:
-    """``assemble`` identifies the preference set (its manifest, or a snapshot of a Parquet file)."""
-    checkpoints = checkpoint_dir(store, config, assemble)
-    return store.run(STAGE, CODE, config, {"assemble": assemble}, lambda out: build_adapter(out, config, preferences, checkpoints, resume))
+def train(
+    store: ArtifactStore,
+    config: TrainConfig,
+    assemble: Keyed,
+    preferences: Path,
+    resume: bool = False,
+    model: Keyed | None = None,
+) -> Manifest:
+    """Weighted DPO with LoRA on a preference set; the adapter is the artifact.
+
+    ``assemble`` identifies the preference set (its manifest, or a snapshot of a Parquet file)
+    found at ``preferences``; ``model``, when given, identifies ``config.model`` (e.g. the sft
+    artifact it lies in). ``fit`` does the work, and is also what each process runs under
+    ``accelerate launch`` (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3
+    training. Checkpoints live under ``<store>/train/.checkpoints/<key>/`` so a killed run
+    resumes (``resume=True``) from its last checkpoint.
+
+    Output: ``adapter/`` (peft), ``metrics.json``, ``log_history.json``, ``base_model.txt``
+    (and ``tiny-model/`` when no model is configured). Counters: ``pairs.in_set``,
+    ``pairs.trained.<text|visual>``, ``pairs.skipped.<reason>``, ``train.steps``,
+    ``train.loss``, ``train.resumed``, ``train.last.<logged metric>``.
+    """
+    inputs = train_inputs(assemble, model)
+    checkpoints = checkpoint_dir(store, config, inputs)
+    return store.run(
+        STAGE, CODE, config, inputs, lambda out: build_adapter(out, config, preferences, checkpoints, resume)
+    )
 
 
-def checkpoint_dir(store: ArtifactStore, config: TrainConfig, assemble: Keyed) -> Path:
-    return store.root / STAGE / ".checkpoints" / stage_key(STAGE, CODE, config, {"assemble": assemble})
+def train_inputs(assemble: Keyed, model: Keyed | None) -> dict[str, Keyed]:
+    return {"assemble": assemble} if model is None else {"assemble": assemble, "model": model}
+
+
+def checkpoint_dir(store: ArtifactStore, config: TrainConfig, inputs: dict[str, Keyed]) -> Path:
+    return store.root / STAGE / ".checkpoints" / stage_key(STAGE, CODE, config, inputs)
 
 
 def preference_snapshot(path: Path) -> SourceSnapshot:
@@ -49,18 +69,19 @@ def preference_snapshot(path: Path) -> SourceSnapshot:
 
 def select_pairs(preferences: Path, config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The rows trained on, and counters for every row left out and why."""
-    rows = load_pairs(preferences, schema=schemas.TRAIN_PAIRS).to_pylist()
-    counts: dict[str, float] = {"pairs_in_set": len(rows)}
+    rows = load_pairs(preferences, columns=TRAIN_COLUMNS).to_pylist()
+    counts = Counters()
+    counts.add("pairs", "in_set", n=len(rows))
+    counts.add("pairs", "trained", n=0)
     kept = []
     for row in rows:
         reason = pair_problem(row, config)
         if reason:
-            counts[f"skipped_{reason}"] = counts.get(f"skipped_{reason}", 0) + 1
+            counts.add("pairs", "skipped", reason)
             continue
         kept.append(row)
-        counts[f"pairs_{row['pair_type']}"] = counts.get(f"pairs_{row['pair_type']}", 0) + 1
-    counts["pairs_trained"] = len(kept)
-    return kept, counts
+        counts.add("pairs", "trained", row["pair_type"])
+    return kept, counts.as_dict()
 
 
 def pair_problem(row: dict[str, Any], config: TrainConfig) -> str | None:
@@ -79,14 +100,22 @@ def pair_problem(row: dict[str, Any], config: TrainConfig) -> str | None:
     return None
 
 
-def build_adapter(out: Path, config: TrainConfig, preferences: Path, checkpoints: Path, resume: bool) -> dict[str, float]:
+def build_adapter(
+    out: Path, config: TrainConfig, preferences: Path, checkpoints: Path, resume: bool
+) -> dict[str, float]:
     pairs, counts = select_pairs(preferences, config)
     if not pairs:
         raise ValueError(f"{preferences}: no pair left to train on ({counts})")
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    job = {"config": config.model_dump(mode="json"), "pairs": pairs, "out": str(out), "checkpoints": str(checkpoints), "resume": resume}
+    job = {
+        "config": config.model_dump(mode="json"),
+        "pairs": pairs,
+        "out": str(out),
+        "checkpoints": str(checkpoints),
+        "resume": resume,
+    }
     if config.accelerate_config is None:
         metrics = fit(**job)
     else:
@@ -106,100 +135,52 @@ def launch(job: dict[str, Any], config: TrainConfig, checkpoints: Path) -> dict[
     return json.loads((Path(job["out"]) / "metrics.json").read_text())
 
 
-def fit(config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoints: str, resume: bool) -> dict[str, float]:
+def fit(
+    config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoints: str, resume: bool
+) -> dict[str, float]:
     """Train the adapter and write it, with its metrics and log history, under ``out``."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import DPOConfig
 
     from models import vlm
-    from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
+    from models.dpo import dpo_arguments, make_trainer
     from models.tiny import build_tiny_llava
 
     settings = TrainConfig.model_validate(config)
     on_gpu = torch.cuda.is_available()
-    # The arguments come first: under DeepSpeed ZeRO-3 they make from_pretrained shard while loading.
-    args = DPOConfig(
-        output_dir=checkpoints,
-        beta=settings.beta,
-        loss_type=settings.loss_type,
-        loss_weights=settings.loss_weights,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
-        lr_scheduler_type=settings.scheduler,
-        max_length=settings.max_length,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
-        logging_steps=settings.logging_steps,
-        seed=settings.seed,
-        remove_unused_columns=False,  # the collator needs the image paths, weights and pair kinds
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = dpo_arguments(settings, checkpoints)
     model_path = settings.model
     if model_path is None:
         # Inside the artifact, so the adapter ships with the base model it was trained on.
-        model_path = build_tiny_llava(Path(out) / "tiny-model", seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
+        model_path = build_tiny_llava(
+            Path(out) / "tiny-model", seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs]
+        )
     policy = vlm.load(model_path, device="cpu" if not on_gpu else None, move=False)
     reference = vlm.load(settings.ref_model, move=False).model if settings.ref_model is not None else None
-    dataset = Dataset.from_list(
-        [
-            preference_example(p["prompt"], p["chosen"], p["rejected"], p["chosen_image"], p["rejected_image"], p["weight"], p["pair_type"])
-            for p in pairs
-        ]
-    )
-    peft = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target,
-        # A fully trained copy of the projector is saved with the adapter.
-        modules_to_save=[PROJECTOR] if settings.projector_lr is not None else None,
-    )
-    trainer = WeightedDPOTrainer(
-        model=policy.model,
-        ref_model=reference,
-        args=args,
-        train_dataset=dataset,
-        processing_class=policy.processor,
-        data_collator=ImagePairCollator(policy.processor, max_length=settings.max_length),
-        peft_config=peft,
-        anchor_coef=settings.anchor_coef,
-        anchor_margin=settings.anchor_margin,
-        projector_lr=settings.projector_lr,
-        projector_module=PROJECTOR,
-    )
+    trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs)
     start = last_complete_checkpoint(Path(checkpoints)) if resume else None
     result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
-    metrics = {
-        "steps": float(trainer.state.global_step),
-        "train_loss": float(result.training_loss),
-        "resumed": float(start is not None),
-    }
-    last = {}
+    metrics = Counters()
+    metrics.set("train", "steps", value=trainer.state.global_step)
+    metrics.set("train", "loss", value=result.training_loss)
+    metrics.set("train", "resumed", value=start is not None)
+    last: dict[str, float] = {}
     for entry in trainer.state.log_history:
         last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
-    metrics.update({f"last/{k}": float(v) for k, v in last.items() if "/" in k or k == "loss"})
+    for key, value in last.items():
+        if "/" in key or key == "loss":
+            metrics.set("train", "last", key, value)
     if trainer.accelerator.is_main_process:
         out_dir = Path(out)
         trainer.model.save_pretrained(out_dir / ADAPTER)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        (out_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=1, sort_keys=True))
         # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing.
         base = Path(model_path).resolve()
-        (out_dir / "base_model.txt").write_text(f"{base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base}\n")
+        (out_dir / "base_model.txt").write_text(
+            f"{base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base}\n"
+        )
     trainer.accelerator.wait_for_everyone()
-    return metrics
+    return metrics.as_dict()
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -224,10 +205,17 @@ def _checkpoint_step(path: Path) -> int:
 
 
 @task(**stage_task_options(STAGE, CODE, tags=["gpu"]))
-def train_task(store_root: str, config: TrainConfig, assemble: Keyed, preferences: str, resume: bool = False) -> Manifest:
-    manifest = train(ArtifactStore(store_root), config, assemble, Path(preferences), resume)
+def train_task(
+    store_root: str,
+    config: TrainConfig,
+    assemble: Keyed,
+    preferences: str,
+    resume: bool = False,
+    model: Keyed | None = None,
+) -> Manifest:
+    manifest = train(ArtifactStore(store_root), config, assemble, Path(preferences), resume, model)
     ui.manifest_markdown(manifest)
-    ui.table(f"{STAGE}-counts", ui.counts_rows(manifest.counts), "train: pairs used, skipped and final metrics")
+    ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "train: pairs used, skipped and final metrics")
     return manifest
 
 

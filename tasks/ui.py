@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prefect.artifacts import (
     create_image_artifact,
@@ -30,7 +31,9 @@ def artifact_key(*parts: str) -> str:
 
 
 def table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
-    create_table_artifact(key=artifact_key(key), table=[dict(r) for r in rows[:MAX_TABLE_ROWS]], description=description)
+    create_table_artifact(
+        key=artifact_key(key), table=[dict(r) for r in rows[:MAX_TABLE_ROWS]], description=description
+    )
 
 
 def markdown(key: str, text: str, description: str) -> None:
@@ -69,16 +72,13 @@ class Progress:
     def __init__(self, stage: str, total: int):
         self.total = max(total, 1)
         self.done = 0
-        self.id = create_progress_artifact(progress=0.0, key=artifact_key(stage, "progress"), description=f"{stage} progress")
+        self.id = create_progress_artifact(
+            progress=0.0, key=artifact_key(stage, "progress"), description=f"{stage} progress"
+        )
 
     def advance(self, items: int = 1) -> None:
         self.done += items
         update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
-
-
-def counts_rows(counts: Mapping[str, float], group: str = "counter") -> list[dict[str, Any]]:
-    return [{group: name, "value": value} for name, value in sorted(counts.items())]
-
 
 
 def display_rgb(pixels: Any) -> Any:

@@ -12,15 +12,19 @@ import numpy as np
 import pytest
 
 from flows.cli import main
+from tasks.catalog import REJECTS, SAMPLES, read_file
 from tasks.imaging import ImageError, dicom_to_png, load_array
-from tasks.schemas import REJECTS, SAMPLES, read_parquet
 from tasks.store import fingerprint_tree
 from tests.support.bad_inputs import CORPUS, bad_corpus, expected_outcomes, kept_ids
 
 
 def ingest_cli(root: Path, out: Path, *extra: str) -> tuple[int, list[dict], list[dict]]:
     code = main(["ingest", "--format", "jsonl", "--root", str(root), "--out", str(out), "--name", "bad", *extra])
-    return code, read_parquet(out, SAMPLES).to_pylist(), read_parquet(out.with_suffix(".rejects.parquet"), REJECTS).to_pylist()
+    return (
+        code,
+        read_file(out, SAMPLES).to_pylist(),
+        read_file(out.with_suffix(".rejects.parquet"), REJECTS).to_pylist(),
+    )
 
 
 def test_every_bad_row_is_a_reject_with_its_reason(tmp_path, capsys):
@@ -29,13 +33,15 @@ def test_every_bad_row_is_a_reject_with_its_reason(tmp_path, capsys):
 
     assert code == 0
     expected = expected_outcomes()
-    assert {r["source_ref"]: r["reason"] for r in rejects} == {ref: why for ref, why in expected.items() if why != "kept"}
+    assert {r["source_ref"]: r["reason"] for r in rejects} == {
+        ref: why for ref, why in expected.items() if why != "kept"
+    }
     assert sorted(s["source_ref"] for s in samples) == sorted(ref for ref, why in expected.items() if why == "kept")
     assert {s["sample_id"] for s in samples} == {f"bad:train:{i}" for i in kept_ids()}
     # Every reject says which line and what was wrong with it.
     assert all(r["detail"].startswith(r["source_ref"]) or str(root) in r["detail"] for r in rejects)
     printed = capsys.readouterr().out
-    assert "bad.rejected.path_outside_root: 5" in printed and "bad.rejected.not_utf8: 1" in printed
+    assert "samples.rejected.path_outside_root: 5" in printed and "samples.rejected.not_utf8: 1" in printed
 
 
 def test_nothing_outside_the_root_is_used(tmp_path):
@@ -61,7 +67,10 @@ def test_16_bit_png_and_cmyk_jpeg_are_valid_inputs(tmp_path):
 
 @pytest.mark.parametrize(
     ("folder", "message"),
-    [("slake_not_utf8", r"train\.json: annotation file is not UTF-8"), ("slake_wrong_shape", r"train\.json: expected a list of QA records")],
+    [
+        ("slake_not_utf8", r"train\.json: annotation file is not UTF-8"),
+        ("slake_wrong_shape", r"train\.json: expected a list of QA records"),
+    ],
 )
 def test_an_unreadable_annotation_file_is_a_clear_error(tmp_path, capsys, folder, message):
     code = main(["ingest", "--format", "slake", "--root", str(CORPUS / folder), "--out", str(tmp_path / "out.parquet")])
@@ -73,7 +82,9 @@ def test_an_unreadable_annotation_file_is_a_clear_error(tmp_path, capsys, folder
 
 
 def test_a_missing_root_is_a_clear_error(tmp_path, capsys):
-    code = main(["ingest", "--format", "jsonl", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out.parquet")])
+    code = main(
+        ["ingest", "--format", "jsonl", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out.parquet")]
+    )
     assert code == 2 and "data root does not exist" in capsys.readouterr().err
 
 
@@ -96,7 +107,9 @@ def test_one_bad_line_costs_only_that_line(tmp_path):
     root.mkdir()
     (root / "a.png").write_bytes((CORPUS / "good.png").read_bytes())
     good = json.dumps({"id": "1", "image": "a.png", "question": "Is it normal?", "answer": "yes"}).encode()
-    (root / "x.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\n\xff\xfe garbage\n" + good.replace(b'"1"', b'"2"') + b"\r\n")
+    (root / "x.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + good + b"\n\xff\xfe garbage\n" + good.replace(b'"1"', b'"2"') + b"\r\n"
+    )
     code, samples, rejects = ingest_cli(root, tmp_path / "out.parquet")
     assert code == 0
     assert sorted(s["sample_id"] for s in samples) == ["bad:train:1", "bad:train:2"]

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tasks.catalog import REJECTS, SAMPLES, read_file
 from tasks.config import IngestConfig, SourceConfig
 from tasks.ingest import build_samples, ingest_to_file
 from tasks.ingest.records import IngestError
-from tasks.schemas import REJECTS, SAMPLES, read_parquet
 
 
 def png(path: Path, size=(40, 30), value=100, mode="L") -> Path:
@@ -27,7 +27,9 @@ def png(path: Path, size=(40, 30), value=100, mode="L") -> Path:
 
 def jpeg_bytes(size=(32, 32)) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()
 
 
@@ -35,8 +37,8 @@ def run(tmp_path: Path, fmt: str, root: Path, **kwargs) -> tuple[list[dict], lis
     source = SourceConfig(format=fmt, root=root, **kwargs)
     out = tmp_path / "out.parquet"
     counts = ingest_to_file(source, IngestConfig(sources=[source]), out)
-    samples = read_parquet(out, SAMPLES).to_pylist()
-    rejects = read_parquet(out.with_suffix(".rejects.parquet"), REJECTS).to_pylist()
+    samples = read_file(out, SAMPLES).to_pylist()
+    rejects = read_file(out.with_suffix(".rejects.parquet"), REJECTS).to_pylist()
     return samples, rejects, counts
 
 
@@ -50,19 +52,87 @@ def reasons(rejects: list[dict]) -> dict[str, str]:
 def make_slake(root: Path) -> None:
     png(root / "imgs/xmlab1/source.jpg", (100, 80))  # SLAKE names PNG-decodable files .jpg too
     png(root / "imgs/xmlab1/mask.png", (100, 80), 0)
-    (root / "imgs/xmlab1/detection.json").write_text(json.dumps([{"Brain Edema": [10.0, 20.0, 30.0, 40.0]}, {"Liver": [90, 70, 50, 50]}]))
+    (root / "imgs/xmlab1/detection.json").write_text(
+        json.dumps([{"Brain Edema": [10.0, 20.0, 30.0, 40.0]}, {"Liver": [90, 70, 50, 50]}])
+    )
     png(root / "imgs/xmlab2/source.jpg", (64, 64))  # no detection.json, no mask
-    base = {"img_id": 1, "location": "Abdomen", "modality": "MRI", "base_type": "vqa", "content_type": "Modality", "triple": ["vhead", "_", "_"]}
+    base = {
+        "img_id": 1,
+        "location": "Abdomen",
+        "modality": "MRI",
+        "base_type": "vqa",
+        "content_type": "Modality",
+        "triple": ["vhead", "_", "_"],
+    }
     train = [
-        {**base, "qid": 0, "img_name": "xmlab1/source.jpg", "question": "What modality is used?", "answer": "MRI", "q_lang": "en", "answer_type": "OPEN"},
-        {**base, "qid": 1, "img_name": "xmlab1/source.jpg", "question": "这是什么成像方式?", "answer": "核磁共振", "q_lang": "zh", "answer_type": "OPEN"},
-        {**base, "qid": 2, "img_id": 2, "img_name": "xmlab2/source.jpg", "question": "Is this a CT?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED"},
-        {**base, "qid": 3, "img_name": "xmlab9/source.jpg", "question": "Where?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN"},
-        {**base, "qid": 0, "img_name": "xmlab2/source.jpg", "question": "Duplicate id?", "answer": "yes", "q_lang": "en", "answer_type": "CLOSED"},
-        {**base, "qid": 5, "img_name": "xmlab2/source.jpg", "question": "", "answer": "yes", "q_lang": "en", "answer_type": "CLOSED"},
+        {
+            **base,
+            "qid": 0,
+            "img_name": "xmlab1/source.jpg",
+            "question": "What modality is used?",
+            "answer": "MRI",
+            "q_lang": "en",
+            "answer_type": "OPEN",
+        },
+        {
+            **base,
+            "qid": 1,
+            "img_name": "xmlab1/source.jpg",
+            "question": "这是什么成像方式?",
+            "answer": "核磁共振",
+            "q_lang": "zh",
+            "answer_type": "OPEN",
+        },
+        {
+            **base,
+            "qid": 2,
+            "img_id": 2,
+            "img_name": "xmlab2/source.jpg",
+            "question": "Is this a CT?",
+            "answer": "No",
+            "q_lang": "en",
+            "answer_type": "CLOSED",
+        },
+        {
+            **base,
+            "qid": 3,
+            "img_name": "xmlab9/source.jpg",
+            "question": "Where?",
+            "answer": "Liver",
+            "q_lang": "en",
+            "answer_type": "OPEN",
+        },
+        {
+            **base,
+            "qid": 0,
+            "img_name": "xmlab2/source.jpg",
+            "question": "Duplicate id?",
+            "answer": "yes",
+            "q_lang": "en",
+            "answer_type": "CLOSED",
+        },
+        {
+            **base,
+            "qid": 5,
+            "img_name": "xmlab2/source.jpg",
+            "question": "",
+            "answer": "yes",
+            "q_lang": "en",
+            "answer_type": "CLOSED",
+        },
     ]
     (root / "train.json").write_text(json.dumps(train, ensure_ascii=False))
-    test = [{**base, "qid": 100, "img_name": "xmlab2/source.jpg", "question": "Is there a lesion?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED"}]
+    test = [
+        {
+            **base,
+            "qid": 100,
+            "img_name": "xmlab2/source.jpg",
+            "question": "Is there a lesion?",
+            "answer": "Yes",
+            "q_lang": "en",
+            "answer_type": "CLOSED",
+        }
+    ]
     (root / "test.json").write_text(json.dumps(test))
 
 
@@ -86,7 +156,7 @@ def test_slake_layout(tmp_path):
         "train.json#4": "duplicate_id",
         "train.json#5": "empty_question",
     }
-    assert counts["kept"] == 3 and counts["slake.rejected.language_not_kept"] == 1
+    assert counts["samples.kept"] == 3 and counts["samples[slake].rejected.language_not_kept"] == 1
 
 
 def test_slake_split_filter_and_chinese_kept_when_asked(tmp_path):
@@ -94,7 +164,7 @@ def test_slake_split_filter_and_chinese_kept_when_asked(tmp_path):
     make_slake(root)
     samples, rejects, counts = run(tmp_path, "slake", root, splits=["train"])
     assert {s["split"] for s in samples} == {"train"}
-    assert counts["slake.skipped_split"] == 1
+    assert counts["samples[slake].skipped.split"] == 1
     source = SourceConfig(format="slake", root=root)
     out = tmp_path / "zh.parquet"
     ingest_to_file(source, IngestConfig(sources=[source], languages=["en", "zh"]), out)
@@ -105,7 +175,7 @@ def test_slake_split_filter_and_chinese_kept_when_asked(tmp_path):
 def test_slake_unreadable_annotation_names_the_file(tmp_path):
     root = tmp_path / "Slake1.0"
     root.mkdir()
-    (root / "train.json").write_bytes(b"[{\"qid\": 0,")
+    (root / "train.json").write_bytes(b'[{"qid": 0,')
     with pytest.raises(IngestError, match="train.json"):
         run(tmp_path, "slake", root)
 
@@ -125,12 +195,42 @@ def test_vqa_rad_numeric_answers_whitespace_types_and_split(tmp_path):
     root = tmp_path / "VQA_RAD"
     png(root / "VQA_RAD Image Folder/synpic1.jpg")
     records = [
-        {"qid": "0", "image_name": "synpic1.jpg", "image_organ": "HEAD", "question": "How many lesions?", "answer": 2,
-         "answer_type": " open ", "question_type": "COUNT", "phrase_type": "freeform"},
-        {"qid": "1", "image_name": "synpic1.jpg", "image_organ": "HEAD", "question": "Is there a lesion?", "answer": "Yes",
-         "answer_type": "closed", "question_type": "PRES", "phrase_type": "test_para"},
-        {"qid": 2, "image_name": "synpic1.jpg", "question": "Size?", "answer": 2.5, "answer_type": "OPEN", "phrase_type": "para"},
-        {"qid": "3", "image_name": "synpic1.jpg", "question": "Bad?", "answer": ["a"], "answer_type": "OPEN", "phrase_type": "para"},
+        {
+            "qid": "0",
+            "image_name": "synpic1.jpg",
+            "image_organ": "HEAD",
+            "question": "How many lesions?",
+            "answer": 2,
+            "answer_type": " open ",
+            "question_type": "COUNT",
+            "phrase_type": "freeform",
+        },
+        {
+            "qid": "1",
+            "image_name": "synpic1.jpg",
+            "image_organ": "HEAD",
+            "question": "Is there a lesion?",
+            "answer": "Yes",
+            "answer_type": "closed",
+            "question_type": "PRES",
+            "phrase_type": "test_para",
+        },
+        {
+            "qid": 2,
+            "image_name": "synpic1.jpg",
+            "question": "Size?",
+            "answer": 2.5,
+            "answer_type": "OPEN",
+            "phrase_type": "para",
+        },
+        {
+            "qid": "3",
+            "image_name": "synpic1.jpg",
+            "question": "Bad?",
+            "answer": ["a"],
+            "answer_type": "OPEN",
+            "phrase_type": "para",
+        },
     ]
     (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(records))
     samples, rejects, _ = run(tmp_path, "vqa-rad", root)
@@ -153,8 +253,15 @@ def test_r2gen_multi_view_studies_and_empty_reports(tmp_path):
     (root / "images/CXR3").mkdir(parents=True)
     (root / "images/CXR3/0.png").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     annotation = {
-        "train": [{"id": "CXR1", "report": "The heart is normal in size.", "image_path": ["CXR1/0.png", "CXR1/1.png"], "split": "train"},
-                  {"id": "CXR2", "report": "", "image_path": ["CXR2/0.png"], "split": "train"}],
+        "train": [
+            {
+                "id": "CXR1",
+                "report": "The heart is normal in size.",
+                "image_path": ["CXR1/0.png", "CXR1/1.png"],
+                "split": "train",
+            },
+            {"id": "CXR2", "report": "", "image_path": ["CXR2/0.png"], "split": "train"},
+        ],
         "val": [],
         "test": [{"id": "CXR3", "report": "No acute disease.", "image_path": ["CXR3/0.png"], "split": "test"}],
     }
@@ -198,7 +305,14 @@ def test_jsonl_dicom_boxes_and_hostile_paths(tmp_path):
     (tmp_path / "secret.png").write_bytes(Image.new("L", (50, 50)).tobytes())
     (root / "link.png").symlink_to(tmp_path / "secret.png")
     lines = [
-        {"id": "a", "image": "cxr.dcm", "question": "Any mass?", "answer": True, "task": "vqa", "boxes": [[1, 2, 30, 40]]},
+        {
+            "id": "a",
+            "image": "cxr.dcm",
+            "question": "Any mass?",
+            "answer": True,
+            "task": "vqa",
+            "boxes": [[1, 2, 30, 40]],
+        },
         {"id": "b", "image": "../secret.png", "question": "Q?", "answer": "x"},
         {"id": "c", "image": "link.png", "question": "Q?", "answer": "x"},
         {"id": "d", "image": "ok.png", "question": "Describe.", "answer": "Normal.", "task": "report", "split": "test"},
@@ -230,7 +344,9 @@ def test_dicom_png_carries_no_identifiers(tmp_path):
     root.mkdir()
     source = Path(get_testdata_file("CT_small.dcm", download=False))
     shutil.copyfile(source, root / "ct.dcm")
-    (root / "x.jsonl").write_text(json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n")
+    (root / "x.jsonl").write_text(
+        json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n"
+    )
     samples, _, _ = run(tmp_path, "jsonl", root)
     import pydicom
 
@@ -245,7 +361,7 @@ def test_build_samples_catches_duplicates_across_sources(tmp_path):
     (root / "one.jsonl").write_text(json.dumps({"id": "1", "image": "a.png", "question": "Q?", "answer": "A"}) + "\n")
     source = SourceConfig(format="jsonl", root=root / "one.jsonl", name="same")
     counts = build_samples(tmp_path / "art", IngestConfig(sources=[source, source]), tmp_path / "art")
-    assert counts["kept"] == 1 and counts["same.rejected.duplicate_id"] == 1
+    assert counts["samples.kept"] == 1 and counts["samples[same].rejected.duplicate_id"] == 1
     rejects = pq.read_table(tmp_path / "art/rejects.parquet").to_pylist()
     assert rejects[0]["reason"] == "duplicate_id" and rejects[0]["sample_id"] == "same:train:1"
 
@@ -259,8 +375,10 @@ def test_rendered_images_are_recorded_where_the_published_artifact_keeps_them(tm
     root = tmp_path / "d"
     root.mkdir()
     shutil.copyfile(get_testdata_file("CT_small.dcm", download=False), root / "ct.dcm")
-    (root / "x.jsonl").write_text(json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n")
+    (root / "x.jsonl").write_text(
+        json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n"
+    )
     config = IngestConfig(sources=[SourceConfig(format="jsonl", root=root)])
     manifest = ingest(ArtifactStore(tmp_path / "store"), config, snapshot_sources(config))
-    path = Path(read_parquet(manifest.file("samples.parquet"), SAMPLES)["image_path"][0].as_py())
+    path = Path(read_file(manifest.file("samples.parquet"), SAMPLES)["image_path"][0].as_py())
     assert path.is_file() and path.is_relative_to(Path(manifest.path))

@@ -84,9 +84,17 @@ def test_operational_fields_are_echoed_but_never_change_a_key(tmp_path):
     assert store.run("noise", "c", NoiseConfig(k=300), {}, writer(calls)).key != two.key
     # Endpoint tuning and the name of the key variable are operational; which model answers is not.
     base = HallucinateConfig(backend="llm", llm=EndpointConfig(model="m"))
-    tuned = HallucinateConfig(backend="llm", llm=EndpointConfig(model="m", max_concurrency=2, timeout_s=5, api_key_env="K"), cache_dir=tmp_path)
+    tuned = HallucinateConfig(
+        backend="llm",
+        llm=EndpointConfig(model="m", max_concurrency=2, timeout_s=5, api_key_env="K"),
+        cache_dir=tmp_path,
+    )
     other = HallucinateConfig(backend="llm", llm=EndpointConfig(model="other"))
-    assert stage_key("hallucinate", "c", tuned, {}) == stage_key("hallucinate", "c", base, {}) != stage_key("hallucinate", "c", other, {})
+    assert (
+        stage_key("hallucinate", "c", tuned, {})
+        == stage_key("hallucinate", "c", base, {})
+        != stage_key("hallucinate", "c", other, {})
+    )
 
 
 def test_sweep_removes_only_what_dead_processes_left(tmp_path):
@@ -95,9 +103,11 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path):
     import subprocess
     import sys
 
-    from tasks.store import OWNER, sweep_abandoned
+    from tasks.store.files import OWNER, sweep_abandoned
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = socket.gethostname()
     left = tmp_path / f".tmp-abc-{host}-{dead}-x1"
     mine = tmp_path / f".tmp-abc-{OWNER}-x2"
@@ -107,3 +117,25 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path):
     sweep_abandoned(tmp_path)
     assert not left.exists() and mine.exists() and remote.exists()
     assert str(os.getpid()) in OWNER
+
+
+def test_prefect_cache_key_names_the_store_and_the_artifacts_generation(tmp_path):
+    import shutil
+
+    from tasks.store import StageCachePolicy
+
+    policy = StageCachePolicy("stage", "c1")
+    one, two = ArtifactStore(tmp_path / "one"), ArtifactStore(tmp_path / "two")
+
+    def key(store: ArtifactStore) -> str:
+        return policy.compute_key(None, {"store_root": str(store.root), "config": Options()}, {})
+
+    first = key(one)
+    assert first != key(two)  # equal definitions, different stores: never each other's artifact
+    built = one.run("stage", "c1", Options(), {}, lambda out: {"rows": 1})
+    assert key(one) == first  # built under that key: Prefect's record for it is the one to reuse
+    shutil.rmtree(built.path)
+    after = key(one)
+    assert after != first  # deleted: a record made before cannot hand out its manifest
+    one.run("stage", "c1", Options(), {}, lambda out: {"rows": 1})
+    assert key(one) == after

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks.config import StageConfig
-from tasks.store import SHARDS, ArtifactStore, InlineShards, SourceSnapshot, by_content, item_folder
+from tasks.store import SHARDS, ArtifactStore, SourceSnapshot, by_content
+from tasks.store.items import InlineShards, item_folder
 
 
 class Options(StageConfig):
@@ -27,7 +28,9 @@ def doubler(calls: list):
     return compute
 
 
-def build(store: ArtifactStore, records: list[dict], version: str, calls: list, options: Options = Options()):
+def build(store: ArtifactStore, records: list[dict], version: str, calls: list, options: Options | None = None):
+    options = options or Options()
+
     def run(out: Path) -> dict:
         items = store.items("double", "c1", options)
         rows = items.build(out, [items.item(by_content(r, ("id", "x")), r) for r in records], doubler(calls))
@@ -96,5 +99,8 @@ def test_rows_do_not_depend_on_the_shard_size(tmp_path, shard_size):
         manifest = build(store, [{"id": f"r{i}", "x": i} for i in range(7)], "v1", [])
     finally:
         SHARDS.reset(token)
-    assert manifest.key == build(ArtifactStore(tmp_path / "other"), [{"id": f"r{i}", "x": i} for i in range(7)], "v1", []).key
+    assert (
+        manifest.key
+        == build(ArtifactStore(tmp_path / "other"), [{"id": f"r{i}", "x": i} for i in range(7)], "v1", []).key
+    )
     assert [manifest.file(f"out/r{i}.txt").read_text() for i in range(7)] == [str(2 * i) for i in range(7)]

@@ -1,21 +1,17 @@
-"""Stage `ingest`: data sets in their distributed formats -> one SAMPLES table + rejects.
-
-Output artifact files: ``samples.parquet``, ``rejects.parquet``, ``images/`` (PNGs made
-from DICOM and from images embedded in Parquet). Counters: ``kept``, ``rejected``,
-``<dataset>.kept``, ``<dataset>.rejected.<reason>``, ``<dataset>.skipped_split``.
-"""
+"""Stage `ingest`: data sets in their distributed formats -> one SAMPLES table + rejects."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import ui
+from tasks import catalog, ui
+from tasks.catalog import REJECTS, SAMPLES
 from tasks.config import IngestConfig, SourceConfig
+from tasks.counters import Counters
 from tasks.ingest.checks import Checker, cached_checker, inspect_all
 from tasks.ingest.jsonl import read_jsonl
 from tasks.ingest.normalize import Normalized, normalize
@@ -24,11 +20,40 @@ from tasks.ingest.r2gen import read_r2gen
 from tasks.ingest.records import IngestError, ReaderOutput
 from tasks.ingest.slake import read_slake
 from tasks.ingest.vqa_rad import read_vqa_rad
-from tasks.schemas import REJECTS, SAMPLES, table, write_parquet
-from tasks.store import ArtifactStore, Manifest, SourceSnapshot, code_version, content_hash, fingerprint_tree, stage_key, stage_task_options
+from tasks.store import (
+    ArtifactStore,
+    Manifest,
+    SourceSnapshot,
+    code_version,
+    content_hash,
+    fingerprint_tree,
+    stage_key,
+    stage_task_options,
+)
 
 STAGE = "ingest"
-CODE = code_version(__name__, "tasks.imaging", "tasks.schemas")
+CODE = code_version(__name__, "tasks.imaging", "tasks.catalog")
+
+
+def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+    """Every configured source read by its format's reader, normalized into one table.
+
+    Inputs: ``sources`` (a fingerprint of the raw data roots, ``snapshot_sources``).
+    Output: ``samples.parquet`` (SAMPLES), ``rejects.parquet`` (REJECTS: row + reason) and
+    ``images/`` (PNGs rendered from DICOM and from images embedded in Parquet).
+    Counters: ``samples.kept``, ``samples.rejected.<reason>``, ``samples.skipped.split``,
+    ``boxes.dropped.degenerate``, each also per data set (``samples[slake].kept``).
+    """
+    inputs = {"sources": sources}
+    published = store.directory(STAGE, stage_key(STAGE, CODE, config, inputs))
+    return store.run(
+        STAGE,
+        CODE,
+        config,
+        inputs,
+        lambda out: build_samples(out, config, published, cached_checker(store, STAGE, config, out)),
+    )
+
 
 READERS: dict[str, Callable[[Path], ReaderOutput]] = {
     "slake": read_slake,
@@ -39,14 +64,27 @@ READERS: dict[str, Callable[[Path], ReaderOutput]] = {
 }
 
 
-def dataset_name(source: SourceConfig) -> str:
-    if source.name:
-        return source.name
-    if source.format == "r2gen":  # iu_xray / mimic_cxr share the layout
-        return source.root.name.lower().replace("_", "-")
-    if source.format == "jsonl":
-        return source.root.stem.lower() if source.root.is_file() else source.root.name.lower()
-    return source.format
+def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
+    """Fingerprint of the raw data: new or edited files give ingestion a new key."""
+    return SourceSnapshot(name="sources", key=content_hash([fingerprint_tree(s.root) for s in config.sources]))
+
+
+def build_samples(out: Path, config: IngestConfig, published: Path, check: Checker = inspect_all) -> dict[str, float]:
+    """``published``: the folder ``out`` becomes; rendered images are recorded under it."""
+    rows, rejects, counts = [], [], Counters()
+    seen: set[str] = set()
+
+    def publish_as(path: Path) -> Path:
+        return published / path.relative_to(out) if path.is_relative_to(out) else path
+
+    for source in config.sources:
+        result = read_source(source, config, out / "images", seen, publish_as, check)
+        rows += result.rows
+        rejects += result.rejects
+        counts.update(result.counts.as_dict())
+    catalog.write(out, SAMPLES, rows)
+    catalog.write(out, REJECTS, rejects)
+    return counts.as_dict()
 
 
 def read_source(
@@ -72,51 +110,39 @@ def read_source(
     )
 
 
-def build_samples(out: Path, config: IngestConfig, published: Path, check: Checker = inspect_all) -> dict[str, float]:
-    """``published``: the folder ``out`` becomes; rendered images are recorded under it."""
-    rows, rejects, counts = [], [], Counter()
-    seen: set[str] = set()
-
-    def publish_as(path: Path) -> Path:
-        return published / path.relative_to(out) if path.is_relative_to(out) else path
-
-    for source in config.sources:
-        result = read_source(source, config, out / "images", seen, publish_as, check)
-        rows += result.rows
-        rejects += result.rejects
-        counts.update(result.counts)
-    write_parquet(table(rows, SAMPLES), out / "samples.parquet")
-    write_parquet(table(rejects, REJECTS), out / "rejects.parquet")
-    return {"kept": len(rows), "rejected": len(rejects), **counts}
-
-
-def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
-    """Fingerprint of the raw data: new or edited files give ingestion a new key."""
-    return SourceSnapshot(name="sources", key=content_hash([fingerprint_tree(s.root) for s in config.sources]))
-
-
-def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
-    inputs = {"sources": sources}
-    published = store.directory(STAGE, stage_key(STAGE, CODE, config, inputs))
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_samples(out, config, published, cached_checker(store, STAGE, config, out)))
+def dataset_name(source: SourceConfig) -> str:
+    if source.name:
+        return source.name
+    if source.format == "r2gen":  # iu_xray / mimic_cxr share the layout
+        return source.root.name.lower().replace("_", "-")
+    if source.format == "jsonl":
+        return source.root.stem.lower() if source.root.is_file() else source.root.name.lower()
+    return source.format
 
 
 def ingest_to_file(source: SourceConfig, config: IngestConfig, out_file: Path) -> dict[str, float]:
     """`mmedpo ingest`: one data set straight to FILE.parquet + FILE.rejects.parquet."""
     result = read_source(source, config, out_file.with_suffix(".images"), set())
-    write_parquet(table(result.rows, SAMPLES), out_file)
-    write_parquet(table(result.rejects, REJECTS), out_file.with_suffix(".rejects.parquet"))
-    return {"kept": len(result.rows), "rejected": len(result.rejects), **result.counts}
+    catalog.write_file(out_file, SAMPLES, result.rows)
+    catalog.write_file(out_file.with_suffix(".rejects.parquet"), REJECTS, result.rejects)
+    return result.counts.as_dict()
 
 
 def source_summary_rows(manifest: Manifest) -> list[dict]:
-    """One row per data set and outcome (kept / rejected: reason), for the UI and the CLI."""
+    """One row per data set and outcome (kept / rejected: reason), for the UI."""
     rows = []
     for name, value in sorted(manifest.counts.items()):
-        dataset, _, outcome = name.partition(".")
-        if outcome and value:
-            rows.append({"dataset": dataset, "outcome": outcome.replace("rejected.", "rejected: "), "rows": int(value)})
+        what, _, outcome = name.partition(".")
+        if what.startswith("samples[") and value:
+            rows.append(
+                {"dataset": what[len("samples[") : -1], "outcome": outcome.replace(".", ": "), "rows": int(value)}
+            )
     return rows
+
+
+@task(name="fingerprint-sources", cache_policy=NO_CACHE)
+def snapshot_sources_task(config: IngestConfig) -> SourceSnapshot:
+    return snapshot_sources(config)
 
 
 @task(**stage_task_options(STAGE, CODE))
@@ -128,8 +154,3 @@ def ingest_task(store_root: str, config: IngestConfig, sources: SourceSnapshot) 
     ui.table("ingest-sources", source_summary_rows(manifest), "Rows kept and rejected (by reason) per data set")
     ui.manifest_markdown(manifest)
     return manifest
-
-
-@task(name="fingerprint-sources", cache_policy=NO_CACHE)
-def snapshot_sources_task(config: IngestConfig) -> SourceSnapshot:
-    return snapshot_sources(config)

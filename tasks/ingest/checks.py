@@ -8,11 +8,12 @@ flow the missing checks run as shards on the run's task runner like any per-samp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tasks.config import IngestConfig
 from tasks.imaging import ImageError, ImageInfo, inspect_image
@@ -39,12 +40,16 @@ def inspect_all(paths: set[Path], config: IngestConfig) -> Checked:
         return dict(zip(ordered, pool.map(check, ordered)))
 
 
-def _check_items(config: IngestConfig, payloads: Sequence[str], folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _check_items(
+    config: IngestConfig, payloads: Sequence[str], folders: Sequence[Path]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     checked = inspect_all({Path(p) for p in payloads}, config)
     rows = []
     for payload in payloads:
         result = checked[Path(payload)]
-        rows.append({"reason": result.reason, "detail": result.detail} if isinstance(result, ImageError) else asdict(result))
+        rows.append(
+            {"reason": result.reason, "detail": result.detail} if isinstance(result, ImageError) else asdict(result)
+        )
     return rows, {}
 
 
@@ -55,7 +60,9 @@ def _from_row(row: dict[str, Any]) -> ImageInfo | ImageError:
 def cached_checker(store: ArtifactStore, stage: str, config: IngestConfig, out: Path) -> Checker:
     """A checker whose results outlive the build; files written under ``out`` (rendered DICOM,
     embedded images) are checked directly, since their paths are new in every build."""
-    items = store.items(stage, CHECK_CODE, {"max_image_pixels": config.max_image_pixels, "min_image_side": config.min_image_side})
+    items = store.items(
+        stage, CHECK_CODE, {"max_image_pixels": config.max_image_pixels, "min_image_side": config.min_image_side}
+    )
 
     def check(paths: set[Path], config: IngestConfig) -> Checked:
         fresh = {p for p in paths if p.is_relative_to(out)}

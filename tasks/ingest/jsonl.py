@@ -39,7 +39,9 @@ def read_jsonl(root: Path) -> ReaderOutput:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield Reject(ref, "not_utf8", f"{ref}: line is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})")
+                yield Reject(
+                    ref, "not_utf8", f"{ref}: line is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+                )
                 continue
             try:
                 record = json.loads(line)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from tasks.config import IngestConfig
+from tasks.counters import Counters, qualified
 from tasks.imaging import ImageError, dicom_to_png, is_dicom
 from tasks.ingest.checks import Checker, inspect_all
 from tasks.ingest.records import RawRecord, RecordError, Reject
@@ -26,11 +26,18 @@ YES_NO = {"yes", "no"}
 class Normalized:
     rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
+    counts: Counters = field(default_factory=Counters)
+
+    def count(self, dataset: str, what: str, outcome: str, reason: str | None = None, n: int = 1) -> None:
+        """Counted twice: run-wide (``samples.kept``) and per data set (``samples[slake].kept``)."""
+        self.counts.add(what, outcome, reason, n)
+        self.counts.add(qualified(what, dataset), outcome, reason, n)
 
     def reject(self, dataset: str, ref: str, reason: str, detail: str, sample_id: str | None = None) -> None:
-        self.rejects.append({"source_ref": ref, "dataset": dataset, "sample_id": sample_id, "reason": reason, "detail": detail})
-        self.counts[f"{dataset}.rejected.{reason}"] += 1
+        self.rejects.append(
+            {"source_ref": ref, "dataset": dataset, "sample_id": sample_id, "reason": reason, "detail": detail}
+        )
+        self.count(dataset, "samples", "rejected", reason)
 
 
 def normalize(
@@ -60,13 +67,15 @@ def normalize(
             out.reject(dataset, item.source_ref, item.reason, item.detail, sample_id)
             continue
         if splits and item.split not in splits:
-            out.counts[f"{dataset}.skipped_split"] += 1
+            out.count(dataset, "samples", "skipped", "split")
             continue
         sample_id = f"{dataset}:{item.split}:{item.native_id}"
         try:
             language = _language(item)
             if language not in config.languages:
-                raise RecordError("language_not_kept", f"{item.source_ref}: question language {language!r} not in {config.languages}")
+                raise RecordError(
+                    "language_not_kept", f"{item.source_ref}: question language {language!r} not in {config.languages}"
+                )
             question = _text(item.question)
             if not question:
                 raise RecordError("empty_question", f"{item.source_ref}: field 'question' is empty")
@@ -74,7 +83,9 @@ def normalize(
             if not answer:
                 raise RecordError("empty_answer", f"{item.source_ref}: field 'answer' is empty")
             if sample_id in seen_ids:
-                raise RecordError("duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}")
+                raise RecordError(
+                    "duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}"
+                )
             image_path = _image_file(item, root, image_dir, config)
         except RecordError as exc:
             out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
@@ -97,7 +108,8 @@ def normalize(
             seen_ids.discard(sample_id)
             continue
         boxes, labels, dropped = clip_boxes(item.boxes, item.box_labels, info.width, info.height)
-        out.counts[f"{dataset}.boxes_dropped_degenerate"] += dropped
+        if dropped:
+            out.count(dataset, "boxes", "dropped", "degenerate", dropped)
         out.rows.append(
             {
                 "sample_id": sample_id,
@@ -121,7 +133,7 @@ def normalize(
                 "source_ref": item.source_ref,
             }
         )
-        out.counts[f"{dataset}.kept"] += 1
+        out.count(dataset, "samples", "kept")
     return out
 
 
@@ -143,7 +155,9 @@ def answer_type(item: RawRecord) -> str:
     return "closed" if answer_text(item.answer).lower() in YES_NO else "open"
 
 
-def clip_boxes(boxes: list[list[float]], labels: list[str], width: int, height: int) -> tuple[list[list[float]], list[str], int]:
+def clip_boxes(
+    boxes: list[list[float]], labels: list[str], width: int, height: int
+) -> tuple[list[list[float]], list[str], int]:
     """Clip to the image; boxes with no area left are dropped (and counted by the caller)."""
     kept, kept_labels = [], []
     labels = list(labels) + ["lesion"] * (len(boxes) - len(labels))

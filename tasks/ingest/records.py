@@ -7,9 +7,10 @@ duplicates happens once, in ``tasks.ingest.normalize``, the same way for every f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any
 
 
 class IngestError(ValueError):
@@ -30,7 +31,7 @@ class RawRecord:
     native_id: str
     split: str
     task: str  # vqa | report
-    image: Union[Path, bytes]  # a path (relative to the data root or absolute) or embedded bytes
+    image: Path | bytes  # a path (relative to the data root or absolute) or embedded bytes
     question: str
     answer: Any  # normalized to a string later: real files put numbers here
     source_ref: str
@@ -51,7 +52,7 @@ class Reject:
     native_id: str | None = None
 
 
-Item = Union[RawRecord, Reject]
+Item = RawRecord | Reject
 ReaderOutput = Iterator[Item]
 
 

@@ -74,4 +74,3 @@ def _detection_boxes(path: Path, ref: str) -> tuple[list[list[float]], list[str]
             boxes.append([x, y, x + w, y + h])
             labels.append(str(label))
     return boxes, labels
-

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from flows.curate import curate
+from tasks.catalog import NOISED, REJECTS, read_file
 from tasks.config import IngestConfig, RunConfig, SourceConfig
 from tasks.imaging import load_array
-from tasks.schemas import NOISED, REJECTS, read_parquet
 from tasks.sets import load_pairs
 from tests.support.bad_inputs import SECRET, bad_corpus, expected_outcomes, kept_ids
 
@@ -27,13 +27,15 @@ def test_curation_completes_on_the_bad_corpus_and_names_every_bad_row(tmp_path, 
     assert state.is_completed(), state
     manifests = state.result()
 
-    rejects = read_parquet(manifests["ingest"].file("rejects.parquet"), REJECTS).to_pylist()
+    rejects = read_file(manifests["ingest"].file("rejects.parquet"), REJECTS).to_pylist()
     expected = expected_outcomes()
-    assert {r["source_ref"]: r["reason"] for r in rejects} == {ref: why for ref, why in expected.items() if why != "kept"}
-    assert manifests["ingest"].counts["kept"] == len(kept_ids()) == 3
+    assert {r["source_ref"]: r["reason"] for r in rejects} == {
+        ref: why for ref, why in expected.items() if why != "kept"
+    }
+    assert manifests["ingest"].counts["samples.kept"] == len(kept_ids()) == 3
 
     # 16-bit and CMYK inputs go all the way: noised at their own depth, both pair kinds built.
-    noised = {r["sample_id"]: r for r in read_parquet(manifests["noise"].file("noised.parquet"), NOISED).to_pylist()}
+    noised = {r["sample_id"]: r for r in read_file(manifests["noise"].file("noised.parquet"), NOISED).to_pylist()}
     assert {sid: r["status"] for sid, r in noised.items()} == {f"bad:train:{i}": "ok" for i in kept_ids()}
     noise_dir = Path(manifests["noise"].path)
     deep = load_array(noise_dir / noised["bad:train:gray16"]["noised_path"])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, SourceConfig
-from tests.flows.conftest import task_states
+from tests.support.harness import task_states
 
 
 def small_source(root: Path) -> SourceConfig:
@@ -17,7 +17,17 @@ def small_source(root: Path) -> SourceConfig:
     lines = []
     for i in range(3):
         Image.new("L", (48, 48), 40 * i).save(root / f"img{i}.png")
-        lines.append(json.dumps({"id": f"s{i}", "image": f"img{i}.png", "question": "Is there a lesion?", "answer": "yes", "boxes": [[4, 4, 20, 20]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"img{i}.png",
+                    "question": "Is there a lesion?",
+                    "answer": "yes",
+                    "boxes": [[4, 4, 20, 20]],
+                }
+            )
+        )
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
     return SourceConfig(format="jsonl", root=root / "data.jsonl", name="small")
 
@@ -31,11 +41,16 @@ def new_dirs(store: Path, before: set[str]) -> set[str]:
 
 
 def test_rerun_hits_every_key_and_a_change_recomputes_only_downstream(tmp_path, prefect_harness):
-    config = RunConfig(name="t", store=tmp_path / "store", sets=tmp_path / "sets", ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]))
+    config = RunConfig(
+        name="t",
+        store=tmp_path / "store",
+        sets=tmp_path / "sets",
+        ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]),
+    )
 
     first = curate(config)
     dirs = stored_dirs(config.store)
-    assert first["ingest"].counts["kept"] == 3 and first["assemble"].counts["pairs"] > 0
+    assert first["ingest"].counts["samples.kept"] == 3 and first["assemble"].counts["pairs.built"] > 0
 
     second_state = curate(config, return_state=True)
     second = second_state.result()

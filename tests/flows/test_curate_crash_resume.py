@@ -19,7 +19,8 @@ from PIL import Image
 
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig, SourceConfig
-from tasks.store import ITEM_ROW, MANIFEST
+from tasks.store import MANIFEST
+from tasks.store.items import ITEM_ROW
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = 40
@@ -33,8 +34,17 @@ def data_root(root: Path) -> SourceConfig:
         # Large enough that noising one image takes a moment, so the kill lands mid-stage.
         pixels = np.random.default_rng(i).integers(0, 256, (640, 640), dtype=np.uint8)
         Image.fromarray(pixels).save(root / f"{i}.png")
-        lines.append(json.dumps({"id": f"s{i}", "image": f"{i}.png", "question": "Is there a lesion?",
-                                 "answer": "yes" if i % 2 else "no", "boxes": [[40, 40, 600, 600]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"{i}.png",
+                    "question": "Is there a lesion?",
+                    "answer": "yes" if i % 2 else "no",
+                    "boxes": [[40, 40, 600, 600]],
+                }
+            )
+        )
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
     return SourceConfig(format="jsonl", root=root / "data.jsonl", name="crash")
 
@@ -61,14 +71,29 @@ def test_sigkill_mid_stage_then_rerun_reuses_finished_samples(tmp_path, prefect_
     source = data_root(tmp_path / "raw")
     # One sample per shard, one worker: items are published one by one, in order.
     runner = RunnerConfig(kind="threads", workers=1, shard_size=1)
-    config = RunConfig(name="crash", store=tmp_path / "store", sets=tmp_path / "sets", ingest=IngestConfig(sources=[source]), runner=runner)
+    config = RunConfig(
+        name="crash",
+        store=tmp_path / "store",
+        sets=tmp_path / "sets",
+        ingest=IngestConfig(sources=[source]),
+        runner=runner,
+    )
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
 
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results")}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+    }
     log = tmp_path / "killed.log"
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "curate", "--config", str(config_path)],
-                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "curate", "--config", str(config_path)],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while finished_items(config.store, "noise") < 3:
         assert child.poll() is None, f"curation ended before the kill:\n{log.read_text()[-3000:]}"

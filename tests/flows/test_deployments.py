@@ -23,7 +23,9 @@ def prefect_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
         # The flow run must import this checkout, not whichever copy is installed.
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -56,8 +58,12 @@ def test_curate_deployment_runs_on_a_worker_and_publishes_artifacts(tmp_path, pr
         assert [s.active for s in deployment.schedules] == [False]  # nightly, off until switched on
 
     source = append_records(tmp_path / "incoming", 0, 3)
-    config = {"name": "deployed", "store": str(tmp_path / "store"), "sets": str(tmp_path / "sets"),
-              "ingest": {"sources": [{"format": "jsonl", "root": str(source.root), "name": "incoming"}]}}
+    config = {
+        "name": "deployed",
+        "store": str(tmp_path / "store"),
+        "sets": str(tmp_path / "sets"),
+        "ingest": {"sources": [{"format": "jsonl", "root": str(source.root), "name": "incoming"}]},
+    }
     flow_run = run_deployment("curate/curate", parameters={"config": config}, timeout=0)
     prefect_cli("worker", "start", "--pool", "local", "--type", "process", "--run-once")
 

@@ -14,10 +14,18 @@ import logging
 from pathlib import Path
 
 from flows.curate import curate
-from tasks import schemas
-from tasks.config import EndpointConfig, HallucinateConfig, IngestConfig, JudgeConfig, RunConfig, ScoreConfig, SourceConfig
+from tasks import catalog
+from tasks.config import (
+    EndpointConfig,
+    HallucinateConfig,
+    IngestConfig,
+    JudgeConfig,
+    RunConfig,
+    ScoreConfig,
+    SourceConfig,
+)
 from tests.support.faults import CASES, FaultyResponder, question, refused_base_url
-from tests.support.openai_server import OpenAIServer, Reply, openai_server  # noqa: F401 - fixture
+from tests.support.openai_server import OpenAIServer, Reply
 from tests.support.samples import write_random_image
 
 
@@ -26,13 +34,25 @@ def jsonl_source(folder: Path, cases) -> SourceConfig:
     lines = []
     for i, case in enumerate(cases):
         write_random_image(folder / f"{case}.png", seed=i, size=48)
-        lines.append(json.dumps({"id": case, "image": f"{case}.png", "question": question(case), "answer": "yes", "boxes": [[4, 4, 30, 30]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": case,
+                    "image": f"{case}.png",
+                    "question": question(case),
+                    "answer": "yes",
+                    "boxes": [[4, 4, 30, 30]],
+                }
+            )
+        )
     (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
     return SourceConfig(format="jsonl", root=folder / "data.jsonl", name="f")
 
 
 def endpoint(base_url: str, model: str = "m", **extra) -> EndpointConfig:
-    return EndpointConfig(base_url=base_url, model=model, timeout_s=0.5, max_retries=1, backoff_s=0.0, max_backoff_s=5.0, **extra)
+    return EndpointConfig(
+        base_url=base_url, model=model, timeout_s=0.5, max_retries=1, backoff_s=0.0, max_backoff_s=5.0, **extra
+    )
 
 
 def test_curation_completes_against_a_faulty_endpoint(tmp_path, prefect_harness, openai_server):
@@ -43,26 +63,34 @@ def test_curation_completes_against_a_faulty_endpoint(tmp_path, prefect_harness,
         sets=tmp_path / "sets",
         ingest=IngestConfig(sources=[jsonl_source(tmp_path / "raw", CASES)]),
         hallucinate=HallucinateConfig(backend="llm", llm=endpoint(openai_server.base_url)),
-        score=ScoreConfig(judges=[
-            JudgeConfig(name="med42", kind="endpoint", endpoint=endpoint(openai_server.base_url, "med42"), parse_retries=1),
-            JudgeConfig(name="offline", kind="endpoint", endpoint=endpoint(refused_base_url(), "biomistral")),
-        ]),
+        score=ScoreConfig(
+            judges=[
+                JudgeConfig(
+                    name="med42", kind="endpoint", endpoint=endpoint(openai_server.base_url, "med42"), parse_retries=1
+                ),
+                JudgeConfig(name="offline", kind="endpoint", endpoint=endpoint(refused_base_url(), "biomistral")),
+            ]
+        ),
     )
     state = curate(config, return_state=True)
     assert state.is_completed(), state
     manifests = state.result()
-    assert manifests["hallucinate"].counts["failed_llm_rate_limited"] == 1
-    assert manifests["hallucinate"].counts["failed_llm_timeout"] == 1
-    assert manifests["score"].counts["text_failed_no_judge_answered"] == 1  # the out-of-range judge
-    assert manifests["score"].counts["judge_offline_excluded_unavailable_connection"] == 3
+    assert manifests["hallucinate"].counts["rejections.failed.llm_rate_limited"] == 1
+    assert manifests["hallucinate"].counts["rejections.failed.llm_timeout"] == 1
+    assert manifests["score"].counts["text.failed.no_judge_answered"] == 1  # the out-of-range judge
+    assert manifests["score"].counts["judge[offline].excluded.unavailable_connection"] == 3
 
     assembled = manifests["assemble"]
-    pairs = schemas.read_parquet(Path(assembled.path) / "data" / "train-00000-of-00001.parquet", schemas.PAIRS).to_pylist()
+    pairs = catalog.read_file(Path(assembled.path) / "data" / "train-00000-of-00001.parquet", catalog.PAIRS).to_pylist()
     text = {p["sample_id"].split(":")[-1] for p in pairs if p["pair_type"] == "text"}
     visual = {p["sample_id"].split(":")[-1] for p in pairs if p["pair_type"] == "visual"}
     assert text == {"ok", "flaky"} and visual == set(CASES)
-    dropped = schemas.read_parquet(assembled.file("dropped.parquet"), schemas.DROPPED).to_pylist()
-    assert {r["sample_id"].split(":")[-1] for r in dropped if r["pair_type"] == "text"} == {"limited", "slow", "outofrange"}
+    dropped = catalog.rows(assembled, catalog.DROPPED)
+    assert {r["sample_id"].split(":")[-1] for r in dropped if r["pair_type"] == "text"} == {
+        "limited",
+        "slow",
+        "outofrange",
+    }
 
 
 ENV_KEY = "sk-env-9d1f0c7a-from-the-environment"
@@ -99,10 +127,18 @@ def test_api_keys_never_leave_the_http_client(tmp_path, prefect_harness, monkeyp
             store=tmp_path / "store",
             sets=tmp_path / "sets",
             ingest=IngestConfig(sources=[jsonl_source(tmp_path / "raw", ["ok", "injectecho", "judgeecho"])]),
-            hallucinate=HallucinateConfig(backend="llm", llm=endpoint(server.base_url, api_key_env="MMEDPO_TEST_LLM_KEY")),
-            score=ScoreConfig(judges=[
-                JudgeConfig(name="med42", kind="endpoint", endpoint=endpoint(server.base_url, "med42", api_key_secret="mmedpo-test-judge-key")),
-            ]),
+            hallucinate=HallucinateConfig(
+                backend="llm", llm=endpoint(server.base_url, api_key_env="MMEDPO_TEST_LLM_KEY")
+            ),
+            score=ScoreConfig(
+                judges=[
+                    JudgeConfig(
+                        name="med42",
+                        kind="endpoint",
+                        endpoint=endpoint(server.base_url, "med42", api_key_secret="mmedpo-test-judge-key"),
+                    ),
+                ]
+            ),
         )
         state = curate(config, return_state=True)
         sent = {r.headers.get("authorization") for r in server.requests}
@@ -110,8 +146,11 @@ def test_api_keys_never_leave_the_http_client(tmp_path, prefect_harness, monkeyp
     manifests = state.result()
     # The keys were used (the server rejects any other token), and the echoed ones were errors.
     assert sent == {f"Bearer {ENV_KEY}", f"Bearer {BLOCK_KEY}"}
-    assert manifests["hallucinate"].counts["ok"] == 2 and manifests["hallucinate"].counts["failed_llm_http_401"] == 1
-    scores = schemas.read_parquet(manifests["score"].file("scores.parquet"), schemas.SCORES).to_pylist()
+    assert (
+        manifests["hallucinate"].counts["rejections.ok"] == 2
+        and manifests["hallucinate"].counts["rejections.failed.llm_http_401"] == 1
+    )
+    scores = catalog.rows(manifests["score"], catalog.SCORES)
     echoed = next(r for r in scores if r["sample_id"].endswith("judgeecho") and r["pair_type"] == "text")
     assert echoed["status"] == "failed" and "Incorrect API key provided: ***" in echoed["rounds"][0]["reason"]
 

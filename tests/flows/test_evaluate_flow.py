@@ -9,17 +9,23 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows import evaluate as flow
+from flows.cli import main
 from tasks.config import EvaluateConfig, RunConfig
 from tasks.store import ArtifactStore
 from tests.support.adapter import train_artifact
 from tests.support.samples import ingest_artifact, write_random_image
-from tests.support.tiny_vlm import tiny_llava  # noqa: F401  (session fixture)
 
 SPECS = [
     {"sample_id": "slake:1", "answer": "No"},
     {"sample_id": "slake:2", "question": "Which organ is abnormal?", "answer": "liver", "answer_type": "open"},
-    {"sample_id": "iu:1", "dataset": "iu_xray", "task": "report", "answer_type": "report",
-     "question": "Describe the findings of this chest X-ray.", "answer": "The heart is normal in size."},
+    {
+        "sample_id": "iu:1",
+        "dataset": "iu_xray",
+        "task": "report",
+        "answer_type": "report",
+        "question": "Describe the findings of this chest X-ray.",
+        "answer": "The heart is normal in size.",
+    },
 ]
 
 
@@ -32,19 +38,28 @@ def test_flow_compares_base_and_trained(prefect_harness, tmp_path: Path, tiny_ll
     config = run_config(tmp_path, None)  # the base model comes from the adapter's record
     store = ArtifactStore(config.store)
     ingest = ingest_artifact(store, tmp_path / "images", SPECS)
-    train = train_artifact(store, tiny_llava, write_random_image(tmp_path / "train.png", 99), "No, the lung is not healthy.")
+    train = train_artifact(
+        store, tiny_llava, write_random_image(tmp_path / "train.png", 99), "No, the lung is not healthy."
+    )
 
     result = flow.evaluate_flow(config, ingest, train)
 
     assert result.base.inputs.keys() == {"ingest", "model"}
     assert result.trained is not None and result.trained.inputs["train"] == train.key
     metrics = {(r["dataset"], r["metric"]) for r in result.comparison}
-    assert {("slake", "closed_accuracy"), ("slake", "open_recall"), ("iu_xray", "bleu"), ("iu_xray", "rouge_l")} <= metrics
+    assert {
+        ("slake", "closed_accuracy"),
+        ("slake", "open_recall"),
+        ("iu_xray", "bleu"),
+        ("iu_xray", "rouge_l"),
+    } <= metrics
     assert all(r["base"] is not None and r["trained"] is not None for r in result.comparison if r["metric"] != "meteor")
     table = Artifact.get("evaluate-comparison")
     assert table is not None and "closed_accuracy" in str(table.data)
     examples = Artifact.get("evaluate-examples")
-    assert examples is not None and "| dataset | sample_id | question | reference | base | trained |" in str(examples.data)
+    assert examples is not None and "| dataset | sample_id | question | reference | base | trained |" in str(
+        examples.data
+    )
 
 
 def cli_args(*argv: str) -> argparse.Namespace:
@@ -56,13 +71,13 @@ def cli_args(*argv: str) -> argparse.Namespace:
 def test_cli_reports_missing_artifacts_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_file = tmp_path / "run.yaml"
     run_file.write_text("store: store\nevaluate:\n  model: models/none\n")
-    args = cli_args("--config", str(run_file), "--base-only")
-    assert args.handler(args) == 2
-    assert "no ingest artifact" in capsys.readouterr().out
+    argv = ["evaluate", "--config", str(run_file), "--base-only"]
+    assert main(argv) == 2
+    assert "no ingest artifact" in capsys.readouterr().err
 
     ingest_artifact(ArtifactStore(tmp_path / "store"), tmp_path / "images", SPECS[:1])
-    assert args.handler(args) == 2
-    assert f"{tmp_path / 'models' / 'none'}: not a transformers checkpoint folder" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert f"{tmp_path / 'models' / 'none'}: not a transformers checkpoint folder" in capsys.readouterr().err
 
 
 def test_cli_base_only_prints_the_table(prefect_harness, tmp_path: Path, tiny_llava: Path, capsys) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig
 from tasks.sets import list_sets
-from tests.flows.conftest import task_run_names
+from tests.support.harness import task_run_names
 from tests.support.raw_jsonl import append_records
 
 PER_SAMPLE = ("localize", "noise", "hallucinate", "score")
@@ -15,24 +15,31 @@ def test_three_new_records_are_the_only_items_computed(tmp_path, prefect_harness
     raw = tmp_path / "raw"
     source = append_records(raw, 0, 5)
     config = RunConfig(
-        name="grow", store=tmp_path / "store", sets=tmp_path / "sets",
-        ingest=IngestConfig(sources=[source]), runner=RunnerConfig(workers=2, shard_size=2),
+        name="grow",
+        store=tmp_path / "store",
+        sets=tmp_path / "sets",
+        ingest=IngestConfig(sources=[source]),
+        runner=RunnerConfig(workers=2, shard_size=2),
     )
     first = curate(config)
-    assert {stage: first[stage].work for stage in PER_SAMPLE} == {stage: {"computed": 5, "reused": 0} for stage in PER_SAMPLE}
+    assert {stage: first[stage].work for stage in PER_SAMPLE} == {
+        stage: {"computed": 5, "reused": 0} for stage in PER_SAMPLE
+    }
 
     append_records(raw, 5, 3)
     state = curate(config, return_state=True)
     second = state.result()
-    assert second["ingest"].counts["kept"] == 8
-    assert {stage: second[stage].work for stage in PER_SAMPLE} == {stage: {"computed": 3, "reused": 5} for stage in PER_SAMPLE}
+    assert second["ingest"].counts["samples.kept"] == 8
+    assert {stage: second[stage].work for stage in PER_SAMPLE} == {
+        stage: {"computed": 3, "reused": 5} for stage in PER_SAMPLE
+    }
     # Ingestion re-reads the records but decodes only the 3 new images.
     assert (first["ingest"].work, second["ingest"].work) == ({"computed": 5, "reused": 0}, {"computed": 3, "reused": 5})
     # 3 new samples in shards of 2: two shard task runs per per-sample stage (and for the image checks).
     shards = [name for name in task_run_names(state.state_details.flow_run_id) if "-shard-" in name]
     assert shards == sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in (0, 1))
     assert second["assemble"].key != first["assemble"].key
-    assert second["assemble"].counts["pairs"] == 16  # a text and a visual pair per sample
+    assert second["assemble"].counts["pairs.built"] == 16  # a text and a visual pair per sample
     assert [m.key for m in list_sets(config.sets)] == [first["assemble"].key, second["assemble"].key]
 
     # Gathered from cached items, the new artifact equals one built from scratch.

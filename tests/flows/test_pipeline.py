@@ -20,28 +20,99 @@ def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_pat
     lines = []
     for i, (split, answer) in enumerate([("train", "yes"), ("train", "no"), ("train", "yes"), ("test", "no")]):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(raw / f"{i}.png")
-        lines.append(json.dumps({"id": f"q{i}", "image": f"{i}.png", "question": "Is there a lesion?", "answer": answer,
-                                 "split": split, "boxes": [[5, 5, 25, 25]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "image": f"{i}.png",
+                    "question": "Is there a lesion?",
+                    "answer": answer,
+                    "split": split,
+                    "boxes": [[5, 5, 25, 25]],
+                }
+            )
+        )
     (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
     config = RunConfig(
-        name="flowtest", store=tmp_path / "store", sets=tmp_path / "sets",
+        name="flowtest",
+        store=tmp_path / "store",
+        sets=tmp_path / "sets",
         ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
-        train=TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, max_steps=2, batch_size=2, gradient_accumulation=1,
-                          max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1),
+        train=TrainConfig(
+            lora_r=4,
+            lora_alpha=8,
+            learning_rate=1e-3,
+            max_steps=2,
+            batch_size=2,
+            gradient_accumulation=1,
+            max_length=None,
+            gradient_checkpointing=False,
+            save_steps=100,
+            logging_steps=1,
+        ),
         evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
     )
 
     result = pipeline(config)
 
     assembled = result.curated["assemble"]
-    assert assembled.counts["pairs"] == 6  # 3 train samples x (text + visual); the test sample makes none
+    assert assembled.counts["pairs.built"] == 6  # 3 train samples x (text + visual); the test sample makes none
     assert (config.sets / "flowtest" / assembled.key / "manifest.json").is_file()
-    assert result.train.inputs == {"assemble": assembled.key} and result.train.counts["steps"] == 2
+    assert result.train.inputs == {"assemble": assembled.key} and result.train.counts["train.steps"] == 2
     assert result.evaluation.trained is not None and result.evaluation.trained.inputs["train"] == result.train.key
     closed = [r for r in result.evaluation.comparison if r["metric"] == "closed_accuracy"]
     assert closed and closed[0]["n"] == 1
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train-")))
     # Sub-flow runs also appear as task runs (named after the flow); they carry a child flow run id.
-    train_runs = [run for run in runs if run.name.startswith("train-") and not run.state.state_details.child_flow_run_id]
+    train_runs = [
+        run for run in runs if run.name.startswith("train-") and not run.state.state_details.child_flow_run_id
+    ]
     assert train_runs and all("gpu" in run.tags for run in train_runs)
+
+
+def test_pipeline_with_an_sft_section_trains_dpo_from_the_sft_checkpoint(tmp_path, prefect_harness):
+    from tasks.config import SFTConfig
+    from tasks.sft import model_dir
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = []
+    for i, (split, answer) in enumerate([("train", "yes"), ("train", "no"), ("train", "yes"), ("test", "no")]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(raw / f"{i}.png")
+        lines.append(
+            json.dumps(
+                {"id": f"q{i}", "image": f"{i}.png", "question": "Is there a lesion?", "answer": answer, "split": split}
+            )
+        )
+    (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
+    config = RunConfig(
+        name="sftflow",
+        store=tmp_path / "store",
+        sets=tmp_path / "sets",
+        ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
+        sft=SFTConfig(epochs=1, batch_size=4, tiny_hidden_size=32, tiny_layers=1),
+        train=TrainConfig(
+            lora_r=4,
+            lora_alpha=8,
+            learning_rate=1e-3,
+            max_steps=1,
+            batch_size=2,
+            gradient_accumulation=1,
+            max_length=None,
+            gradient_checkpointing=False,
+            save_steps=100,
+            logging_steps=1,
+        ),
+        evaluate=EvaluateConfig(max_new_tokens=2, meteor=False, examples=1),
+    )
+
+    result = pipeline(config)
+
+    assert result.sft is not None and result.sft.inputs == {"ingest": result.curated["ingest"].key}
+    assert result.sft.counts["samples.trained"] == 3
+    # Train names the SFT artifact as its model, and the adapter was trained on that checkpoint.
+    assert result.train.inputs == {"assemble": result.curated["assemble"].key, "model": result.sft.key}
+    assert f"sft/{result.sft.key}" in result.train.lineage
+    assert result.train.file("base_model.txt").read_text().strip() == str(model_dir(result.sft))
+    assert result.evaluation.base.config["model"] == str(model_dir(result.sft))

@@ -16,11 +16,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks import schemas
 from tasks.config import RunConfig, TrainConfig
 from tasks.store import ArtifactStore, stage_key
 from tasks.train import CODE, STAGE, checkpoint_dir, preference_snapshot, train
-from tests.support.preference import preference_rows
+from tests.support.preference import preference_rows, write_train_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 8
@@ -29,16 +28,29 @@ START_TIMEOUT_S = 600  # a loaded CI box takes long to import torch/transformers
 
 def write_set(folder: Path) -> Path:
     rows = preference_rows(folder / "img")
-    keep = [f.name for f in schemas.TRAIN_PAIRS]
-    return schemas.write_parquet(schemas.table([{k: r[k] for k in keep} for r in rows], schemas.TRAIN_PAIRS), folder / "preferences.parquet")
+    return write_train_pairs(folder / "preferences.parquet", rows)
 
 
 def mmedpo_train(config_path: Path, preferences: Path, log: Path, *extra: str) -> subprocess.Popen:
     from prefect.settings import PREFECT_API_URL
 
     # The child reports to this session's Prefect server instead of starting one of its own.
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOCAL_STORAGE_PATH": str(log.parent / "results")}
-    command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config_path), "--preferences", str(preferences), *extra]
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOCAL_STORAGE_PATH": str(log.parent / "results"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--preferences",
+        str(preferences),
+        *extra,
+    ]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -49,20 +61,33 @@ def finished_checkpoints(folder: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, prefect_harness):
     preferences = write_set(tmp_path)
-    settings = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps=STEPS, batch_size=2,
-                           gradient_accumulation=1, save_steps=1, logging_steps=1, max_length=None, gradient_checkpointing=False)
+    settings = TrainConfig(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        learning_rate=1e-3,
+        max_steps=STEPS,
+        batch_size=2,
+        gradient_accumulation=1,
+        save_steps=1,
+        logging_steps=1,
+        max_length=None,
+        gradient_checkpointing=False,
+    )
     config = RunConfig(name="crash", store=tmp_path / "store", train=settings)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     snapshot = preference_snapshot(preferences)
     store = ArtifactStore(config.store)
     key = stage_key(STAGE, CODE, settings, {"assemble": snapshot})
-    checkpoints = checkpoint_dir(store, settings, snapshot)
+    checkpoints = checkpoint_dir(store, settings, {"assemble": snapshot})
 
     first = mmedpo_train(config_path, preferences, tmp_path / "first.log")
     deadline = time.monotonic() + START_TIMEOUT_S
     while not finished_checkpoints(checkpoints):
-        assert first.poll() is None, f"training ended before a checkpoint was written:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        assert first.poll() is None, (
+            f"training ended before a checkpoint was written:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        )
         assert time.monotonic() < deadline, "no checkpoint within the start timeout"
         time.sleep(0.05)
     os.kill(first.pid, signal.SIGKILL)
@@ -74,12 +99,16 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp
     second = mmedpo_train(config_path, preferences, tmp_path / "second.log", "--resume")
     assert second.wait(timeout=START_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
     resumed = store.get(STAGE, key)
-    assert resumed is not None and resumed.counts["resumed"] == 1 and resumed.counts["steps"] == STEPS
+    assert resumed is not None and resumed.counts["train.resumed"] == 1 and resumed.counts["train.steps"] == STEPS
 
     uninterrupted = train(ArtifactStore(tmp_path / "store2"), settings, snapshot, preferences)
-    assert uninterrupted.key == key and uninterrupted.counts["steps"] == resumed.counts["steps"]
-    losses = {h["step"]: h["loss"] for h in json.loads(uninterrupted.file("log_history.json").read_text()) if "loss" in h}
-    resumed_losses = {h["step"]: h["loss"] for h in json.loads(resumed.file("log_history.json").read_text()) if "loss" in h}
+    assert uninterrupted.key == key and uninterrupted.counts["train.steps"] == resumed.counts["train.steps"]
+    losses = {
+        h["step"]: h["loss"] for h in json.loads(uninterrupted.file("log_history.json").read_text()) if "loss" in h
+    }
+    resumed_losses = {
+        h["step"]: h["loss"] for h in json.loads(resumed.file("log_history.json").read_text()) if "loss" in h
+    }
     assert sorted(resumed_losses) == list(range(1, STEPS + 1))
     assert resumed_losses == pytest.approx(losses, rel=1e-4)
     expected = load_file(uninterrupted.file("adapter/adapter_model.safetensors"))

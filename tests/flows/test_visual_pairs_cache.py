@@ -13,7 +13,7 @@ from tasks.config import IngestConfig, LocalizeConfig, NoiseConfig, SourceConfig
 from tasks.ingest import ingest_task, snapshot_sources_task
 from tasks.localize import localize_task
 from tasks.noise import noise_task
-from tests.flows.conftest import task_states
+from tests.support.harness import task_states
 
 
 @flow(name="visual-pairs")
@@ -30,13 +30,23 @@ def test_changing_k_recomputes_only_noise(tmp_path: Path, prefect_harness):
     lines = []
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(raw / f"img{i}.png")
-        lines.append(json.dumps({"id": f"s{i}", "image": f"img{i}.png", "question": "Lesion?", "answer": "yes", "boxes": [[4, 4, 30, 30]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"img{i}.png",
+                    "question": "Lesion?",
+                    "answer": "yes",
+                    "boxes": [[4, 4, 30, 30]],
+                }
+            )
+        )
     (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
     ingest_config = IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl", name="small")])
     store = str(tmp_path / "store")
 
     first = visual_pairs(store, ingest_config, LocalizeConfig(), NoiseConfig())
-    assert first["noise"].counts["kept"] == 2
+    assert first["noise"].counts["images.noised"] == 2
     again = visual_pairs(store, ingest_config, LocalizeConfig(), NoiseConfig(), return_state=True)
     assert task_states(again.state_details.flow_run_id) | {"fingerprint-sources": None} == {
         "fingerprint-sources": None,

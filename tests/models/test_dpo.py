@@ -16,7 +16,9 @@ BETA = 0.1
 
 def examples(rows: list[dict]) -> list[dict]:
     return [
-        preference_example(r["prompt"], r["chosen"], r["rejected"], r["chosen_image"], r["rejected_image"], r["weight"], r["pair_type"])
+        preference_example(
+            r["prompt"], r["chosen"], r["rejected"], r["chosen_image"], r["rejected_image"], r["weight"], r["pair_type"]
+        )
         for r in rows
     ]
 
@@ -43,8 +45,14 @@ def make_trainer(tiny_llava: Path, out: Path, rows: list[dict], trainer_class=We
         **{k: overrides.pop(k) for k in list(overrides) if k in DPOConfig.__dataclass_fields__},
     )
     # Random (non-zero) adapters so the policy differs from the adapters-off reference from the start.
-    peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                      modules_to_save=overrides.pop("modules_to_save", None))
+    peft = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        modules_to_save=overrides.pop("modules_to_save", None),
+    )
     extra = {"data_collator": ImagePairCollator(loaded.processor)}
     return trainer_class(
         model=loaded.model,
@@ -93,7 +101,9 @@ def lora_grads(trainer, rows: list[dict]) -> list[torch.Tensor]:
     model.zero_grad()
     trainer.compute_loss(model, trainer.data_collator(examples(rows))).backward()
     # Adapters on layers whose output the model never reads get no gradient at all.
-    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters() if p.requires_grad]
+    return [
+        p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters() if p.requires_grad
+    ]
 
 
 def test_zero_weight_pair_gets_zero_gradient(tiny_llava: Path, tmp_path: Path):
@@ -123,7 +133,9 @@ def test_rejected_half_sees_the_noised_image_text_pairs_the_same(tiny_llava: Pat
         if row["pair_type"] == "visual":
             assert not torch.equal(chosen_pixels[i], rejected_pixels[i])
             assert torch.equal(chosen_ids[i], rejected_ids[i])
-            noised = loaded.processor.image_processor(images=[vlm.open_image(row["rejected_image"])], return_tensors="pt")
+            noised = loaded.processor.image_processor(
+                images=[vlm.open_image(row["rejected_image"])], return_tensors="pt"
+            )
             assert torch.allclose(rejected_pixels[i], noised["pixel_values"][0])
         else:
             assert torch.equal(chosen_pixels[i], rejected_pixels[i])
@@ -138,7 +150,14 @@ def test_gradient_accumulation_gives_the_same_step(tiny_llava: Path, tmp_path: P
     updates = []
     # One optimizer step over the same 4 pairs: 4 x 1, 2 x 2, and 3 + 1 (a short last micro-batch).
     for batch_size, accumulation in ((4, 1), (2, 2), (3, 2)):
-        trainer = make_trainer(tiny_llava, tmp_path / f"out{batch_size}", rows, batch_size=batch_size, accumulation=accumulation, learning_rate=1.0)
+        trainer = make_trainer(
+            tiny_llava,
+            tmp_path / f"out{batch_size}",
+            rows,
+            batch_size=batch_size,
+            accumulation=accumulation,
+            learning_rate=1.0,
+        )
         before = torch.cat([p.detach().flatten() for p in trainer.model.parameters() if p.requires_grad])
         trainer.train()
         after = torch.cat([p.detach().flatten() for p in trainer.model.parameters() if p.requires_grad])
@@ -159,7 +178,9 @@ def test_unit_weights_match_plain_trl(tiny_llava: Path, tmp_path: Path):
     plain_batch = {k: v for k, v in batch.items() if k not in ("weight", "pair_type")}
     with torch.no_grad():
         ours.model.eval(), plain.model.eval()
-        assert ours.compute_loss(ours.model, batch).item() == pytest.approx(plain.compute_loss(plain.model, plain_batch).item(), abs=1e-6)
+        assert ours.compute_loss(ours.model, batch).item() == pytest.approx(
+            plain.compute_loss(plain.model, plain_batch).item(), abs=1e-6
+        )
 
 
 def test_batch_wide_loss_types_are_refused(tiny_llava: Path, tmp_path: Path):
@@ -170,8 +191,14 @@ def test_batch_wide_loss_types_are_refused(tiny_llava: Path, tmp_path: Path):
 
 def test_projector_trains_at_its_own_learning_rate(tiny_llava: Path, tmp_path: Path):
     rows = preference_rows(tmp_path / "img")[:4]
-    trainer = make_trainer(tiny_llava, tmp_path / "out", rows, learning_rate=1e-3, projector_lr=0.05,
-                           modules_to_save=["multi_modal_projector"])
+    trainer = make_trainer(
+        tiny_llava,
+        tmp_path / "out",
+        rows,
+        learning_rate=1e-3,
+        projector_lr=0.05,
+        modules_to_save=["multi_modal_projector"],
+    )
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     optimizer = trainer.create_optimizer()
     by_lr: dict[float, set[str]] = {}

@@ -5,11 +5,15 @@ import socket
 import pytest
 
 from models import judges
-from models.judges import JudgeItem, JunkReply, Turn, parse_verdict, rules_score
+from models import panel as panels
+from models.judges import JudgeItem, JunkReply, Turn, parse_verdict
+from models.rules_judge import rules_score
 from tasks.config import EndpointConfig, JudgeConfig
-from tests.support.openai_server import OpenAIServer, Reply, openai_server  # noqa: F401 - fixture
+from tests.support.openai_server import OpenAIServer, Reply
 
-ITEM = JudgeItem("s1", "Is there a pneumothorax?", "There is a left pneumothorax.", "There is a right pneumothorax.", "laterality")
+ITEM = JudgeItem(
+    "s1", "Is there a pneumothorax?", "There is a left pneumothorax.", "There is a right pneumothorax.", "laterality"
+)
 
 
 def reply(score=None, reason="because", decision=None) -> str:
@@ -22,7 +26,13 @@ def reply(score=None, reason="because", decision=None) -> str:
 
 
 def endpoint_judge(server: OpenAIServer, name: str, **overrides) -> JudgeConfig:
-    endpoint = EndpointConfig(base_url=overrides.pop("base_url", server.base_url), model=name, backoff_s=0.0, timeout_s=5.0, max_retries=overrides.pop("max_retries", 1))
+    endpoint = EndpointConfig(
+        base_url=overrides.pop("base_url", server.base_url),
+        model=name,
+        backoff_s=0.0,
+        timeout_s=5.0,
+        max_retries=overrides.pop("max_retries", 1),
+    )
     return JudgeConfig(name=name, kind="endpoint", endpoint=endpoint, **overrides)
 
 
@@ -38,10 +48,10 @@ def by_model(**answers):
 
 def run_debate(configs, item=ITEM, mode="debate", **kwargs):
     async def main():
-        async with judges.open_panel(configs, "v1", None) as panel:
+        async with panels.open_panel(configs, "v1", None) as panel:
             if mode == "mean":
-                return await judges.independent_mean(panel, item)
-            return await judges.debate(panel, item, **kwargs)
+                return await panels.independent_mean(panel, item)
+            return await panels.debate(panel, item, **kwargs)
 
     return asyncio.run(main())
 
@@ -65,7 +75,15 @@ def test_plain_text_score_fallback():
 
 @pytest.mark.parametrize(
     "text",
-    ["I cannot rate this.", '{"score": 7, "reason": "x"}', '{"score": "high"}', '{"reason": "no number"}', '{"score": true}', '{"score": NaN}', ""],
+    [
+        "I cannot rate this.",
+        '{"score": 7, "reason": "x"}',
+        '{"score": "high"}',
+        '{"reason": "no number"}',
+        '{"score": true}',
+        '{"score": NaN}',
+        "",
+    ],
 )
 def test_junk_is_rejected(text):
     with pytest.raises(JunkReply):
@@ -84,8 +102,12 @@ def test_adopt_takes_previous_score_whatever_number_is_repeated():
 
 
 def test_rules_flipped_critical_finding_outweighs_changed_adjective():
-    flip = rules_score(JudgeItem("a", "Describe the findings.", "There is no pneumothorax.", "There is pneumothorax.", "negation"))
-    adjective = rules_score(JudgeItem("b", "Describe the findings.", "Mild cardiomegaly.", "Severe cardiomegaly.", "severity"))
+    flip = rules_score(
+        JudgeItem("a", "Describe the findings.", "There is no pneumothorax.", "There is pneumothorax.", "negation")
+    )
+    adjective = rules_score(
+        JudgeItem("b", "Describe the findings.", "Mild cardiomegaly.", "Severe cardiomegaly.", "severity")
+    )
     # 0.5 * type weight + 0.5 * change weight: negation 0.90 and a flipped critical finding 1.00;
     # severity 0.45 and a severity word 0.40.
     assert flip.score == pytest.approx(0.95)
@@ -124,15 +146,25 @@ def test_rules_judge_in_a_debate_agrees_with_itself_across_two_members():
 
 
 def test_debate_stops_when_round_two_adopts(openai_server):
-    openai_server.set_responder(by_model(a=reply(0.8, "wrong side of a critical finding"), b=reply(0.8, "agree", decision="adopt"), c=reply(0.1)))
+    openai_server.set_responder(
+        by_model(
+            a=reply(0.8, "wrong side of a critical finding"), b=reply(0.8, "agree", decision="adopt"), c=reply(0.1)
+        )
+    )
     configs = [endpoint_judge(openai_server, n) for n in ("a", "b", "c")]
     outcome = run_debate(configs, max_rounds=5)
     assert (outcome.score, outcome.status, outcome.reason) == (0.8, "ok", "adopted")
-    assert [(t.round, t.judge, t.score, t.adopted) for t in outcome.turns] == [(1, "a", 0.8, False), (2, "b", 0.8, True)]
+    assert [(t.round, t.judge, t.score, t.adopted) for t in outcome.turns] == [
+        (1, "a", 0.8, False),
+        (2, "b", 0.8, True),
+    ]
     assert outcome.judges_used == ["a", "b"]
     assert [r.body["model"] for r in openai_server.requests] == ["a", "b"]
     # Judge b saw judge a's score and reason; judge a saw no previous verdict.
-    assert "0.80" in openai_server.requests[1].prompt_text and "wrong side of a critical finding" in openai_server.requests[1].prompt_text
+    assert (
+        "0.80" in openai_server.requests[1].prompt_text
+        and "wrong side of a critical finding" in openai_server.requests[1].prompt_text
+    )
     assert "Another reviewer" not in openai_server.requests[0].prompt_text
 
 
@@ -185,13 +217,20 @@ def test_a_judge_down_is_excluded_and_the_debate_goes_on(openai_server):
         endpoint_judge(openai_server, "c"),
     ]
     outcome = run_debate(configs)
-    assert [(t.judge, t.error) for t in outcome.turns] == [("a", None), ("b", "unavailable_http_503"), ("down", "unavailable_connection"), ("c", None)]
+    assert [(t.judge, t.error) for t in outcome.turns] == [
+        ("a", None),
+        ("b", "unavailable_http_503"),
+        ("down", "unavailable_connection"),
+        ("c", None),
+    ]
     assert (outcome.score, outcome.reason, outcome.judges_used) == (0.4, "adopted", ["a", "c"])
 
 
 def test_every_judge_down_fails_the_sample(openai_server):
     openai_server.set_responder(lambda request: Reply(status=500))
-    outcome = run_debate([endpoint_judge(openai_server, "a", max_retries=0), endpoint_judge(openai_server, "b", max_retries=0)])
+    outcome = run_debate(
+        [endpoint_judge(openai_server, "a", max_retries=0), endpoint_judge(openai_server, "b", max_retries=0)]
+    )
     assert (outcome.score, outcome.status, outcome.reason) == (None, "failed", "no_judge_answered")
     assert [t.error for t in outcome.turns] == ["unavailable_http_500", "unavailable_http_500"]
 
@@ -210,7 +249,7 @@ def test_unknown_prompt_version_fails_before_judging(openai_server):
 
 
 async def _open(configs, version):
-    async with judges.open_panel(configs, version, None):
+    async with panels.open_panel(configs, version, None):
         pass
 
 
@@ -224,12 +263,25 @@ def test_transformers_judge_with_random_weights_answers_junk_and_is_excluded(tmp
     words = ["[UNK]", "[PAD]", "[EOS]"] + "the a lung heart left right there is no mass of and with".split()
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
-    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
 
-    configs = [JudgeConfig(name="local", kind="transformers", model_path=str(tmp_path), max_tokens=6, parse_retries=1), JudgeConfig(name="rules")]
+    configs = [
+        JudgeConfig(name="local", kind="transformers", model_path=str(tmp_path), max_tokens=6, parse_retries=1),
+        JudgeConfig(name="rules"),
+    ]
     outcome = run_debate(configs)
     # The vocabulary has no digits, so the random model can never produce a score.
     assert [(t.judge, t.error) for t in outcome.turns] == [("local", "junk_reply"), ("rules", None)]

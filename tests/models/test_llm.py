@@ -5,7 +5,7 @@ import pytest
 
 from models.llm import EndpointConfigError, LLMClient, LLMError, parse_json_reply, run_with_client, system, user
 from tasks.config import EndpointConfig
-from tests.support.openai_server import OpenAIServer, Reply, openai_server  # noqa: F401 - fixture
+from tests.support.openai_server import OpenAIServer, Reply
 
 
 def endpoint(server: OpenAIServer, **overrides) -> EndpointConfig:
@@ -26,7 +26,9 @@ def ask(config: EndpointConfig, prompts, cache_dir=None, **chat_kwargs):
 
 
 def test_retries_429_500_and_malformed_body_then_succeeds(openai_server):
-    openai_server.script(Reply(status=429, retry_after=0), Reply(status=503), Reply(body=b'{"choices": [oops'), "final answer")
+    openai_server.script(
+        Reply(status=429, retry_after=0), Reply(status=503), Reply(body=b'{"choices": [oops'), "final answer"
+    )
     (reply,), counts = ask(endpoint(openai_server), ["q"])
     assert reply.text == "final answer"
     assert reply.attempts == 4 and not reply.cached
@@ -36,7 +38,11 @@ def test_retries_429_500_and_malformed_body_then_succeeds(openai_server):
 
 @pytest.mark.parametrize(
     ("failure", "reason"),
-    [(Reply(status=500), "http_500"), (Reply(status=429), "rate_limited"), (Reply(body=b"<html>bad gateway"), "malformed_response")],
+    [
+        (Reply(status=500), "http_500"),
+        (Reply(status=429), "rate_limited"),
+        (Reply(body=b"<html>bad gateway"), "malformed_response"),
+    ],
 )
 def test_gives_up_after_max_retries_with_a_countable_reason(openai_server, failure, reason):
     openai_server.set_responder(lambda request: failure)
@@ -185,9 +191,12 @@ def test_runs_inside_an_already_running_event_loop(openai_server):
     ("text", "expected"),
     [
         ('{"answer": "no"}', {"answer": "no"}),
-        ('Sure! ```json\n{"answer": "left", "type": "laterality"}\n``` hope it helps', {"answer": "left", "type": "laterality"}),
+        (
+            'Sure! ```json\n{"answer": "left", "type": "laterality"}\n``` hope it helps',
+            {"answer": "left", "type": "laterality"},
+        ),
         ('Here: {"a": {"b": [1, 2]}} and {"c": 3}', {"a": {"b": [1, 2]}}),
-        ("[1, 2] then {broken then {\"ok\": true}", {"ok": True}),
+        ('[1, 2] then {broken then {"ok": true}', {"ok": True}),
         ("no json at all", None),
         ('{"unterminated": "x"', None),
     ],

@@ -38,7 +38,9 @@ def test_batched_segmenter_matches_the_official_predictor():
 def test_each_box_is_decoded_and_passed_in_the_model_frame():
     sam = tiny_sam()
     seen = []
-    sam.prompt_encoder.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["boxes"].clone()), with_kwargs=True)
+    sam.prompt_encoder.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["boxes"].clone()), with_kwargs=True
+    )
     boxes = np.array([[8.0, 6.0, 40.0, 30.0], [50.0, 10.0, 78.0, 44.0]])
     (result,) = SamSegmenter(sam).segment([_images()[0]], [[Prompt(boxes=boxes)]])
     # 48x80 image, 64 px model input: resized to 38x64 (SAM rounds the short side).
@@ -52,7 +54,13 @@ def test_one_encoder_pass_for_all_images_and_prompts():
     calls = []
     sam.image_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     images = _images()
-    results = SamSegmenter(sam).segment(images, [[Prompt(boxes=np.array([[1.0, 1.0, 20.0, 20.0]])), Prompt(points=np.array([[5.0, 5.0]]))], [Prompt(points=np.array([[5.0, 5.0]]))]])
+    results = SamSegmenter(sam).segment(
+        images,
+        [
+            [Prompt(boxes=np.array([[1.0, 1.0, 20.0, 20.0]])), Prompt(points=np.array([[5.0, 5.0]]))],
+            [Prompt(points=np.array([[5.0, 5.0]]))],
+        ],
+    )
     assert calls == [2]
     assert [len(r) for r in results] == [2, 1]
 

@@ -37,7 +37,9 @@ def test_seeded_sampling_gives_n_reproducible_samples(loaded: vlm.VLM, tmp_path:
     settings = vlm.GenerationSettings(max_new_tokens=8, temperature=1.5, n=4, seed=3)
     first = vlm.generate(loaded, QUESTIONS[:2], paths, settings)
     again = vlm.generate(loaded, QUESTIONS[:2], paths, settings)
-    other = vlm.generate(loaded, QUESTIONS[:2], paths, vlm.GenerationSettings(max_new_tokens=8, temperature=1.5, n=4, seed=4))
+    other = vlm.generate(
+        loaded, QUESTIONS[:2], paths, vlm.GenerationSettings(max_new_tokens=8, temperature=1.5, n=4, seed=4)
+    )
     assert [len(a) for a in first] == [4, 4]
     assert first == again
     assert first != other

@@ -31,7 +31,9 @@ def train_lora(model_path: Path, out: Path, image: Path, answer: str, steps: int
     question = "Is the lung healthy?"
     text = loaded.processor.apply_chat_template(vlms.messages(question, answer), tokenize=False)
     batch = loaded.processor(text=[text], images=[vlms.open_image(image)], return_tensors="pt")
-    prompt = loaded.processor(text=[vlms.prompt(loaded.processor, question)], images=[vlms.open_image(image)], return_tensors="pt")
+    prompt = loaded.processor(
+        text=[vlms.prompt(loaded.processor, question)], images=[vlms.open_image(image)], return_tensors="pt"
+    )
     labels = batch["input_ids"].clone()
     labels[:, : prompt["input_ids"].shape[1]] = -100  # learn the answer, not the prompt and image tokens
     optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=lr)

@@ -25,7 +25,12 @@ def _corpus_module():
 def expected_outcomes() -> dict[str, str]:
     """source_ref -> "kept" or reason, in the order make_corpus.py writes the lines."""
     cases = _corpus_module().CASES
-    outcomes = [expect for _, expect in cases[:3]] + ["not_utf8"] + [expect for _, expect in cases[3:]] + ["bad_json", "bad_record"]
+    outcomes = (
+        [expect for _, expect in cases[:3]]
+        + ["not_utf8"]
+        + [expect for _, expect in cases[3:]]
+        + ["bad_json", "bad_record"]
+    )
     return {f"{ANNOTATIONS}:{line}": outcome for line, outcome in enumerate(outcomes, start=1)}
 
 

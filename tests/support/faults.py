@@ -63,7 +63,6 @@ class FaultyResponder:
         return json.dumps({"rejected": FLIP.get(answer.lower(), "No"), "error_type": "yes_no_flip"})
 
 
-
 def role(request: LoggedRequest) -> str:
     return "judge" if "clinical relevance" in request.prompt_text else "inject"
 

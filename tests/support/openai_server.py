@@ -17,9 +17,10 @@ import collections
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real servers; clients pool connections
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
@@ -170,7 +171,9 @@ class OpenAIServer:
     def __init__(self, responder: Callable[[LoggedRequest], str | Reply] = echo_responder, latency_s: float = 0.0):
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = _State(responder=responder, latency_s=latency_s)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="openai-test-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="openai-test-server", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -219,7 +222,7 @@ class OpenAIServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "OpenAIServer":
+    def __enter__(self) -> OpenAIServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -58,3 +58,15 @@ def preference_rows(folder: Path, weights: list[float] | None = None) -> list[di
         for row, weight in zip(rows, weights):
             row["weight"] = weight
     return rows
+
+
+def write_train_pairs(path: Path, rows: list[dict]) -> Path:
+    """A hand-made preference file holding only the columns the train stage reads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.catalog import PAIRS, TRAIN_COLUMNS
+
+    schema = pa.schema([PAIRS.schema.field(name) for name in TRAIN_COLUMNS])
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in TRAIN_COLUMNS} for r in rows], schema=schema), path)
+    return path

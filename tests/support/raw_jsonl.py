@@ -19,7 +19,17 @@ def append_records(root: Path, start: int, count: int) -> SourceConfig:
         pixels = np.random.default_rng(i).integers(0, 256, (48, 48), dtype=np.uint8)
         Image.fromarray(pixels).save(root / f"img{i}.png")
         answer = "yes" if i % 2 == 0 else "no"
-        lines.append(json.dumps({"id": f"s{i}", "image": f"img{i}.png", "question": "Is there a lesion?", "answer": answer, "boxes": [[4, 4, 30, 30]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"img{i}.png",
+                    "question": "Is there a lesion?",
+                    "answer": answer,
+                    "boxes": [[4, 4, 30, 30]],
+                }
+            )
+        )
     with open(root / "data.jsonl", "a") as handle:
         handle.write("\n".join(lines) + "\n")
     return SourceConfig(format="jsonl", root=root / "data.jsonl", name="grow")

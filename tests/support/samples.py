@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks import schemas
+from tasks import catalog
 from tasks.config import IngestConfig
 from tasks.imaging import average_hash, save_array
 from tasks.store import ArtifactStore, Manifest, content_hash
@@ -18,7 +19,9 @@ def write_image(path: Path, pixels: np.ndarray) -> Path:
     return save_array(pixels, path)
 
 
-def sample_row(sample_id: str, image_path: Path, boxes: Sequence[Sequence[float]] = (), mask_path: Path | None = None, **extra: Any) -> dict[str, Any]:
+def sample_row(
+    sample_id: str, image_path: Path, boxes: Sequence[Sequence[float]] = (), mask_path: Path | None = None, **extra: Any
+) -> dict[str, Any]:
     """A SAMPLES row for an image on disk; size and hashes are read from the file.
 
     A path that is not a readable image (tests of failure handling) gets placeholder values.
@@ -61,14 +64,20 @@ def ingest_manifest(store: ArtifactStore, rows: Sequence[dict[str, Any]]) -> Man
     """Publish ``rows`` as an ingest artifact (its key follows the rows, so fixtures never collide)."""
 
     def build(out: Path) -> dict[str, float]:
-        schemas.write_parquet(schemas.table(rows, schemas.SAMPLES), out / "samples.parquet")
+        catalog.write_file(out / "samples.parquet", catalog.SAMPLES, rows)
         return {"samples": float(len(rows))}
 
     return store.run("ingest", f"fixture-{content_hash(list(rows))}", IngestConfig(), {}, build)
 
 
 # Defaults for evaluation fixtures: a closed, SLAKE-like test question.
-EVAL_DEFAULTS = {"dataset": "slake", "split": "test", "question": "Is the lung healthy?", "answer": "No", "answer_type": "closed"}
+EVAL_DEFAULTS = {
+    "dataset": "slake",
+    "split": "test",
+    "question": "Is the lung healthy?",
+    "answer": "No",
+    "answer_type": "closed",
+}
 
 
 def write_random_image(path: Path, seed: int, size: int = 32) -> Path:

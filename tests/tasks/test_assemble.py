@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks import schemas
+from tasks import catalog
 from tasks.assemble import assemble
 from tasks.config import AssembleConfig, StageConfig
 from tasks.sets import load_pairs, publish, resolve_set, to_trl_records
@@ -22,11 +22,18 @@ class Fixture(StageConfig):
     tag: str = ""
 
 
-def artifact(store: ArtifactStore, stage: str, name: str, rows: list[dict], schema, files: dict[str, np.ndarray] | None = None, tag: str = "") -> Manifest:
+def artifact(
+    store: ArtifactStore,
+    stage: str,
+    rows: list[dict],
+    declared: catalog.Artifact,
+    files: dict[str, np.ndarray] | None = None,
+    tag: str = "",
+) -> Manifest:
     def build(out: Path) -> dict:
         for relative, pixels in (files or {}).items():
             write_image(out / relative, pixels)
-        schemas.write_parquet(schemas.table(rows, schema), out / name)
+        catalog.write(out, declared, rows)
         return {"rows": len(rows)}
 
     return store.run(stage, "fixture", Fixture(tag=tag), {}, build)
@@ -40,7 +47,14 @@ def scene(tmp_path: Path) -> tuple[ArtifactStore, dict[str, Manifest]]:
     resized = tmp_path / "test_copy.jpg"
     Image.fromarray(pixels["test"]).resize((96, 96), Image.Resampling.NEAREST).save(resized, quality=95)
     samples = [
-        sample_row("d:train:a", paths["a"], boxes=[[4, 4, 20, 20]], question="Is there a lesion?", answer="yes", answer_type="closed"),
+        sample_row(
+            "d:train:a",
+            paths["a"],
+            boxes=[[4, 4, 20, 20]],
+            question="Is there a lesion?",
+            answer="yes",
+            answer_type="closed",
+        ),
         sample_row("d:train:b", paths["b"], question="Where is the lesion?", answer="left lobe"),
         sample_row("d:train:leak", paths["test"], question="Is this normal?", answer="no"),
         sample_row("d:train:copy", resized, question="What organ?", answer="liver"),
@@ -49,30 +63,131 @@ def scene(tmp_path: Path) -> tuple[ArtifactStore, dict[str, Manifest]]:
     store = ArtifactStore(tmp_path / "store")
     ids = [s["sample_id"] for s in samples]
     ingest = ingest_manifest(store, samples)
-    regions = artifact(store, "localize", "regions.parquet", [
-        {"sample_id": i, "status": "ok" if i == "d:train:a" else "no_region", "reason": None if i == "d:train:a" else "no_annotation",
-         "source": "annotation", "mask_path": "masks/a.png" if i == "d:train:a" else None, "boxes": [], "confidence": 1.0 if i == "d:train:a" else None,
-         "area_fraction": 0.1 if i == "d:train:a" else None} for i in ids], schemas.REGIONS)
-    noised = artifact(store, "noise", "noised.parquet", [
-        {"sample_id": i, "status": "ok" if i == "d:train:a" else "skipped", "reason": None, "noised_path": "images/a.png" if i == "d:train:a" else None,
-         "mode": "local", "k": 500, "seed": 1} for i in ids], schemas.NOISED, files={"images/a.png": 255 - pixels["a"]})
-    hallucinations = artifact(store, "hallucinate", "hallucinations.parquet", [
-        {"sample_id": "d:train:a", "rejected": "no", "backend": "rules", "error_type": "yes_no_flip", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
-        {"sample_id": "d:train:b", "rejected": "right lobe", "backend": "rules", "error_type": "laterality", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
-        {"sample_id": "d:train:leak", "rejected": "yes", "backend": "rules", "error_type": "yes_no_flip", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
-        {"sample_id": "d:train:copy", "rejected": "spleen", "backend": "rules", "error_type": "organ_swap", "candidates": None, "attempts": 1, "status": "ok", "reason": None},
-    ], schemas.HALLUCINATIONS)
+    regions = artifact(
+        store,
+        "localize",
+        [
+            {
+                "sample_id": i,
+                "status": "ok" if i == "d:train:a" else "no_region",
+                "reason": None if i == "d:train:a" else "no_annotation",
+                "source": "annotation",
+                "mask_path": "masks/a.png" if i == "d:train:a" else None,
+                "boxes": [],
+                "confidence": 1.0 if i == "d:train:a" else None,
+                "area_fraction": 0.1 if i == "d:train:a" else None,
+            }
+            for i in ids
+        ],
+        catalog.REGIONS,
+    )
+    noised = artifact(
+        store,
+        "noise",
+        [
+            {
+                "sample_id": i,
+                "status": "ok" if i == "d:train:a" else "skipped",
+                "reason": None,
+                "noised_path": "images/a.png" if i == "d:train:a" else None,
+                "mode": "local",
+                "k": 500,
+                "seed": 1,
+            }
+            for i in ids
+        ],
+        catalog.NOISED,
+        files={"images/a.png": 255 - pixels["a"]},
+    )
+    hallucinations = artifact(
+        store,
+        "hallucinate",
+        [
+            {
+                "sample_id": "d:train:a",
+                "rejected": "no",
+                "backend": "rules",
+                "error_type": "yes_no_flip",
+                "candidates": None,
+                "attempts": 1,
+                "status": "ok",
+                "reason": None,
+            },
+            {
+                "sample_id": "d:train:b",
+                "rejected": "right lobe",
+                "backend": "rules",
+                "error_type": "laterality",
+                "candidates": None,
+                "attempts": 1,
+                "status": "ok",
+                "reason": None,
+            },
+            {
+                "sample_id": "d:train:leak",
+                "rejected": "yes",
+                "backend": "rules",
+                "error_type": "yes_no_flip",
+                "candidates": None,
+                "attempts": 1,
+                "status": "ok",
+                "reason": None,
+            },
+            {
+                "sample_id": "d:train:copy",
+                "rejected": "spleen",
+                "backend": "rules",
+                "error_type": "organ_swap",
+                "candidates": None,
+                "attempts": 1,
+                "status": "ok",
+                "reason": None,
+            },
+        ],
+        catalog.HALLUCINATIONS,
+    )
     scores = score_artifact(store, ids, 1.1)
-    return store, {"ingest": ingest, "localize": regions, "noise": noised, "hallucinate": hallucinations, "score": scores}
+    return store, {
+        "ingest": ingest,
+        "localize": regions,
+        "noise": noised,
+        "hallucinate": hallucinations,
+        "score": scores,
+    }
 
 
 def score_artifact(store: ArtifactStore, ids: list[str], text_weight: float) -> Manifest:
     rows = [
-        {"sample_id": i, "pair_type": "text", "raw_score": 0.9, "weight": text_weight, "status": "ok", "reason": "single_judge", "error_type": None,
-         "mode": "debate", "rounds": [], "n_rounds": 1, "judges_used": ["rules"]} for i in ids[:4]
-    ] + [{"sample_id": "d:train:a", "pair_type": "visual", "raw_score": 1.0, "weight": 1.25, "status": "ok", "reason": None, "error_type": None,
-          "mode": "localizer", "rounds": [], "n_rounds": 0, "judges_used": ["localizer:annotation"]}]
-    return artifact(store, "score", "scores.parquet", rows, schemas.SCORES, tag=str(text_weight))
+        {
+            "sample_id": i,
+            "pair_type": "text",
+            "raw_score": 0.9,
+            "weight": text_weight,
+            "status": "ok",
+            "reason": "single_judge",
+            "error_type": None,
+            "mode": "debate",
+            "rounds": [],
+            "n_rounds": 1,
+            "judges_used": ["rules"],
+        }
+        for i in ids[:4]
+    ] + [
+        {
+            "sample_id": "d:train:a",
+            "pair_type": "visual",
+            "raw_score": 1.0,
+            "weight": 1.25,
+            "status": "ok",
+            "reason": None,
+            "error_type": None,
+            "mode": "localizer",
+            "rounds": [],
+            "n_rounds": 0,
+            "judges_used": ["localizer:annotation"],
+        }
+    ]
+    return artifact(store, "score", rows, catalog.SCORES, tag=str(text_weight))
 
 
 def run(store: ArtifactStore, inputs: dict[str, Manifest], **config) -> Manifest:
@@ -84,25 +199,45 @@ def test_pairs_schema_leakage_and_self_contained_images(tmp_path):
     manifest = run(store, inputs)
     folder = Path(manifest.path)
     data = pq.read_table(folder / "data" / "train-00000-of-00001.parquet")
-    assert data.schema.equals(schemas.PAIRS, check_metadata=False)
+    assert data.schema.equals(catalog.PAIRS.schema, check_metadata=False)
     pairs = {r["pair_id"]: r for r in data.to_pylist()}
     assert set(pairs) == {"d:train:a#text", "d:train:a#visual", "d:train:b#text"}
     visual = pairs["d:train:a#visual"]
-    assert (visual["chosen"], visual["rejected"], visual["weight"], visual["error_type"]) == ("yes", "yes", 1.25, "lesion_noise_local")
-    assert visual["chosen_image"] != visual["rejected_image"] and pairs["d:train:a#text"]["rejected_image"] == pairs["d:train:a#text"]["chosen_image"]
+    assert (visual["chosen"], visual["rejected"], visual["weight"], visual["error_type"]) == (
+        "yes",
+        "yes",
+        1.25,
+        "lesion_noise_local",
+    )
+    assert (
+        visual["chosen_image"] != visual["rejected_image"]
+        and pairs["d:train:a#text"]["rejected_image"] == pairs["d:train:a#text"]["chosen_image"]
+    )
     assert visual["ingest_key"] == inputs["ingest"].key and visual["score_key"] == inputs["score"].key
     # Images live inside the set, named by content, so the folder travels alone.
     assert not Path(visual["rejected_image"]).is_absolute() and (folder / visual["rejected_image"]).is_file()
-    assert np.array_equal(np.asarray(Image.open(folder / visual["rejected_image"])), 255 - np.asarray(Image.open(tmp_path / "a.png")))
-    dropped = {(r["sample_id"], r["pair_type"]): r["reason"] for r in pq.read_table(folder / "dropped.parquet").to_pylist()}
+    assert np.array_equal(
+        np.asarray(Image.open(folder / visual["rejected_image"])), 255 - np.asarray(Image.open(tmp_path / "a.png"))
+    )
+    dropped = {
+        (r["sample_id"], r["pair_type"]): r["reason"] for r in pq.read_table(folder / "dropped.parquet").to_pylist()
+    }
     assert dropped == {
         ("d:train:leak", None): "leak_test_image",
         ("d:train:copy", None): "leak_test_near_duplicate_image",
         ("d:train:b", "visual"): "region_no_region",
     }
-    assert manifest.counts["pairs"] == 3 and manifest.counts["test_samples"] == 1 and manifest.counts["dropped.leak_test_image"] == 1
+    assert (
+        manifest.counts["pairs.built"] == 3
+        and manifest.counts["samples.held_out.test"] == 1
+        and manifest.counts["samples.dropped.leak_test_image"] == 1
+    )
     card = (folder / "CARD.md").read_text()
-    assert "| fixture | text | 2 |" in card and "| leak_test_image | 1 |" in card and "Mean rejected / chosen length ratio" in card
+    assert (
+        "| fixture | text | 2 |" in card
+        and "| leak_test_image | 1 |" in card
+        and "Mean rejected / chosen length ratio" in card
+    )
 
 
 def test_version_is_stable_and_a_changed_weight_makes_a_new_one(tmp_path):
@@ -121,10 +256,13 @@ def test_version_is_stable_and_a_changed_weight_makes_a_new_one(tmp_path):
     assert {r["pair_id"]: r["weight"] for r in load_pairs(new).to_pylist()}["d:train:b#text"] == 0.9
 
 
-@pytest.mark.parametrize(("switches", "expected"), [
-    ({"visual_pairs": False}, {"text": 2}),
-    ({"text_pairs": False}, {"visual": 1}),
-])
+@pytest.mark.parametrize(
+    ("switches", "expected"),
+    [
+        ({"visual_pairs": False}, {"text": 2}),
+        ({"text_pairs": False}, {"visual": 1}),
+    ],
+)
 def test_ablation_switches(tmp_path, switches, expected):
     store, inputs = scene(tmp_path)
     pairs = load_pairs(Path(run(store, inputs, **switches).path)).to_pylist()
@@ -141,7 +279,7 @@ def test_loads_with_datasets_and_converts_to_trl_format(tmp_path):
     folder = publish(run(store, inputs), tmp_path / "sets", "demo")
     loaded = datasets.load_dataset("parquet", data_dir=str(folder / "data"))
     assert list(loaded) == ["train"] and loaded["train"].num_rows == 3
-    assert set(schemas.PAIRS.names) <= set(loaded["train"].column_names)
+    assert set(catalog.PAIRS.schema.names) <= set(loaded["train"].column_names)
     records = {r["pair_id"]: r for r in to_trl_records(folder)}
     visual = records["d:train:a#visual"]
     assert visual["prompt"] == [{"role": "user", "content": "Is there a lesion?"}]

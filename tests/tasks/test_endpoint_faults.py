@@ -5,16 +5,13 @@ completes; each affected sample is a row with a clear status and reason; retries
 
 from __future__ import annotations
 
-from tasks import schemas
+from tasks import catalog
 from tasks.config import EndpointConfig, HallucinateConfig, JudgeConfig, LocalizeConfig, NormalizerConfig, ScoreConfig
-from tasks.hallucinate import OUTPUT as HALLUCINATIONS_FILE
 from tasks.hallucinate import hallucinate
 from tasks.localize import localize
-from tasks.score import OUTPUT as SCORES_FILE
 from tasks.score import score
 from tasks.store import ArtifactStore
 from tests.support.faults import CASES, FaultyResponder, count, question, refused_base_url
-from tests.support.openai_server import openai_server  # noqa: F401 - fixture
 from tests.support.samples import ingest_manifest, sample_row, write_random_image
 
 RETRIES = 1
@@ -22,20 +19,28 @@ RETRIES = 1
 
 def endpoint(base_url: str, model: str = "m") -> EndpointConfig:
     # max_backoff_s well under the server's Retry-After: 300; timeout well under its 3 s delay.
-    return EndpointConfig(base_url=base_url, model=model, timeout_s=0.5, max_retries=RETRIES, backoff_s=0.0, max_backoff_s=5.0)
+    return EndpointConfig(
+        base_url=base_url, model=model, timeout_s=0.5, max_retries=RETRIES, backoff_s=0.0, max_backoff_s=5.0
+    )
 
 
 def fault_samples(store: ArtifactStore, folder):
     rows = [
-        sample_row(f"f:train:{case}", write_random_image(folder / f"{case}.png", seed=i), boxes=[[4, 4, 20, 20]],
-                   question=question(case), answer="yes", answer_type="closed")
+        sample_row(
+            f"f:train:{case}",
+            write_random_image(folder / f"{case}.png", seed=i),
+            boxes=[[4, 4, 20, 20]],
+            question=question(case),
+            answer="yes",
+            answer_type="closed",
+        )
         for i, case in enumerate(CASES)
     ]
     return ingest_manifest(store, rows)
 
 
-def by_sample(manifest, name, schema, pair_type=None):
-    rows = schemas.read_parquet(manifest.file(name), schema).to_pylist()
+def by_sample(manifest, artifact, pair_type=None):
+    rows = catalog.rows(manifest, artifact)
     return {r["sample_id"].rsplit(":", 1)[1]: r for r in rows if pair_type is None or r["pair_type"] == pair_type}
 
 
@@ -45,8 +50,12 @@ def test_hallucinate_and_score_complete_with_every_fault_marked(tmp_path, openai
     store = ArtifactStore(tmp_path / "store")
     ingest = fault_samples(store, tmp_path / "img")
 
-    made = hallucinate(store, HallucinateConfig(backend="llm", llm=endpoint(openai_server.base_url), cache_dir=tmp_path / "cache"), ingest)
-    rows = by_sample(made, HALLUCINATIONS_FILE, schemas.HALLUCINATIONS)
+    made = hallucinate(
+        store,
+        HallucinateConfig(backend="llm", llm=endpoint(openai_server.base_url), cache_dir=tmp_path / "cache"),
+        ingest,
+    )
+    rows = by_sample(made, catalog.HALLUCINATIONS)
     assert {case: (r["status"], r["reason"]) for case, r in rows.items()} == {
         "ok": ("ok", None),
         "limited": ("failed", "llm_rate_limited"),
@@ -59,18 +68,24 @@ def test_hallucinate_and_score_complete_with_every_fault_marked(tmp_path, openai
     assert count(requests, "limited", "inject") == 1
     assert count(requests, "slow", "inject") == RETRIES + 1
     assert count(requests, "flaky", "inject") == 2
-    assert made.counts["failed_llm_rate_limited"] == 1 and made.counts["failed_llm_timeout"] == 1 and made.counts["ok"] == 3
+    assert (
+        made.counts["rejections.failed.llm_rate_limited"] == 1
+        and made.counts["rejections.failed.llm_timeout"] == 1
+        and made.counts["rejections.ok"] == 3
+    )
 
     regions = localize(store, LocalizeConfig(), ingest)
     panel = ScoreConfig(
         judges=[
-            JudgeConfig(name="med42", kind="endpoint", endpoint=endpoint(openai_server.base_url, "med42"), parse_retries=1),
+            JudgeConfig(
+                name="med42", kind="endpoint", endpoint=endpoint(openai_server.base_url, "med42"), parse_retries=1
+            ),
             JudgeConfig(name="offline", kind="endpoint", endpoint=endpoint(refused_base_url(), "biomistral")),
         ],
         normalizer=NormalizerConfig(kind="none"),
     )
     scored = score(store, panel, ingest, made, regions)
-    text = by_sample(scored, SCORES_FILE, schemas.SCORES, "text")
+    text = by_sample(scored, catalog.SCORES, "text")
     assert {case: (r["status"], r["reason"].split(":")[0]) for case, r in text.items()} == {
         "ok": ("ok", "single_judge"),
         "limited": ("skipped", "hallucinate_failed"),
@@ -88,8 +103,8 @@ def test_hallucinate_and_score_complete_with_every_fault_marked(tmp_path, openai
     }
     assert "outside [0, 1]" in text["outofrange"]["rounds"][0]["reason"]
     assert count(openai_server.requests, "outofrange", "judge") == 2  # the score, then one re-ask
-    assert scored.counts["judge_offline_excluded_unavailable_connection"] == 3
-    assert scored.counts["text_failed_no_judge_answered"] == 1 and scored.counts["visual_ok"] == len(CASES)
+    assert scored.counts["judge[offline].excluded.unavailable_connection"] == 3
+    assert scored.counts["text.failed.no_judge_answered"] == 1 and scored.counts["visual.ok"] == len(CASES)
 
 
 def test_an_endpoint_refusing_connections_fails_every_sample_after_bounded_retries(tmp_path):
@@ -97,6 +112,8 @@ def test_an_endpoint_refusing_connections_fails_every_sample_after_bounded_retri
     ingest = fault_samples(store, tmp_path / "img")
     config = HallucinateConfig(backend="llm", llm=endpoint(refused_base_url()), cache_dir=tmp_path / "cache")
     made = hallucinate(store, config, ingest)
-    rows = by_sample(made, HALLUCINATIONS_FILE, schemas.HALLUCINATIONS)
-    assert {r["status"] for r in rows.values()} == {"failed"} and {r["reason"] for r in rows.values()} == {"llm_connection"}
-    assert made.counts["llm_requests"] == len(CASES) * (RETRIES + 1) and made.counts["llm_errors"] == len(CASES)
+    rows = by_sample(made, catalog.HALLUCINATIONS)
+    assert {r["status"] for r in rows.values()} == {"failed"} and {r["reason"] for r in rows.values()} == {
+        "llm_connection"
+    }
+    assert made.counts["llm.requests"] == len(CASES) * (RETRIES + 1) and made.counts["llm.errors"] == len(CASES)

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from tasks import catalog, comparison
 from tasks import evaluate as ev
-from tasks import schemas
 from tasks.config import EvaluateConfig
 from tasks.store import ArtifactStore
 from tests.support.adapter import train_artifact
 from tests.support.samples import ingest_artifact, sample_row, write_random_image
-from tests.support.tiny_vlm import tiny_llava  # noqa: F401  (session fixture)
 
 SPECS = [
     {"sample_id": "slake:1", "answer": "No"},
@@ -38,15 +37,27 @@ def fast(model: Path | None, **extra) -> EvaluateConfig:
 
 
 def test_select_samples_filters_split_dataset_and_caps_per_dataset(tmp_path: Path) -> None:
-    rows = [sample_row(f"{d}:{i}", tmp_path, dataset=d, split=s) for d in ("b", "a") for i, s in enumerate(["test", "train", "test", "test"])]
+    rows = [
+        sample_row(f"{d}:{i}", tmp_path, dataset=d, split=s)
+        for d in ("b", "a")
+        for i, s in enumerate(["test", "train", "test", "test"])
+    ]
     picked = ev.select_samples(rows, EvaluateConfig(max_samples=2))
     assert [r["sample_id"] for r in picked] == ["a:0", "a:2", "b:0", "b:2"]
-    assert [r["sample_id"] for r in ev.select_samples(rows, EvaluateConfig(datasets=["b"], splits=["train"]))] == ["b:1"]
+    assert [r["sample_id"] for r in ev.select_samples(rows, EvaluateConfig(datasets=["b"], splits=["train"]))] == [
+        "b:1"
+    ]
 
 
 def test_summarize_by_hand() -> None:
     def row(dataset: str, answer_type: str, answer: str, prediction: str | None, status: str = "ok") -> dict:
-        return {"dataset": dataset, "answer_type": answer_type, "answer": answer, "prediction": prediction, "status": status}
+        return {
+            "dataset": dataset,
+            "answer_type": answer_type,
+            "answer": answer,
+            "prediction": prediction,
+            "status": status,
+        }
 
     rows = [
         row("slake", "closed", "no", "No."),  # right under both rules
@@ -81,20 +92,23 @@ TRAINED = {
 
 
 def test_comparison_rows_and_text() -> None:
-    rows = ev.comparison_rows(BASE, TRAINED)
+    rows = comparison.comparison_rows(BASE, TRAINED)
     assert rows == [
         {"dataset": "iu", "metric": "bleu", "n": 4, "base": None, "trained": 10.0, "delta": None},
         {"dataset": "iu", "metric": "meteor", "n": 4, "base": None, "trained": None, "delta": None},
         {"dataset": "slake", "metric": "closed_accuracy", "n": 3, "base": 50.0, "trained": 62.5, "delta": 12.5},
         {"dataset": "slake", "metric": "open_recall", "n": 2, "base": 25.0, "trained": 25.0, "delta": 0.0},
     ]
-    text = ev.comparison_text(rows).splitlines()
+    text = comparison.comparison_text(rows).splitlines()
     assert text[0].split() == ["dataset", "metric", "n", "base", "%", "trained", "%", "delta"]
     assert text[4].split() == ["slake", "closed_accuracy", "3", "50.00", "62.50", "+12.50"]
     assert text[3].split() == ["iu", "meteor", "4", "n/a", "n/a"]
     assert len({len(line) for line in text[:2]}) == 1  # header and rule are aligned
-    base_only = ev.comparison_rows(BASE)
-    assert [(r["metric"], r["base"], r["trained"]) for r in base_only] == [("closed_accuracy", 50.0, None), ("open_recall", 25.0, None)]
+    base_only = comparison.comparison_rows(BASE)
+    assert [(r["metric"], r["base"], r["trained"]) for r in base_only] == [
+        ("closed_accuracy", 50.0, None),
+        ("open_recall", 25.0, None),
+    ]
 
 
 def test_examples_take_turns_across_datasets_and_escape_markdown() -> None:
@@ -111,15 +125,15 @@ def test_examples_take_turns_across_datasets_and_escape_markdown() -> None:
 
     base = [pred("a", i, f"a{i}") for i in range(5)] + [pred("b", 0, "line1\nline2 | x"), pred("b", 1, "", "failed")]
     trained = [pred("a", i, f"A{i}") for i in range(5)]
-    rows = ev.example_rows(base, trained, count=4)
+    rows = comparison.example_rows(base, trained, count=4)
     assert [r["sample_id"] for r in rows] == ["a:0", "b:0", "a:1", "b:1"]
     assert rows[0]["base"] == "a0" and rows[0]["trained"] == "A0"
     assert rows[1]["trained"] == "(not evaluated)"
     assert rows[3]["base"] == "(failed: boom)"
-    markdown = ev.examples_markdown(rows).splitlines()
+    markdown = comparison.examples_markdown(rows).splitlines()
     assert markdown[0] == "| dataset | sample_id | question | reference | base | trained |"
     assert markdown[3] == "| b | b:0 | q? | ref | line1<br>line2 \\| x | (not evaluated) |"
-    assert "trained" not in ev.example_rows(base, None, count=1)[0]
+    assert "trained" not in comparison.example_rows(base, None, count=1)[0]
 
 
 # --- the stage on the tiny model ---------------------------------------------------------
@@ -138,7 +152,7 @@ def test_evaluate_stage_writes_predictions_and_metrics(store: ArtifactStore, tmp
     model = ev.model_snapshot(tiny_llava)
     manifest = ev.evaluate(store, fast(tiny_llava), ingest, model)
 
-    rows = {r["sample_id"]: r for r in schemas.read_parquet(manifest.file("predictions.parquet"), schemas.PREDICTIONS).to_pylist()}
+    rows = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.PREDICTIONS)}
     assert sorted(rows) == ["iu:1", "iu:2", "slake:1", "slake:2", "slake:4"]  # train split left out
     assert rows["slake:4"]["status"] == "failed" and rows["slake:4"]["error"]  # one bad image fails one row
     assert rows["iu:2"]["status"] == "skipped_empty_reference"
@@ -148,7 +162,14 @@ def test_evaluate_stage_writes_predictions_and_metrics(store: ArtifactStore, tmp
     assert rows["slake:2"]["token_recall"] is not None and rows["iu:1"]["rouge_l"] is not None
     assert {r["adapter"] for r in rows.values()} == {None}
     assert manifest.counts == {
-        "samples": 5, "ok": 3, "failed": 1, "skipped_empty_reference": 1, "task_closed": 2, "task_open": 1, "task_report": 2
+        "samples.seen": 5,
+        "samples.seen.closed": 2,
+        "samples.seen.open": 1,
+        "samples.seen.report": 2,
+        "samples.ok": 3,
+        "samples.failed": 1,
+        "samples.skipped": 1,
+        "samples.skipped.empty_reference": 1,
     }
 
     metrics = ev.load_metrics(manifest)
@@ -166,7 +187,7 @@ def test_greedy_is_reproducible_and_sampling_is_seeded(store: ArtifactStore, tmp
     from models import vlm as vlms
 
     model = vlms.load(tiny_llava, device="cpu")
-    samples = ev.select_samples(schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist(), fast(None))
+    samples = ev.select_samples(catalog.rows(ingest, catalog.SAMPLES), fast(None))
     greedy = ev.generate_answers(model, samples, fast(None))
     assert greedy == ev.generate_answers(model, samples, fast(None, batch_size=3))  # batching does not change answers
     sampled = [ev.generate_answers(model, samples, fast(None, temperature=1.5, seed=seed)) for seed in (1, 1, 2)]
@@ -175,7 +196,9 @@ def test_greedy_is_reproducible_and_sampling_is_seeded(store: ArtifactStore, tmp
 
 def test_adapter_is_really_applied(store: ArtifactStore, tmp_path: Path, tiny_llava: Path) -> None:
     ingest = ingest_artifact(store, tmp_path / "images", [{"sample_id": f"s:{i}"} for i in range(3)])
-    train = train_artifact(store, tiny_llava, write_random_image(tmp_path / "train.png", 99), "No, the lung is not healthy.")
+    train = train_artifact(
+        store, tiny_llava, write_random_image(tmp_path / "train.png", 99), "No, the lung is not healthy."
+    )
     model = ev.model_snapshot(tiny_llava)
     config = ev.resolve_model(fast(None), train)  # base model read from the adapter's own record
     assert config.model == tiny_llava.resolve()
@@ -198,14 +221,15 @@ def test_resolve_model_needs_a_model(store: ArtifactStore, tiny_llava: Path) -> 
         ev.model_snapshot(store.root)
 
 
-
 def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) -> None:
     from tasks.config import StageConfig
 
     def artifact(tag: str, ship_model: bool):
         def build(out: Path) -> dict[str, float]:
             (out / "adapter").mkdir()
-            (out / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+            (out / "adapter" / "adapter_config.json").write_text(
+                json.dumps({"base_model_name_or_path": str(tmp_path / "gone")})
+            )
             (out / "base_model.txt").write_text(str(out / "tiny-model") + "\n")  # the build folder, renamed on publish
             if ship_model:
                 (out / "tiny-model").mkdir()
@@ -224,14 +248,24 @@ def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) ->
 def test_adapter_from_the_train_stage_is_applied(store: ArtifactStore, tmp_path: Path) -> None:
     from tasks.config import TrainConfig
     from tasks.train import preference_snapshot, train
-    from tests.support.preference import preference_rows
+    from tests.support.preference import preference_rows, write_train_pairs
 
     pairs = preference_rows(tmp_path / "pairs")
-    keep = [f.name for f in schemas.TRAIN_PAIRS]
-    path = schemas.write_parquet(schemas.table([{k: r[k] for k in keep} for r in pairs], schemas.TRAIN_PAIRS), tmp_path / "p.parquet")
+    path = write_train_pairs(tmp_path / "p.parquet", pairs)
     settings = TrainConfig(
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=5e-2, max_steps=4, batch_size=2, gradient_accumulation=1,
-        max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1, warmup_ratio=0.0, scheduler="constant",
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        learning_rate=5e-2,
+        max_steps=4,
+        batch_size=2,
+        gradient_accumulation=1,
+        max_length=None,
+        gradient_checkpointing=False,
+        save_steps=100,
+        logging_steps=1,
+        warmup_ratio=0.0,
+        scheduler="constant",
     )
     trained_on = train(store, settings, preference_snapshot(path), path)
     ingest = ingest_artifact(store, tmp_path / "images", [{"sample_id": f"s:{i}"} for i in range(3)])

@@ -6,25 +6,42 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import clinical_rules, schemas
+from tasks import catalog, clinical_rules
 from tasks.config import EndpointConfig, HallucinateConfig, TargetSamplingConfig
-from tasks.hallucinate import OUTPUT, hallucinate, rejection_problem
+from tasks.hallucinate import hallucinate
+from tasks.hallucinate.rows import rejection_problem
 from tasks.store import ArtifactStore
-from tests.support.openai_server import LoggedRequest, Reply, openai_server  # noqa: F401 - fixture
+from tests.support.openai_server import LoggedRequest, Reply
 from tests.support.samples import ingest_manifest, sample_row
-from tests.support.tiny_vlm import tiny_llava  # noqa: F401 - fixture
 
 REPORT = "Heart size normal. Small right pleural effusion. No pneumothorax."
 
 
-def sample(sid, answer, *, task="vqa", answer_type="open", question="What abnormality is seen?", split="train", image="/nonexistent.png"):
-    return sample_row(sid, Path(image), dataset="test", split=split, task=task, modality="X-Ray", question=question,
-                      answer=answer, answer_type=answer_type)
-
+def sample(
+    sid,
+    answer,
+    *,
+    task="vqa",
+    answer_type="open",
+    question="What abnormality is seen?",
+    split="train",
+    image="/nonexistent.png",
+):
+    return sample_row(
+        sid,
+        Path(image),
+        dataset="test",
+        split=split,
+        task=task,
+        modality="X-Ray",
+        question=question,
+        answer=answer,
+        answer_type=answer_type,
+    )
 
 
 def read_rows(manifest):
-    return {r["sample_id"]: r for r in schemas.read_parquet(manifest.file(OUTPUT), schemas.HALLUCINATIONS).to_pylist()}
+    return {r["sample_id"]: r for r in catalog.rows(manifest, catalog.HALLUCINATIONS)}
 
 
 SAMPLES = [
@@ -54,8 +71,8 @@ def test_rules_backend_perturbs_clinically_and_reports_what_it_cannot(tmp_path):
     assert report["status"] == "ok" and report["backend"] == "rules"
     assert report["rejected"] in {c.text for c in clinical_rules.candidates(REPORT, "report")}
     assert rejection_problem(report["rejected"], REPORT, HallucinateConfig()) is None
-    assert manifest.counts["ok"] == 4 and manifest.counts["skipped_no_rule_applies"] == 1
-    assert manifest.counts["not_in_splits"] == 1 and manifest.counts["error_yes_no_flip"] == 1
+    assert manifest.counts["rejections.ok"] == 4 and manifest.counts["rejections.skipped.no_rule_applies"] == 1
+    assert manifest.counts["samples.out_of_scope.split"] == 1 and manifest.counts["rejections.ok.yes_no_flip"] == 1
     # Deterministic: a fresh store computes the same rejections.
     again = ArtifactStore(tmp_path / "other")
     assert read_rows(hallucinate(again, HallucinateConfig(), ingest_manifest(again, SAMPLES))) == rows
@@ -110,11 +127,18 @@ def test_rules_reject_a_rewrite_outside_the_length_ratio(tmp_path):
 
 # --- llm backend --------------------------------------------------------------------------------
 
+
 def gt_of(request: LoggedRequest) -> str:
     return re.search(r"Correct answer: (.*)", request.prompt_text).group(1).strip()
 
 
-WRONG = {"Yes": "No", "MRI": "CT", "Left Lung": "Right Lung", REPORT: REPORT.replace("right", "left"), "the patient": "the doctor"}
+WRONG = {
+    "Yes": "No",
+    "MRI": "CT",
+    "Left Lung": "Right Lung",
+    REPORT: REPORT.replace("right", "left"),
+    "the patient": "the doctor",
+}
 
 
 def injector(request: LoggedRequest) -> str:
@@ -130,7 +154,12 @@ def test_llm_backend_injects_retries_with_feedback_and_reports_failures(openai_s
     def responder(request):
         answer = gt_of(request)
         if answer == "MRI":  # always over-long: retried with feedback, then failed
-            return json.dumps({"rejected": "This is a computed tomography scan of the abdomen, axial plane.", "error_type": "modality_swap"})
+            return json.dumps(
+                {
+                    "rejected": "This is a computed tomography scan of the abdomen, axial plane.",
+                    "error_type": "modality_swap",
+                }
+            )
         if answer == "the patient":
             return Reply(status=500)
         if answer == "Left Lung" and "not the JSON object" not in request.prompt_text:
@@ -148,13 +177,17 @@ def test_llm_backend_injects_retries_with_feedback_and_reports_failures(openai_s
     assert rows["report"]["rejected"] == REPORT.replace("right", "left")
     # Malformed JSON then a valid answer: two attempts, the second carried the feedback.
     assert rows["side"]["status"] == "ok" and rows["side"]["attempts"] == 2
-    assert (rows["modality"]["status"], rows["modality"]["reason"], rows["modality"]["attempts"]) == ("failed", "too_long", 3)
+    assert (rows["modality"]["status"], rows["modality"]["reason"], rows["modality"]["attempts"]) == (
+        "failed",
+        "too_long",
+        3,
+    )
     assert (rows["nothing"]["status"], rows["nothing"]["reason"]) == ("failed", "llm_http_500")
     assert rows["empty"]["reason"] == "empty_answer"
     mri_requests = [r for r in openai_server.requests if "Correct answer: MRI" in r.prompt_text]
     assert len(mri_requests) == 3 and "too long" in mri_requests[-1].messages[-1]["content"]
     assert openai_server.max_concurrent <= 2
-    assert manifest.counts["failed_llm_http_500"] == 1 and manifest.counts["llm_errors"] == 1
+    assert manifest.counts["rejections.failed.llm_http_500"] == 1 and manifest.counts["llm.errors"] == 1
 
     # A re-run elsewhere with the same cache pays for nothing that succeeded before.
     sent = len(openai_server.requests)
@@ -175,13 +208,16 @@ def test_llm_backend_sends_images_only_where_allowed(openai_server, tmp_path):
     hallucinate(store, llm_config(openai_server, tmp_path, send_images=True), ingest)
     (request,) = openai_server.requests
     assert request.messages[1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
-    remote = HallucinateConfig(backend="llm", send_images=True, llm=EndpointConfig(base_url="https://api.example.com/v1"))
+    remote = HallucinateConfig(
+        backend="llm", send_images=True, llm=EndpointConfig(base_url="https://api.example.com/v1")
+    )
     with pytest.raises(ValueError, match="may not receive images"):
         hallucinate(store, remote, ingest)
     assert len(openai_server.requests) == 1
 
 
 # --- target backend -----------------------------------------------------------------------------
+
 
 def test_target_backend_samples_the_vlm_then_selects_or_rewrites(openai_server, tmp_path, tiny_llava):
     image = tmp_path / "cxr.png"
@@ -201,7 +237,9 @@ def test_target_backend_samples_the_vlm_then_selects_or_rewrites(openai_server, 
     openai_server.set_responder(responder)
     target = TargetSamplingConfig(model_path=tiny_llava, num_samples=3, max_new_tokens=6, batch_size=2)
     # Random weights answer gibberish of any length: a loose ratio lets the selector see candidates.
-    config = llm_config(openai_server, tmp_path, backend="target", target=target, min_length_ratio=0.01, max_length_ratio=100.0)
+    config = llm_config(
+        openai_server, tmp_path, backend="target", target=target, min_length_ratio=0.01, max_length_ratio=100.0
+    )
     store = ArtifactStore(tmp_path / "store")
     manifest = hallucinate(store, config, ingest_manifest(store, rows))
     out = read_rows(manifest)
@@ -213,4 +251,4 @@ def test_target_backend_samples_the_vlm_then_selects_or_rewrites(openai_server, 
     assert len(rewritten["candidates"]) == 3
     assert rewritten["rejected"] == "No" and rewritten["error_type"] == "laterality"
     assert out["no-image"]["status"] == "failed" and out["no-image"]["reason"].startswith("generation_")
-    assert manifest.counts["ok"] == 2
+    assert manifest.counts["rejections.ok"] == 2

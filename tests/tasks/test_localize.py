@@ -5,17 +5,18 @@ import pytest
 from segment_anything import SamPredictor
 
 from models.sam import to_rgb8
-from tasks import schemas, ui
+from tasks import catalog, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig
 from tasks.imaging import load_array
-from tasks.localize import boxes_mask, clip_boxes, localize, region_grid, region_rows
+from tasks.localize import localize, region_grid, region_rows
+from tasks.regions import boxes_mask, clip_boxes
 from tasks.store import ArtifactStore, safe_stem
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
 from tests.support.samples import ingest_manifest, sample_row, write_image
 
 
 def _regions(manifest):
-    return {r["sample_id"]: r for r in schemas.read_parquet(manifest.file("regions.parquet"), schemas.REGIONS).to_pylist()}
+    return {r["sample_id"]: r for r in catalog.rows(manifest, catalog.REGIONS)}
 
 
 def _mask(manifest, row):
@@ -76,18 +77,22 @@ def test_annotation_regions_from_boxes_and_masks(annotated):
     }
     assert rows["none"]["mask_path"] is None and rows["none"]["confidence"] is None
     assert manifest.counts == {
-        "samples": 7,
-        "ok": 3,
-        "no_region_no_annotation": 1,
-        "no_region_boxes_outside_image": 1,
-        "no_region_region_too_small": 1,
-        "failed_missing_mask": 1,
+        "samples.seen": 7,
+        "regions.ok": 3,
+        "regions.no_region": 3,
+        "regions.no_region.no_annotation": 1,
+        "regions.no_region.boxes_outside_image": 1,
+        "regions.no_region.region_too_small": 1,
+        "regions.failed": 1,
+        "regions.failed.missing_mask": 1,
     }
 
 
 def test_annotation_preferences_and_confidence(annotated):
     store, ingest = annotated
-    union = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="union", confidence=0.8)), ingest))
+    union = _regions(
+        localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="union", confidence=0.8)), ingest)
+    )
     assert union["both"]["area_fraction"] == pytest.approx((200 + 150) / 2000)
     assert union["both"]["confidence"] == pytest.approx(0.8)
     boxes = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="boxes")), ingest))
@@ -106,7 +111,12 @@ def heat(tmp_path):
     image = write_image(tmp_path / "img.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
     other = write_image(tmp_path / "other.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
     flat = write_image(tmp_path / "flat.png", rng.integers(0, 256, (64, 96), dtype=np.uint8))
-    rows = [sample_row("by-image", image), sample_row("by-sample", other), sample_row("flat", flat), sample_row("missing", image, image_sha256="0" * 64)]
+    rows = [
+        sample_row("by-image", image),
+        sample_row("by-sample", other),
+        sample_row("flat", flat),
+        sample_row("missing", image, image_sha256="0" * 64),
+    ]
     maps = tmp_path / "maps"
     maps.mkdir()
     # A 16x24 attention map (as a ViT gives), blob at map (4, 18) = image (16, 72).
@@ -119,12 +129,14 @@ def heat(tmp_path):
 
 def test_heatmap_regions_follow_the_map(heat):
     store, ingest, maps = heat
-    config = LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="max_fraction", max_fraction=0.5))
+    config = LocalizeConfig(
+        source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="max_fraction", max_fraction=0.5)
+    )
     manifest = localize(store, config, ingest)
     rows = _regions(manifest)
     first = _mask(manifest, rows["by-image"])
     assert first[17, 73] and not first[50, 10]
-    (x0, y0, x1, y1), = rows["by-image"]["boxes"]
+    ((x0, y0, x1, y1),) = rows["by-image"]["boxes"]
     assert x0 < 73 < x1 and y0 < 17 < y1
     second = _mask(manifest, rows["by-sample"])
     assert second[40, 20] and not second[10, 80]
@@ -139,14 +151,20 @@ def test_heatmap_statistics_and_confidence_sidecar(heat):
     sha = _regions_sha(ingest)
     (maps / "confidences.json").write_text(json.dumps({sha: 0.42}))
     mean = _regions(localize(store, LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps)), ingest))
-    top = _regions(localize(store, LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="quantile", quantile=0.95)), ingest))
+    top = _regions(
+        localize(
+            store,
+            LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps, statistic="quantile", quantile=0.95)),
+            ingest,
+        )
+    )
     assert mean["by-image"]["confidence"] == pytest.approx(0.42)
     assert top["by-image"]["area_fraction"] == pytest.approx(0.05, abs=0.01)
     assert mean["by-image"]["area_fraction"] > top["by-image"]["area_fraction"]
 
 
 def _regions_sha(ingest):
-    samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
+    samples = catalog.rows(ingest, catalog.SAMPLES)
     return next(r["image_sha256"] for r in samples if r["sample_id"] == "by-image")
 
 
@@ -227,7 +245,9 @@ def test_sam_confidence_is_the_clipped_predicted_iou(sam_fixture):
     rows = _regions(localize(store, config, ingest))
     predictor = SamPredictor(tiny_sam())
     predictor.set_image(to_rgb8(gray))
-    ious = [predictor.predict(box=np.array(b), multimask_output=False)[1][0] for b in ([8, 6, 40, 30], [50, 10, 78, 44])]
+    ious = [
+        predictor.predict(box=np.array(b), multimask_output=False)[1][0] for b in ([8, 6, 40, 30], [50, 10, 78, 44])
+    ]
     assert rows["gray-q2"]["confidence"] == pytest.approx(float(np.clip(np.mean(ious), 0, 1)), abs=1e-4)
 
 
@@ -263,7 +283,7 @@ def test_image_grid_places_each_panel():
 
 
 def test_heatmap_peaks_give_one_point_per_hot_spot(tmp_path):
-    from tasks.localize import HeatmapLocalizer
+    from tasks.regions import HeatmapLocalizer
 
     maps = tmp_path / "maps"
     maps.mkdir()

@@ -97,7 +97,8 @@ def test_report_scores_bundle() -> None:
     )
     # identical after normalization (a newline inside a report must not split METEOR's segments)
     assert scores.as_dict() == pytest.approx(
-        {"bleu_1": 1.0, "bleu_2": 1.0, "bleu_3": 1.0, "bleu_4": 1.0, "bleu": 1.0, "rouge_l": 1.0, "meteor": 1.0}, abs=1e-6
+        {"bleu_1": 1.0, "bleu_2": 1.0, "bleu_3": 1.0, "bleu_4": 1.0, "bleu": 1.0, "rouge_l": 1.0, "meteor": 1.0},
+        abs=1e-6,
     )
     assert scores.errors == {}
 

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from tasks import schemas
+from tasks import catalog
 from tasks.config import LocalizeConfig, NoiseConfig
+from tasks.diffusion import alpha_bar, alphas_cumprod, feather, forward_diffuse, noise_array, sample_seed
 from tasks.imaging import load_array
 from tasks.localize import localize
-from tasks.noise import alpha_bar, alphas_cumprod, feather, forward_diffuse, noise, noise_array, noise_rows, sample_seed
+from tasks.noise import noise, noise_rows
 from tasks.store import ArtifactStore
 from tests.support.samples import ingest_manifest, sample_row, write_image
 
@@ -45,12 +46,17 @@ def test_noised_region_has_the_diffusion_moments(k):
     abar = alpha_bar(NoiseConfig(k=k))
     weight = feather(mask, 4.0)
     out = noise_array(image, weight, abar, seed=7)
-    scale = lambda p: (p.astype(np.float64) - 10000) / 20000 - 1  # the image's own range -> [-1, 1]
+
+    def scale(p):  # the image's own range -> [-1, 1]
+        return (p.astype(np.float64) - 10000) / 20000 - 1
+
     inner = weight == 1.0
     residual = scale(out)[inner] - np.sqrt(abar) * scale(image)[inner]
     assert abs(residual.mean()) < 4 * np.sqrt((1 - abar) / inner.sum())
     assert residual.var() == pytest.approx(1 - abar, rel=0.06)
-    assert scale(out)[inner].mean() == pytest.approx(np.sqrt(abar) * scale(image)[inner].mean(), abs=4 * np.sqrt((1 - abar) / inner.sum()))
+    assert scale(out)[inner].mean() == pytest.approx(
+        np.sqrt(abar) * scale(image)[inner].mean(), abs=4 * np.sqrt((1 - abar) / inner.sum())
+    )
     assert np.array_equal(out[~mask], image[~mask])
 
 
@@ -91,7 +97,9 @@ def test_noise_is_deterministic_per_seed():
     weight, abar = feather(mask, 2.0), alpha_bar(NoiseConfig())
     assert np.array_equal(noise_array(image, weight, abar, 11), noise_array(image, weight, abar, 11))
     assert not np.array_equal(noise_array(image, weight, abar, 11), noise_array(image, weight, abar, 12))
-    assert sample_seed("slake:1", 0) == sample_seed("slake:1", 0) != sample_seed("slake:2", 0) != sample_seed("slake:1", 1)
+    assert (
+        sample_seed("slake:1", 0) == sample_seed("slake:1", 0) != sample_seed("slake:2", 0) != sample_seed("slake:1", 1)
+    )
 
 
 def test_global_mode_noises_everything():
@@ -121,9 +129,14 @@ def test_noise_stage_writes_pairs_and_skips_samples_without_region(tmp_path):
     store, ingest = _fixture(tmp_path)
     regions = localize(store, LocalizeConfig(), ingest)
     manifest = noise(store, NoiseConfig(feather_px=2), ingest, regions)
-    rows = {r["sample_id"]: r for r in schemas.read_parquet(manifest.file("noised.parquet"), schemas.NOISED).to_pylist()}
+    rows = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.NOISED)}
     assert rows["s:bare"]["status"] == "skipped" and rows["s:bare"]["reason"] == "no_region_no_annotation"
-    assert manifest.counts == {"samples": 3, "kept": 2, "skipped_no_region_no_annotation": 1}
+    assert manifest.counts == {
+        "samples.seen": 3,
+        "images.noised": 2,
+        "images.skipped": 1,
+        "images.skipped.no_region_no_annotation": 1,
+    }
     original = load_array(tmp_path / "b.png")
     noised = load_array(manifest.file(rows["s:rgb"]["noised_path"]))
     assert noised.shape == original.shape == (48, 72, 3)
@@ -151,7 +164,7 @@ def test_global_stage_noises_the_same_samples(tmp_path):
     store, ingest = _fixture(tmp_path)
     regions = localize(store, LocalizeConfig(), ingest)
     manifest = noise(store, NoiseConfig(mode="global"), ingest, regions)
-    rows = {r["sample_id"]: r for r in schemas.read_parquet(manifest.file("noised.parquet"), schemas.NOISED).to_pylist()}
+    rows = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.NOISED)}
     assert [rows[s]["status"] for s in ("s:boxed", "s:rgb", "s:bare")] == ["ok", "ok", "skipped"]
     original = load_array(tmp_path / "a.png")
     noised = load_array(manifest.file(rows["s:boxed"]["noised_path"]))
@@ -163,7 +176,7 @@ def test_unreadable_image_fails_the_sample_not_the_stage(tmp_path):
     regions = localize(store, LocalizeConfig(), ingest)
     (tmp_path / "a.png").write_bytes(b"not a png")
     manifest = noise(store, NoiseConfig(), ingest, regions)
-    assert manifest.counts["failed_unreadable_image"] == 1 and manifest.counts["kept"] == 1
+    assert manifest.counts["images.failed.unreadable_image"] == 1 and manifest.counts["images.noised"] == 1
 
 
 def test_noise_table_joins_region_area_and_confidence(tmp_path):
@@ -171,8 +184,8 @@ def test_noise_table_joins_region_area_and_confidence(tmp_path):
     regions = localize(store, LocalizeConfig(), ingest)
     manifest = noise(store, NoiseConfig(), ingest, regions)
     table = noise_rows(
-        schemas.read_parquet(regions.file("regions.parquet"), schemas.REGIONS).to_pylist(),
-        schemas.read_parquet(manifest.file("noised.parquet"), schemas.NOISED).to_pylist(),
+        catalog.rows(regions, catalog.REGIONS),
+        catalog.rows(manifest, catalog.NOISED),
     )
     by_sample = {row["sample"]: row for row in table}
     assert by_sample["s:boxed"] == {"sample": "s:boxed", "region area %": 18.75, "confidence": 1.0, "noised": "ok"}

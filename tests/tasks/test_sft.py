@@ -21,8 +21,8 @@ def test_sft_trains_the_chosen_parts_and_the_store_reuses_it(tmp_path):
 
     manifest = sft(store, CONFIG, ingest)
 
-    assert manifest.counts["trained"] == 8 and manifest.counts["skipped_split"] == 1
-    assert manifest.counts["steps"] == 30
+    assert manifest.counts["samples.trained"] == 8 and manifest.counts["samples.skipped.split"] == 1
+    assert manifest.counts["train.steps"] == 30
     tuned = vlm.load(model_dir(manifest), device="cpu")
     # The untrained tiny model of the same seed is the reference for what changed.
     fresh = vlm.load(untrained_copy(tmp_path, tuned), device="cpu")
@@ -30,7 +30,9 @@ def test_sft_trains_the_chosen_parts_and_the_store_reuses_it(tmp_path):
     assert not any(v for k, v in changed.items() if "vision_tower" in k)
     assert any(v for k, v in changed.items() if "multi_modal_projector" in k)
     assert any(v for k, v in changed.items() if "language_model" in k)
-    answers = vlm.generate(tuned, ["Is the lung healthy?"], [ingest_image(ingest)], vlm.GenerationSettings(max_new_tokens=3))
+    answers = vlm.generate(
+        tuned, ["Is the lung healthy?"], [ingest_image(ingest)], vlm.GenerationSettings(max_new_tokens=3)
+    )
     assert answers[0][0].split()[0] in {"yes", "no"}
 
     assert sft(store, CONFIG, ingest) == manifest  # same key: nothing retrained
@@ -53,6 +55,6 @@ def untrained_copy(tmp_path, tuned: vlm.VLM):
 
 
 def ingest_image(ingest):
-    from tasks import schemas
+    from tasks import catalog
 
-    return schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()[0]["image_path"]
+    return catalog.rows(ingest, catalog.SAMPLES)[0]["image_path"]

@@ -6,22 +6,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks import schemas
 from tasks.config import TrainConfig
 from tasks.store import ArtifactStore
 from tasks.train import checkpoint_dir, preference_snapshot, train
-from tests.support.preference import preference_rows
-
+from tests.support.preference import preference_rows, write_train_pairs
 
 
 def write_set(folder: Path, rows: list[dict]) -> Path:
-    keep = [f.name for f in schemas.TRAIN_PAIRS]
-    return schemas.write_parquet(schemas.table([{k: r[k] for k in keep} for r in rows], schemas.TRAIN_PAIRS), folder / "preferences.parquet")
+    return write_train_pairs(folder / "preferences.parquet", rows)
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, max_steps=2, batch_size=2,
-                  gradient_accumulation=1, save_steps=1, logging_steps=1, max_length=None, gradient_checkpointing=False)
+    values = dict(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        learning_rate=1e-3,
+        max_steps=2,
+        batch_size=2,
+        gradient_accumulation=1,
+        save_steps=1,
+        logging_steps=1,
+        max_length=None,
+        gradient_checkpointing=False,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -34,12 +42,18 @@ def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
     config = small_config()
     manifest = train(store, config, preference_snapshot(path), path)
 
-    assert manifest.counts["pairs_in_set"] == 8
-    assert manifest.counts["skipped_missing_image"] == 1
-    assert manifest.counts["skipped_split"] == 1
-    assert manifest.counts["pairs_text"] + manifest.counts["pairs_visual"] == manifest.counts["pairs_trained"] == 6
-    assert manifest.counts["steps"] == 2
-    assert "last/visual/rewards/margins" in manifest.counts and "last/text/rewards/margins" in manifest.counts
+    assert manifest.counts["pairs.in_set"] == 8
+    assert manifest.counts["pairs.skipped.missing_image"] == 1
+    assert manifest.counts["pairs.skipped.split"] == 1
+    assert (
+        manifest.counts["pairs.trained.text"] + manifest.counts["pairs.trained.visual"]
+        == manifest.counts["pairs.trained"]
+        == 6
+    )
+    assert manifest.counts["train.steps"] == 2
+    assert (
+        "train.last.visual/rewards/margins" in manifest.counts and "train.last.text/rewards/margins" in manifest.counts
+    )
     assert "adapter/adapter_model.safetensors" in manifest.files and "tiny-model/model.safetensors" in manifest.files
     adapter = load_file(manifest.file("adapter/adapter_model.safetensors"))
     # LoRA on the language model, plus the fully trained projector (projector_lr, the paper's 2e-5).
@@ -55,13 +69,13 @@ def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
     # A run killed while writing step 2's checkpoint (the Trainer writes trainer_state.json last)
     # resumes from step 1's and ends where the uninterrupted run did.
     shutil.rmtree(manifest.path)
-    partial = checkpoint_dir(store, config, preference_snapshot(path)) / "checkpoint-2"
+    partial = checkpoint_dir(store, config, {"assemble": preference_snapshot(path)}) / "checkpoint-2"
     (partial / "trainer_state.json").unlink()
     resumed = train(store, config, preference_snapshot(path), path, resume=True)
-    assert resumed.key == manifest.key and resumed.counts["resumed"] == 1 and resumed.counts["steps"] == 2
+    assert resumed.key == manifest.key and resumed.counts["train.resumed"] == 1 and resumed.counts["train.steps"] == 2
     # Only step 2 ran again: the resumed run's mean loss is the original run's step-2 loss.
     step2 = next(h["loss"] for h in history if h.get("step") == 2 and "loss" in h)
-    assert resumed.counts["train_loss"] == pytest.approx(step2, rel=1e-4)
+    assert resumed.counts["train.loss"] == pytest.approx(step2, rel=1e-4)
     again = load_file(resumed.file("adapter/adapter_model.safetensors"))
     for name, value in adapter.items():
         torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-6)
@@ -72,5 +86,5 @@ def test_a_set_with_nothing_trainable_fails_with_the_reasons(tmp_path: Path):
     for row in rows:
         row["split"] = "test"
     path = write_set(tmp_path, rows)
-    with pytest.raises(ValueError, match="skipped_split"):
+    with pytest.raises(ValueError, match="pairs.skipped.split"):
         train(ArtifactStore(tmp_path / "store"), small_config(), preference_snapshot(path), path)

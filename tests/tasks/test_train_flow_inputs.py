@@ -19,8 +19,19 @@ def test_preferences_resolve_from_a_file_a_set_folder_or_a_published_name(tmp_pa
 
     version = tmp_path / "sets" / "demo" / "0123456789abcdef"
     version.mkdir(parents=True)
-    manifest = Manifest(stage="assemble", key=version.name, path=str(version), inputs={}, lineage=[], config={},
-                        code_version="c", counts={}, files=[], created="2026-01-01T00:00:00+00:00", seconds=0.0)
+    manifest = Manifest(
+        stage="assemble",
+        key=version.name,
+        path=str(version),
+        inputs={},
+        lineage=[],
+        config={},
+        code_version="c",
+        counts={},
+        files=[],
+        created="2026-01-01T00:00:00+00:00",
+        seconds=0.0,
+    )
     (version / "manifest.json").write_text(manifest.model_dump_json())
     for ref in ("demo", "demo@0123456789abcdef", str(version)):
         keyed, path = resolve_preferences(config, ref)

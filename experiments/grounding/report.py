@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks.config import ExperimentConfig
-from tasks.experiment import LABELS, METRICS, REFERENCE_ARM
-
+from experiments.grounding.arms import LABELS, REFERENCE_ARM
+from experiments.grounding.config import ExperimentConfig
+from experiments.grounding.measure import METRICS
 
 # A share of off-vocabulary answers above this is called out in the verdict.
 DRIFT = 0.1
@@ -29,7 +30,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[di
         entry: dict[str, Any] = {"arm": arm, "seeds": len(mine)}
         for metric in METRICS:
             values = [r[metric] for r in mine if r[metric] == r[metric]]  # NaN (no pairs of that kind) left out
-            entry[metric] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+            entry[metric] = (
+                (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+            )
         table.append(entry)
     return table
 
@@ -48,7 +51,11 @@ def verdict(table: Sequence[Mapping[str, Any]]) -> list[str]:
     if REFERENCE_ARM not in by_arm:
         return lines
     ours = by_arm[REFERENCE_ARM]
-    for metric, name in (("closed_accuracy", "test accuracy"), ("forced_choice_accuracy", "yes/no forced choice"), ("image_sensitivity", "image sensitivity")):
+    for metric, name in (
+        ("closed_accuracy", "test accuracy"),
+        ("forced_choice_accuracy", "yes/no forced choice"),
+        ("image_sensitivity", "image sensitivity"),
+    ):
         if ours[metric] is None:
             continue
         mean, std = ours[metric]
@@ -62,18 +69,26 @@ def verdict(table: Sequence[Mapping[str, Any]]) -> list[str]:
                 word = "no clear difference from"
             else:
                 word = "above" if gap > 0 else "below"
-            lines.append(f"- {name}: {LABELS[REFERENCE_ARM]} {100 * mean:.1f}% is {word} {LABELS[arm]} {100 * other:.1f}% (gap {100 * gap:+.1f} points, larger std {100 * spread:.1f}).")
+            lines.append(
+                f"- {name}: {LABELS[REFERENCE_ARM]} {100 * mean:.1f}% is {word} {LABELS[arm]} {100 * other:.1f}% (gap "
+                f"{100 * gap:+.1f} points, larger std {100 * spread:.1f})."
+            )
     for arm, row in by_arm.items():
         if row["off_answers"] is not None and row["off_answers"][0] > DRIFT:
             lines.append(
-                f"- {LABELS[arm]}: {100 * row['off_answers'][0]:.0f}% of its greedy test answers are neither yes nor no - preference "
+                f"- {LABELS[arm]}: {100 * row['off_answers'][0]:.0f}% of its greedy test answers are neither yes nor "
+                "no - preference "
                 "training moved probability off both answers; accuracy counts them wrong, the forced choice does not."
             )
     return lines
 
 
 def write_report(
-    rows: Sequence[Mapping[str, Any]], config: ExperimentConfig, prior_accuracy: float, seconds: tuple[float, float], machine: str
+    rows: Sequence[Mapping[str, Any]],
+    config: ExperimentConfig,
+    prior_accuracy: float,
+    seconds: tuple[float, float],
+    machine: str,
 ) -> Path:
     """``seconds``: this invocation's wall time and the summed build time of every artifact
     it used (what a run from an empty store computes, orchestration overhead aside)."""
@@ -92,22 +107,37 @@ def write_report(
         "",
         f"Every arm starts from the same SFT checkpoint per seed (TRL SFTTrainer, {config.sft.epochs:g} epochs, "
         f"lr {config.sft.learning_rate:g} {config.sft.scheduler}) and goes through the real flows "
-        "(curate -> train -> evaluate). Seeds: " + ", ".join(map(str, config.seeds)) + f" (mean ± std over {len(config.seeds)}).",
+        "(curate -> train -> evaluate). Seeds: "
+        + ", ".join(map(str, config.seeds))
+        + f" (mean ± std over {len(config.seeds)}).",
         "",
-        "| arm | closed accuracy, test (%) | answers neither yes nor no (%) | yes/no forced choice, test (%) | image sensitivity (%) | text margin, val | visual margin, val |",
+        "| arm | closed accuracy, test (%) | answers neither yes nor no (%) | yes/no forced choice, test (%) | image "
+        "sensitivity (%) | text margin, val | visual margin, val |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in table:
-        cells = [_cell(row["closed_accuracy"], True), _cell(row["off_answers"], True), _cell(row["forced_choice_accuracy"], True), _cell(row["image_sensitivity"], True), _cell(row["text_margin"], False), _cell(row["visual_margin"], False)]
+        cells = [
+            _cell(row["closed_accuracy"], True),
+            _cell(row["off_answers"], True),
+            _cell(row["forced_choice_accuracy"], True),
+            _cell(row["image_sensitivity"], True),
+            _cell(row["text_margin"], False),
+            _cell(row["visual_margin"], False),
+        ]
         lines.append(f"| {LABELS[row['arm']]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"![per-arm metrics]({plot.name})",
         "",
-        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is neither yes nor no counts as wrong (their share: next column).",
-        "- **yes/no forced choice**: share of the same questions where the right answer has the higher log-probability of 'yes' and 'no' (grounding of the choice, whatever the greedy answer drifted to).",
-        f"- **image sensitivity**: share of test answers (questions about an image with a lesion) that change when the lesion's box is diffusion-noised (k={config.measure.noise_k}).",
-        "- **margins**: mean log p(chosen) - log p(rejected) on the held-out val pairs of the MMedPO set (text: ground truth vs hallucinated answer; visual: the answer on the real vs the lesion-noised image). Higher = prefers the truth / the real image.",
+        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is "
+        "neither yes nor no counts as wrong (their share: next column).",
+        "- **yes/no forced choice**: share of the same questions where the right answer has the higher "
+        "log-probability of 'yes' and 'no' (grounding of the choice, whatever the greedy answer drifted to).",
+        "- **image sensitivity**: share of test answers (questions about an image with a lesion) that change when "
+        f"the lesion's box is diffusion-noised (k={config.measure.noise_k}).",
+        "- **margins**: mean log p(chosen) - log p(rejected) on the held-out val pairs of the MMedPO set (text: "
+        "ground truth vs hallucinated answer; visual: the answer on the real vs the lesion-noised image). Higher = "
+        "prefers the truth / the real image.",
         "",
         "## What the numbers say",
         "",
@@ -115,15 +145,24 @@ def write_report(
         "",
         "## Per seed",
         "",
-        "| arm | seed | closed accuracy (%) | neither yes nor no (%) | forced choice (%) | image sensitivity (%) | text margin | visual margin |",
+        "| arm | seed | closed accuracy (%) | neither yes nor no (%) | forced choice (%) | image sensitivity (%) | "
+        "text margin | visual margin |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | {100 * row['off_answers']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | {100 * row['image_sensitivity']:.1f} | "
+            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | "
+            f"{100 * row['off_answers']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | "
+            f"{100 * row['image_sensitivity']:.1f} | "
             f"{row['text_margin']:+.2f} | {row['visual_margin']:+.2f} |"
         )
-    lines += ["", f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min; building its artifacts from scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: `{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`", ""]
+    lines += [
+        "",
+        f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min; building its artifacts from "
+        f"scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: "
+        f"`{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`",
+        "",
+    ]
     config.report.write_text("\n".join(lines))
     return config.report
 

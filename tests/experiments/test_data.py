@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import GroundingDataConfig, IngestConfig, SourceConfig
-from tasks.grounding_data import PRESENCE, SIDE, WHERE, build_grounding_data
+from experiments.grounding.config import GroundingDataConfig
+from experiments.grounding.data import PRESENCE, SIDE, WHERE, build_grounding_data
+from tasks import catalog
+from tasks.config import IngestConfig, SourceConfig
 from tasks.imaging import load_array
 from tasks.ingest import ingest_to_file
-from tasks import schemas
 
 CONFIG = GroundingDataConfig(n_train=160, n_val=8, n_test=160, image_size=48)
 
@@ -56,7 +57,10 @@ def test_answers_follow_the_pasted_lesion(records):
             assert row["answer"] == ("yes" if centre_x < 24 else "no")
         else:
             assert row["question"] == WHERE
-            assert row["answer"] == f"Lesion in the {'upper' if (y0 + y1) / 2 < 24 else 'lower'} {'left' if centre_x < 24 else 'right'}."
+            assert (
+                row["answer"]
+                == f"Lesion in the {'upper' if (y0 + y1) / 2 < 24 else 'lower'} {'left' if centre_x < 24 else 'right'}."
+            )
 
 
 def test_same_config_same_bytes_and_a_new_seed_changes_them(records, tmp_path):
@@ -73,7 +77,7 @@ def test_it_goes_through_ingestion_with_its_boxes(records, tmp_path):
     root, rows = records
     source = SourceConfig(format="jsonl", root=root / "grounding.jsonl", name="grounding")
     counts = ingest_to_file(source, IngestConfig(sources=[source]), tmp_path / "samples.parquet")
-    assert counts["kept"] == len(rows)
-    samples = schemas.read_parquet(tmp_path / "samples.parquet", schemas.SAMPLES).to_pylist()
+    assert counts["samples.kept"] == len(rows)
+    samples = catalog.read_file(tmp_path / "samples.parquet", catalog.SAMPLES).to_pylist()
     with_boxes = {s["sample_id"].split(":")[-1]: s["boxes"] for s in samples if s["boxes"]}
     assert len(with_boxes) == sum(bool(r["boxes"]) for r in rows)

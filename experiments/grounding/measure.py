@@ -1,102 +1,68 @@
-"""The grounding experiment's pieces: run configs per arm, the measures, the report.
+"""The grounding experiment's measures (stage ``measure``, one artifact per model).
 
-Arms differ only in how their preference set is curated (flows/experiment.py composes
-them): ``sft`` trains nothing after SFT; ``dpo_text`` has text pairs only (plain DPO on
-hallucinated answers); ``mmedpo`` adds the lesion-noised visual pairs, weighted by the
-judged score; ``mmedpo_global`` noises the whole image instead of the lesion;
-``mmedpo_unweighted`` gives every pair weight 1.
-
-Measures (stage ``measure``, one artifact per model): closed accuracy on the flipped-prior
-test split (from the evaluate artifact), image sensitivity (share of test answers that change
-when the lesion's box is diffusion-noised at test time) and the mean chosen - rejected
-log-probability margin of held-out (val) pairs, text and visual separately.
+Closed accuracy on the flipped-prior test split (from the evaluate artifact), image
+sensitivity (share of test answers that change when the lesion's box is diffusion-noised at
+test time) and the mean chosen - rejected log-probability margin of held-out (val) pairs,
+text and visual separately.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from prefect import task
 
-from tasks import schemas, ui
-from tasks.config import (
-    AssembleConfig,
-    EvaluateConfig,
-    ExperimentConfig,
-    HallucinateConfig,
-    IngestConfig,
-    MeasureConfig,
-    NoiseConfig,
-    NormalizerConfig,
-    RunConfig,
-    SourceConfig,
-)
+from experiments.grounding.config import MeasureConfig
+from tasks import catalog, ui
+from tasks.catalog import SAMPLES
+from tasks.config import NoiseConfig
+from tasks.diffusion import alpha_bar, noise_array, sample_seed
 from tasks.evaluate import adapter_dir, load_metrics, load_predictions
-from tasks.noise import alpha_bar, noise_array, sample_seed
 from tasks.imaging import load_array, save_array
 from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, safe_stem, stage_task_options
 
 STAGE = "measure"
-CODE = code_version(__name__, "models.vlm", "tasks.noise")
-
-LABELS = {
-    "sft": "SFT only",
-    "dpo_text": "SFT + DPO (text pairs)",
-    "mmedpo": "SFT + MMedPO",
-    "mmedpo_global": "SFT + MMedPO, global noise",
-    "mmedpo_unweighted": "SFT + MMedPO, no weights",
-}
-# The arm whose curated set (text + local visual pairs) holds the held-out pairs every arm's margins are measured on.
-REFERENCE_ARM = "mmedpo"
-METRICS = ("closed_accuracy", "off_answers", "forced_choice_accuracy", "image_sensitivity", "text_margin", "visual_margin")
-
-
-def base_run_config(config: ExperimentConfig, source: Path) -> RunConfig:
-    """The curation every arm shares; the arms change one section each."""
-    return RunConfig(
-        name=config.name,
-        store=config.store,
-        sets=config.sets,
-        ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=source, name="grounding")]),
-        # val needs rejections too: its pairs are the held-out margins.
-        hallucinate=HallucinateConfig(splits=["train", "val"]),
-        # Train and test crops come from the same few background images: the near-duplicate
-        # check would drop most of the training set as leakage.
-        assemble=AssembleConfig(near_duplicate_bits=None),
-        train=config.train,
-        evaluate=EvaluateConfig(meteor=False, max_new_tokens=4, batch_size=config.measure.batch_size, examples=4),
-    )
-
-
-def arm_config(base: RunConfig, arm: str) -> RunConfig:
-    if arm in ("sft", REFERENCE_ARM):
-        update: dict[str, Any] = {}
-    elif arm == "dpo_text":
-        update = {"assemble": base.assemble.model_copy(update={"visual_pairs": False})}
-    elif arm == "mmedpo_global":
-        update = {"noise": base.noise.model_copy(update={"mode": "global"})}
-    elif arm == "mmedpo_unweighted":
-        update = {"score": base.score.model_copy(update={"normalizer": NormalizerConfig(kind="paper", anchor=1.0, gain=0.0)})}
-    else:
-        raise ValueError(f"unknown arm {arm!r}")
-    return base.model_copy(update={**update, "name": f"{base.name}-{arm.replace('_', '-')}"})
+CODE = code_version(__name__, "models.vlm", "tasks.diffusion")
+METRICS = (
+    "closed_accuracy",
+    "off_answers",
+    "forced_choice_accuracy",
+    "image_sensitivity",
+    "text_margin",
+    "visual_margin",
+)
 
 
 def measure(
-    store: ArtifactStore, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None = None
+    store: ArtifactStore,
+    config: MeasureConfig,
+    ingest: Manifest,
+    assemble: Manifest,
+    sft: Manifest,
+    evaluate: Manifest,
+    train: Manifest | None = None,
 ) -> Manifest:
     inputs: dict[str, Keyed] = {"ingest": ingest, "assemble": assemble, "sft": sft, "evaluate": evaluate}
     if train is not None:
         inputs["train"] = train
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_measures(out, config, ingest, assemble, sft, evaluate, train))
+    return store.run(
+        STAGE, CODE, config, inputs, lambda out: build_measures(out, config, ingest, assemble, sft, evaluate, train)
+    )
 
 
 def build_measures(
-    out: Path, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None
+    out: Path,
+    config: MeasureConfig,
+    ingest: Manifest,
+    assemble: Manifest,
+    sft: Manifest,
+    evaluate: Manifest,
+    train: Manifest | None,
 ) -> dict[str, float]:
     from models import vlm
     from tasks.sft import model_dir
@@ -104,8 +70,11 @@ def build_measures(
     model = vlm.load(model_dir(sft), device="cpu")
     if train is not None:
         model = vlm.apply_adapter(model, adapter_dir(train))
-    samples = schemas.read_parquet(ingest.file("samples.parquet"), schemas.SAMPLES).to_pylist()
-    result: dict[str, float] = {"closed_accuracy": closed_accuracy(load_metrics(evaluate)), "off_answers": off_answers(load_predictions(evaluate))}
+    samples = catalog.rows(ingest, SAMPLES)
+    result: dict[str, float] = {
+        "closed_accuracy": closed_accuracy(load_metrics(evaluate)),
+        "off_answers": off_answers(load_predictions(evaluate)),
+    }
     test = [s for s in samples if s["split"] == "test"]
     result.update(forced_choice(model, test))
     result.update(image_sensitivity(model, test, config, out / "noised"))
@@ -123,7 +92,11 @@ def closed_accuracy(metrics: Mapping[str, Any]) -> float:
 def off_answers(predictions: Sequence[Mapping[str, Any]]) -> float:
     """Share of closed test answers that start with neither yes nor no (generation drift)."""
     closed = [p for p in predictions if p["answer_type"] == "closed"]
-    return sum(first_word(p["prediction"] or "") not in ("yes", "no") for p in closed) / len(closed) if closed else float("nan")
+    return (
+        sum(first_word(p["prediction"] or "") not in ("yes", "no") for p in closed) / len(closed)
+        if closed
+        else float("nan")
+    )
 
 
 def forced_choice(model: Any, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -137,7 +110,10 @@ def forced_choice(model: Any, samples: Sequence[Mapping[str, Any]]) -> dict[str,
     for sample in closed:
         truth = sample["answer"].strip().lower()
         other = "no" if truth == "yes" else "yes"
-        right.append(vlm.answer_logprob(model, sample["question"], truth, sample["image_path"]) > vlm.answer_logprob(model, sample["question"], other, sample["image_path"]))
+        right.append(
+            vlm.answer_logprob(model, sample["question"], truth, sample["image_path"])
+            > vlm.answer_logprob(model, sample["question"], other, sample["image_path"])
+        )
     return {"forced_choice_accuracy": float(np.mean(right)) if right else float("nan")}
 
 
@@ -147,10 +123,14 @@ def lesion_noised(sample: Mapping[str, Any], config: MeasureConfig) -> np.ndarra
     weight = np.zeros(pixels.shape[:2], dtype=np.float32)
     for x0, y0, x1, y1 in sample["boxes"]:
         weight[max(int(y0), 0) : int(y1), max(int(x0), 0) : int(x1)] = 1.0
-    return noise_array(pixels, weight, alpha_bar(NoiseConfig(k=config.noise_k)), sample_seed(sample["sample_id"], config.noise_seed))
+    return noise_array(
+        pixels, weight, alpha_bar(NoiseConfig(k=config.noise_k)), sample_seed(sample["sample_id"], config.noise_seed)
+    )
 
 
-def image_sensitivity(model: Any, samples: Sequence[Mapping[str, Any]], config: MeasureConfig, folder: Path) -> dict[str, float]:
+def image_sensitivity(
+    model: Any, samples: Sequence[Mapping[str, Any]], config: MeasureConfig, folder: Path
+) -> dict[str, float]:
     """Share of closed test answers that change when the lesion is noised away (samples
     without a lesion have nothing to noise and are counted apart)."""
     from models import vlm
@@ -198,7 +178,13 @@ def pair_margins(model: Any, pairs: Sequence[Mapping[str, Any]]) -> dict[str, fl
 
 @task(**stage_task_options(STAGE, CODE))
 def measure_task(
-    store_root: str, config: MeasureConfig, ingest: Manifest, assemble: Manifest, sft: Manifest, evaluate: Manifest, train: Manifest | None = None
+    store_root: str,
+    config: MeasureConfig,
+    ingest: Manifest,
+    assemble: Manifest,
+    sft: Manifest,
+    evaluate: Manifest,
+    train: Manifest | None = None,
 ) -> Manifest:
     manifest = measure(ArtifactStore(store_root), config, ingest, assemble, sft, evaluate, train)
     ui.manifest_markdown(manifest)

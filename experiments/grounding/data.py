@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import GroundingDataConfig
-from tasks.demo_data import IMAGES, _materialize
+from experiments.grounding.config import GroundingDataConfig
+from tasks.demo_data import IMAGES, materialize
 from tasks.imaging import dicom_to_png, load_array, save_array
 from tasks.store import canonical_json, content_hash
 
@@ -69,7 +69,7 @@ def load_backgrounds(folder: Path) -> list[tuple[str, np.ndarray]]:
     found = []
     for name, (source, ref) in sorted(IMAGES.items()):
         raw = folder / name
-        _materialize(source, ref, raw)
+        materialize(source, ref, raw)
         if raw.suffix == ".dcm":
             png = raw.with_suffix(".png")
             if not png.is_file():
@@ -85,7 +85,12 @@ def load_backgrounds(folder: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def make_sample(
-    rng: np.random.Generator, backgrounds: list[tuple[str, np.ndarray]], config: GroundingDataConfig, split: str, index: int, yes_rate: float
+    rng: np.random.Generator,
+    backgrounds: list[tuple[str, np.ndarray]],
+    config: GroundingDataConfig,
+    split: str,
+    index: int,
+    yes_rate: float,
 ) -> tuple[dict[str, Any], np.ndarray]:
     kind = QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=normalized(config.question_mix)))]
     yes = bool(rng.random() < yes_rate)
@@ -104,7 +109,11 @@ def make_sample(
     elif kind == "side":
         question, answer, answer_type = SIDE, "yes" if left else "no", "closed"
     else:
-        question, answer, answer_type = WHERE, f"Lesion in the {'upper' if upper else 'lower'} {'left' if left else 'right'}.", "open"
+        question, answer, answer_type = (
+            WHERE,
+            f"Lesion in the {'upper' if upper else 'lower'} {'left' if left else 'right'}.",
+            "open",
+        )
     sample_id = f"{split}-{index:05d}"
     image = f"images/{sample_id}-{content_hash(sample_id, config.seed, length=6)}.png"
     record = {
@@ -145,7 +154,9 @@ def crop(rng: np.random.Generator, image: np.ndarray, size: int, grey: tuple[flo
     return np.clip((values - low) / (high - low), 0, 1) * (grey[1] - grey[0]) + grey[0]
 
 
-def paste_lesion(rng: np.random.Generator, pixels: np.ndarray, config: GroundingDataConfig, left: bool, upper: bool) -> list[int]:
+def paste_lesion(
+    rng: np.random.Generator, pixels: np.ndarray, config: GroundingDataConfig, left: bool, upper: bool
+) -> list[int]:
     """Add a Gaussian-edged disc in the requested quadrant, in place; returns its box."""
     size = pixels.shape[0]
     radius = float(rng.uniform(config.radius_min, config.radius_max)) * size
@@ -160,4 +171,9 @@ def paste_lesion(rng: np.random.Generator, pixels: np.ndarray, config: Grounding
     profile = 1.0 / (1.0 + np.exp((distance - radius) / 0.8))  # a disc with a soft edge
     pixels += sign * contrast * profile
     np.clip(pixels, 0, 255, out=pixels)
-    return [int(np.floor(cx - radius)), int(np.floor(cy - radius)), int(np.ceil(cx + radius)) + 1, int(np.ceil(cy + radius)) + 1]
+    return [
+        int(np.floor(cx - radius)),
+        int(np.floor(cy - radius)),
+        int(np.ceil(cx + radius)) + 1,
+        int(np.ceil(cy + radius)) + 1,
+    ]

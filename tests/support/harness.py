@@ -26,11 +26,21 @@ def task_states(flow_run_id) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
-def task_run_names(flow_run_id) -> list[str]:
-    """Every task run name of one flow run (shard runs included), sorted."""
+def task_run_names(flow_run_id, at_least: int = 0, wait_s: float = 60.0) -> list[str]:
+    """Every task run name of one flow run (shard runs included), sorted.
+
+    Task runs on other processes (Dask, Ray workers) reach the server as events, processed
+    after the flow returns: ``at_least`` waits (up to ``wait_s``) until that many are there.
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(run.name for run in runs)
+    deadline = time.monotonic() + wait_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if len(runs) >= at_least or time.monotonic() > deadline:
+            return sorted(run.name for run in runs)
+        time.sleep(0.5)

@@ -1,4 +1,4 @@
-"""The grounding experiment's arms, test-time noise, summary and verdict (the flow itself: tests/flows/test_experiment.py)."""
+"""The grounding experiment's arms, test-time noise, summary and verdict (the flow itself: test_flow.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import ExperimentConfig, MeasureConfig
-from tasks.experiment import arm_config, base_run_config, lesion_noised
-from tasks.experiment_report import prior_accuracy, summarize, verdict
+from experiments.grounding.arms import arm_config, base_run_config
+from experiments.grounding.config import ExperimentConfig, MeasureConfig
+from experiments.grounding.measure import lesion_noised
+from experiments.grounding.report import prior_accuracy, summarize, verdict
 
 
 def test_each_arm_changes_only_its_own_section():
@@ -18,7 +19,10 @@ def test_each_arm_changes_only_its_own_section():
     arms = {arm: arm_config(base, arm) for arm in ExperimentConfig().arms}
     assert arms["dpo_text"].assemble.visual_pairs is False and arms["mmedpo"].assemble.visual_pairs is True
     assert arms["mmedpo_global"].noise.mode == "global" and arms["mmedpo"].noise.mode == "local"
-    assert arms["mmedpo_unweighted"].score.normalizer.gain == 0.0 and arms["mmedpo_unweighted"].score.normalizer.anchor == 1.0
+    assert (
+        arms["mmedpo_unweighted"].score.normalizer.gain == 0.0
+        and arms["mmedpo_unweighted"].score.normalizer.anchor == 1.0
+    )
     assert arms["mmedpo"].score == base.score and arms["mmedpo"].noise == base.noise
     assert len({config.name for config in arms.values()}) == len(arms)  # each arm publishes its own set
     with pytest.raises(ValueError):
@@ -27,15 +31,29 @@ def test_each_arm_changes_only_its_own_section():
 
 def rows(arm: str, accuracies: list[float], off: float = 0.0) -> list[dict]:
     return [
-        {"arm": arm, "seed": i, "closed_accuracy": a, "off_answers": off, "forced_choice_accuracy": a, "image_sensitivity": 0.5, "text_margin": 1.0, "visual_margin": float("nan")}
+        {
+            "arm": arm,
+            "seed": i,
+            "closed_accuracy": a,
+            "off_answers": off,
+            "forced_choice_accuracy": a,
+            "image_sensitivity": 0.5,
+            "text_margin": 1.0,
+            "visual_margin": float("nan"),
+        }
         for i, a in enumerate(accuracies)
     ]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds_and_the_verdict_reads_it():
-    table = summarize(rows("mmedpo", [0.6, 0.8]) + rows("sft", [0.3, 0.3]) + rows("dpo_text", [0.65, 0.75], off=0.4), ["sft", "dpo_text", "mmedpo"])
+    table = summarize(
+        rows("mmedpo", [0.6, 0.8]) + rows("sft", [0.3, 0.3]) + rows("dpo_text", [0.65, 0.75], off=0.4),
+        ["sft", "dpo_text", "mmedpo"],
+    )
     ours = table[2]
-    assert ours["closed_accuracy"][0] == pytest.approx(0.7) and ours["closed_accuracy"][1] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert ours["closed_accuracy"][0] == pytest.approx(0.7) and ours["closed_accuracy"][1] == pytest.approx(
+        np.std([0.6, 0.8], ddof=1)
+    )
     assert ours["visual_margin"] is None  # no pair of that kind in any seed
     lines = verdict(table)
     assert any("test accuracy" in line and "above SFT only" in line for line in lines)

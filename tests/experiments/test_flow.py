@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from flows.experiment import experiment_flow
-from tasks.config import ExperimentConfig, GroundingDataConfig, SFTConfig, TrainConfig
-from tasks.experiment import LABELS
+from experiments.grounding.arms import LABELS
+from experiments.grounding.config import ExperimentConfig, GroundingDataConfig
+from experiments.grounding.flow import experiment_flow
+from tasks.config import SFTConfig, TrainConfig
 
 
 @pytest.mark.slow
@@ -21,8 +22,18 @@ def test_every_arm_is_trained_evaluated_and_measured(tmp_path, prefect_harness):
         seeds=[0],
         data=GroundingDataConfig(n_train=48, n_val=8, n_test=16, image_size=32, question_mix=[0.6, 0.4, 0.0]),
         sft=SFTConfig(epochs=1, batch_size=16, scheduler="constant"),
-        train=TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-4, max_steps=2, batch_size=4, gradient_accumulation=1,
-                          max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1),
+        train=TrainConfig(
+            lora_r=4,
+            lora_alpha=8,
+            learning_rate=1e-4,
+            max_steps=2,
+            batch_size=4,
+            gradient_accumulation=1,
+            max_length=None,
+            gradient_checkpointing=False,
+            save_steps=100,
+            logging_steps=1,
+        ),
     )
 
     rows = experiment_flow(config)

@@ -1,0 +1,141 @@
+"""A panel of judges and the protocols that combine it: the paper's sequential debate, or
+independent scores averaged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from models.judges import (
+    EndpointJudge,
+    Judge,
+    JudgeFailure,
+    JudgeItem,
+    Outcome,
+    TransformersJudge,
+    Turn,
+    Verdict,
+    prompt_templates,
+)
+from models.llm import LLMClient
+from models.rules_judge import RulesJudge
+from tasks.config import JudgeConfig
+
+
+async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5, tolerance: float = 0.0) -> Outcome:
+    """The paper's sequential debate.
+
+    Judge 1 scores; each next judge (in panel order, cycling) sees the previous score and
+    reason and adopts it or re-scores. Stop when a judge adopts (explicitly, or with a score
+    within ``tolerance``): the adopted score wins. After ``max_rounds`` scored rounds without
+    adoption, the mean of the score history. An excluded judge's attempt is recorded but uses
+    no round; a judge never answers itself, so when only one judge is left the debate ends
+    with the mean of the history so far.
+    """
+    turns: list[Turn] = []
+    history: list[float] = []
+    excluded: set[str] = set()
+    previous: Turn | None = None
+    position = 0
+    while len(history) < max_rounds:
+        judge = _next_judge(panel, position, excluded, previous.judge if previous else None)
+        if judge is None:
+            break
+        position = panel.index(judge) + 1
+        round_no = len(history) + 1
+        try:
+            verdict = await judge.judge(item, previous)
+        except JudgeFailure as exc:
+            excluded.add(judge.name)
+            turns.append(Turn(round_no, judge.name, None, str(exc), False, error=exc.reason))
+            continue
+        agreed_with = previous.score if previous is not None else None
+        adopted = agreed_with is not None and (verdict.adopted or abs(verdict.score - agreed_with) <= tolerance)
+        score = agreed_with if adopted and agreed_with is not None else verdict.score
+        turn = Turn(round_no, judge.name, score, verdict.reason, adopted)
+        turns.append(turn)
+        history.append(score)
+        if adopted:
+            return Outcome(score, "ok", "adopted", turns)
+        previous = turn
+    if not history:
+        return Outcome(None, "failed", "no_judge_answered", turns)
+    mean = round(sum(history) / len(history), 6)
+    if len(history) >= max_rounds:
+        return Outcome(mean, "ok", "no_agreement_mean", turns)
+    return Outcome(mean, "ok", "single_judge" if len(history) == 1 else "judges_exhausted_mean", turns)
+
+
+def _next_judge(panel: Sequence[Judge], start: int, excluded: set[str], last: str | None) -> Judge | None:
+    for offset in range(len(panel)):
+        judge = panel[(start + offset) % len(panel)]
+        if judge.name not in excluded and judge.name != last:
+            return judge
+    return None
+
+
+async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
+    """Every judge scores on its own (concurrently); the mean of those that answered."""
+
+    async def one(judge: Judge) -> Verdict | JudgeFailure:
+        try:
+            return await judge.judge(item, None)
+        except JudgeFailure as exc:
+            return exc
+
+    results = await asyncio.gather(*(one(j) for j in panel))
+    turns = [
+        Turn(i + 1, j.name, None, str(r), False, error=r.reason)
+        if isinstance(r, JudgeFailure)
+        else Turn(i + 1, j.name, r.score, r.reason, False)
+        for i, (j, r) in enumerate(zip(panel, results))
+    ]
+    scores = [t.score for t in turns if t.score is not None]
+    if not scores:
+        return Outcome(None, "failed", "no_judge_answered", turns)
+    return Outcome(round(sum(scores) / len(scores), 6), "ok", "mean", turns)
+
+
+@asynccontextmanager
+async def open_panel(
+    configs: Sequence[JudgeConfig], prompt_version: str, cache_dir: str | os.PathLike[str] | None
+) -> AsyncIterator[list[Judge]]:
+    """The configured judges, ready to use; endpoint clients are closed on exit.
+
+    Misconfiguration (unknown prompt version, missing API key variable, unloadable model
+    folder) raises here, before any sample is judged.
+    """
+    templates = prompt_templates(prompt_version) if any(c.kind != "rules" for c in configs) else {}
+    async with AsyncExitStack() as stack:
+        panel: list[Judge] = []
+        for config in configs:
+            if config.kind == "rules":
+                panel.append(RulesJudge(config.name))
+            elif config.kind == "endpoint":
+                assert config.endpoint is not None
+                client = await stack.enter_async_context(LLMClient(config.endpoint, cache_dir))
+                panel.append(
+                    EndpointJudge(
+                        config.name,
+                        client,
+                        templates,
+                        temperature=config.temperature,
+                        max_tokens=config.max_tokens,
+                        parse_retries=config.parse_retries,
+                    )
+                )
+            else:
+                assert config.model_path is not None
+                panel.append(
+                    TransformersJudge(
+                        config.name,
+                        config.model_path,
+                        templates,
+                        temperature=config.temperature,
+                        max_tokens=config.max_tokens,
+                        parse_retries=config.parse_retries,
+                    )
+                )
+        yield panel

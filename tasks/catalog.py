@@ -1,0 +1,310 @@
+"""Every artifact file, declared once in DAG order: its name inside the artifact and its
+Arrow schema.
+
+Stages write through ``write(out, ARTIFACT, rows)`` - a missing or mistyped column fails
+where it is produced, not three stages later - and read through ``read(manifest, ARTIFACT)``
+or ``rows(manifest, ARTIFACT)``, which check that the columns a consumer relies on are there
+with the declared types. ``SCHEMA_VERSION`` goes into each schema's metadata; bump it when a
+column changes meaning. File paths inside localize, noise and assemble artifacts are
+relative to the artifact's own folder: the folder is renamed into place after it is written,
+so absolute paths would go stale.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.store import Manifest, replacing
+
+SCHEMA_VERSION = "1"
+
+BOX = pa.list_(pa.float32(), 4)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a stage's artifact: where it lies in the artifact folder, what it holds."""
+
+    file: str
+    schema: pa.Schema
+
+    @property
+    def name(self) -> str:
+        return self.schema.metadata[b"artifact"].decode()
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+SAMPLES = Artifact(
+    "samples.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),  # vqa | report
+            pa.field("image_path", pa.string(), nullable=False),  # absolute
+            pa.field("image_sha256", pa.string(), nullable=False),
+            pa.field("image_phash", pa.string(), nullable=False),  # imaging.average_hash, for near-duplicate leakage
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("modality", pa.string()),
+            pa.field("question", pa.string(), nullable=False),
+            pa.field("answer", pa.string(), nullable=False),
+            pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
+            pa.field("boxes", pa.list_(BOX), nullable=False),  # [x0, y0, x1, y1] pixels
+            pa.field("box_labels", pa.list_(pa.string()), nullable=False),
+            pa.field("mask_path", pa.string()),
+            pa.field("other_images", pa.list_(pa.string()), nullable=False),  # further views of a study
+            pa.field("language", pa.string()),
+            pa.field("source_ref", pa.string(), nullable=False),  # file#record
+        ],
+        metadata={"artifact": "samples", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+REJECTS = Artifact(
+    "rejects.parquet",
+    pa.schema(
+        [
+            pa.field("source_ref", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("sample_id", pa.string()),
+            pa.field("reason", pa.string(), nullable=False),  # short, countable
+            pa.field("detail", pa.string()),  # the specifics, for a human
+        ],
+        metadata={"artifact": "rejects", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- localize ----------------------------------------------------------------------------------
+
+REGIONS = Artifact(
+    "regions.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),  # ok | no_region | failed
+            pa.field("reason", pa.string()),  # short, countable; null when ok
+            pa.field("source", pa.string(), nullable=False),  # annotation | sam | heatmap
+            pa.field("mask_path", pa.string()),  # masks/<stem>.png, 0/255, image size; null unless ok
+            pa.field("boxes", pa.list_(BOX), nullable=False),  # boxes used (prompts, or the region's components)
+            pa.field("confidence", pa.float32()),  # [0, 1]: the visual pair's clinical-relevance score
+            pa.field("area_fraction", pa.float32()),  # region pixels / image pixels
+        ],
+        metadata={"artifact": "regions", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- noise -------------------------------------------------------------------------------------
+
+NOISED = Artifact(
+    "noised.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+            pa.field("reason", pa.string()),
+            pa.field("noised_path", pa.string()),  # images/<stem>.png, same size/dtype/channels as the original
+            pa.field("mode", pa.string(), nullable=False),  # local | global
+            pa.field("k", pa.int32(), nullable=False),
+            pa.field("seed", pa.int64(), nullable=False),
+        ],
+        metadata={"artifact": "noised", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- hallucinate: one row per in-scope sample --------------------------------------------------
+
+HALLUCINATIONS = Artifact(
+    "hallucinations.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("rejected", pa.string()),  # null unless status == ok
+            pa.field("backend", pa.string(), nullable=False),  # rules | llm | target
+            pa.field(
+                "error_type", pa.string()
+            ),  # negation, laterality, ... (tasks.clinical_rules.ERROR_TYPES, or "other")
+            pa.field("candidates", pa.list_(pa.string())),  # the target model's sampled answers (target backend only)
+            pa.field("attempts", pa.int32(), nullable=False),  # LLM answers tried / rules candidates tried
+            pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+            pa.field("reason", pa.string()),  # short, countable, when not ok
+        ],
+        metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- score -------------------------------------------------------------------------------------
+
+JUDGE_ROUND = pa.struct(
+    [
+        pa.field(
+            "round", pa.int32()
+        ),  # scored-round number; an exclusion shares the number of the round it failed to play
+        pa.field("judge", pa.string()),
+        pa.field("score", pa.float64()),  # null when the judge was excluded
+        pa.field("reason", pa.string()),
+        pa.field("adopted", pa.bool_()),  # took the previous judge's score
+        pa.field("error", pa.string()),  # why the judge was excluded (junk_reply, unavailable_<reason>); null otherwise
+    ]
+)
+
+SCORES = Artifact(
+    "scores.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+            pa.field("raw_score", pa.float64()),  # clinical relevance in [0, 1]; null unless status ok
+            pa.field("weight", pa.float64()),  # normalized DPO weight; null unless status ok
+            pa.field("status", pa.string(), nullable=False),  # ok | skipped (upstream had no pair) | failed
+            pa.field(
+                "reason", pa.string()
+            ),  # ok: how the score was reached (adopted, no_agreement_mean, ...); else why none
+            pa.field("error_type", pa.string()),  # text pairs: what the hallucinate stage changed
+            pa.field("mode", pa.string()),  # debate | mean | localizer
+            pa.field("rounds", pa.list_(JUDGE_ROUND), nullable=False),  # every judge turn, in order
+            pa.field("n_rounds", pa.int32(), nullable=False),  # scored rounds (exclusions not counted)
+            pa.field(
+                "judges_used", pa.list_(pa.string()), nullable=False
+            ),  # judges whose score entered; localizer:<source> for visual
+        ],
+        metadata={"artifact": "scores", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- assemble: the preference set (image paths relative to the set's version folder; one file per split) ---
+
+PAIRS = Artifact(
+    "data/{split}-00000-of-00001.parquet",
+    pa.schema(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),  # <sample_id>#<pair_type>
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("pair_type", pa.string(), nullable=False),  # text | visual
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("chosen", pa.string(), nullable=False),
+            pa.field("rejected", pa.string(), nullable=False),  # = chosen for visual pairs
+            pa.field("chosen_image", pa.string(), nullable=False),
+            pa.field("rejected_image", pa.string(), nullable=False),  # = chosen_image for text pairs
+            pa.field("raw_score", pa.float64(), nullable=False),
+            pa.field("weight", pa.float64(), nullable=False),
+            pa.field("error_type", pa.string()),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),
+            pa.field("answer_type", pa.string(), nullable=False),
+            pa.field("ingest_key", pa.string(), nullable=False),
+            pa.field("localize_key", pa.string(), nullable=False),
+            pa.field("noise_key", pa.string(), nullable=False),
+            pa.field("hallucinate_key", pa.string(), nullable=False),
+            pa.field("score_key", pa.string(), nullable=False),
+        ],
+        metadata={"artifact": "pairs", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+DROPPED = Artifact(
+    "dropped.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("pair_type", pa.string()),  # null when the whole sample was left out (leakage)
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("detail", pa.string()),
+        ],
+        metadata={"artifact": "dropped", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# What the train stage reads of a preference set (a hand-made Parquet file may hold only these).
+TRAIN_COLUMNS = (
+    "pair_id",
+    "pair_type",
+    "prompt",
+    "chosen",
+    "rejected",
+    "chosen_image",
+    "rejected_image",
+    "weight",
+    "split",
+)
+
+
+# --- evaluate: one row per evaluated sample and model ------------------------------------------
+
+PREDICTIONS = Artifact(
+    "predictions.parquet",
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("task", pa.string(), nullable=False),  # vqa | report
+            pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
+            pa.field("question", pa.string(), nullable=False),
+            pa.field("answer", pa.string(), nullable=False),  # the reference
+            pa.field("prediction", pa.string()),  # null when generation failed
+            pa.field("model", pa.string(), nullable=False),  # base checkpoint folder
+            pa.field("adapter", pa.string()),  # train artifact key; null for the base model
+            pa.field("status", pa.string(), nullable=False),  # ok | failed
+            pa.field("error", pa.string()),
+            pa.field("closed_correct", pa.bool_()),  # normalized match (tasks.metrics.closed_correct)
+            pa.field("substring_correct", pa.bool_()),  # the released evaluation's rule
+            pa.field("exact_match", pa.bool_()),
+            pa.field("token_recall", pa.float64()),
+            pa.field("rouge_l", pa.float64()),  # per report; BLEU and METEOR are corpus-level (metrics.json)
+        ],
+        metadata={"artifact": "predictions", "schema_version": SCHEMA_VERSION},
+    ),
+)
+
+# --- reading and writing --------------------------------------------------------------------
+
+
+def table(rows: Iterable[Mapping[str, Any]], artifact: Artifact) -> pa.Table:
+    rows = list(rows)
+    extra = {k for row in rows for k in row} - set(artifact.schema.names)
+    if extra:
+        raise ValueError(f"columns not in the {artifact.name} schema: {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=artifact.schema)
+
+
+def write(out: Path, artifact: Artifact, rows: Iterable[Mapping[str, Any]], **fields: str) -> Path:
+    """``rows`` as ``artifact``'s file under ``out`` (``fields`` fill its name, e.g. split)."""
+    return write_file(out / artifact.file.format(**fields), artifact, rows)
+
+
+def write_file(path: str | os.PathLike[str], artifact: Artifact, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write atomically: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    data = table(rows, artifact)
+    with replacing(path) as tmp:
+        pq.write_table(data, tmp)
+    return path
+
+
+def read(manifest: Manifest, artifact: Artifact, columns: Sequence[str] | None = None) -> pa.Table:
+    return read_file(manifest.file(artifact.file), artifact, columns)
+
+
+def rows(manifest: Manifest, artifact: Artifact, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return read(manifest, artifact, columns).to_pylist()
+
+
+def read_file(path: str | os.PathLike[str], artifact: Artifact, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read and check the columns a consumer relies on are there with the declared types;
+    ``columns`` reads only those (of the artifact's schema)."""
+    names = list(columns) if columns is not None else artifact.schema.names
+    missing = [name for name in names if name not in pq.read_schema(path).names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return pq.read_table(path, columns=names).cast(pa.schema([artifact.schema.field(name) for name in names]))

@@ -1,0 +1,134 @@
+"""Before/after views of two evaluations: the comparison table (UI and terminal) and example
+predictions side by side. Plain functions of the evaluate stage's metrics.json and
+predictions rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import zip_longest
+from typing import Any
+
+# Metrics in the order tables show them; all are fractions in metrics.json, % in tables.
+METRICS = (
+    "closed_accuracy",
+    "closed_substring_accuracy",
+    "closed_exact_match",
+    "open_recall",
+    "open_exact_match",
+    "bleu",
+    "bleu_1",
+    "bleu_2",
+    "bleu_3",
+    "bleu_4",
+    "rouge_l",
+    "meteor",
+)
+
+
+def _count_key(metric: str) -> str:
+    """The metrics.json count of the samples a metric averages over."""
+    kind = metric.split("_", 1)[0]
+    return f"n_{kind}" if kind in ("closed", "open") else "n_report"
+
+
+def comparison_rows(base: Mapping[str, Any], trained: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per data set and metric present in either evaluation's metrics.json, in percent.
+
+    ``trained`` None gives the base model's numbers alone (trained and delta null).
+    """
+    rows = []
+    base_sets, trained_sets = base["datasets"], (trained or {"datasets": {}})["datasets"]
+    for dataset in sorted(set(base_sets) | set(trained_sets)):
+        before, after = base_sets.get(dataset, {}), trained_sets.get(dataset, {})
+        for metric in METRICS:
+            if metric not in before and metric not in after:
+                continue
+            b, a = _percent(before.get(metric)), _percent(after.get(metric))
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "metric": metric,
+                    "n": int(before.get(_count_key(metric)) or after.get(_count_key(metric)) or 0),
+                    "base": b,
+                    "trained": a,
+                    "delta": round(a - b, 2) if a is not None and b is not None else None,
+                }
+            )
+    return rows
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def comparison_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The before/after table as aligned plain text (what `make demo` prints)."""
+    header = ("dataset", "metric", "n", "base %", "trained %", "delta")
+    cells = [header] + [
+        (
+            str(r["dataset"]),
+            str(r["metric"]),
+            str(r["n"]),
+            _cell(r["base"]),
+            _cell(r["trained"]),
+            "" if r["delta"] is None else f"{r['delta']:+.2f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def example_rows(
+    base: Sequence[Mapping[str, Any]], trained: Sequence[Mapping[str, Any]] | None = None, count: int = 10
+) -> list[dict[str, Any]]:
+    """``count`` samples side by side, taken in turn from each data set (in sample_id order) so
+    every data set is shown."""
+    after = {r["sample_id"]: r for r in trained or ()}
+    per_dataset: dict[str, list[Mapping[str, Any]]] = {}
+    for row in sorted(base, key=lambda r: (r["dataset"], r["sample_id"])):
+        per_dataset.setdefault(row["dataset"], []).append(row)
+    interleaved = [r for group in zip_longest(*per_dataset.values()) for r in group if r is not None]
+    chosen = []
+    for row in interleaved[:count]:
+        other = after.get(row["sample_id"])
+        chosen.append(
+            {
+                "dataset": row["dataset"],
+                "sample_id": row["sample_id"],
+                "question": row["question"],
+                "reference": row["answer"],
+                "base": _shown(row),
+                **({"trained": _shown(other) if other else "(not evaluated)"} if trained is not None else {}),
+            }
+        )
+    return chosen
+
+
+def _shown(row: Mapping[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"({row['status']}: {row['error']})"
+    return row["prediction"] or "(empty)"
+
+
+def examples_markdown(rows: Sequence[Mapping[str, Any]], max_chars: int = 300) -> str:
+    if not rows:
+        return "_No evaluated samples._"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_md_cell(str(r[c]), max_chars) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _md_cell(text: str, max_chars: int) -> str:
+    if len(text) > max_chars:
+        text = text[: max_chars - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")

@@ -1,0 +1,94 @@
+"""Stage hallucinate: where the rejected side of a text pair comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.endpoint import EndpointConfig
+
+
+class TargetSamplingConfig(StageConfig):
+    """The target VLM sampled for candidate hallucinations (the paper's procedure)."""
+
+    model_path: Path | None = Field(
+        default=None, description="Local LLaVA-family checkpoint folder (transformers format)"
+    )
+    num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
+    temperature: float = Field(
+        default=1.0, gt=0, description="Sampling temperature (must be > 0 to get distinct candidates)"
+    )
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass")
+    max_new_tokens: int = Field(default=128, ge=1, description="Longest sampled answer, tokens")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
+    seed: int = Field(default=0, description="Sampling seed")
+    device: str | None = Field(default=None, description="torch device; unset: cuda when available, else cpu")
+
+
+class HallucinateConfig(StageConfig):
+    """Stage 1: a clinically plausible wrong answer (the rejected side of a text pair) per sample."""
+
+    backend: Literal["rules", "llm", "target"] = Field(
+        default="rules",
+        description=(
+            "rules: offline clinical perturbations; llm: error injection by an LLM; target: sample the target VLM, an "
+            "LLM selects or rewrites"
+        ),
+    )
+    splits: list[str] | None = Field(
+        default=["train"], description="Only samples of these splits get a rejection; all when unset"
+    )
+    min_length_ratio: float = Field(
+        default=0.5, gt=0, description="Shortest rejection allowed, as a multiple of the ground truth's length"
+    )
+    max_length_ratio: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "Longest rejection allowed, as a multiple of the ground truth's length (the paper's data: ~6x, a length "
+            "shortcut)"
+        ),
+    )
+    length_floor_chars: int = Field(
+        default=6,
+        ge=1,
+        description="Lengths under this count as this many characters, so 'CT' vs 'X-ray' is not a length violation",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="LLM answers tried per sample before it is reported as failed"
+    )
+    seed: int = Field(
+        default=0, description="Seeds the rules' choice among applicable perturbations (with the sample id)"
+    )
+    llm: EndpointConfig = Field(
+        default_factory=EndpointConfig, description="Injection / selector endpoint (llm and target backends)"
+    )
+    temperature: float = Field(default=0.7, ge=0, description="Injection / selector sampling temperature")
+    json_mode: bool = Field(
+        default=False, description="Ask the endpoint for response_format=json_object (not every server supports it)"
+    )
+    send_images: bool = Field(
+        default=False,
+        description="Send the image with the injection prompt (only to endpoints allowed to receive images)",
+    )
+    cache_dir: Path | None = Field(
+        json_schema_extra=OPERATIONAL, default=None, description="LLM response cache; unset: <store>/llm-cache"
+    )
+    inject_prompt: str = Field(
+        default="hallucinate_inject_v1", description="Template in models/prompts/ for error injection / rewriting"
+    )
+    select_prompt: str = Field(
+        default="hallucinate_select_v1", description="Template in models/prompts/ for choosing among sampled answers"
+    )
+    target: TargetSamplingConfig = Field(default_factory=TargetSamplingConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> HallucinateConfig:
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError("min_length_ratio must be below max_length_ratio")
+        if self.backend == "target" and self.target.model_path is None:
+            raise ValueError("backend 'target' needs target.model_path")
+        return self

@@ -1,0 +1,29 @@
+"""Stage ingest: which data sets, in which on-disk formats, and what counts as a usable row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.base import StageConfig
+
+SourceFormat = Literal["slake", "vqa-rad", "r2gen", "pathvqa", "jsonl"]
+
+
+class SourceConfig(StageConfig):
+    """One data set to ingest, in its on-disk format as distributed."""
+
+    format: SourceFormat
+    root: Path = Field(description="The data set's folder (for jsonl: the .jsonl file or a folder of them)")
+    name: str | None = Field(default=None, description="Data set name recorded per sample; defaults by format")
+    splits: list[str] | None = Field(default=None, description="Keep only these splits; all when unset")
+
+
+class IngestConfig(StageConfig):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    languages: list[str] = Field(default=["en"], description="Question languages kept; other rows go to rejects")
+    max_image_pixels: int = Field(default=50_000_000, description="Larger images are rejected (decompression bombs)")
+    min_image_side: int = Field(default=16, description="Images with a smaller side are rejected as unusable")
+    dicom_window: bool = Field(default=True, description="Apply the VOI window stored in a DICOM file")

@@ -1,0 +1,99 @@
+"""Stage localize: where a sample's lesion region comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.base import OPERATIONAL, StageConfig
+
+
+class AnnotationConfig(StageConfig):
+    """Regions the data set ships: ``mask_path`` (SLAKE mask.png) and ingested ``boxes``."""
+
+    prefer: Literal["mask", "boxes", "union"] = Field(
+        default="mask",
+        description="mask: the mask file, else the boxes; boxes: the boxes, else the mask; union: both together",
+    )
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0, description="Confidence given to annotated regions")
+
+
+class HeatmapConfig(StageConfig):
+    """Saliency maps given per image, thresholded into a region (MedKLIP-style).
+
+    A map is ``<maps>/<image_sha256>.npy|.png`` (one map per image, shared by its questions)
+    or ``<maps>/<safe_stem(sample_id)>.npy|.png`` (per sample; checked second). Any size: it
+    is resized to the image. An optional ``<maps>/confidences.json`` maps the same names to a
+    probability (e.g. MedKLIP's P(disease)) used as the confidence; without it the
+    confidence is the map's contrast (mean inside the region minus mean outside, on the
+    blurred map scaled to [0, 1]).
+    """
+
+    maps: Path | None = Field(default=None, description="Folder of maps; required for source=heatmap, optional for sam")
+    blur_sigma: float = Field(
+        default=0.02, ge=0.0, description="Gaussian blur sigma as a fraction of the image's shorter side"
+    )
+    statistic: Literal["mean", "quantile", "max_fraction"] = Field(
+        default="mean", description="Keep map values above: the map's mean, a quantile of it, or a fraction of its max"
+    )
+    quantile: float = Field(default=0.9, gt=0.0, lt=1.0, description="Quantile for statistic=quantile")
+    max_fraction: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Fraction of the max for statistic=max_fraction"
+    )
+
+
+class SamArchitecture(StageConfig):
+    """A Sam built from segment_anything's classes for model_type=custom (small test/demo models)."""
+
+    image_size: int = Field(default=1024, description="Input side; a multiple of patch_size")
+    patch_size: int = Field(default=16, description="ViT patch side")
+    encoder_embed_dim: int = Field(default=768, description="ViT width")
+    encoder_depth: int = Field(default=12, description="ViT blocks")
+    encoder_num_heads: int = Field(default=12, description="ViT attention heads")
+    encoder_global_attn_indexes: list[int] = Field(default=[2, 5, 8, 11], description="Blocks with global attention")
+    window_size: int = Field(default=14, description="Window of the other blocks' local attention")
+    prompt_embed_dim: int = Field(default=256, description="Prompt/mask decoder width")
+    decoder_depth: int = Field(default=2, description="TwoWayTransformer blocks")
+    decoder_mlp_dim: int = Field(default=2048, description="TwoWayTransformer MLP width")
+    decoder_num_heads: int = Field(default=8, description="TwoWayTransformer heads")
+    iou_head_hidden_dim: int = Field(default=256, description="IoU prediction head width")
+
+
+class SamConfig(StageConfig):
+    """segment-anything prompted by the sample's boxes, or by heatmap peaks when it has none."""
+
+    model_type: Literal["vit_b", "vit_l", "vit_h", "custom"] = Field(
+        default="vit_b", description="Registry architecture (MedSAM weights: vit_b) or custom (see architecture)"
+    )
+    checkpoint: Path | None = Field(
+        default=None, description="State dict (.pth); required for vit_b/l/h. Keyed by path: version the file name"
+    )
+    architecture: SamArchitecture = Field(
+        default_factory=SamArchitecture, description="Used for model_type=custom only"
+    )
+    device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
+    batch_size: int = Field(
+        json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
+    )
+    num_points: int = Field(
+        default=3, ge=1, description="Heatmap peaks used as point prompts for samples without boxes"
+    )
+    box_margin: float | None = Field(
+        default=0.1,
+        description="Keep mask pixels within the prompt boxes grown by this fraction of their size; None keeps all",
+    )
+
+
+class LocalizeConfig(StageConfig):
+    """Lesion region per sample: a binary mask, the boxes used and a confidence in [0, 1]."""
+
+    source: Literal["annotation", "sam", "heatmap"] = Field(default="annotation", description="Where regions come from")
+    annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
+    sam: SamConfig = Field(default_factory=SamConfig)
+    min_area_fraction: float = Field(default=0.001, ge=0.0, description="Smaller regions count as no region")
+    max_area_fraction: float = Field(
+        default=0.95, le=1.0, description="Larger regions count as no region (a whole-image mask localizes nothing)"
+    )

@@ -1,0 +1,108 @@
+"""The run config (one YAML file per run) and the loader every command uses.
+
+``load_config`` is the one way a config file becomes a model: a file that cannot be read or
+validated raises ``ConfigError`` with the file's path and each failing field's dotted name,
+and relative paths are taken relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from tasks.config.assemble import AssembleConfig
+from tasks.config.base import ConfigError, StageConfig
+from tasks.config.evaluate import EvaluateConfig
+from tasks.config.hallucinate import HallucinateConfig
+from tasks.config.ingest import IngestConfig
+from tasks.config.localize import LocalizeConfig
+from tasks.config.noise import NoiseConfig
+from tasks.config.runner import RunnerConfig
+from tasks.config.score import ScoreConfig
+from tasks.config.sft import SFTConfig
+from tasks.config.train import TrainConfig
+
+Config = TypeVar("Config", bound=StageConfig)
+
+
+class RunConfig(StageConfig):
+    """Everything one run needs; echoed into every stage's manifest (its own section)."""
+
+    name: str = "mmedpo"
+    store: Path = Field(default=Path("data/artifacts"), description="Artifact store root")
+    sets: Path = Field(
+        default=Path("data/preference_sets"),
+        description="Where preference sets are published (<sets>/<name>/<version>/)",
+    )
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    localize: LocalizeConfig = Field(default_factory=LocalizeConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    hallucinate: HallucinateConfig = Field(default_factory=HallucinateConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    sft: SFTConfig | None = Field(
+        default=None,
+        description="Supervised fine-tuning before DPO: present, `pipeline` trains DPO from its checkpoint",
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig, description="Where per-sample shards run (threads, Dask, Ray)"
+    )
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return load_config(path, RunConfig)
+
+
+def load_config(path: str | Path, model: type[Config]) -> Config:
+    """Read a config file; relative paths in it are taken relative to the file's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping, got {type(raw).__name__}")
+    return validate(raw, model, str(path), base=path.parent)
+
+
+def validate(raw: Any, model: type[Config], origin: str, base: Path | None = None) -> Config:
+    """``raw`` as a ``model``; ``origin`` names where it came from in the error."""
+    try:
+        config = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {field_errors(exc)}") from exc
+    return config if base is None else resolve_paths(config, base)
+
+
+def field_errors(exc: ValidationError) -> str:
+    """Every failing field as ``dotted.name: message``, on one line."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Every Path field anywhere in the config tree, made absolute against ``base``.
+
+    Generic on purpose: a stage that adds a path option gets it resolved without touching
+    this function.
+    """
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else (base / value).resolve()
+        if isinstance(value, StageConfig):
+            return value.model_copy(update={name: resolve(getattr(value, name)) for name in type(value).model_fields})
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    return resolve(config)
+
+
+def changed_fields(config: BaseModel) -> dict[str, Any]:
+    """The config as JSON, holding only what differs from the defaults (what a user edits)."""
+    return config.model_dump(mode="json", exclude_defaults=True)

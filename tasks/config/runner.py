@@ -1,0 +1,29 @@
+"""Where per-sample shards run (not part of any key)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.base import StageConfig
+
+
+class RunnerConfig(StageConfig):
+    """Where per-sample shards run. Not part of any key: results do not depend on it."""
+
+    kind: Literal["threads", "dask", "ray"] = Field(
+        default="threads",
+        description=(
+            "threads: this process; dask: a distributed cluster (prefect-dask); ray: a Ray cluster (prefect-ray)"
+        ),
+    )
+    address: str | None = Field(
+        default=None,
+        description="dask: scheduler address (tcp://host:8786); ray: cluster address (ray://host:10001 or auto). "
+        "Unset: a local cluster of `workers` processes for the run",
+    )
+    workers: int = Field(
+        default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes"
+    )
+    shard_size: int = Field(default=16, ge=1, description="Samples per shard (one Prefect task run each)")

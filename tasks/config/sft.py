@@ -1,0 +1,51 @@
+"""Stage sft: supervised fine-tuning before DPO (optional in a run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.base import StageConfig
+
+SFTPart = Literal["vision_tower", "projector", "language_model"]
+
+
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning (TRL's SFTTrainer) on a split's ground-truth answers: the
+    starting point DPO training refines. Full-parameter training of the chosen parts, so it
+    is meant for small models (the tiny LLaVA of the demo and the grounding experiment)."""
+
+    model: Path | None = Field(
+        default=None,
+        description="Local LLaVA-family checkpoint to start from; None builds the tiny random-weight LLaVA",
+    )
+    tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
+    tiny_image_size: int = Field(
+        default=32, ge=8, description="Tiny model: vision tower input side, pixels (lesions must stay visible at it)"
+    )
+    tiny_patch_size: int = Field(
+        default=8, ge=1, description="Tiny model: vision patch side (image tokens = (image_size / patch_size)^2)"
+    )
+    tiny_hidden_size: int = Field(default=64, ge=8, description="Tiny model: text decoder width")
+    tiny_layers: int = Field(default=2, ge=1, description="Tiny model: text decoder layers")
+    tiny_vision: Literal["clip", "siglip"] = Field(
+        default="siglip",
+        description="Tiny model: vision tower; an untrained CLIP tower barely sees intensity lesions (models/tiny.py)",
+    )
+    trainable: list[SFTPart] = Field(
+        default=["vision_tower", "projector", "language_model"],
+        description=(
+            "Parts trained (the rest frozen); a random-weight vision tower must be trained for the model to see "
+            "anything"
+        ),
+    )
+    splits: list[str] = Field(default=["train"], description="Sample splits trained on")
+    learning_rate: float = Field(default=3e-3, gt=0, description="Peak learning rate")
+    epochs: float = Field(default=3.0, gt=0, description="Training epochs")
+    batch_size: int = Field(default=32, ge=1, description="Samples per optimizer step")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps spent warming up")
+    scheduler: str = Field(default="cosine", description="Learning-rate schedule")
+    max_length: int | None = Field(default=256, description="Truncate prompt+answer to this many tokens")
+    seed: int = Field(default=0, description="Seed of data order and dropout")

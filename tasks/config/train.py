@@ -1,0 +1,61 @@
+"""Stage train: weighted DPO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.config.base import StageConfig
+
+
+class TrainConfig(StageConfig):
+    """Weighted DPO (method.md stage 6). Defaults are the paper's settings except the model:
+    unset, a tiny random-weight LLaVA is built locally (demo and tests)."""
+
+    model: Path | None = Field(
+        default=None, description="Local image-text-to-text checkpoint folder; None builds the tiny demo model"
+    )
+    ref_model: Path | None = Field(
+        default=None, description="Separate frozen reference checkpoint; None = the policy with adapters disabled"
+    )
+    tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
+    splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")
+    pair_types: list[Literal["text", "visual"]] = Field(default=["text", "visual"], description="Pair kinds trained on")
+    beta: float = Field(default=0.1, description="DPO temperature")
+    loss_type: list[str] = Field(
+        default=["sigmoid"], description="TRL loss types (pairwise ones); sigmoid = the paper's"
+    )
+    loss_weights: list[float] | None = Field(default=None, description="Mix of the loss types; None = all 1")
+    anchor_coef: float = Field(default=0.0, description="Weight of mDPO's anchor term (0 = off)")
+    anchor_margin: float = Field(default=0.0, description="Reward the anchor pushes the chosen side above")
+    lora_r: int = Field(default=128, description="LoRA rank")
+    lora_alpha: int = Field(default=256, description="LoRA alpha")
+    lora_dropout: float = Field(default=0.05, description="LoRA dropout")
+    lora_target: str = Field(
+        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        description="Regex of the modules given adapters (the language model's linear layers)",
+    )
+    learning_rate: float = Field(default=1e-7, description="Peak learning rate of the LoRA adapters")
+    projector_lr: float | None = Field(
+        default=2e-5,
+        description=(
+            "Train the multimodal projector fully at this learning rate (the paper: 2e-5); None keeps it frozen"
+        ),
+    )
+    epochs: float = Field(default=3.0, description="Training epochs")
+    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps (-1 = by epochs)")
+    batch_size: int = Field(default=1, description="Pairs per device per micro-batch")
+    gradient_accumulation: int = Field(default=4, description="Micro-batches per optimizer step")
+    warmup_ratio: float = Field(default=0.03, description="Share of steps spent warming up")
+    scheduler: str = Field(default="cosine", description="Learning-rate schedule")
+    max_length: int | None = Field(default=1024, description="Truncate prompt+answer to this many tokens")
+    gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory")
+    save_steps: int = Field(default=200, description="Checkpoint every this many steps (for --resume)")
+    logging_steps: int = Field(default=10, description="Log metrics every this many steps")
+    seed: int = Field(default=0, description="Seed of adapters init, data order and dropout")
+    accelerate_config: Path | None = Field(
+        default=None, description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU"
+    )
+    num_processes: int | None = Field(default=None, description="Processes for accelerate launch; None = the config's")

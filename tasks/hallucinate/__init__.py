@@ -1,0 +1,114 @@
+"""Stage 1, hallucination synthesis: a clinically plausible wrong answer per sample."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks import catalog, ui
+from tasks.catalog import HALLUCINATIONS, SAMPLES
+from tasks.config import HallucinateConfig
+from tasks.counters import Counters
+from tasks.hallucinate.llm import check_images_allowed, llm_rows
+from tasks.hallucinate.rules import rules_row
+from tasks.hallucinate.target import target_rows
+from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
+
+STAGE = "hallucinate"
+CODE = code_version(
+    __name__, "tasks.clinical_rules", "tasks.clinical_lexicon", "models.llm", "models.vlm", "models.prompts"
+)
+
+
+def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifest) -> Manifest:
+    """A clinically plausible wrong answer (the rejected side of a text pair) per sample.
+
+    Three backends write the same rows: ``rules`` (offline, deterministic, the demo default:
+    clinical perturbations of the ground truth, tasks.clinical_rules, one picked per sample
+    from a seed and the sample id); ``llm`` (an OpenAI-compatible endpoint injects one error
+    into the ground truth, prompt templates in models/prompts/, re-asked with feedback when a
+    reply is unusable); ``target`` (the paper's procedure: sample the target VLM n times, an
+    LLM picks the candidate that most clearly contradicts the ground truth or, when none does,
+    rewrites the ground truth into a plausible error). Every rejection must differ from the
+    ground truth in content and stay within a length ratio of it (the paper's released
+    rejections were ~6x longer than the answers, a shortcut a model learns instead of the
+    content). A sample without a valid rejection is a row with status skipped/failed and a
+    reason - never a crash, never a fabricated answer.
+
+    Inputs: ``ingest`` (SAMPLES). Output: ``hallucinations.parquet`` (HALLUCINATIONS).
+    Counters: ``samples.seen``, ``samples.out_of_scope.split``, ``rejections.ok.<error_type>``,
+    ``rejections.skipped.<reason>``, ``rejections.failed.<reason>``, ``llm.<client counter>``.
+    """
+    cache_dir = config.cache_dir or store.root / "llm-cache"
+    return store.run(
+        STAGE, CODE, config, {"ingest": ingest}, lambda out: build_hallucinations(out, config, ingest, cache_dir, store)
+    )
+
+
+# What a rejection depends on: the sample's text and image (by content), and the config's
+# identity (tasks.config.identity: not where caches live nor how hard the endpoint is pushed).
+ITEM_FIELDS = ("sample_id", "task", "answer_type", "question", "answer", "image_sha256")
+
+
+def build_hallucinations(
+    out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path, store: ArtifactStore
+) -> dict[str, float]:
+    samples = catalog.rows(ingest, SAMPLES)
+    in_scope = [s for s in samples if config.splits is None or s["split"] in config.splits]
+    counts = Counters()
+    counts.add("samples", "seen", n=len(samples))
+    counts.add("samples", "out_of_scope", "split", n=len(samples) - len(in_scope))
+    if config.backend != "rules":
+        check_images_allowed(config)
+    items = store.items(STAGE, CODE, config)
+    tags = () if config.backend == "rules" else (LLM_TAG,)
+    rows = items.build(
+        out,
+        [items.item(by_content(s, ITEM_FIELDS), s) for s in in_scope],
+        partial(hallucinate_items, config, str(cache_dir)),
+        tags=tags,
+    )
+    counts.update({f"llm.{name}": value for name, value in items.counts.items()})
+    catalog.write(out, HALLUCINATIONS, rows)
+    for row in rows:
+        counts.add("rejections", row["status"], row["error_type"] if row["status"] == "ok" else row["reason"])
+    return counts.as_dict()
+
+
+def hallucinate_items(
+    config: HallucinateConfig, cache_dir: str, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One shard: a HALLUCINATIONS row per sample, and the LLM client's counters."""
+    if config.backend == "rules":
+        return [rules_row(sample, config) for sample in samples], {}
+    if config.backend == "llm":
+        return llm_rows(samples, config, Path(cache_dir))
+    return target_rows(samples, config, Path(cache_dir))
+
+
+@task(**stage_task_options(STAGE, CODE))
+def hallucinate_task(store_root: str, config: HallucinateConfig, ingest: Manifest) -> Manifest:
+    manifest = hallucinate(ArtifactStore(store_root), config, ingest)
+    ui.manifest_markdown(manifest)
+    rows = catalog.rows(manifest, HALLUCINATIONS)
+    answers = {s["sample_id"]: s["answer"] for s in catalog.rows(ingest, SAMPLES)}
+    ui.table(
+        "hallucinate-examples",
+        [
+            {
+                "sample_id": r["sample_id"],
+                "answer": answers.get(r["sample_id"], "")[:200],
+                "rejected": (r["rejected"] or "")[:200],
+                "error_type": r["error_type"],
+                "status": r["status"],
+                "reason": r["reason"],
+            }
+            for r in rows
+        ],
+        "Ground truth vs synthesized hallucination (first rows)",
+    )
+    return manifest

@@ -1,0 +1,328 @@
+"""Lesion regions and where they come from: one ``Localizer`` interface, three sources.
+
+``annotation`` (the data set's own masks/boxes), ``sam`` (segment-anything prompted by the
+sample's boxes, or by heatmap peaks when it has none) and ``heatmap`` (a saliency map per
+image, blurred and thresholded as MedKLIP's attention maps are). A sample without a usable
+region gets status ``no_region`` and a reason, never a made-up region.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
+from tasks.imaging import load_array
+from tasks.store import safe_stem
+
+PEAK_SUPPRESSION = 0.1  # peaks picked for SAM points lie at least this fraction of the shorter side apart
+PEAK_FLOOR = 0.5  # a further peak must reach half the (0-1 scaled) map's maximum, or it is background
+
+
+@dataclass(frozen=True)
+class Region:
+    status: str  # ok | no_region | failed
+    reason: str | None = None
+    mask: np.ndarray | None = None  # (H, W) bool when ok
+    boxes: list[list[float]] = field(default_factory=list)
+    confidence: float | None = None
+
+
+def no_region(reason: str) -> Region:
+    return Region("no_region", reason)
+
+
+def failed(reason: str) -> Region:
+    return Region("failed", reason)
+
+
+class Localizer(Protocol):
+    source: str
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        """One Region per SAMPLES row, in order; rows of one image should come together."""
+        ...
+
+
+# --- shared geometry ---------------------------------------------------------------------
+
+
+def clip_boxes(boxes: Iterable[Sequence[float]], width: int, height: int) -> list[list[float]]:
+    """Boxes clipped to the image; boxes with no area left are dropped."""
+    kept = []
+    for box in boxes or ():
+        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+        y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            kept.append([x0, y0, x1, y1])
+    return kept
+
+
+def boxes_mask(boxes: Sequence[Sequence[float]], height: int, width: int, margin: float = 0.0) -> np.ndarray:
+    """Filled boxes (pixel centres inside), each grown by ``margin`` x its own size."""
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+        c0, c1 = int(np.ceil(x0 - dx - 0.5)), int(np.ceil(x1 + dx - 0.5))
+        r0, r1 = int(np.ceil(y0 - dy - 0.5)), int(np.ceil(y1 + dy - 0.5))
+        mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
+    return mask
+
+
+def component_boxes(mask: np.ndarray) -> list[list[float]]:
+    labelled, _ = ndimage.label(mask)
+    return [
+        [float(s[1].start), float(s[0].start), float(s[1].stop), float(s[0].stop)]
+        for s in ndimage.find_objects(labelled)
+    ]
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+
+
+def finish(region: Region, config: LocalizeConfig) -> tuple[Region, float | None]:
+    """Apply the area limits; return the region (maybe turned into no_region) and its area fraction."""
+    if region.status != "ok":
+        return region, None
+    area = float(region.mask.mean())
+    if area == 0.0:
+        return no_region("empty_region"), area
+    if area < config.min_area_fraction:
+        return no_region("region_too_small"), area
+    if area > config.max_area_fraction:
+        return no_region("region_too_large"), area
+    return region, area
+
+
+# --- annotation ----------------------------------------------------------------------------
+
+
+class AnnotationLocalizer:
+    source = "annotation"
+
+    def __init__(self, config: AnnotationConfig):
+        self.config = config
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        return [self.locate_one(row) for row in rows]
+
+    def locate_one(self, row: Mapping[str, Any]) -> Region:
+        height, width = int(row["height"]), int(row["width"])
+        boxes = clip_boxes(row["boxes"], width, height)
+        has_mask = bool(row.get("mask_path"))
+        prefer = self.config.prefer
+        use_mask = has_mask and (prefer != "boxes" or not boxes)
+        use_boxes = bool(boxes) and (prefer != "mask" or not has_mask)
+        if not use_mask and not use_boxes:
+            return no_region("no_annotation" if not row["boxes"] else "boxes_outside_image")
+        region = np.zeros((height, width), dtype=bool)
+        used: list[list[float]] = []
+        if use_boxes:
+            region |= boxes_mask(boxes, height, width)
+            used += boxes
+        if use_mask:
+            try:
+                mask = annotation_mask(Path(row["mask_path"]), height, width)
+            except FileNotFoundError:
+                return failed("missing_mask")
+            except (OSError, ValueError, SyntaxError):
+                return failed("unreadable_mask")
+            region |= mask
+            used += component_boxes(mask)
+        return Region("ok", mask=region, boxes=used, confidence=self.config.confidence)
+
+
+def annotation_mask(path: Path, height: int, width: int) -> np.ndarray:
+    """Any non-zero pixel of a label image (SLAKE colours organs and lesions differently)."""
+    pixels = load_array(path)
+    mask = pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
+    return resize_mask(mask, height, width)
+
+
+# --- heatmap -----------------------------------------------------------------------------
+
+
+class HeatmapLocalizer:
+    source = "heatmap"
+
+    def __init__(self, config: HeatmapConfig):
+        if config.maps is None:
+            raise ValueError("localize.heatmap.maps must name the folder of saliency maps")
+        self.config = config
+        self.folder = Path(config.maps)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"heatmap folder {self.folder} does not exist")
+        sidecar = self.folder / "confidences.json"
+        self.confidences: dict[str, float] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+    def find(self, row: Mapping[str, Any]) -> Path | None:
+        for name in (row["image_sha256"], safe_stem(row["sample_id"])):
+            for suffix in (".npy", ".png"):
+                path = self.folder / f"{name}{suffix}"
+                if path.is_file():
+                    return path
+        return None
+
+    def saliency(self, path: Path, height: int, width: int) -> np.ndarray | None:
+        """The map resized to the image, blurred, scaled to [0, 1]; None when it is flat."""
+        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else load_array(path)
+        raw = np.nan_to_num(np.asarray(raw, dtype=np.float32))
+        if raw.ndim == 3:
+            raw = raw.mean(axis=2)
+        if raw.ndim != 2:
+            raise ValueError(f"{path}: a heatmap must be 2-D, got shape {raw.shape}")
+        resized = np.asarray(Image.fromarray(raw, mode="F").resize((width, height), Image.BILINEAR))
+        blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
+        low, high = float(blurred.min()), float(blurred.max())
+        if high - low <= 1e-12 * max(abs(high), 1.0):
+            return None
+        return (blurred - low) / (high - low)
+
+    def threshold(self, saliency: np.ndarray) -> np.ndarray:
+        statistic = self.config.statistic
+        if statistic == "mean":
+            cut = float(saliency.mean())
+        elif statistic == "quantile":
+            cut = float(np.quantile(saliency, self.config.quantile))
+        else:
+            cut = self.config.max_fraction * float(saliency.max())
+        return saliency > cut
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        return [self.locate_one(row) for row in rows]
+
+    def locate_one(self, row: Mapping[str, Any]) -> Region:
+        path = self.find(row)
+        if path is None:
+            return no_region("no_heatmap")
+        try:
+            saliency = self.saliency(path, int(row["height"]), int(row["width"]))
+        except OSError:
+            return failed("unreadable_heatmap")
+        except ValueError:
+            return failed("bad_heatmap")
+        if saliency is None:
+            return no_region("flat_heatmap")
+        mask = self.threshold(saliency)
+        if not mask.any() or mask.all():
+            return no_region("flat_heatmap")
+        if path.stem in self.confidences:
+            confidence = float(np.clip(float(self.confidences[path.stem]), 0.0, 1.0))
+        else:
+            confidence = float(saliency[mask].mean() - saliency[~mask].mean())
+        return Region("ok", mask=mask, boxes=component_boxes(mask), confidence=confidence)
+
+    def peaks(self, row: Mapping[str, Any], count: int) -> np.ndarray | None:
+        """Up to ``count`` (x, y) maxima of the saliency map, spread apart, for SAM point prompts."""
+        path = self.find(row)
+        if path is None:
+            return None
+        height, width = int(row["height"]), int(row["width"])
+        saliency = self.saliency(path, height, width)
+        if saliency is None:
+            return None
+        radius = PEAK_SUPPRESSION * min(height, width)
+        yy, xx = np.mgrid[0:height, 0:width]
+        remaining = saliency.copy()
+        points = []
+        for _ in range(count):
+            y, x = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
+            if points and remaining[y, x] <= PEAK_FLOOR:
+                break
+            points.append([float(x), float(y)])
+            remaining[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = 0.0
+        return np.asarray(points)
+
+
+# --- segment-anything ------------------------------------------------------------------------
+
+
+class SamLocalizer:
+    source = "sam"
+
+    def __init__(self, config: SamConfig, heatmap: HeatmapConfig):
+        from models.sam import SamSegmenter, load_sam
+
+        self.config = config
+        self.heatmap = HeatmapLocalizer(heatmap) if heatmap.maps is not None else None
+        sam = load_sam(config.model_type, config.checkpoint, config.architecture.model_dump(), config.device)
+        self.segmenter = SamSegmenter(sam)
+
+    def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
+        from models.sam import Prompt
+
+        boxes = clip_boxes(row["boxes"], int(row["width"]), int(row["height"]))
+        if boxes:
+            return Prompt(boxes=np.asarray(boxes)), None
+        if self.heatmap is None:
+            return None, no_region("no_prompt")
+        try:
+            points = self.heatmap.peaks(row, self.config.num_points)
+        except OSError:
+            return None, failed("unreadable_heatmap")
+        except ValueError:
+            return None, failed("bad_heatmap")
+        if points is None:
+            return None, no_region("no_prompt")
+        return Prompt(points=points), None
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        regions: list[Region | None] = [None] * len(rows)
+        by_image: dict[str, list[tuple[int, Any]]] = {}
+        for i, row in enumerate(rows):
+            prompt, region = self.prompt(row)
+            if region is not None:
+                regions[i] = region
+            else:
+                by_image.setdefault(row["image_path"], []).append((i, prompt))
+        images = list(by_image)
+        for start in range(0, len(images), self.config.batch_size):
+            batch, pixels = [], []
+            for path in images[start : start + self.config.batch_size]:
+                try:
+                    pixels.append(load_array(path))
+                    batch.append(path)
+                except (OSError, ValueError, SyntaxError):
+                    for i, _ in by_image[path]:
+                        regions[i] = failed("unreadable_image")
+            if not batch:
+                continue
+            try:
+                segmentations = self.segmenter.segment(pixels, [[p for _, p in by_image[path]] for path in batch])
+            except RuntimeError:  # e.g. out of memory on a huge batch: these samples fail, the stage goes on
+                for path in batch:
+                    for i, _ in by_image[path]:
+                        regions[i] = failed("sam_error")
+                continue
+            for path, image_pixels, segs in zip(batch, pixels, segmentations):
+                for (i, prompt), seg in zip(by_image[path], segs):
+                    regions[i] = self.region(prompt, seg, image_pixels.shape[:2])
+        return regions
+
+    def region(self, prompt: Any, seg: Any, shape: tuple[int, int]) -> Region:
+        mask = seg.mask
+        boxes = [] if prompt.boxes is None else [list(map(float, b)) for b in prompt.boxes]
+        if boxes and self.config.box_margin is not None:
+            # A box prompt says where the lesion is; SAM spilling past it is a segmentation error.
+            mask = mask & boxes_mask(boxes, shape[0], shape[1], self.config.box_margin)
+        confidence = float(np.clip(np.mean(seg.predicted_iou), 0.0, 1.0))
+        return Region("ok", mask=mask, boxes=boxes, confidence=confidence)
+
+
+def make_localizer(config: LocalizeConfig) -> Localizer:
+    if config.source == "annotation":
+        return AnnotationLocalizer(config.annotation)
+    if config.source == "heatmap":
+        return HeatmapLocalizer(config.heatmap)
+    return SamLocalizer(config.sam, config.heatmap)

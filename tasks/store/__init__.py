@@ -1,0 +1,45 @@
+"""The artifact store, one concern a module:
+
+- ``keys``: canonical JSON, content hashes, code versions, file digests;
+- ``files``: atomic writes, temporary folders, links;
+- ``manifest``: what a stage hands on, and the key that names it;
+- ``items``: the per-item cache under per-sample stages, and its shards;
+- ``artifacts``: building and publishing stage artifacts;
+- ``policy``: Prefect's cache key = the store key.
+"""
+
+from tasks.store.artifacts import ArtifactStore
+from tasks.store.files import link_or_copy, replacing, write_bytes_atomic, write_text_atomic
+from tasks.store.items import LLM_TAG, SHARDS, Compute, Item, ShardJob, StageFailed, by_content, compute_items
+from tasks.store.keys import canonical_json, code_version, content_hash, file_digest, fingerprint_tree, safe_stem
+from tasks.store.manifest import MANIFEST, Keyed, Manifest, SourceSnapshot, stage_key
+from tasks.store.policy import StageCachePolicy, stage_task_options
+
+__all__ = [
+    "canonical_json",
+    "code_version",
+    "content_hash",
+    "file_digest",
+    "fingerprint_tree",
+    "safe_stem",
+    "link_or_copy",
+    "replacing",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "MANIFEST",
+    "Keyed",
+    "Manifest",
+    "SourceSnapshot",
+    "stage_key",
+    "LLM_TAG",
+    "SHARDS",
+    "Compute",
+    "Item",
+    "ShardJob",
+    "StageFailed",
+    "by_content",
+    "compute_items",
+    "ArtifactStore",
+    "StageCachePolicy",
+    "stage_task_options",
+]

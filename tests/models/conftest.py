@@ -1,1 +1,0 @@
-from tests.support.tiny_vlm import tiny_llava  # noqa: F401  (session fixture)

@@ -20,7 +20,13 @@ from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_versi
 
 STAGE = "hallucinate"
 CODE = code_version(
-    __name__, "tasks.clinical_rules", "tasks.clinical_lexicon", "models.llm", "models.vlm", "models.prompts"
+    __name__,
+    "tasks.clinical_rules",
+    "tasks.clinical_lexicon",
+    "models.llm",
+    "models.families",
+    "models.vlm",
+    "models.prompts",
 )
 
 

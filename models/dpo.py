@@ -12,13 +12,14 @@ tokens). ``WeightedDPOTrainer`` keeps that multiplier switched on and, in a forw
 the policy, shifts ``log_sum_sq_probs`` by ``log w`` on the chosen rows, so the multiplier
 becomes ``w_i`` (times WPO's own factor when WPO is asked for). Every TRL loss type that
 scores pairs independently is then weighted in value and gradient, with TRL's loss code
-untouched. ``ImagePairCollator`` runs TRL's vision collator and then swaps in the rejected
-images' pixels for the rejected half of the batch.
+untouched. ``ImagePairCollator`` runs TRL's vision collator with each side's own images, laid
+out by the model family's own processor code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ from PIL import Image
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from models import families
+from models.families import Family
 from models.progress import quiet_progress
 from tasks.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 PAIR_TYPES = ("text", "visual")
 # Keys the collator adds for the trainer; they never reach the model.
@@ -66,11 +71,14 @@ def preference_example(
 class ImagePairCollator(DataCollatorForVisionPreference):
     """TRL's vision preference collator, with each side of a pair seeing its own image.
 
-    The batch is ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``; TRL processes the
-    chosen image for both halves, so when any pair has a different rejected image the
-    images of both halves are re-processed together and replace TRL's pixel tensors (the
-    text, hence the token ids, is untouched). Clean and noised images share their size, so
-    the number of image tokens per row is unchanged.
+    The batch is ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``. TRL would give both
+    halves the chosen image; here the one processor call that builds the image tensors gets
+    ``[[c_0]..[c_B-1], [r_0]..[r_B-1]]`` (``families.TemplateProcessor``), so the family's own
+    code lays out every image: Qwen's patches of all 2B images concatenated with one
+    ``image_grid_thw`` row each, Idefics3's and LLaVA-NeXT's tiles, and a rejected image of
+    another size than its chosen one with its own number of image tokens. The same wrapper
+    renders templates with BOS exactly once, which TRL's ``add_special_tokens=False`` drops for
+    templates that leave BOS to the tokenizer.
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,26 +88,54 @@ class ImagePairCollator(DataCollatorForVisionPreference):
             chosen_path = example.pop("image")
             rejected_path = example.pop("rejected_image", chosen_path)
             chosen = open_image(chosen_path)
-            chosen_images.append(chosen)
-            rejected_images.append(chosen if rejected_path == chosen_path else open_image(rejected_path))
+            chosen_images.append([chosen])
+            rejected_images.append([chosen if rejected_path == chosen_path else open_image(rejected_path)])
             example["images"] = [chosen]
         weights = torch.tensor([float(e.pop("weight", 1.0)) for e in examples], dtype=torch.float32)
         pair_types = torch.tensor([PAIR_TYPES.index(e.pop("pair_type", "text")) for e in examples], dtype=torch.long)
-        output = super().torch_call(examples)
-        if any(r is not c for r, c in zip(rejected_images, chosen_images)):
-            pixels = self.processor.image_processor(images=chosen_images + rejected_images, return_tensors="pt")
-            for key, value in pixels.items():
-                if key not in output:
-                    continue
-                if value.shape != output[key].shape:
-                    raise ValueError(
-                        f"rejected images change {key} from {tuple(output[key].shape)} to {tuple(value.shape)}: "
-                        "a visual pair's images must have the same size"
-                    )
-                output[key] = value
+        processor = families.TemplateProcessor(self.processor, chosen_images + rejected_images)
+        output = DataCollatorForVisionPreference.torch_call(replace(self, processor=processor), examples)
+        # TRL truncates after the prompt: a prompt as long as max_length leaves no answer token (and a
+        # longer one cuts image tokens, which the model then refuses).
+        empty = (output["completion_mask"].sum(dim=1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"rows {empty} of the batch keep no answer token under max_length={self.max_length}: "
+                "raise train.max_length (check_lengths finds such pairs before training)"
+            )
         output["weight"] = weights
         output["pair_type"] = pair_types
         return output
+
+
+def check_lengths(processor: Any, examples: list[dict[str, Any]], max_length: int | None, chunk: int = 16) -> None:
+    """Fail before training when a pair's prompt - with its images expanded into image tokens, on
+    either side - leaves no answer token under ``max_length``; log how many answers it truncates.
+
+    One pass of the pair collator over the set: the lengths are exactly those training sees.
+    """
+    if max_length is None:
+        return
+    collator = ImagePairCollator(processor)
+    longest_prompt, too_long, truncated = 0, 0, 0
+    for start in range(0, len(examples), chunk):
+        batch = collator(examples[start : start + chunk])
+        total = batch["attention_mask"].sum(dim=1)
+        prompt = total - batch["completion_mask"].sum(dim=1)
+        pairs = len(batch["weight"])
+        longest_prompt = max(longest_prompt, int(prompt.max()))
+        too_long += int((prompt >= max_length).view(2, pairs).any(dim=0).sum())
+        truncated += int((total > max_length).view(2, pairs).any(dim=0).sum())
+    if too_long:
+        raise ValueError(
+            f"{too_long} of {len(examples)} pairs have a prompt of max_length={max_length} tokens or more "
+            f"(images expanded; the longest is {longest_prompt}): no answer token would be trained on; "
+            f"raise train.max_length above {longest_prompt}"
+        )
+    if truncated:
+        log.warning(
+            "train: max_length=%d truncates the answers of %d of %d pairs", max_length, truncated, len(examples)
+        )
 
 
 class WeightedDPOTrainer(DPOTrainer):
@@ -244,8 +280,6 @@ class WeightedDPOTrainer(DPOTrainer):
 
 # --- construction from the train stage's settings ------------------------------------------------
 
-PROJECTOR = "multi_modal_projector"  # LLaVA's vision -> text projector module
-
 
 def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
     """TRL's DPOConfig from the train stage's settings (the paper's defaults live there).
@@ -282,14 +316,15 @@ def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
     )
 
 
-def lora_config(settings: TrainConfig) -> LoraConfig:
+def lora_config(settings: TrainConfig, family: Family) -> LoraConfig:
+    """Adapters on the family's language model (unless ``lora_target`` names other modules), and a
+    fully trained copy of its projector, saved with the adapter, when ``projector_lr`` is set."""
     return LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target,
-        # A fully trained copy of the projector is saved with the adapter.
-        modules_to_save=[PROJECTOR] if settings.projector_lr is not None else None,
+        target_modules=settings.lora_target or family.lora_target,
+        modules_to_save=[family.projector_leaf] if settings.projector_lr is not None else None,
     )
 
 
@@ -301,34 +336,37 @@ def make_trainer(
     processor: Any,
     pairs: list[dict[str, Any]],
 ) -> WeightedDPOTrainer:
-    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``."""
+    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``.
+
+    Fails before training when ``settings.max_length`` leaves a pair no answer token.
+    """
     from datasets import Dataset
 
-    dataset = Dataset.from_list(
-        [
-            preference_example(
-                p["prompt"],
-                p["chosen"],
-                p["rejected"],
-                p["chosen_image"],
-                p["rejected_image"],
-                p["weight"],
-                p["pair_type"],
-            )
-            for p in pairs
-        ]
-    )
+    family = families.family_of(policy)
+    examples = [
+        preference_example(
+            p["prompt"],
+            p["chosen"],
+            p["rejected"],
+            p["chosen_image"],
+            p["rejected_image"],
+            p["weight"],
+            p["pair_type"],
+        )
+        for p in pairs
+    ]
+    check_lengths(processor, examples, settings.max_length)
     trainer = WeightedDPOTrainer(
         model=policy,
         ref_model=reference,
         args=args,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(examples),
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length),
-        peft_config=lora_config(settings),
+        peft_config=lora_config(settings, family),
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
         projector_lr=settings.projector_lr,
-        projector_module=PROJECTOR,
+        projector_module=family.projector_leaf,
     )
     return quiet_progress(trainer, "dpo")

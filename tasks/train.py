@@ -21,7 +21,9 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, stage_key, stage_task_options
 
 STAGE = "train"
-CODE = code_version(__name__, "models.dpo", "models.progress", "models.vlm", "models.tiny", "tasks.sets")
+CODE = code_version(
+    __name__, "models.dpo", "models.families", "models.progress", "models.vlm", "models.tiny", "tasks.sets"
+)
 ADAPTER = "adapter"
 
 

@@ -9,7 +9,7 @@ prompted and called is one set of conventions, checked on every family (tests/mo
   refuses a flat list in a batch ("Found [1, 1] <start_of_image> tokens and [2] images");
 * text is rendered with the chat template and tokenized with ``add_special_tokens=False`` (as TRL's
   collators do), and ``render`` puts BOS in front exactly once: Gemma 3 / Idefics3 templates carry
-  BOS and their tokenizers add another, llava-hf Mistral templates carry none and rely on the
+  BOS and their tokenizers add another, llava-v1.6-mistral's template carries none and relies on the
   tokenizer, which ``add_special_tokens=False`` then silences;
 * every key the processor returns goes to the model: Qwen's ``image_grid_thw`` is refused without
   ``mm_token_type_ids``, Gemma 3 needs ``token_type_ids``, Idefics3 ``pixel_attention_mask``,

@@ -23,7 +23,7 @@ def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest, model: Keyed 
     """A model that already answers the task, for DPO to refine.
 
     Trains the chosen parts of a checkpoint (``config.model``; unset, the tiny random-weight
-    LLaVA of models/tiny.py) - vision tower, projector, language model - on a split's (image,
+    LLaVA of models/tiny) - vision tower, projector, language model - on a split's (image,
     question, answer) samples. A run config with an ``sft:`` section makes ``pipeline`` run
     this before ``train``, whose base model it then is.
 

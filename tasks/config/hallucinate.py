@@ -15,7 +15,7 @@ class TargetSamplingConfig(StageConfig):
     """The target VLM sampled for candidate hallucinations (the paper's procedure)."""
 
     model_path: Path | None = Field(
-        default=None, description="Local LLaVA-family checkpoint folder (transformers format)"
+        default=None, description="Local checkpoint folder of a supported model family (models/families.py)"
     )
     num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
     temperature: float = Field(

@@ -19,7 +19,7 @@ class SFTConfig(StageConfig):
 
     model: Path | None = Field(
         default=None,
-        description="Local LLaVA-family checkpoint to start from; None builds the tiny random-weight LLaVA",
+        description="Local checkpoint of a supported family to start from; None builds the tiny random-weight LLaVA",
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
     tiny_image_size: int = Field(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from models import families, vlm
-from models.dpo import ImagePairCollator, dpo_arguments, make_trainer, preference_example
+from models.dpo import ImagePairCollator, dpo_arguments, lora_config, make_trainer, preference_example
 from tasks.config import TrainConfig
 from tests.support.preference import mixed_size_rows
 
@@ -139,3 +139,11 @@ def test_a_max_length_that_leaves_no_answer_token_fails_before_training(tiny_che
     # The collator refuses such a batch itself rather than train on it (TRL would truncate it silently).
     with pytest.raises(ValueError, match="keep no answer token under max_length=40"):
         ImagePairCollator(loaded.processor, max_length=40)(examples(rows))
+
+
+def test_lora_target_and_projector_come_from_the_family_unless_a_regex_is_given():
+    qwen = families.FAMILIES["qwen2_5_vl"]
+    derived = lora_config(settings(), qwen)
+    assert derived.target_modules == qwen.lora_target and derived.modules_to_save == ["visual.merger"]
+    explicit = lora_config(settings(lora_target=r".*\.q_proj", projector_lr=None), qwen)
+    assert explicit.target_modules == r".*\.q_proj" and explicit.modules_to_save is None

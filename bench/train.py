@@ -5,8 +5,8 @@ trainers on the same four text pairs (TRL's trainer gives both sides of a pair t
 so text pairs are what both can train on), LoRA on the family's language model with its
 projector trained too. Each (family, trainer) runs in its own subprocess (peak memory is per
 process), the two in turn and in alternating order, ``--repeats`` times. Step time = median over the
-timed steps after warm-up: wall time on GPU; on CPU the process's CPU time, which other jobs on a
-shared machine disturb far less than wall time. Peak memory = CUDA max_memory_allocated on GPU,
+timed steps after warm-up: wall time on GPU; on CPU the process's CPU time on one torch thread,
+which other jobs on a shared machine disturb far less than wall time. Peak memory = CUDA max_memory_allocated on GPU,
 else the process's max RSS. The ratios weighted / plain are what to read: both come from the
 same run.
 
@@ -71,6 +71,9 @@ def run_one(family: str, variant: str, steps: int, batch: int, workdir: Path) ->
     from models.tiny import build_tiny
     from tests.support.preference import preference_rows
 
+    if not torch.cuda.is_available():
+        # One thread: on a shared CPU, waiting worker threads spin and inflate the process's CPU time.
+        torch.set_num_threads(1)
     loaded = vlm.load(build_tiny(family, workdir / "model"), move=False)
     rows = [r for r in preference_rows(workdir / "img") if r["pair_type"] == "text"]
     keys = ("prompt", "chosen", "rejected", "chosen_image", "rejected_image", "weight", "pair_type")
@@ -152,7 +155,7 @@ def run_one(family: str, variant: str, steps: int, batch: int, workdir: Path) ->
         "peak_mib": peak,
         "device": f"{torch.cuda.get_device_name()}, bf16, wall time"
         if on_gpu
-        else f"cpu ({torch.get_num_threads()} torch threads), fp32, process CPU time",
+        else f"cpu ({torch.get_num_threads()} torch thread), fp32, process CPU time",
     }
 
 

@@ -15,15 +15,7 @@ from tasks.catalog import PREDICTIONS, SAMPLES
 from tasks.comparison import comparison_rows, example_rows, examples_markdown
 from tasks.config import EvaluateConfig
 from tasks.counters import Counters
-from tasks.store import (
-    ArtifactStore,
-    Manifest,
-    SourceSnapshot,
-    code_version,
-    fingerprint_tree,
-    stage_task_options,
-    write_text_atomic,
-)
+from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
 
 STAGE = "evaluate"
 CODE = code_version(__name__, "tasks.metrics", "models.vlm")
@@ -41,7 +33,6 @@ def evaluate(
     store: ArtifactStore,
     config: EvaluateConfig,
     ingest: Manifest,
-    model: SourceSnapshot,
     train: Manifest | None = None,
     progress: Progress | None = None,
 ) -> Manifest:
@@ -51,9 +42,9 @@ def evaluate(
     every training run that compares against it (tasks.comparison builds the before/after
     views from two evaluations).
 
-    Inputs: ``ingest`` (SAMPLES), ``model`` (a fingerprint of the checkpoint folder,
-    ``model_snapshot``: replacing the weights at the same path re-evaluates), ``train`` (the
-    adapter). Output: ``predictions.parquet`` (PREDICTIONS, one row per sample) and
+    Inputs: ``ingest`` (SAMPLES), the model folder's content (``config.model`` is identified by
+    its files' digests: new weights at the same path re-evaluate, a renamed copy does not),
+    ``train`` (the adapter). Output: ``predictions.parquet`` (PREDICTIONS, one row per sample) and
     ``metrics.json`` (per data set: closed accuracy - normalized and the paper's substring
     rule - open recall and exact match, report BLEU-1..4/mean, ROUGE-L, METEOR).
     Counters: ``samples.seen.<closed|open|report>``, ``samples.ok``, ``samples.failed``,
@@ -61,16 +52,17 @@ def evaluate(
     """
     if config.model is None:
         raise EvaluateError("evaluate.model is unset: resolve it first with resolve_model(config, train)")
-    inputs: dict[str, Any] = {"ingest": ingest, "model": model}
+    check_model(config.model)
+    inputs: dict[str, Any] = {"ingest": ingest}
     if train is not None:
         inputs["train"] = train
     return store.run(STAGE, CODE, config, inputs, lambda out: build_evaluation(out, config, ingest, train, progress))
 
 
-def model_snapshot(path: Path) -> SourceSnapshot:
+def check_model(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise EvaluateError(f"{path}: not a transformers checkpoint folder (no config.json)")
-    return SourceSnapshot(name="model", key=fingerprint_tree(path))
+    return path
 
 
 def adapter_dir(train: Manifest) -> Path:
@@ -298,9 +290,7 @@ def load_predictions(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 @task(**stage_task_options(STAGE, CODE))
-def evaluate_task(
-    store_root: str, config: EvaluateConfig, ingest: Manifest, model: SourceSnapshot, train: Manifest | None = None
-) -> Manifest:
+def evaluate_task(store_root: str, config: EvaluateConfig, ingest: Manifest, train: Manifest | None = None) -> Manifest:
     bar: list[ui.Progress] = []
 
     def progress(done: int, total: int) -> None:
@@ -308,7 +298,7 @@ def evaluate_task(
             bar.append(ui.Progress(STAGE, total))
         bar[0].advance(done - bar[0].done)
 
-    manifest = evaluate(ArtifactStore(store_root), config, ingest, model, train, progress)
+    manifest = evaluate(ArtifactStore(store_root), config, ingest, train, progress)
     label = "trained" if train is not None else "base"
     ui.manifest_markdown(manifest)
     ui.table(f"evaluate-{label}", comparison_rows(load_metrics(manifest)), f"{label} model metrics (%) per data set")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 
 
 class AnnotationConfig(StageConfig):
@@ -31,7 +31,11 @@ class HeatmapConfig(StageConfig):
     blurred map scaled to [0, 1]).
     """
 
-    maps: Path | None = Field(default=None, description="Folder of maps; required for source=heatmap, optional for sam")
+    maps: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="Folder of maps (identified by content); required for source=heatmap, optional for sam",
+    )
     blur_sigma: float = Field(
         default=0.02, ge=0.0, description="Gaussian blur sigma as a fraction of the image's shorter side"
     )
@@ -68,7 +72,9 @@ class SamConfig(StageConfig):
         default="vit_b", description="Registry architecture (MedSAM weights: vit_b) or custom (see architecture)"
     )
     checkpoint: Path | None = Field(
-        default=None, description="State dict (.pth); required for vit_b/l/h. Keyed by path: version the file name"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="State dict (.pth); required for vit_b/l/h. Identified by its content, not its name",
     )
     architecture: SamArchitecture = Field(
         default_factory=SamArchitecture, description="Used for model_type=custom only"

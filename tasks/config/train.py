@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import BY_CONTENT, StageConfig
 
 
 class TrainConfig(StageConfig):
@@ -15,10 +15,16 @@ class TrainConfig(StageConfig):
     unset, a tiny random-weight LLaVA is built locally (demo and tests)."""
 
     model: Path | None = Field(
-        default=None, description="Local image-text-to-text checkpoint folder; None builds the tiny demo model"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description=(
+            "Local image-text-to-text checkpoint folder (identified by content); None builds the tiny demo model"
+        ),
     )
     ref_model: Path | None = Field(
-        default=None, description="Separate frozen reference checkpoint; None = the policy with adapters disabled"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="Separate frozen reference checkpoint (by content); None = the policy with adapters disabled",
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
     splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")

@@ -57,7 +57,7 @@ def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_pat
 
     assembled = result.curated["assemble"]
     assert assembled.counts["pairs.built"] == 6  # 3 train samples x (text + visual); the test sample makes none
-    assert (config.sets / "flowtest" / assembled.key / "manifest.json").is_file()
+    assert (config.sets / "flowtest" / assembled.digest / "manifest.json").is_file()
     assert result.train.inputs == {"assemble": assembled.key} and result.train.counts["train.steps"] == 2
     assert result.evaluation.trained is not None and result.evaluation.trained.inputs["train"] == result.train.key
     closed = [r for r in result.evaluation.comparison if r["metric"] == "closed_accuracy"]
@@ -112,7 +112,14 @@ def test_pipeline_with_an_sft_section_trains_dpo_from_the_sft_checkpoint(tmp_pat
     assert result.sft is not None and result.sft.inputs == {"ingest": result.curated["ingest"].key}
     assert result.sft.counts["samples.trained"] == 3
     # Train names the SFT artifact as its model, and the adapter was trained on that checkpoint.
-    assert result.train.inputs == {"assemble": result.curated["assemble"].key, "model": result.sft.key}
+    assert (
+        result.train.inputs["assemble"] == result.curated["assemble"].key
+        and result.train.inputs["sft"] == result.sft.key
+    )
+    # ...and the checkpoint it trained from is identified by its content, as any model folder.
+    from tasks.store import ArtifactStore
+
+    assert result.train.inputs["model"] == ArtifactStore(config.store).digests.tree(model_dir(result.sft))[:16]
     assert f"sft/{result.sft.key}" in result.train.lineage
     assert result.train.file("base_model.txt").read_text().strip() == str(model_dir(result.sft))
     assert result.evaluation.base.config["model"] == str(model_dir(result.sft))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tasks import catalog
-from tasks.config import LocalizeConfig, NoiseConfig
+from tasks.config import AnnotationConfig, LocalizeConfig, NoiseConfig
 from tasks.diffusion import alpha_bar, alphas_cumprod, feather, forward_diffuse, noise_array, sample_seed
 from tasks.imaging import load_array
 from tasks.localize import localize
@@ -156,8 +156,13 @@ def test_changing_k_recomputes_noise_only(tmp_path):
     assert again.key == regions.key and again.created == regions.created
     assert stronger.key != first.key
     assert noise(store, NoiseConfig(), ingest, regions).created == first.created
-    moved = localize(store, LocalizeConfig(min_area_fraction=0.01), ingest)
-    assert moved.key != regions.key and noise(store, NoiseConfig(), ingest, moved).key != first.key
+    # A localize option that leaves its regions as they were: a new localize key, the same content,
+    # so noise is the stored artifact (early cutoff); one that changes the regions re-keys noise.
+    same = localize(store, LocalizeConfig(min_area_fraction=0.01), ingest)
+    assert same.key != regions.key and same.digest == regions.digest
+    assert noise(store, NoiseConfig(), ingest, same) == first
+    moved = localize(store, LocalizeConfig(annotation=AnnotationConfig(confidence=0.8)), ingest)
+    assert moved.digest != regions.digest and noise(store, NoiseConfig(), ingest, moved).key != first.key
 
 
 def test_global_stage_noises_the_same_samples(tmp_path):

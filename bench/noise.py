@@ -97,7 +97,6 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kinds = ["gray8", "rgb", "gray16"]
     config = NoiseConfig()
-    abar = alpha_bar(config)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         paths, boxes = [], []
@@ -115,10 +114,10 @@ def main() -> None:
             masks.append(mask)
         local_s = timed(
             lambda: [
-                noise_array(a, feather(m, config.feather_px), abar, i) for i, (a, m) in enumerate(zip(arrays, masks))
+                noise_array(a, feather(m, config.feather_px), config, i) for i, (a, m) in enumerate(zip(arrays, masks))
             ]
         )
-        global_s = timed(lambda: [noise_array(a, None, abar, i) for i, a in enumerate(arrays)])
+        global_s = timed(lambda: [noise_array(a, None, config, i) for i, a in enumerate(arrays)])
 
         store = ArtifactStore(work / "store")
         ingest = bench_ingest(store, paths, boxes)
@@ -146,7 +145,11 @@ def main() -> None:
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}, "
         f"python {platform.python_version()}"
     )
-    print(f"{n} images {SIDE}x{SIDE} (gray8 / rgb / gray16 in turn), lesion ~10% of the image, k={config.k}")
+    print(
+        f"{n} images {SIDE}x{SIDE} (gray8 / rgb / gray16 in turn), lesion ~10% of the image, {config.schedule} "
+        f"schedule k={config.k} (sqrt(abar) = {alpha_bar(config) ** 0.5:.4f}), {config.space} space, "
+        f"{config.channels} channels"
+    )
     print(f"| {'what':<44} | {'seconds':>8} | {'images/s':>9} | {'/ codec':>7} |")
     print(f"|{'-' * 46}|{'-' * 9}:|{'-' * 10}:|{'-' * 8}:|")
     rows = [

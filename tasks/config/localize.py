@@ -9,13 +9,79 @@ from pydantic import Field
 
 from tasks.config.base import OPERATIONAL, StageConfig
 
+# Words (and phrases) that make a box label a lesion: diseases and findings, never organs. A label
+# matches when it contains one of them as whole words, a plural ("nodules", "masses") included.
+LESION_TERMS = (
+    "lesion",
+    "tumor",
+    "tumour",
+    "cancer",
+    "carcinoma",
+    "neoplasm",
+    "malignancy",
+    "metastasis",
+    "metastases",
+    "mass",
+    "nodule",
+    "cyst",
+    "polyp",
+    "edema",
+    "oedema",
+    "effusion",
+    "pneumonia",
+    "pneumothorax",
+    "atelectasis",
+    "cardiomegaly",
+    "consolidation",
+    "infiltration",
+    "infiltrate",
+    "opacity",
+    "fibrosis",
+    "emphysema",
+    "fracture",
+    "hemorrhage",
+    "haemorrhage",
+    "abscess",
+    "infarct",
+    "infarction",
+    "calcification",
+    "stone",
+    "calculus",
+    "aneurysm",
+    "thrombus",
+    "embolism",
+    "stenosis",
+    "hernia",
+    "ulcer",
+    "granuloma",
+    "lymphadenopathy",
+    "hydronephrosis",
+    "ascites",
+    "necrosis",
+)
+
 
 class AnnotationConfig(StageConfig):
-    """Regions the data set ships: ``mask_path`` (SLAKE mask.png) and ingested ``boxes``."""
+    """Regions the data set ships: ``mask_path`` (SLAKE mask.png) and ingested ``boxes``.
+
+    Only lesion boxes count (``LocalizeConfig.lesion_terms``). SLAKE's mask.png colours every
+    structure by class - organs mostly, some lesions - with no legend beside it, so no pixel of
+    it can be told to be a lesion: by default (``mask_marks: organs``) it is never a region.
+    """
 
     prefer: Literal["mask", "boxes", "union"] = Field(
         default="mask",
-        description="mask: the mask file, else the boxes; boxes: the boxes, else the mask; union: both together",
+        description=(
+            "When the mask marks lesions (mask_marks: lesions): mask: the mask file, else the lesion boxes; boxes: "
+            "the lesion boxes, else the mask; union: both together"
+        ),
+    )
+    mask_marks: Literal["organs", "lesions"] = Field(
+        default="organs",
+        description=(
+            "What a data set's mask file marks. organs: not a lesion region (SLAKE's mask.png: organs and lesions "
+            "by colour, no legend); lesions: every non-zero pixel is a lesion (a data set of lesion masks)"
+        ),
     )
     confidence: float = Field(default=1.0, ge=0.0, le=1.0, description="Confidence given to annotated regions")
 
@@ -90,6 +156,16 @@ class LocalizeConfig(StageConfig):
     """Lesion region per sample: a binary mask, the boxes used and a confidence in [0, 1]."""
 
     source: Literal["annotation", "sam", "heatmap"] = Field(default="annotation", description="Where regions come from")
+    lesion_terms: list[str] = Field(
+        default=list(LESION_TERMS),
+        min_length=1,
+        description=(
+            "A box is a lesion (an annotation region or a SAM prompt) when its label contains one of these as whole "
+            "words, case-insensitive, plurals included ('Brain Tumor', 'Lung Nodules'); organ labels ('Liver') are "
+            "not. A box ingested without a label (the generic JSONL's boxes without box_labels; labelled "
+            "'lesion') is the user's declared lesion and always counts"
+        ),
+    )
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
     sam: SamConfig = Field(default_factory=SamConfig)

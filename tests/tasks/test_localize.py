@@ -54,9 +54,12 @@ def annotated(tmp_path):
     return store, ingest_manifest(store, rows)
 
 
+LESION_MASKS = LocalizeConfig(annotation=AnnotationConfig(mask_marks="lesions"))
+
+
 def test_annotation_regions_from_boxes_and_masks(annotated):
     store, ingest = annotated
-    manifest = localize(store, LocalizeConfig(), ingest)
+    manifest = localize(store, LESION_MASKS, ingest)
     rows = _regions(manifest)
     box = np.zeros((40, 50), dtype=bool)
     box[20:30, 10:30] = True
@@ -88,14 +91,25 @@ def test_annotation_regions_from_boxes_and_masks(annotated):
     }
 
 
+def test_an_organ_mask_is_no_lesion_region_by_default(annotated):
+    store, ingest = annotated
+    manifest = localize(store, LocalizeConfig(), ingest)
+    rows = _regions(manifest)
+    # SLAKE's mask.png colours organs with no legend: never a lesion region unless the config says so.
+    assert (rows["mask"]["status"], rows["mask"]["reason"]) == ("no_region", "no_lesion_label")
+    assert (rows["lost"]["status"], rows["lost"]["reason"]) == ("no_region", "no_lesion_label")  # never opened
+    assert rows["both"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]] and rows["both"]["area_fraction"] == pytest.approx(0.1)
+    assert manifest.counts["regions.no_region.no_lesion_label"] == 2 and manifest.counts["regions.ok"] == 2
+
+
 def test_annotation_preferences_and_confidence(annotated):
     store, ingest = annotated
-    union = _regions(
-        localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="union", confidence=0.8)), ingest)
-    )
+    config = AnnotationConfig(mask_marks="lesions", prefer="union", confidence=0.8)
+    union = _regions(localize(store, LocalizeConfig(annotation=config), ingest))
     assert union["both"]["area_fraction"] == pytest.approx((200 + 150) / 2000)
     assert union["both"]["confidence"] == pytest.approx(0.8)
-    boxes = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="boxes")), ingest))
+    config = AnnotationConfig(mask_marks="lesions", prefer="boxes")
+    boxes = _regions(localize(store, LocalizeConfig(annotation=config), ingest))
     assert boxes["both"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]]
     assert boxes["mask"]["status"] == "ok"  # no boxes: falls back to the mask
 
@@ -253,7 +267,7 @@ def test_sam_confidence_is_the_clipped_predicted_iou(sam_fixture):
 
 def test_grid_and_table_show_the_regions(annotated):
     store, ingest = annotated
-    manifest = localize(store, LocalizeConfig(), ingest)
+    manifest = localize(store, LESION_MASKS, ingest)
     png = region_grid(ingest, manifest)
     from io import BytesIO
 

@@ -227,7 +227,13 @@ class HeatmapLocalizer:
         if raw.ndim != 2:
             raise ValueError(f"{path}: a heatmap must be 2-D, got shape {raw.shape}")
         resized = np.asarray(Image.fromarray(raw, mode="F").resize((width, height), Image.BILINEAR))
-        blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
+        kernel = self.config.blur_kernel_px
+        if kernel is None:
+            blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
+        else:
+            # OpenCV's GaussianBlur((n, n), 0): its sigma for the side, cut at the kernel's radius, mirrored edges.
+            sigma = 0.3 * ((kernel - 1) / 2 - 1) + 0.8
+            blurred = ndimage.gaussian_filter(resized, sigma=sigma, truncate=(kernel // 2) / sigma, mode="mirror")
         low, high = float(blurred.min()), float(blurred.max())
         if high - low <= 1e-12 * max(abs(high), 1.0):
             return None
@@ -237,6 +243,8 @@ class HeatmapLocalizer:
         statistic = self.config.statistic
         if statistic == "mean":
             cut = float(saliency.mean())
+        elif statistic == "mean_minus_std":
+            cut = float(saliency.mean() - saliency.std())
         elif statistic == "quantile":
             cut = float(np.quantile(saliency, self.config.quantile))
         else:

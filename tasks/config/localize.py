@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.config.base import OPERATIONAL, StageConfig
 
@@ -101,13 +101,32 @@ class HeatmapConfig(StageConfig):
     blur_sigma: float = Field(
         default=0.02, ge=0.0, description="Gaussian blur sigma as a fraction of the image's shorter side"
     )
-    statistic: Literal["mean", "quantile", "max_fraction"] = Field(
-        default="mean", description="Keep map values above: the map's mean, a quantile of it, or a fraction of its max"
+    blur_kernel_px: int | None = Field(
+        default=None,
+        ge=3,
+        description=(
+            "Instead of blur_sigma: a Gaussian kernel of this odd side in pixels, as OpenCV's GaussianBlur((n, n), 0) "
+            "(sigma = 0.3 ((n - 1) / 2 - 1) + 0.8, mirrored edges); the release: 15"
+        ),
+    )
+    statistic: Literal["mean", "mean_minus_std", "quantile", "max_fraction"] = Field(
+        default="mean",
+        description=(
+            "Keep map values above: the map's mean; its mean minus its std (the release's rule: on a peaked map that "
+            "is most of the image); a quantile of it; or a fraction of its max"
+        ),
     )
     quantile: float = Field(default=0.9, gt=0.0, lt=1.0, description="Quantile for statistic=quantile")
     max_fraction: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Fraction of the max for statistic=max_fraction"
     )
+
+    @field_validator("blur_kernel_px")
+    @classmethod
+    def _odd_kernel(cls, value: int | None) -> int | None:
+        if value is not None and value % 2 == 0:
+            raise ValueError(f"a Gaussian kernel side must be odd, got {value}")
+        return value
 
 
 class SamArchitecture(StageConfig):

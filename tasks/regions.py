@@ -310,7 +310,7 @@ class SamLocalizer:
         self.lesions = lesions
         self.heatmap = HeatmapLocalizer(heatmap) if heatmap.maps is not None else None
         sam = load_sam(config.model_type, config.checkpoint, config.architecture.model_dump(), config.device)
-        self.segmenter = SamSegmenter(sam)
+        self.segmenter = SamSegmenter(sam, config.preprocessing)
 
     def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
         from models.sam import Prompt

@@ -158,6 +158,14 @@ class SamConfig(StageConfig):
     architecture: SamArchitecture = Field(
         default_factory=SamArchitecture, description="Used for model_type=custom only"
     )
+    preprocess: Literal["auto", "sam", "medsam"] = Field(
+        default="auto",
+        description=(
+            "Input the weights were trained on. sam: longest side resized to 1024, mean/std, padded; medsam: "
+            "resized to 1024 x 1024, min-max to [0, 1], no mean/std (MedSAM's); auto: medsam when the checkpoint's "
+            "file name says medsam (medsam_vit_b.pth), else sam"
+        ),
+    )
     device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
     batch_size: int = Field(
         json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
@@ -169,6 +177,13 @@ class SamConfig(StageConfig):
         default=0.1,
         description="Keep mask pixels within the prompt boxes grown by this fraction of their size; None keeps all",
     )
+
+    @property
+    def preprocessing(self) -> Literal["sam", "medsam"]:
+        """The preprocessing in effect: the given one, or the checkpoint kind's for auto."""
+        if self.preprocess != "auto":
+            return self.preprocess
+        return "medsam" if self.checkpoint is not None and "medsam" in self.checkpoint.name.lower() else "sam"
 
 
 class LocalizeConfig(StageConfig):

@@ -141,6 +141,7 @@ HALLUCINATIONS = Artifact(
             pa.field("attempts", pa.int32(), nullable=False),  # LLM answers tried / rules candidates tried
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
             pa.field("reason", pa.string()),  # short, countable, when not ok
+            pa.field("origin", pa.string()),  # target_model | llm_rewrite | rules (hallucinate.rows.ORIGINS); ok only
         ],
         metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
     ),

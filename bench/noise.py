@@ -118,12 +118,18 @@ def main() -> None:
             ]
         )
         global_s = timed(lambda: [noise_array(a, None, config, i) for i, a in enumerate(arrays)])
+        old = NoiseConfig(schedule="linear", space="minmax")  # the default before issue 16
+        old_local_s = timed(
+            lambda: [noise_array(a, feather(m, old.feather_px), old, i) for i, (a, m) in enumerate(zip(arrays, masks))]
+        )
 
-        store = ArtifactStore(work / "store")
-        ingest = bench_ingest(store, paths, boxes)
-        regions = localize(store, LocalizeConfig(), ingest)
         stage_s = {}
         for workers in (1, 2):
+            # A store each: workers is operational (not in the key), so a shared store would serve the second
+            # run from the first one's cache.
+            store = ArtifactStore(work / f"store-{workers}")
+            ingest = bench_ingest(store, paths, boxes)
+            regions = localize(store, LocalizeConfig(), ingest)
             stage_s[workers] = timed(
                 lambda: noise(store, config.model_copy(update={"workers": workers}), ingest, regions)
             )
@@ -156,6 +162,7 @@ def main() -> None:
         ("PNG decode + encode (baseline)", codec_s),
         ("noising, local (feather + diffusion)", local_s),
         ("noising, global", global_s),
+        ("noising, local, old default (linear, minmax)", old_local_s),
         ("noise stage, 1 worker (decode+noise+encode)", stage_s[1]),
         ("noise stage, 2 workers", stage_s[2]),
     ]

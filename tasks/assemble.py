@@ -104,14 +104,13 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
                 image = linker.link(Path(sample["image_path"]))
                 pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
         if config.visual_pairs:
+            region = regions.get(sample["sample_id"])
             pair = _visual_pair(
-                sample,
-                regions.get(sample["sample_id"]),
-                noised.get(sample["sample_id"]),
-                scores.get((sample["sample_id"], "visual")),
+                sample, region, noised.get(sample["sample_id"]), scores.get((sample["sample_id"], "visual"))
             )
             if isinstance(pair, str):
-                drop(sample, "visual", pair)
+                # The region's own reason (no_lesion_label, no_annotation, ...) says why there was none.
+                drop(sample, "visual", pair, region["reason"] if region and region["status"] != "ok" else None)
             else:
                 rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
                 pairs.append(

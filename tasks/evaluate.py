@@ -124,8 +124,10 @@ def build_evaluation(
     rows = [
         prediction_row(s, answer, error, str(config.model), adapter) for s, (answer, error) in zip(samples, answers)
     ]
+    reports = report_scores(rows, with_meteor=config.meteor)
+    rows = with_report_rouge(rows, reports)
     catalog.write(out, PREDICTIONS, rows)
-    summary = summarize(rows, with_meteor=config.meteor)
+    summary = summarize(rows, reports)
     summary.update(model=str(config.model), adapter=adapter)
     write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     counts = Counters()
@@ -227,7 +229,8 @@ def prediction_row(
 
 
 def score_answer(answer_type: str, prediction: str, reference: str) -> dict[str, Any]:
-    """The per-sample scores of one answer (corpus BLEU/METEOR are in ``summarize``)."""
+    """The per-sample scores of one answer; a report's ROUGE-L comes with its data set's tokenizer
+    run (``with_report_rouge``), corpus BLEU/METEOR in ``summarize``."""
     if answer_type == "closed":
         return {
             "closed_correct": metrics.closed_correct(prediction, reference),
@@ -239,12 +242,47 @@ def score_answer(answer_type: str, prediction: str, reference: str) -> dict[str,
             "exact_match": metrics.exact_match(prediction, reference),
             "token_recall": metrics.token_recall(prediction, reference),
         }
-    return {"rouge_l": metrics.rouge_l([prediction], [reference])}
+    return {}
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> dict[str, Any]:
-    """Per-data-set metrics. A failed generation counts as an empty answer (wrong), not as absent,
-    so a model cannot score higher by crashing on hard samples; skipped rows are left out."""
+def scored_reports(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[Mapping[str, Any]]:
+    """A data set's report rows that count: a failed generation is an empty answer (wrong), not
+    absent, so a model cannot score higher by crashing on hard samples; skipped rows are left out."""
+    return [
+        r
+        for r in rows
+        if r["dataset"] == dataset and r["answer_type"] == "report" and r["status"] != "skipped_empty_reference"
+    ]
+
+
+def report_scores(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> dict[str, metrics.ReportScores]:
+    """Each data set's report metrics (tasks.metrics: one PTB tokenizer run, one METEOR run)."""
+    scores = {}
+    for dataset in sorted({r["dataset"] for r in rows}):
+        reports = scored_reports(rows, dataset)
+        if reports:
+            predictions = [r["prediction"] or "" for r in reports]
+            scores[dataset] = metrics.report_scores(predictions, [r["answer"] for r in reports], with_meteor)
+    return scores
+
+
+def with_report_rouge(
+    rows: Sequence[dict[str, Any]], reports: Mapping[str, metrics.ReportScores]
+) -> list[dict[str, Any]]:
+    """The rows, each answered report with its own ROUGE-L (null when it could not be computed)."""
+    each: dict[str, float] = {}
+    for dataset, scores in reports.items():
+        if scores.rouge_l_each is not None:
+            each.update(zip((r["sample_id"] for r in scored_reports(rows, dataset)), scores.rouge_l_each))
+    return [
+        {**r, "rouge_l": each.get(r["sample_id"])} if r["status"] == "ok" and r["answer_type"] == "report" else r
+        for r in rows
+    ]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], reports: Mapping[str, metrics.ReportScores]) -> dict[str, Any]:
+    """Per-data-set metrics; ``reports`` holds the report metrics (``report_scores``). A failed
+    generation counts as an empty answer (wrong); skipped rows are left out."""
     datasets: dict[str, dict[str, float | None]] = {}
     errors: dict[str, str] = {}
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -268,8 +306,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> di
             entry["open_exact_match"] = _mean(metrics.exact_match(p, a) for p, a in answers["open"])
         entry["n_report"] = len(answers["report"])
         if answers["report"]:
-            predictions, references = zip(*answers["report"])
-            report = metrics.report_scores(predictions, references, with_meteor=with_meteor)
+            report = reports[dataset]
             entry.update(report.as_dict())
             errors.update({f"{dataset}/{name}": message for name, message in report.errors.items()})
         datasets[dataset] = entry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def fit(
 
     settings = TrainConfig.model_validate(config)
     on_gpu = torch.cuda.is_available()
-    args = dpo_arguments(settings, checkpoints)
+    # accelerate launch (DDP, ZeRO-3) runs WORLD_SIZE copies of this function; one without it.
+    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")))
     model_path = settings.model
     if model_path is None:
         # Inside the artifact, so the adapter ships with the base model it was trained on.

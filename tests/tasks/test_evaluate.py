@@ -68,7 +68,7 @@ def test_summarize_by_hand() -> None:
         row("iu", "report", "the heart is normal in size", "the heart is big in size"),
         row("iu", "report", "", None, status="skipped_empty_reference"),
     ]
-    summary = ev.summarize(rows, with_meteor=False)
+    summary = ev.summarize(rows, ev.report_scores(rows, with_meteor=False))
     slake, iu = summary["datasets"]["slake"], summary["datasets"]["iu"]
     assert slake["samples"] == 5 and slake["failed"] == 1 and slake["n_closed"] == 3 and slake["n_open"] == 2
     assert slake["closed_accuracy"] == pytest.approx(1 / 3)

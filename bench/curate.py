@@ -1,6 +1,7 @@
 """The whole curation flow (rules backends, annotation localizer) on the sample data replicated
 to 1,000 samples: wall time per stage for a first run, an unchanged re-run (goal: under 10% of
-the first) and a run after changing only the judge config.
+the first), a run after touching every source file, a run after copying the data root's files
+afresh (new times and inodes, same bytes) and a run after changing only the judge config.
 
     .venv/bin/python bench/curate.py [--rows 1000] [--per-image 3]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +40,23 @@ def stage_seconds(flow_run_id) -> dict[str, float]:
     return seconds
 
 
+def touch_all(root: Path) -> None:
+    """What a sync that rewrites times does: every file's mtime moves, no byte changes."""
+    now = time.time_ns()
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(now, now))
+
+
+def copy_afresh(root: Path) -> None:
+    """What a plain cp or an object-store download does: every file is a new one (new inode and
+    times) with the same bytes, at the same path."""
+    fresh = root.with_name(root.name + ".fresh")
+    shutil.copytree(root, fresh)
+    shutil.rmtree(root)
+    fresh.rename(root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1000)
@@ -60,8 +79,18 @@ def main() -> None:
             ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=jsonl)]),
         )
         judged = config.model_copy(update={"score": ScoreConfig(judges=[JudgeConfig(name="rules-2")])})
+        root = jsonl.parent
+        runs = (
+            ("first run", config, None),
+            ("unchanged re-run", config, None),
+            ("touched sources", config, lambda: touch_all(root)),
+            ("files copied afresh", config, lambda: copy_afresh(root)),
+            ("judge changed", judged, None),
+        )
         results = {}
-        for label, run_config in (("first run", config), ("unchanged re-run", config), ("judge changed", judged)):
+        for label, run_config, before in runs:
+            if before is not None:
+                before()
             started = time.perf_counter()
             state = curate(run_config, return_state=True)
             wall = time.perf_counter() - started
@@ -74,12 +103,14 @@ def main() -> None:
         f"{args.rows} samples, {len(files)} image files, pairs: "
         f"{results['first run'][2]['assemble'].counts['pairs.built']:g}\n"
     )
-    header = f"{'stage':<14}" + "".join(f"{label:>20}" for label in results)
+    header = f"{'stage':<14}" + "".join(f"{label:>22}" for label in results)
     print(header)
     for stage in STAGES:
-        print(f"{stage:<14}" + "".join(f"{seconds.get(stage, 0.0):>19.2f}s" for _, seconds, _ in results.values()))
-    print(f"{'flow (wall)':<14}" + "".join(f"{wall:>19.2f}s" for wall, _, _ in results.values()))
-    print(f"{'vs first run':<14}" + "".join(f"{wall / first_wall:>19.1%} " for wall, _, _ in results.values()))
+        print(f"{stage:<14}" + "".join(f"{seconds.get(stage, 0.0):>21.2f}s" for _, seconds, _ in results.values()))
+    print(f"{'flow (wall)':<14}" + "".join(f"{wall:>21.2f}s" for wall, _, _ in results.values()))
+    print(f"{'vs first run':<14}" + "".join(f"{wall / first_wall:>21.1%} " for wall, _, _ in results.values()))
+    versions = {label: manifests["assemble"].digest for label, (_, _, manifests) in results.items()}
+    print(f"{'set version':<14}" + "".join(f"{version:>22}" for version in versions.values()))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,6 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kinds = ["gray8", "rgb", "gray16"]
     config = NoiseConfig()
-    abar = alpha_bar(config)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         paths, boxes = [], []
@@ -115,16 +114,22 @@ def main() -> None:
             masks.append(mask)
         local_s = timed(
             lambda: [
-                noise_array(a, feather(m, config.feather_px), abar, i) for i, (a, m) in enumerate(zip(arrays, masks))
+                noise_array(a, feather(m, config.feather_px), config, i) for i, (a, m) in enumerate(zip(arrays, masks))
             ]
         )
-        global_s = timed(lambda: [noise_array(a, None, abar, i) for i, a in enumerate(arrays)])
+        global_s = timed(lambda: [noise_array(a, None, config, i) for i, a in enumerate(arrays)])
+        old = NoiseConfig(schedule="linear", space="minmax")  # the default before issue 16
+        old_local_s = timed(
+            lambda: [noise_array(a, feather(m, old.feather_px), old, i) for i, (a, m) in enumerate(zip(arrays, masks))]
+        )
 
-        store = ArtifactStore(work / "store")
-        ingest = bench_ingest(store, paths, boxes)
-        regions = localize(store, LocalizeConfig(), ingest)
         stage_s = {}
         for workers in (1, 2):
+            # A store each: workers is operational (not in the key), so a shared store would serve the second
+            # run from the first one's cache.
+            store = ArtifactStore(work / f"store-{workers}")
+            ingest = bench_ingest(store, paths, boxes)
+            regions = localize(store, LocalizeConfig(), ingest)
             stage_s[workers] = timed(
                 lambda: noise(store, config.model_copy(update={"workers": workers}), ingest, regions)
             )
@@ -146,13 +151,18 @@ def main() -> None:
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}, "
         f"python {platform.python_version()}"
     )
-    print(f"{n} images {SIDE}x{SIDE} (gray8 / rgb / gray16 in turn), lesion ~10% of the image, k={config.k}")
+    print(
+        f"{n} images {SIDE}x{SIDE} (gray8 / rgb / gray16 in turn), lesion ~10% of the image, {config.schedule} "
+        f"schedule k={config.k} (sqrt(abar) = {alpha_bar(config) ** 0.5:.4f}), {config.space} space, "
+        f"{config.channels} channels"
+    )
     print(f"| {'what':<44} | {'seconds':>8} | {'images/s':>9} | {'/ codec':>7} |")
     print(f"|{'-' * 46}|{'-' * 9}:|{'-' * 10}:|{'-' * 8}:|")
     rows = [
         ("PNG decode + encode (baseline)", codec_s),
         ("noising, local (feather + diffusion)", local_s),
         ("noising, global", global_s),
+        ("noising, local, old default (linear, minmax)", old_local_s),
         ("noise stage, 1 worker (decode+noise+encode)", stage_s[1]),
         ("noise stage, 2 workers", stage_s[2]),
     ]

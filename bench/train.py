@@ -67,7 +67,8 @@ def run_one(family: str, variant: str, steps: int, batch: int, workdir: Path) ->
     from trl import DPOConfig, DPOTrainer
 
     from models import vlm
-    from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
+    from models.dpo import WeightedDPOTrainer
+    from models.pairs import ImagePairCollator, preference_example
     from models.tiny import build_tiny
     from tests.support.preference import preference_rows
 

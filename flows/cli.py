@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from flows.evaluate import add_cli as evaluate_cli
+from flows.explain import add_cli as explain_cli
 from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
+    explain_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.set_defaults(handler=cmd_demo)
@@ -125,7 +127,9 @@ def cmd_sets_list(args: argparse.Namespace) -> int:
     for manifest in sets:
         built = [manifest.counts.get(name, 0) for name in ("pairs.built", "pairs.built.text", "pairs.built.visual")]
         name = Path(manifest.path).parent.name
-        print(f"{name:<20}{manifest.key:<18}{manifest.created:<27}{built[0]:>7g}{built[1]:>7g}{built[2]:>8g}")
+        print(
+            f"{name:<20}{Path(manifest.path).name:<18}{manifest.created:<27}{built[0]:>7g}{built[1]:>7g}{built[2]:>8g}"
+        )
     return 0
 
 
@@ -190,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_manifests(result.curated)
     assembled = result.curated["assemble"]
     counts = assembled.counts
-    print(f"\n== preference set {config.name}@{assembled.key}: {config.sets / config.name / assembled.key}")
+    print(f"\n== preference set {config.name}@{assembled.digest}: {config.sets / config.name / assembled.digest}")
     print(
         f"   pairs: {counts['pairs.built']:g} (text {counts.get('pairs.built.text', 0):g}, visual "
         f"{counts.get('pairs.built.visual', 0):g})"

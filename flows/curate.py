@@ -7,7 +7,7 @@ from prefect import flow
 from tasks.assemble import assemble_task, publish_task
 from tasks.config import RunConfig
 from tasks.hallucinate import hallucinate_task
-from tasks.ingest import ingest_task, snapshot_sources_task
+from tasks.ingest import ingest_task
 from tasks.localize import localize_task
 from tasks.noise import noise_task
 from tasks.runners import shard_runner
@@ -19,8 +19,7 @@ from tasks.store import Manifest
 def curate(config: RunConfig) -> dict[str, Manifest]:
     store = str(config.store)
     with shard_runner(config.runner):
-        sources = snapshot_sources_task(config.ingest)
-        ingest = ingest_task(store, config.ingest, sources)
+        ingest = ingest_task(store, config.ingest)
         localize = localize_task(store, config.localize, ingest)
         noise = noise_task(store, config.noise, ingest, localize)
         hallucinate = hallucinate_task(store, config.hallucinate, ingest)

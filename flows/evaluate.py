@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.comparison import comparison_text
 from tasks.config import RunConfig, load_run_config
-from tasks.evaluate import EvaluateError, compare_task, evaluate_task, model_snapshot, resolve_model
+from tasks.evaluate import EvaluateError, check_model, compare_task, evaluate_task, resolve_model
 from tasks.store import ArtifactStore, Manifest
 
 
@@ -33,10 +33,10 @@ class Evaluation(BaseModel):
 def evaluate_flow(config: RunConfig, ingest: Manifest, train: Manifest | None = None) -> Evaluation:
     settings = resolve_model(config.evaluate, train)
     assert settings.model is not None
-    model = model_snapshot(settings.model)
+    check_model(settings.model)
     store = str(config.store)
-    base = evaluate_task(store, settings, ingest, model)
-    trained = evaluate_task(store, settings, ingest, model, train) if train is not None else None
+    base = evaluate_task(store, settings, ingest)
+    trained = evaluate_task(store, settings, ingest, train) if train is not None else None
     rows = compare_task(base, trained, settings.examples)
     return Evaluation(base=base, trained=trained, comparison=rows)
 
@@ -102,7 +102,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
     settings = resolve_model(config.evaluate, train)
     assert settings.model is not None
-    model_snapshot(settings.model)  # a wrong model path fails here, with its reason, not inside the flow
+    check_model(settings.model)  # a wrong model path fails here, with its reason, not inside the flow
     if train is None and not args.base_only:
         print(f"no train artifact in {store.root}: evaluating the base model alone")
     result = evaluate_flow(config, ingest, train)

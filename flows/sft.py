@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.config import ConfigError, RunConfig, load_run_config
-from tasks.ingest import ingest_task, snapshot_sources_task
+from tasks.ingest import ingest_task
 from tasks.sft import model_dir, sft_task
 from tasks.store import Manifest
 
@@ -24,7 +24,7 @@ def sft_flow(config: RunConfig, ingest: Manifest | None = None) -> Manifest:
     if config.sft is None:
         raise ConfigError("the run config has no sft: section")
     if ingest is None:
-        ingest = ingest_task(str(config.store), config.ingest, snapshot_sources_task(config.ingest))
+        ingest = ingest_task(str(config.store), config.ingest)
     return sft_task(str(config.store), config.sft, ingest)
 
 

@@ -23,13 +23,14 @@ from tasks.train import preference_snapshot, train_task
 def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
     """What to train on, and its identity for the train key. ``ref`` is a published set
     (NAME or NAME@VERSION under ``config.sets``), a set version folder, an assemble artifact
-    key, or a Parquet file of pairs."""
+    key or content digest (a set version) in the store, or a Parquet file of pairs."""
     path = Path(ref)
     if path.is_file():
         return preference_snapshot(path), path.resolve()
     if (path / "manifest.json").is_file():
         return Manifest.model_validate_json((path / "manifest.json").read_text()), path.resolve()
-    manifest = ArtifactStore(config.store).get("assemble", ref)
+    store = ArtifactStore(config.store)
+    manifest = store.get("assemble", ref) or store.find_digest("assemble", ref)
     if manifest is not None:
         return manifest, Path(manifest.path)
     folder = resolve_set(config.sets, ref)

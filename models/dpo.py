@@ -12,130 +12,36 @@ tokens). ``WeightedDPOTrainer`` keeps that multiplier switched on and, in a forw
 the policy, shifts ``log_sum_sq_probs`` by ``log w`` on the chosen rows, so the multiplier
 becomes ``w_i`` (times WPO's own factor when WPO is asked for). Every TRL loss type that
 scores pairs independently is then weighted in value and gradient, with TRL's loss code
-untouched. ``ImagePairCollator`` runs TRL's vision collator with each side's own images, laid
-out by the model family's own processor code.
+untouched. ``models.pairs.ImagePairCollator`` gives each side of a pair its own image. Every
+TRL internal this relies on is checked where it is used (models.trl_checks), so a TRL upgrade
+that changes one fails at the first step.
+
+A pair of weight 0 gets a finite log-weight floor (``LOG_ZERO_WEIGHT``), not log 0 = -inf: its
+factor is exactly 0 (no loss, no gradient) and nothing can turn it into NaN. Dropout runs in the
+LoRA adapters only (TRL's ``disable_dropout`` would zero the configured LoRA dropout too), so
+the adapters-off reference stays deterministic.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
-from PIL import Image
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from models import families
 from models.families import Family
+from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
 from models.progress import quiet_progress
+from models.trl_checks import check_forwards, check_fused_output, check_weighting
 from tasks.config import TrainConfig
 
-log = logging.getLogger(__name__)
-
-PAIR_TYPES = ("text", "visual")
-# Keys the collator adds for the trainer; they never reach the model.
-PAIR_KEYS = ("weight", "pair_type")
 UNWEIGHTABLE_LOSSES = {"aot", "aot_unpaired", "sft"}
-
-
-def open_image(image: str | Path | Image.Image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as handle:
-        return handle.convert("RGB")
-
-
-def preference_example(
-    prompt: str, chosen: str, rejected: str, chosen_image: str, rejected_image: str, weight: float, pair_type: str
-) -> dict[str, Any]:
-    """One training row in the conversational form TRL's vision collator expects."""
-    if pair_type not in PAIR_TYPES:
-        raise ValueError(f"pair_type must be one of {PAIR_TYPES}, got {pair_type!r}")
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "image": str(chosen_image),
-        "rejected_image": str(rejected_image),
-        "weight": float(weight),
-        "pair_type": pair_type,
-    }
-
-
-@dataclass
-class ImagePairCollator(DataCollatorForVisionPreference):
-    """TRL's vision preference collator, with each side of a pair seeing its own image.
-
-    The batch is ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``. TRL would give both
-    halves the chosen image; here the one processor call that builds the image tensors gets
-    ``[[c_0]..[c_B-1], [r_0]..[r_B-1]]`` (``families.TemplateProcessor``), so the family's own
-    code lays out every image: Qwen's patches of all 2B images concatenated with one
-    ``image_grid_thw`` row each, Idefics3's and LLaVA-NeXT's tiles, and a rejected image of
-    another size than its chosen one with its own number of image tokens. The same wrapper
-    renders templates with BOS exactly once, which TRL's ``add_special_tokens=False`` drops for
-    templates that leave BOS to the tokenizer.
-    """
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        examples = [dict(example) for example in examples]  # TRL's collator edits its input
-        chosen_images, rejected_images = [], []
-        for example in examples:
-            chosen_path = example.pop("image")
-            rejected_path = example.pop("rejected_image", chosen_path)
-            chosen = open_image(chosen_path)
-            chosen_images.append([chosen])
-            rejected_images.append([chosen if rejected_path == chosen_path else open_image(rejected_path)])
-            example["images"] = [chosen]
-        weights = torch.tensor([float(e.pop("weight", 1.0)) for e in examples], dtype=torch.float32)
-        pair_types = torch.tensor([PAIR_TYPES.index(e.pop("pair_type", "text")) for e in examples], dtype=torch.long)
-        processor = families.TemplateProcessor(self.processor, chosen_images + rejected_images)
-        output = DataCollatorForVisionPreference.torch_call(replace(self, processor=processor), examples)
-        # TRL truncates after the prompt: a prompt as long as max_length leaves no answer token (and a
-        # longer one cuts image tokens, which the model then refuses).
-        empty = (output["completion_mask"].sum(dim=1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"rows {empty} of the batch keep no answer token under max_length={self.max_length}: "
-                "raise train.max_length (check_lengths finds such pairs before training)"
-            )
-        output["weight"] = weights
-        output["pair_type"] = pair_types
-        return output
-
-
-def check_lengths(processor: Any, examples: list[dict[str, Any]], max_length: int | None, chunk: int = 16) -> None:
-    """Fail before training when a pair's prompt - with its images expanded into image tokens, on
-    either side - leaves no answer token under ``max_length``; log how many answers it truncates.
-
-    One pass of the pair collator over the set: the lengths are exactly those training sees.
-    """
-    if max_length is None:
-        return
-    collator = ImagePairCollator(processor)
-    longest_prompt, too_long, truncated = 0, 0, 0
-    for start in range(0, len(examples), chunk):
-        batch = collator(examples[start : start + chunk])
-        total = batch["attention_mask"].sum(dim=1)
-        prompt = total - batch["completion_mask"].sum(dim=1)
-        pairs = len(batch["weight"])
-        longest_prompt = max(longest_prompt, int(prompt.max()))
-        too_long += int((prompt >= max_length).view(2, pairs).any(dim=0).sum())
-        truncated += int((total > max_length).view(2, pairs).any(dim=0).sum())
-    if too_long:
-        raise ValueError(
-            f"{too_long} of {len(examples)} pairs have a prompt of max_length={max_length} tokens or more "
-            f"(images expanded; the longest is {longest_prompt}): no answer token would be trained on; "
-            f"raise train.max_length above {longest_prompt}"
-        )
-    if truncated:
-        log.warning(
-            "train: max_length=%d truncates the answers of %d of %d pairs", max_length, truncated, len(examples)
-        )
+# log of a zero weight: exp(-1e4) is exactly 0 in float32 and bfloat16, yet finite, so a mask
+# mismatch multiplies it by 0 and gets 0 where log 0 = -inf would give NaN.
+LOG_ZERO_WEIGHT = -1e4
 
 
 class WeightedDPOTrainer(DPOTrainer):
@@ -171,11 +77,13 @@ class WeightedDPOTrainer(DPOTrainer):
         self.use_weighting = True
         self._batch: dict[str, torch.Tensor] | None = None
         self._captured: list[Any] = []
+        self._grad_enabled: list[bool] = []
         self._pairs_in_step: int | None = None
         policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         policy.register_forward_hook(self._weigh_outputs)
         if self.ref_model is not None:
             self.ref_model.register_forward_hook(self._capture_outputs)
+        dropout_in_adapters_only(self.model, self.ref_model)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The paper trains the multimodal projector at its own learning rate (2e-5) beside
@@ -197,17 +105,20 @@ class WeightedDPOTrainer(DPOTrainer):
     def _capture_outputs(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._batch is not None:
             self._captured.append(output)
+            self._grad_enabled.append(torch.is_grad_enabled())
 
     def _weigh_outputs(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         """Turn TRL's per-pair WPO factor into the pair weight (the first call per batch is the policy)."""
         if self._batch is None or getattr(output, "log_probs", None) is None:
             return
+        check_fused_output(output, self._batch["completion_mask"], self.wpo)
         self._captured.append(output)
+        self._grad_enabled.append(torch.is_grad_enabled())
         log_probs = output.log_probs.detach()
         base = output.log_sum_sq_probs if self.wpo else log_probs
         weights = self._batch["weight"].to(log_probs)
-        # log 0 = -inf gives a factor exp(-inf) = 0: a zero-weight pair contributes neither loss nor gradient.
-        shift = torch.cat([torch.log(weights), torch.zeros_like(weights)])
+        log_weights = torch.where(weights > 0, torch.log(weights.clamp_min(1e-30)), LOG_ZERO_WEIGHT)
+        shift = torch.cat([log_weights, torch.zeros_like(weights)])
         output.log_sum_sq_probs = torch.where(output.label_mask, base - shift[:, None], base)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
@@ -219,15 +130,16 @@ class WeightedDPOTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ):
         inputs = dict(inputs)
-        self._batch = {key: inputs.pop(key) for key in PAIR_KEYS}
-        self._captured = []
+        self._batch = {key: inputs.pop(key) for key in PAIR_KEYS} | {"completion_mask": inputs["completion_mask"]}
+        self._captured, self._grad_enabled = [], []
         try:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = result if return_outputs else (result, None)
-            loss = loss + self._anchor_and_metrics(inputs)
+            check_forwards(self._grad_enabled, self.precompute_ref_logps, self.model.training)
+            loss = loss + self._anchor_and_metrics(inputs, loss)
         finally:
             self._batch = None
-            self._captured = []
+            self._captured, self._grad_enabled = [], []
         pairs = len(inputs["completion_mask"]) // 2
         if self.model.training and self._pairs_in_step:
             # Trainer divides each micro-batch loss by the number of micro-batches; rescaling the batch mean
@@ -236,10 +148,8 @@ class WeightedDPOTrainer(DPOTrainer):
             loss = loss * (pairs * self.current_gradient_accumulation_steps / self._pairs_in_step)
         return (loss, outputs) if return_outputs else loss
 
-    def _anchor_and_metrics(self, inputs: dict[str, Any]) -> torch.Tensor | float:
+    def _anchor_and_metrics(self, inputs: dict[str, Any], trl_loss: torch.Tensor) -> torch.Tensor | float:
         """mDPO anchor term and rewards/margins per pair type, from the captured forwards."""
-        if not self._captured:
-            return 0.0
         mask = inputs["completion_mask"][..., 1:]
         seq_len = mask.size(1)
         policy_logps = (self._captured[0].log_probs[:, -seq_len:] * mask).sum(dim=1)
@@ -252,6 +162,8 @@ class WeightedDPOTrainer(DPOTrainer):
         chosen_rewards = self.beta * (chosen_logps - ref_chosen)
         rejected_rewards = self.beta * (rejected_logps - ref_rejected)
         weights = self._batch["weight"].to(chosen_rewards)
+        if self._plain_sigmoid_loss():
+            check_weighting(trl_loss, chosen_rewards, rejected_rewards, weights)
 
         mode = "train" if self.model.training else "eval"
         margins = (chosen_rewards - rejected_rewards).detach()
@@ -277,12 +189,46 @@ class WeightedDPOTrainer(DPOTrainer):
         self._metrics[mode]["anchor_loss"].append(self.accelerator.gather_for_metrics(anchor.detach()).mean().item())
         return self.anchor_coef * anchor
 
+    def _plain_sigmoid_loss(self) -> bool:
+        """TRL's loss is the paper's sigmoid loss alone, so it can be recomputed from the rewards."""
+        return (
+            list(self.loss_types) == ["sigmoid"]
+            and list(self.loss_weights) == [1.0]
+            and self.f_divergence_type == "reverse_kl"
+            and self.ld_alpha is None
+            and not self.aux_loss_enabled
+            and not self.wpo
+        )
+
+
+def dropout_in_adapters_only(policy: torch.nn.Module, reference: torch.nn.Module | None) -> None:
+    """The configured LoRA dropout in the adapters, none anywhere else.
+
+    TRL's ``disable_dropout`` sets p = 0 on every ``nn.Dropout`` of the PEFT-wrapped policy,
+    LoRA's own included, so the configured lora_dropout (the paper's 0.05) never trained. Here
+    each adapter's dropout gets its configured p back, and every other dropout - the base
+    model's, which the adapters-off reference also runs, and a separate reference's - is 0, so
+    the reference log-probs are deterministic (an adapter's dropout sits on its own branch,
+    which the reference forward skips).
+    """
+    configs = getattr(policy, "peft_config", {})
+    for name, module in policy.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            parts = name.split(".")
+            in_adapter = len(parts) >= 2 and parts[-2] == "lora_dropout" and parts[-1] in configs
+            module.p = configs[parts[-1]].lora_dropout if in_adapter else 0.0
+    for module in reference.modules() if reference is not None else ():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
 
 # --- construction from the train stage's settings ------------------------------------------------
 
 
-def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
-    """TRL's DPOConfig from the train stage's settings (the paper's defaults live there).
+def dpo_arguments(settings: TrainConfig, checkpoints: str, processes: int = 1) -> DPOConfig:
+    """TRL's DPOConfig from the train stage's settings (the paper's defaults live there), for a
+    run of ``processes`` data-parallel processes (they set the gradient accumulation that keeps
+    the global batch at ``settings.global_batch_size``).
 
     Built before the model is loaded: under DeepSpeed ZeRO-3 the arguments make
     ``from_pretrained`` shard while loading.
@@ -297,7 +243,7 @@ def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
+        gradient_accumulation_steps=settings.accumulation_steps(processes),
         warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
         lr_scheduler_type=settings.scheduler,
         max_length=settings.max_length,
@@ -310,6 +256,8 @@ def dpo_arguments(settings: TrainConfig, checkpoints: str) -> DPOConfig:
         logging_steps=settings.logging_steps,
         seed=settings.seed,
         remove_unused_columns=False,  # the collator needs the image paths, weights and pair kinds
+        # TRL would zero the LoRA dropout too; WeightedDPOTrainer keeps it and zeroes the rest itself.
+        disable_dropout=False,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,

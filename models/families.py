@@ -167,19 +167,15 @@ def to_model(inputs: Any, model: Any) -> dict[str, Any]:
 
 
 class TemplateProcessor:
-    """The real processor, rendering chat templates with BOS exactly once, optionally handing its
-    image-carrying call a given list of images instead of the caller's.
+    """The real processor, rendering chat templates with BOS exactly once (``with_bos``).
 
     TRL's collators call ``apply_chat_template`` and then the processor with
     ``add_special_tokens=False``; through this wrapper they tokenize prompts the way generation
-    does. ``images``, when given, replaces the images of that call: the pair collator passes each
-    side's own images in the one call that builds the batch's image tensors, so each family's own
-    code lays them out (Qwen's concatenated patches and grids, Idefics3's and LLaVA-NeXT's tiles).
+    does. Everything else is the real processor's.
     """
 
-    def __init__(self, processor: Any, images: list[list[Image.Image]] | None = None):
+    def __init__(self, processor: Any):
         self._processor = processor
-        self._images = images
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
@@ -188,9 +184,5 @@ class TemplateProcessor:
         text = self._processor.apply_chat_template(*args, **kwargs)
         return with_bos(self._processor.tokenizer, text) if isinstance(text, str) else text
 
-    def __call__(self, *args: Any, images: Any = None, **kwargs: Any) -> Any:
-        if images is not None and self._images is not None:
-            if len(images) != len(self._images):
-                raise ValueError(f"expected {len(self._images)} image lists, the collator passed {len(images)}")
-            images = self._images
-        return self._processor(*args, images=images, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._processor(*args, **kwargs)

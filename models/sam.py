@@ -4,6 +4,12 @@
 (``ResizeLongestSide``, ``Sam.preprocess``, encoder, prompt encoder, mask decoder,
 ``postprocess_masks``) but sends a batch of images through the encoder at once, and every
 box of an image through the decoder at once.
+
+MedSAM weights load into the same vit_b but were trained on other input: ``preprocess="medsam"``
+follows MedSAM's own inference (``MedSAM_Inference.py``): the image resized to 1024 x 1024
+(bicubic, anti-aliased, no aspect kept, no padding), scaled to [0, 1] by its min and max with
+no mean/std, boxes scaled by 1024 / W and 1024 / H, and the low-resolution mask's
+probabilities resized straight to the image and cut at 0.5.
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
 REGISTRY_TYPES = ("vit_b", "vit_l", "vit_h")
+Preprocess = Literal["sam", "medsam"]
 
 
 class SamLoadError(RuntimeError):
@@ -145,8 +153,11 @@ class Segmentation:
 
 
 class SamSegmenter:
-    def __init__(self, sam: Sam):
+    def __init__(self, sam: Sam, preprocess: Preprocess = "sam"):
+        if preprocess not in ("sam", "medsam"):
+            raise ValueError(f"unknown SAM preprocessing {preprocess!r}; expected sam or medsam")
         self.sam = sam
+        self.preprocess = preprocess
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     @torch.no_grad()
@@ -161,26 +172,44 @@ class SamSegmenter:
             raise ValueError("one list of prompts per image")
         if not images:
             return []
-        device = self.sam.device
-        resized = [
-            torch.as_tensor(self.transform.apply_image(to_rgb8(im)), device=device).permute(2, 0, 1) for im in images
-        ]
-        embeddings = self.sam.image_encoder(torch.stack([self.sam.preprocess(x) for x in resized]))
+        inputs, sizes = zip(*(self._model_input(to_rgb8(image)) for image in images))
+        embeddings = self.sam.image_encoder(torch.stack(inputs))
         return [
-            [
-                self._decode(embedding[None], tuple(x.shape[-2:]), tuple(image.shape[:2]), prompt)
-                for prompt in image_prompts
-            ]
-            for image, image_prompts, x, embedding in zip(images, prompts, resized, embeddings)
+            [self._decode(embedding[None], size, tuple(image.shape[:2]), prompt) for prompt in image_prompts]
+            for image, image_prompts, size, embedding in zip(images, prompts, sizes, embeddings)
         ]
+
+    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(3, side, side) encoder input and the image's size inside it: SAM's resize, mean/std and
+        padding, or MedSAM's resize and min-max (the whole square)."""
+        device = self.sam.device
+        if self.preprocess == "sam":
+            resized = torch.as_tensor(self.transform.apply_image(rgb), device=device).permute(2, 0, 1)
+            return self.sam.preprocess(resized), tuple(resized.shape[-2:])
+        from skimage.transform import resize
+
+        side = self.sam.image_encoder.img_size
+        # As MedSAM's inference: bicubic with anti-aliasing, back to uint8 by truncation, then min-max to [0, 1].
+        square = resize(rgb, (side, side), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+        scaled = (square - square.min()) / np.clip(float(square.max()) - float(square.min()), 1e-8, None)
+        return torch.as_tensor(scaled, dtype=torch.float32, device=device).permute(2, 0, 1), (side, side)
+
+    def _to_model_frame(self, xy: np.ndarray, original: tuple) -> np.ndarray:
+        """Image pixels (..., 2k) as x, y pairs -> the encoder input's pixels."""
+        if self.preprocess == "sam":
+            shape = xy.shape
+            return self.transform.apply_coords(xy.reshape(-1, 2), original).reshape(shape)
+        side = self.sam.image_encoder.img_size
+        height, width = original
+        return xy * np.tile([side / width, side / height], xy.shape[-1] // 2)
 
     def _decode(self, embedding: torch.Tensor, input_size: tuple, original: tuple, prompt: Prompt) -> Segmentation:
         device = self.sam.device
         if prompt.boxes is not None and len(prompt.boxes):
-            boxes = self.transform.apply_boxes(np.asarray(prompt.boxes, dtype=np.float64), original)
+            boxes = self._to_model_frame(np.asarray(prompt.boxes, dtype=np.float64), original)
             points, boxes_t, multimask = None, torch.as_tensor(boxes, dtype=torch.float, device=device), False
         elif prompt.points is not None and len(prompt.points):
-            coords = self.transform.apply_coords(np.asarray(prompt.points, dtype=np.float64), original)
+            coords = self._to_model_frame(np.asarray(prompt.points, dtype=np.float64), original)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[None]
             labels_t = torch.ones(coords_t.shape[:2], dtype=torch.int, device=device)
             points, boxes_t, multimask = (coords_t, labels_t), None, True
@@ -194,7 +223,10 @@ class SamSegmenter:
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        masks = self.sam.postprocess_masks(low_res, input_size, original) > self.sam.mask_threshold
+        if self.preprocess == "sam":
+            masks = self.sam.postprocess_masks(low_res, input_size, original) > self.sam.mask_threshold
+        else:
+            masks = F.interpolate(torch.sigmoid(low_res), size=original, mode="bilinear", align_corners=False) > 0.5
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=device)
         return Segmentation(

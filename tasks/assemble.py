@@ -46,7 +46,8 @@ def assemble(
     The set is self-contained: its images are linked (or copied) into the set's folder, so a
     set can be moved to a GPU machine alone (layout in tasks/sets.py). Pairs whose image is a
     test-split image (same file, or a re-encoded or resized copy) are left out. Its version is
-    the stage's key.
+    its content digest (pairs, weights, images): identical pairs are one version however they
+    were produced; lineage (every upstream key) is in its manifest.
 
     Inputs: every curation stage. Output: ``data/<split>-00000-of-00001.parquet`` (PAIRS),
     ``dropped.parquet`` (DROPPED: every sample or pair left out, with its reason), ``CARD.md``
@@ -64,7 +65,6 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     noised = _by_sample(catalog.rows(inputs["noise"], NOISED))
     regions = _by_sample(catalog.rows(inputs["localize"], REGIONS))
     scores = {(r["sample_id"], r["pair_type"]): r for r in catalog.rows(inputs["score"], SCORES)}
-    lineage = {f"{name}_key": manifest.key for name, manifest in inputs.items()}
     noise_dir = Path(inputs["noise"].path)
 
     leaks = LeakageIndex([s for s in samples if s["split"] in config.test_splits], config.near_duplicate_bits)
@@ -93,7 +93,6 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
             "split": sample["split"],
             "task": sample["task"],
             "answer_type": sample["answer_type"],
-            **lineage,
         }
         if config.text_pairs:
             pair = _text_pair(
@@ -105,14 +104,13 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
                 image = linker.link(Path(sample["image_path"]))
                 pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
         if config.visual_pairs:
+            region = regions.get(sample["sample_id"])
             pair = _visual_pair(
-                sample,
-                regions.get(sample["sample_id"]),
-                noised.get(sample["sample_id"]),
-                scores.get((sample["sample_id"], "visual")),
+                sample, region, noised.get(sample["sample_id"]), scores.get((sample["sample_id"], "visual"))
             )
             if isinstance(pair, str):
-                drop(sample, "visual", pair)
+                # The region's own reason (no_lesion_label, no_annotation, ...) says why there was none.
+                drop(sample, "visual", pair, region["reason"] if region and region["status"] != "ok" else None)
             else:
                 rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
                 pairs.append(

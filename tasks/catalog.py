@@ -42,6 +42,10 @@ class Artifact:
 
 # --- ingest ------------------------------------------------------------------------------------
 
+# The label of a box its source gave none (the generic JSONL's boxes without box_labels): the
+# user's own declared lesion, which localize always keeps as one.
+UNLABELED_BOX = "lesion"
+
 SAMPLES = Artifact(
     "samples.parquet",
     pa.schema(
@@ -60,7 +64,7 @@ SAMPLES = Artifact(
             pa.field("answer", pa.string(), nullable=False),
             pa.field("answer_type", pa.string(), nullable=False),  # closed | open | report
             pa.field("boxes", pa.list_(BOX), nullable=False),  # [x0, y0, x1, y1] pixels
-            pa.field("box_labels", pa.list_(pa.string()), nullable=False),
+            pa.field("box_labels", pa.list_(pa.string()), nullable=False),  # one per box; UNLABELED_BOX if none
             pa.field("mask_path", pa.string()),
             pa.field("other_images", pa.list_(pa.string()), nullable=False),  # further views of a study
             pa.field("language", pa.string()),
@@ -137,6 +141,7 @@ HALLUCINATIONS = Artifact(
             pa.field("attempts", pa.int32(), nullable=False),  # LLM answers tried / rules candidates tried
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
             pa.field("reason", pa.string()),  # short, countable, when not ok
+            pa.field("origin", pa.string()),  # target_model | llm_rewrite | rules (hallucinate.rows.ORIGINS); ok only
         ],
         metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
     ),
@@ -202,11 +207,6 @@ PAIRS = Artifact(
             pa.field("split", pa.string(), nullable=False),
             pa.field("task", pa.string(), nullable=False),
             pa.field("answer_type", pa.string(), nullable=False),
-            pa.field("ingest_key", pa.string(), nullable=False),
-            pa.field("localize_key", pa.string(), nullable=False),
-            pa.field("noise_key", pa.string(), nullable=False),
-            pa.field("hallucinate_key", pa.string(), nullable=False),
-            pa.field("score_key", pa.string(), nullable=False),
         ],
         metadata={"artifact": "pairs", "schema_version": SCHEMA_VERSION},
     ),

@@ -11,11 +11,13 @@ Train and test use different images, so the assembly's leakage check keeps every
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
+
+from tasks.store import write_if_changed
 
 REPORT_PROMPT = "Describe the findings of this image."
 
@@ -177,7 +179,8 @@ QUESTIONS = [
 
 
 def build_demo_data(out: Path) -> Path:
-    """Write ``out/demo.jsonl`` and ``out/images/``; returns the JSONL path."""
+    """Write ``out/demo.jsonl`` and ``out/images/``; returns the JSONL path. Idempotent: a file
+    is written only when its bytes differ, so a second build leaves the folder untouched."""
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     for name, (source, ref) in IMAGES.items():
@@ -201,7 +204,7 @@ def build_demo_data(out: Path) -> Path:
             )
         )
     path = out / "demo.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    write_if_changed(path, ("\n".join(lines) + "\n").encode())
     return path
 
 
@@ -216,9 +219,8 @@ def overlay_box(path: Path) -> list[int]:
 
 
 def materialize(source: str, ref: str, target: Path) -> None:
-    """Copy one of the real images installed packages ship (``IMAGES``' sources) to ``target``."""
-    if target.exists():
-        return
+    """Write one of the real images installed packages ship (``IMAGES``' sources) to ``target``,
+    unless the same bytes are there already."""
     if source == "dicom":
         from pydicom.data import get_testdata_file
 
@@ -226,9 +228,12 @@ def materialize(source: str, ref: str, target: Path) -> None:
         found = get_testdata_file(ref, download=False)
         if found is None:
             raise FileNotFoundError(f"pydicom test file {ref} is not installed (pip install pydicom-data)")
-        shutil.copyfile(found, target)
+        data = Path(found).read_bytes()
     else:
         import skimage.data
         from PIL import Image
 
-        Image.fromarray(getattr(skimage.data, ref)()).save(target)
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, ref)()).save(buffer, format=Image.registered_extensions()[target.suffix])
+        data = buffer.getvalue()
+    write_if_changed(target, data)

@@ -1,9 +1,20 @@
 """Forward-diffusion noise on an image region: the maths the noise stage (and research on top
 of the product) share.
 
-``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps`` with ``x0`` the image scaled to [-1, 1],
-blended into the original by a per-pixel weight, so pixels the weight leaves at 0 stay bit
-for bit. A sample's noise depends only on its seed (``sample_seed``).
+The lineage matched is ``add_diffusion_noise`` of POVID (from VCD), which the MMedPO release's
+trainer carries (``train/dpo/train_dpo_weighted.py``): ``beta = sigmoid(linspace(-6, 6, 1000))
+* (5e-3 - 1e-5) + 1e-5``, ``abar = cumprod(1 - beta)`` indexed from 0 at the step (500), and
+``x_k = sqrt(abar) x0 + sqrt(1 - abar) eps`` on the model's normalized input tensor (CLIP's
+per-channel mean/std for LLaVA-Med). Not matched: the release's curation script, which
+overwrites the region with N(0, 10) speckle instead.
+
+Where this differs from the release, each by design: the result is stored as pixels (the
+tensor mapped back through the inverse normalization, clipped to the pixel range once at the
+end and rounded, so the model's processor sees x_k up to rounding); a grey image gets one
+noise field for all its channels (the release draws one per channel: colour speckle on a grey
+scan, a cue that has nothing to do with the lesion; ``channels: independent`` reproduces it);
+the noise is blended into the original by a per-pixel weight, so pixels the weight leaves at
+0 are copied bit for bit. A sample's noise depends only on its seed (``sample_seed``).
 """
 
 from __future__ import annotations
@@ -15,14 +26,19 @@ from tasks.config import NoiseConfig
 from tasks.store import content_hash
 
 
-def alphas_cumprod(timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
-    """abar_k for k = 1..T at index k - 1 (DDPM's linear schedule)."""
-    betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+def alphas_cumprod(config: NoiseConfig) -> np.ndarray:
+    """abar_k for k = 0..T-1 (abar_k = prod_{i <= k} (1 - beta_i)), in float64."""
+    start, end = config.betas
+    if config.schedule == "sigmoid":
+        ramp = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, config.timesteps, dtype=np.float64)))
+        betas = ramp * (end - start) + start
+    else:
+        betas = np.linspace(start, end, config.timesteps, dtype=np.float64)
     return np.cumprod(1.0 - betas)
 
 
 def alpha_bar(config: NoiseConfig) -> float:
-    return float(alphas_cumprod(config.timesteps, config.beta_start, config.beta_end)[config.k - 1])
+    return float(alphas_cumprod(config)[config.k])
 
 
 def forward_diffuse(x0: np.ndarray, eps: np.ndarray, abar: float) -> np.ndarray:
@@ -61,7 +77,35 @@ def value_range(pixels: np.ndarray) -> tuple[float, float]:
     return 0.0, float(np.iinfo(pixels.dtype).max)
 
 
-def noise_array(pixels: np.ndarray, weight: np.ndarray | None, abar: float, seed: int) -> np.ndarray:
+def pixel_range(pixels: np.ndarray, space: str) -> tuple[float, float]:
+    """The pixel values that map to v = 0 and v = 1, which are also the range the result is clipped to.
+
+    8-bit images: 0..255, as a model's processor reads them (pixel / 255). 16-bit images have no
+    such fixed reading; a viewer or SAM (models.sam.to_rgb8) stretches them over their own
+    range, so that is their [0, 1] - and clipping to it keeps the stretch, hence every pixel
+    outside the region, the same after noising. ``minmax``: the own range for every image.
+    """
+    if space != "minmax" and pixels.dtype == np.uint8:
+        return 0.0, 255.0
+    return value_range(pixels)
+
+
+def normalization(config: NoiseConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) with x0 = (v - mean) / std; a grey image averages CLIP's three."""
+    if config.space != "clip":
+        return np.full(channels, 0.5, dtype=np.float32), np.full(channels, 0.5, dtype=np.float32)
+    mean, std = np.asarray(config.clip_mean, dtype=np.float32), np.asarray(config.clip_std, dtype=np.float32)
+    if channels == 1:
+        return mean.mean(keepdims=True), std.mean(keepdims=True)
+    return mean, std
+
+
+def is_grey(crop: np.ndarray) -> bool:
+    """A single channel, or RGB whose channels are equal (grey scans are often saved as RGB)."""
+    return crop.ndim == 2 or bool((crop == crop[:, :, :1]).all())
+
+
+def noise_array(pixels: np.ndarray, weight: np.ndarray | None, config: NoiseConfig, seed: int) -> np.ndarray:
     """Noised copy of an image from ``load_array`` (gray uint8/uint16 or RGB uint8).
 
     ``weight`` (H, W) in [0, 1] blends x0 into x_k per pixel; None noises everything. Only
@@ -78,14 +122,23 @@ def noise_array(pixels: np.ndarray, weight: np.ndarray | None, abar: float, seed
         local = weight[window]
         if pixels.ndim == 3:
             local = local[:, :, None]
-    low, high = value_range(pixels)
+    low, high = pixel_range(pixels, config.space)
     crop = pixels[window]
-    x0 = (crop.astype(np.float32) - low) * np.float32(2.0 / (high - low)) - 1.0
-    eps = np.random.default_rng(seed).standard_normal(crop.shape, dtype=np.float32)
-    xk = forward_diffuse(x0, eps, abar)
+    mean, std = normalization(config, 1 if crop.ndim == 2 else crop.shape[2])
+    if crop.ndim == 2:
+        mean, std = mean[0], std[0]
+    scale = np.float32(high - low)
+    x0 = ((crop.astype(np.float32) - np.float32(low)) / scale - mean) / std
+    shared = config.channels == "shared" and is_grey(crop)
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal(crop.shape[:2] if shared else crop.shape, dtype=np.float32)
+    if shared and crop.ndim == 3:
+        eps = eps[:, :, None]
+    xk = forward_diffuse(x0, eps, alpha_bar(config))
     if local is not None:
         xk = x0 + local * (xk - x0)
-    back = np.rint((np.clip(xk, -1.0, 1.0) + 1.0) * np.float32((high - low) / 2.0) + low).astype(pixels.dtype)
+    back = np.clip((xk * std + mean) * scale + np.float32(low), low, high)
+    back = np.rint(back).astype(pixels.dtype)
     out = pixels.copy()
     out[window] = back if local is None else np.where(local > 0, back, crop)
     return out

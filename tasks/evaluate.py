@@ -16,15 +16,7 @@ from tasks.catalog import PREDICTIONS, SAMPLES
 from tasks.comparison import comparison_rows, example_rows, examples_markdown
 from tasks.config import EvaluateConfig
 from tasks.counters import Counters
-from tasks.store import (
-    ArtifactStore,
-    Manifest,
-    SourceSnapshot,
-    code_version,
-    fingerprint_tree,
-    stage_task_options,
-    write_text_atomic,
-)
+from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +36,6 @@ def evaluate(
     store: ArtifactStore,
     config: EvaluateConfig,
     ingest: Manifest,
-    model: SourceSnapshot,
     train: Manifest | None = None,
     progress: Progress | None = None,
 ) -> Manifest:
@@ -54,9 +45,9 @@ def evaluate(
     every training run that compares against it (tasks.comparison builds the before/after
     views from two evaluations).
 
-    Inputs: ``ingest`` (SAMPLES), ``model`` (a fingerprint of the checkpoint folder,
-    ``model_snapshot``: replacing the weights at the same path re-evaluates), ``train`` (the
-    adapter). Output: ``predictions.parquet`` (PREDICTIONS, one row per sample) and
+    Inputs: ``ingest`` (SAMPLES), the model folder's content (``config.model`` is identified by
+    its files' digests: new weights at the same path re-evaluate, a renamed copy does not),
+    ``train`` (the adapter). Output: ``predictions.parquet`` (PREDICTIONS, one row per sample) and
     ``metrics.json`` (per data set: closed accuracy - normalized and the paper's substring
     rule - open recall and exact match, report BLEU-1..4/mean, ROUGE-L, METEOR).
     Counters: ``samples.seen.<closed|open|report>``, ``samples.ok``, ``samples.failed``,
@@ -64,16 +55,17 @@ def evaluate(
     """
     if config.model is None:
         raise EvaluateError("evaluate.model is unset: resolve it first with resolve_model(config, train)")
-    inputs: dict[str, Any] = {"ingest": ingest, "model": model}
+    check_model(config.model)
+    inputs: dict[str, Any] = {"ingest": ingest}
     if train is not None:
         inputs["train"] = train
     return store.run(STAGE, CODE, config, inputs, lambda out: build_evaluation(out, config, ingest, train, progress))
 
 
-def model_snapshot(path: Path) -> SourceSnapshot:
+def check_model(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise EvaluateError(f"{path}: not a transformers checkpoint folder (no config.json)")
-    return SourceSnapshot(name="model", key=fingerprint_tree(path))
+    return path
 
 
 def adapter_dir(train: Manifest) -> Path:
@@ -135,8 +127,10 @@ def build_evaluation(
     rows = [
         prediction_row(s, answer, error, str(config.model), adapter) for s, (answer, error) in zip(samples, answers)
     ]
+    reports = report_scores(rows, with_meteor=config.meteor)
+    rows = with_report_rouge(rows, reports)
     catalog.write(out, PREDICTIONS, rows)
-    summary = summarize(rows, with_meteor=config.meteor)
+    summary = summarize(rows, reports)
     summary.update(model=str(config.model), adapter=adapter)
     write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     counts = Counters()
@@ -243,7 +237,8 @@ def prediction_row(
 
 
 def score_answer(answer_type: str, prediction: str, reference: str) -> dict[str, Any]:
-    """The per-sample scores of one answer (corpus BLEU/METEOR are in ``summarize``)."""
+    """The per-sample scores of one answer; a report's ROUGE-L comes with its data set's tokenizer
+    run (``with_report_rouge``), corpus BLEU/METEOR in ``summarize``."""
     if answer_type == "closed":
         return {
             "closed_correct": metrics.closed_correct(prediction, reference),
@@ -255,12 +250,47 @@ def score_answer(answer_type: str, prediction: str, reference: str) -> dict[str,
             "exact_match": metrics.exact_match(prediction, reference),
             "token_recall": metrics.token_recall(prediction, reference),
         }
-    return {"rouge_l": metrics.rouge_l([prediction], [reference])}
+    return {}
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> dict[str, Any]:
-    """Per-data-set metrics. A failed generation counts as an empty answer (wrong), not as absent,
-    so a model cannot score higher by crashing on hard samples; skipped rows are left out."""
+def scored_reports(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[Mapping[str, Any]]:
+    """A data set's report rows that count: a failed generation is an empty answer (wrong), not
+    absent, so a model cannot score higher by crashing on hard samples; skipped rows are left out."""
+    return [
+        r
+        for r in rows
+        if r["dataset"] == dataset and r["answer_type"] == "report" and r["status"] != "skipped_empty_reference"
+    ]
+
+
+def report_scores(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> dict[str, metrics.ReportScores]:
+    """Each data set's report metrics (tasks.metrics: one PTB tokenizer run, one METEOR run)."""
+    scores = {}
+    for dataset in sorted({r["dataset"] for r in rows}):
+        reports = scored_reports(rows, dataset)
+        if reports:
+            predictions = [r["prediction"] or "" for r in reports]
+            scores[dataset] = metrics.report_scores(predictions, [r["answer"] for r in reports], with_meteor)
+    return scores
+
+
+def with_report_rouge(
+    rows: Sequence[dict[str, Any]], reports: Mapping[str, metrics.ReportScores]
+) -> list[dict[str, Any]]:
+    """The rows, each answered report with its own ROUGE-L (null when it could not be computed)."""
+    each: dict[str, float] = {}
+    for dataset, scores in reports.items():
+        if scores.rouge_l_each is not None:
+            each.update(zip((r["sample_id"] for r in scored_reports(rows, dataset)), scores.rouge_l_each))
+    return [
+        {**r, "rouge_l": each.get(r["sample_id"])} if r["status"] == "ok" and r["answer_type"] == "report" else r
+        for r in rows
+    ]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], reports: Mapping[str, metrics.ReportScores]) -> dict[str, Any]:
+    """Per-data-set metrics; ``reports`` holds the report metrics (``report_scores``). A failed
+    generation counts as an empty answer (wrong); skipped rows are left out."""
     datasets: dict[str, dict[str, float | None]] = {}
     errors: dict[str, str] = {}
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -284,8 +314,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], with_meteor: bool = True) -> di
             entry["open_exact_match"] = _mean(metrics.exact_match(p, a) for p, a in answers["open"])
         entry["n_report"] = len(answers["report"])
         if answers["report"]:
-            predictions, references = zip(*answers["report"])
-            report = metrics.report_scores(predictions, references, with_meteor=with_meteor)
+            report = reports[dataset]
             entry.update(report.as_dict())
             errors.update({f"{dataset}/{name}": message for name, message in report.errors.items()})
         datasets[dataset] = entry
@@ -306,9 +335,7 @@ def load_predictions(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 @task(**stage_task_options(STAGE, CODE))
-def evaluate_task(
-    store_root: str, config: EvaluateConfig, ingest: Manifest, model: SourceSnapshot, train: Manifest | None = None
-) -> Manifest:
+def evaluate_task(store_root: str, config: EvaluateConfig, ingest: Manifest, train: Manifest | None = None) -> Manifest:
     bar: list[ui.Progress] = []
 
     def progress(done: int, total: int) -> None:
@@ -316,7 +343,7 @@ def evaluate_task(
             bar.append(ui.Progress(STAGE, total))
         bar[0].advance(done - bar[0].done)
 
-    manifest = evaluate(ArtifactStore(store_root), config, ingest, model, train, progress)
+    manifest = evaluate(ArtifactStore(store_root), config, ingest, train, progress)
     label = "trained" if train is not None else "base"
     ui.manifest_markdown(manifest)
     ui.table(f"evaluate-{label}", comparison_rows(load_metrics(manifest)), f"{label} model metrics (%) per data set")

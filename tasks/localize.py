@@ -36,8 +36,8 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
     return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest, store))
 
 
-# What a sample's region depends on; its image by content (image_sha256), never by path.
-ITEM_FIELDS = ("sample_id", "image_sha256", "width", "height", "boxes")
+# What a sample's region depends on (box labels: which boxes are lesions); its image by content, never by path.
+ITEM_FIELDS = ("sample_id", "image_sha256", "width", "height", "boxes", "box_labels")
 
 
 def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:

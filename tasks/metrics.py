@@ -4,8 +4,12 @@ Closed questions: ``closed_correct`` (normalized match; the project's headline n
 ``substring_correct`` (the released MMedPO/LLaVA-Med rule, reported beside it for
 comparison with the paper: "no" inside "not sure" counts there, not here).
 Open questions: ``token_recall`` (the paper's open-question "recall") and normalized exact
-match. Reports: BLEU-1..4 and METEOR 1.5 from pycocoevalcap (the R2Gen line of papers
-scores with it), ROUGE-L F1 from rouge-score. Scores are fractions in [0, 1].
+match. Reports: as the R2Gen line of papers (and MMedPO's table) computes them, all from
+pycocoevalcap: its PTB tokenizer (Stanford CoreNLP's, punctuation dropped), then BLEU-1..4,
+METEOR 1.5 and ROUGE-L (its ``Rouge``: LCS F-measure with beta = 1.2, averaged over reports).
+The tokenizer and METEOR run Java; without it the report metrics are reported missing, with
+the reason, rather than computed some other way under the same names. Scores are fractions
+in [0, 1].
 """
 
 from __future__ import annotations
@@ -71,34 +75,26 @@ def token_recall(prediction: str, reference: str) -> float:
     return len(ref & set(words(prediction))) / len(ref)
 
 
-def report_text(text: str) -> str:
-    """What the report metrics see: lower-case words separated by single spaces.
-
-    Stands in for the PTB tokenizer + punctuation removal of the COCO caption evaluation,
-    without a second Java dependency for BLEU, and keeps METEOR's one-line-per-segment
-    input format safe from newlines in a generated report.
-    """
-    return " ".join(words(text))
-
-
 class MetricUnavailable(RuntimeError):
     """A metric could not be computed here (e.g. no Java for METEOR); the rest still are."""
 
 
 @dataclass
 class ReportScores:
-    bleu_1: float
-    bleu_2: float
-    bleu_3: float
-    bleu_4: float
-    rouge_l: float
+    bleu_1: float | None
+    bleu_2: float | None
+    bleu_3: float | None
+    bleu_4: float | None
+    rouge_l: float | None
     meteor: float | None
+    rouge_l_each: list[float] | None = None  # per report, in order (the mean is rouge_l)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
-    def bleu(self) -> float:
+    def bleu(self) -> float | None:
         """Mean of BLEU-1..4, the paper's single BLEU number."""
-        return (self.bleu_1 + self.bleu_2 + self.bleu_3 + self.bleu_4) / 4
+        parts = (self.bleu_1, self.bleu_2, self.bleu_3, self.bleu_4)
+        return None if None in parts else sum(parts) / 4
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -112,23 +108,63 @@ class ReportScores:
         }
 
 
+def java(purpose: str) -> str:
+    found = shutil.which("java")
+    if found is None:
+        raise MetricUnavailable(
+            f"{purpose} needs Java (8 or newer) on PATH to run pycocoevalcap's jar; install a JRE "
+            "(Debian: apt-get install default-jre-headless)"
+        )
+    return found
+
+
+def ptb_tokenize(texts: Sequence[str], timeout_s: float = 900.0) -> list[str]:
+    """pycocoevalcap's ``PTBTokenizer``: Stanford CoreNLP 3.4.1's PTBTokenizer (one line per text,
+    lower-cased), then its punctuation tokens dropped. The same jar, command and filter, run on
+    a temporary file of our own (pycocoevalcap's wrapper writes its file into its installed
+    folder, which fails on a read-only install) and read as UTF-8 (the wrapper leaves the
+    encoding to the JVM's locale). Any line break in a text becomes a space, as there."""
+    import pycocoevalcap.tokenizer.ptbtokenizer as module
+
+    command = [java("The PTB tokenizer"), "-cp", str(Path(module.__file__).parent / module.STANFORD_CORENLP_3_4_1_JAR)]
+    command += ["edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", "-encoding", "UTF-8"]
+    with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
+        source = Path(tmp) / "texts.txt"
+        source.write_text("\n".join(" ".join(text.splitlines()) for text in texts), encoding="utf-8")
+        try:
+            done = subprocess.run([*command, str(source)], capture_output=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MetricUnavailable(f"PTB tokenizer: running java failed: {exc}") from exc
+    lines = done.stdout.decode("utf-8", errors="replace").split("\n")
+    if done.returncode != 0 or len(lines) < len(texts):
+        detail = done.stderr.decode("utf-8", errors="replace").strip().splitlines()[-3:]
+        raise MetricUnavailable(
+            f"PTB tokenizer: exited {done.returncode} with {len(lines)} lines for {len(texts)} texts: "
+            f"{' | '.join(detail)}"
+        )
+    return [
+        " ".join(w for w in line.rstrip().split(" ") if w not in module.PUNCTUATIONS) for line in lines[: len(texts)]
+    ]
+
+
 def bleu_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Corpus BLEU-1..4 (pycocoevalcap: closest reference length for the brevity penalty)."""
+    """Corpus BLEU-1..4 of tokenized texts (pycocoevalcap: closest reference length for the brevity penalty)."""
     from pycocoevalcap.bleu.bleu import Bleu
 
-    gts = {i: [report_text(r)] for i, r in enumerate(references)}
-    res = {i: [report_text(p)] for i, p in enumerate(predictions)}
+    gts = {i: [r] for i, r in enumerate(references)}
+    res = {i: [p] for i, p in enumerate(predictions)}
     scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return [float(s) for s in scores]
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean per-report ROUGE-L F1 (rouge-score)."""
-    from rouge_score.rouge_scorer import RougeScorer
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L of each tokenized report (pycocoevalcap's Rouge: LCS F-measure, beta = 1.2)."""
+    from pycocoevalcap.rouge.rouge import Rouge
 
-    scorer = RougeScorer(["rougeL"], use_stemmer=False)
-    scores = [scorer.score(report_text(r), report_text(p))["rougeL"].fmeasure for p, r in zip(predictions, references)]
-    return sum(scores) / len(scores)
+    _, each = Rouge().compute_score(
+        {i: [r] for i, r in enumerate(references)}, {i: [p] for i, p in enumerate(predictions)}
+    )
+    return [float(s) for s in each]
 
 
 def meteor_jar() -> Path:
@@ -138,48 +174,51 @@ def meteor_jar() -> Path:
 
 
 def meteor(predictions: Sequence[str], references: Sequence[str], timeout_s: float = 900.0) -> float:
-    """Corpus METEOR 1.5 (en, normalized) from pycocoevalcap's jar.
+    """Corpus METEOR 1.5 (en, normalized) of tokenized texts, from pycocoevalcap's jar.
 
     The jar is run once in file mode (the same system score as pycocoevalcap's stdio
     wrapper); raises MetricUnavailable with the reason when Java is missing or fails.
     """
-    java = shutil.which("java")
-    if java is None:
-        raise MetricUnavailable(
-            "METEOR needs Java (8 or newer) on PATH to run pycocoevalcap's meteor-1.5.jar; "
-            "install a JRE (Debian: apt-get install default-jre-headless) or turn METEOR off "
-            "with evaluate.meteor: false"
-        )
+    runner = java("METEOR")
     jar = meteor_jar()
     if not jar.is_file():
         raise MetricUnavailable(f"METEOR jar missing at {jar}: reinstall pycocoevalcap")
     with tempfile.TemporaryDirectory(prefix="meteor-") as tmp:
         hyp, ref = Path(tmp) / "hyp.txt", Path(tmp) / "ref.txt"
-        hyp.write_text("".join(report_text(p) + "\n" for p in predictions))
-        ref.write_text("".join(report_text(r) + "\n" for r in references))
-        command = [java, "-Xmx2G", "-jar", str(jar), str(hyp), str(ref), "-l", "en", "-norm"]
+        # One segment a line: a line break inside a text would split it.
+        hyp.write_text("".join(" ".join(p.splitlines()) + "\n" for p in predictions))
+        ref.write_text("".join(" ".join(r.splitlines()) + "\n" for r in references))
+        command = [runner, "-Xmx2G", "-jar", str(jar), str(hyp), str(ref), "-l", "en", "-norm"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=jar.parent)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise MetricUnavailable(f"METEOR: running {java} failed: {exc}") from exc
+            raise MetricUnavailable(f"METEOR: running {runner} failed: {exc}") from exc
     found = re.search(r"^Final score:\s*([0-9.eE+-]+)\s*$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or found is None:
         detail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise MetricUnavailable(f"METEOR: {java} exited {done.returncode}: {' | '.join(detail)}")
+        raise MetricUnavailable(f"METEOR: {runner} exited {done.returncode}: {' | '.join(detail)}")
     return float(found.group(1))
 
 
 def report_scores(predictions: Sequence[str], references: Sequence[str], with_meteor: bool = True) -> ReportScores:
+    """BLEU-1..4, ROUGE-L (mean and per report) and METEOR after one PTB tokenizer run; a metric
+    that cannot be computed here is None with its reason in ``errors``."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError(
             f"need equally many predictions and references, at least one ({len(predictions)} vs {len(references)})"
         )
-    b1, b2, b3, b4 = bleu_scores(predictions, references)
+    try:
+        tokens = ptb_tokenize([*predictions, *references])
+    except MetricUnavailable as exc:
+        names = ("bleu", "rouge_l", "meteor") if with_meteor else ("bleu", "rouge_l")
+        return ReportScores(None, None, None, None, None, None, errors={name: str(exc) for name in names})
+    hyp, ref = tokens[: len(predictions)], tokens[len(predictions) :]
+    each = rouge_l(hyp, ref)
     errors: dict[str, str] = {}
     score: float | None = None
     if with_meteor:
         try:
-            score = meteor(predictions, references)
+            score = meteor(hyp, ref)
         except MetricUnavailable as exc:
             errors["meteor"] = str(exc)
-    return ReportScores(b1, b2, b3, b4, rouge_l(predictions, references), score, errors)
+    return ReportScores(*bleu_scores(hyp, ref), sum(each) / len(each), score, each, errors)

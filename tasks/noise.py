@@ -14,7 +14,7 @@ from tasks import catalog, ui
 from tasks.catalog import NOISED, REGIONS, SAMPLES
 from tasks.config import NoiseConfig
 from tasks.counters import Counters
-from tasks.diffusion import alpha_bar, feather, noise_array, sample_seed
+from tasks.diffusion import feather, noise_array, sample_seed
 from tasks.imaging import load_array, save_array
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, safe_stem, stage_task_options
 
@@ -26,6 +26,8 @@ GRID_SAMPLES = 8
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
     """Each localized sample's image, forward-diffused inside its region (tasks.diffusion).
 
+    By default as the paper's release noises (POVID's sigmoid schedule at k = 500, on CLIP's
+    normalized values), stored as pixels, with one noise field for a grey image's channels.
     Outside the region the pixels are the original ones, bit for bit; the noise ramps up over
     ``feather_px`` inside the region's edge. ``mode=global`` noises the whole image instead
     (the paper's ablation) for the same samples, so the two compare pair for pair. A sample's
@@ -80,11 +82,10 @@ def noise_items(
     config: NoiseConfig, payloads: Sequence[tuple], folders: Sequence[Path]
 ) -> tuple[list[dict[str, Any]], dict]:
     """One shard: NOISED rows, each noised image written under its item folder."""
-    abar = alpha_bar(config)
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         rows = list(
             pool.map(
-                lambda job: noise_one(job[1], job[0][0], job[0][1], Path(job[0][2]), config, abar),
+                lambda job: noise_one(job[1], job[0][0], job[0][1], Path(job[0][2]), config),
                 zip(payloads, folders),
             )
         )
@@ -97,7 +98,6 @@ def noise_one(
     sample: Mapping[str, Any] | None,
     region_dir: Path,
     config: NoiseConfig,
-    abar: float,
 ) -> dict[str, Any]:
     """Noise one sample's image given its localize row; always returns a NOISED row."""
     seed = sample_seed(region["sample_id"], config.seed)
@@ -128,7 +128,7 @@ def noise_one(
             return {**row, "status": "failed", "reason": "mask_size_mismatch"}
         weight = feather(mask, config.feather_px)
     noised_path = f"images/{safe_stem(region['sample_id'])}.png"
-    save_array(noise_array(pixels, weight, abar, seed), out / noised_path)
+    save_array(noise_array(pixels, weight, config, seed), out / noised_path)
     return {**row, "noised_path": noised_path}
 
 
@@ -184,5 +184,10 @@ def noise_task(store_root: str, config: NoiseConfig, ingest: Manifest, localize:
     )
     grid = noise_grid(ingest, localize, manifest)
     if grid is not None:
-        ui.image(f"{STAGE}-grid", grid, f"first {GRID_SAMPLES} visual pairs (original | mask | noised)")
+        ui.image(
+            f"{STAGE}-grid",
+            grid,
+            f"first {GRID_SAMPLES} visual pairs (original | mask | noised: {config.schedule} schedule, "
+            f"k={config.k}, {config.space} space, {config.channels} channels)",
+        )
     return manifest

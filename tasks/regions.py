@@ -4,11 +4,16 @@
 sample's boxes, or by heatmap peaks when it has none) and ``heatmap`` (a saliency map per
 image, blurred and thresholded as MedKLIP's attention maps are). A sample without a usable
 region gets status ``no_region`` and a reason, never a made-up region.
+
+Regions must be lesions: a box counts only when its label names a disease or finding
+(``LesionLabels``), so SLAKE's organ boxes ("Liver", "Lung") are neither regions nor SAM
+prompts. A box ingested without a label is the user's declared lesion (``UNLABELED_BOX``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from tasks.catalog import UNLABELED_BOX
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
 from tasks.store import safe_stem
@@ -49,6 +55,37 @@ class Localizer(Protocol):
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         """One Region per SAMPLES row, in order; rows of one image should come together."""
         ...
+
+
+# --- which boxes are lesions ----------------------------------------------------------------
+
+
+class LesionLabels:
+    """Tells a lesion's box label from an organ's: a label is a lesion when it holds one of the
+    terms as whole words (a plural too: "Lung Nodules"), or is the label of an unlabeled box."""
+
+    def __init__(self, terms: Sequence[str]):
+        self.terms = [_label_words(term) for term in terms]
+
+    def __call__(self, label: str) -> bool:
+        words = _label_words(label)
+        if words == [UNLABELED_BOX]:
+            return True
+        return any(
+            all(word in (t, t + "s", t + "es") for word, t in zip(words[i : i + len(term)], term))
+            for term in self.terms
+            for i in range(len(words) - len(term) + 1)
+        )
+
+    def boxes(self, row: Mapping[str, Any]) -> list[Sequence[float]] | None:
+        """The row's lesion boxes; None when its labels do not pair up with its boxes."""
+        if len(row["box_labels"]) != len(row["boxes"]):
+            return None
+        return [box for box, label in zip(row["boxes"], row["box_labels"]) if self(label)]
+
+
+def _label_words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 # --- shared geometry ---------------------------------------------------------------------
@@ -111,21 +148,28 @@ def finish(region: Region, config: LocalizeConfig) -> tuple[Region, float | None
 class AnnotationLocalizer:
     source = "annotation"
 
-    def __init__(self, config: AnnotationConfig):
+    def __init__(self, config: AnnotationConfig, lesions: LesionLabels):
         self.config = config
+        self.lesions = lesions
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         return [self.locate_one(row) for row in rows]
 
     def locate_one(self, row: Mapping[str, Any]) -> Region:
         height, width = int(row["height"]), int(row["width"])
-        boxes = clip_boxes(row["boxes"], width, height)
-        has_mask = bool(row.get("mask_path"))
+        lesion_boxes = self.lesions.boxes(row)
+        if lesion_boxes is None:
+            return failed("box_labels_mismatch")
+        boxes = clip_boxes(lesion_boxes, width, height)
+        has_mask = bool(row.get("mask_path")) and self.config.mask_marks == "lesions"
         prefer = self.config.prefer
         use_mask = has_mask and (prefer != "boxes" or not boxes)
         use_boxes = bool(boxes) and (prefer != "mask" or not has_mask)
         if not use_mask and not use_boxes:
-            return no_region("no_annotation" if not row["boxes"] else "boxes_outside_image")
+            if lesion_boxes:
+                return no_region("boxes_outside_image")
+            # Organ boxes, or an organ mask: annotated, but nothing in it is a lesion.
+            return no_region("no_lesion_label" if row["boxes"] or row.get("mask_path") else "no_annotation")
         region = np.zeros((height, width), dtype=bool)
         used: list[list[float]] = []
         if use_boxes:
@@ -144,7 +188,7 @@ class AnnotationLocalizer:
 
 
 def annotation_mask(path: Path, height: int, width: int) -> np.ndarray:
-    """Any non-zero pixel of a label image (SLAKE colours organs and lesions differently)."""
+    """Any non-zero pixel of a lesion mask (used only when the data set's masks mark lesions)."""
     pixels = load_array(path)
     mask = pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
     return resize_mask(mask, height, width)
@@ -183,7 +227,13 @@ class HeatmapLocalizer:
         if raw.ndim != 2:
             raise ValueError(f"{path}: a heatmap must be 2-D, got shape {raw.shape}")
         resized = np.asarray(Image.fromarray(raw, mode="F").resize((width, height), Image.BILINEAR))
-        blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
+        kernel = self.config.blur_kernel_px
+        if kernel is None:
+            blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
+        else:
+            # OpenCV's GaussianBlur((n, n), 0): its sigma for the side, cut at the kernel's radius, mirrored edges.
+            sigma = 0.3 * ((kernel - 1) / 2 - 1) + 0.8
+            blurred = ndimage.gaussian_filter(resized, sigma=sigma, truncate=(kernel // 2) / sigma, mode="mirror")
         low, high = float(blurred.min()), float(blurred.max())
         if high - low <= 1e-12 * max(abs(high), 1.0):
             return None
@@ -193,6 +243,8 @@ class HeatmapLocalizer:
         statistic = self.config.statistic
         if statistic == "mean":
             cut = float(saliency.mean())
+        elif statistic == "mean_minus_std":
+            cut = float(saliency.mean() - saliency.std())
         elif statistic == "quantile":
             cut = float(np.quantile(saliency, self.config.quantile))
         else:
@@ -251,22 +303,27 @@ class HeatmapLocalizer:
 class SamLocalizer:
     source = "sam"
 
-    def __init__(self, config: SamConfig, heatmap: HeatmapConfig):
+    def __init__(self, config: SamConfig, heatmap: HeatmapConfig, lesions: LesionLabels):
         from models.sam import SamSegmenter, load_sam
 
         self.config = config
+        self.lesions = lesions
         self.heatmap = HeatmapLocalizer(heatmap) if heatmap.maps is not None else None
         sam = load_sam(config.model_type, config.checkpoint, config.architecture.model_dump(), config.device)
-        self.segmenter = SamSegmenter(sam)
+        self.segmenter = SamSegmenter(sam, config.preprocessing)
 
     def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
         from models.sam import Prompt
 
-        boxes = clip_boxes(row["boxes"], int(row["width"]), int(row["height"]))
+        lesion_boxes = self.lesions.boxes(row)
+        if lesion_boxes is None:
+            return None, failed("box_labels_mismatch")
+        boxes = clip_boxes(lesion_boxes, int(row["width"]), int(row["height"]))
         if boxes:
             return Prompt(boxes=np.asarray(boxes)), None
         if self.heatmap is None:
-            return None, no_region("no_prompt")
+            # An organ box would make SAM segment the organ: without a lesion box there is no prompt.
+            return None, no_region("no_lesion_label" if row["boxes"] and not lesion_boxes else "no_prompt")
         try:
             points = self.heatmap.peaks(row, self.config.num_points)
         except OSError:
@@ -321,8 +378,9 @@ class SamLocalizer:
 
 
 def make_localizer(config: LocalizeConfig) -> Localizer:
+    lesions = LesionLabels(config.lesion_terms)
     if config.source == "annotation":
-        return AnnotationLocalizer(config.annotation)
+        return AnnotationLocalizer(config.annotation, lesions)
     if config.source == "heatmap":
         return HeatmapLocalizer(config.heatmap)
-    return SamLocalizer(config.sam, config.heatmap)
+    return SamLocalizer(config.sam, config.heatmap, lesions)

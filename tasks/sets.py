@@ -1,7 +1,8 @@
 """Preference sets as published data sets: where they live, how to find and read them.
 
 A set version is the `assemble` artifact hard-linked to ``<sets>/<name>/<version>/``
-(version = the artifact's key). Layout:
+(version = the artifact's content digest: the same pairs, weights and images are one version,
+however and whenever they were curated). Layout:
 
     data/<split>-00000-of-00001.parquet   pairs (catalog.PAIRS); image paths relative to the version folder
     images/<sha256>.<ext>                 every chosen / rejected image, once
@@ -27,11 +28,11 @@ from tasks.store import Manifest, link_or_copy
 
 def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
     """Hard-link the assemble artifact to <sets_root>/<name>/<version>/ (atomic, idempotent)."""
-    final = sets_root / name / manifest.key
+    final = sets_root / name / version(manifest)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{manifest.key}-{os.getpid()}"
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(manifest.path, tmp, copy_function=link_or_copy)
     try:
@@ -41,6 +42,11 @@ def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
         if not final.is_dir():
             raise
     return final
+
+
+def version(manifest: Manifest) -> str:
+    """A set's version: the assemble artifact's content digest."""
+    return manifest.digest
 
 
 def list_sets(sets_root: Path) -> list[Manifest]:
@@ -63,7 +69,7 @@ def resolve_set(sets_root: Path, ref: str) -> Path:
     if version:
         candidates = [p for p in candidates if p.name == version]
     if not candidates:
-        known = sorted({f"{Path(m.path).parent.name}@{m.key}" for m in published})
+        known = sorted({f"{Path(m.path).parent.name}@{Path(m.path).name}" for m in published})
         raise FileNotFoundError(
             f"no preference set {ref!r} under {sets_root} (published: {', '.join(known) or 'none'})"
         )

@@ -12,14 +12,14 @@ from tasks import catalog, counters, ui
 from tasks.catalog import SAMPLES
 from tasks.config import SFTConfig
 from tasks.counters import Counters
-from tasks.store import ArtifactStore, Keyed, Manifest, code_version, stage_task_options
+from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options
 
 STAGE = "sft"
 CODE = code_version(__name__, "models.sft", "models.families", "models.progress", "models.vlm", "models.tiny")
 MODEL = "model"
 
 
-def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest, model: Keyed | None = None) -> Manifest:
+def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest) -> Manifest:
     """A model that already answers the task, for DPO to refine.
 
     Trains the chosen parts of a checkpoint (``config.model``; unset, the tiny random-weight
@@ -27,16 +27,15 @@ def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest, model: Keyed 
     question, answer) samples. A run config with an ``sft:`` section makes ``pipeline`` run
     this before ``train``, whose base model it then is.
 
-    Inputs: ``ingest`` (SAMPLES); ``model`` fingerprints ``config.model`` when one is given,
-    so new weights at the same path retrain. Output: ``model/`` (a complete checkpoint:
+    Inputs: ``ingest`` (SAMPLES) and, when ``config.model`` is given, its content (new weights
+    at the same path retrain; a renamed copy does not). Output: ``model/`` (a complete checkpoint:
     weights, tokenizer, processor), ``metrics.json``. Counters: ``samples.seen``,
     ``samples.trained``, ``samples.skipped.<reason>``, ``train.steps``, ``train.loss``,
     ``train.final_loss``, ``parameters.trainable``.
     """
-    inputs: dict[str, Keyed] = {"ingest": ingest}
-    if model is not None:
-        inputs["model"] = model
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_sft(out, config, ingest))
+    return store.run(
+        STAGE, CODE, config, {"ingest": ingest}, lambda out: build_sft(out, config, ingest), ("metrics.json",)
+    )
 
 
 def model_dir(manifest: Manifest) -> Path:
@@ -82,8 +81,8 @@ def build_sft(out: Path, config: SFTConfig, ingest: Manifest) -> dict[str, float
 
 
 @task(**stage_task_options(STAGE, CODE, tags=["gpu"]))
-def sft_task(store_root: str, config: SFTConfig, ingest: Manifest, model: Keyed | None = None) -> Manifest:
-    manifest = sft(ArtifactStore(store_root), config, ingest, model)
+def sft_task(store_root: str, config: SFTConfig, ingest: Manifest) -> Manifest:
+    manifest = sft(ArtifactStore(store_root), config, ingest)
     ui.manifest_markdown(manifest)
     ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "sft: samples used and final metrics")
     return manifest

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +18,23 @@ from tasks.catalog import TRAIN_COLUMNS
 from tasks.config import TrainConfig
 from tasks.counters import Counters
 from tasks.sets import load_pairs
-from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, stage_key, stage_task_options
+from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
 
 STAGE = "train"
 CODE = code_version(
-    __name__, "models.dpo", "models.families", "models.progress", "models.vlm", "models.tiny", "tasks.sets"
+    __name__,
+    "models.dpo",
+    "models.pairs",
+    "models.families",
+    "models.progress",
+    "models.vlm",
+    "models.tiny",
+    "tasks.sets",
 )
 ADAPTER = "adapter"
+# How a run went, not what it made: timings and losses in the logs, where the base model was.
+# The adapter (and a tiny model built inside) is the artifact's content.
+VOLATILE = ("log_history.json", "metrics.json", "base_model.txt")
 
 
 def train(
@@ -33,40 +43,43 @@ def train(
     assemble: Keyed,
     preferences: Path,
     resume: bool = False,
-    model: Keyed | None = None,
+    sft: Manifest | None = None,
 ) -> Manifest:
     """Weighted DPO with LoRA on a preference set; the adapter is the artifact.
 
     ``assemble`` identifies the preference set (its manifest, or a snapshot of a Parquet file)
-    found at ``preferences``; ``model``, when given, identifies ``config.model`` (e.g. the sft
-    artifact it lies in). ``fit`` does the work, and is also what each process runs under
-    ``accelerate launch`` (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3
-    training. Checkpoints live under ``<store>/train/.checkpoints/<key>/`` so a killed run
-    resumes (``resume=True``) from its last checkpoint.
+    found at ``preferences``; ``sft``, when given, is the sft artifact whose checkpoint
+    ``config.model`` names (lineage; the checkpoint itself is identified by its content).
+    ``fit`` does the work, and is also what each process runs under ``accelerate launch``
+    (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3 training. Checkpoints
+    live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes (``resume=True``)
+    from its last checkpoint.
 
     Output: ``adapter/`` (peft), ``metrics.json``, ``log_history.json``, ``base_model.txt``
     (and ``tiny-model/`` when no model is configured). Counters: ``pairs.in_set``,
     ``pairs.trained.<text|visual>``, ``pairs.skipped.<reason>``, ``train.steps``,
     ``train.loss``, ``train.resumed``, ``train.last.<logged metric>``.
     """
-    inputs = train_inputs(assemble, model)
+    inputs = train_inputs(assemble, sft)
     checkpoints = checkpoint_dir(store, config, inputs)
-    return store.run(
-        STAGE, CODE, config, inputs, lambda out: build_adapter(out, config, preferences, checkpoints, resume)
-    )
+
+    def build(out: Path) -> dict[str, float]:
+        return build_adapter(out, config, preferences, checkpoints, resume)
+
+    return store.run(STAGE, CODE, config, inputs, build, VOLATILE)
 
 
-def train_inputs(assemble: Keyed, model: Keyed | None) -> dict[str, Keyed]:
-    return {"assemble": assemble} if model is None else {"assemble": assemble, "model": model}
+def train_inputs(assemble: Keyed, sft: Manifest | None) -> dict[str, Keyed]:
+    return {"assemble": assemble} if sft is None else {"assemble": assemble, "sft": sft}
 
 
 def checkpoint_dir(store: ArtifactStore, config: TrainConfig, inputs: dict[str, Keyed]) -> Path:
-    return store.root / STAGE / ".checkpoints" / stage_key(STAGE, CODE, config, inputs)
+    return store.root / STAGE / ".checkpoints" / store.key(STAGE, CODE, config, inputs)[0]
 
 
 def preference_snapshot(path: Path) -> SourceSnapshot:
     """A Parquet file given directly (not through the store) is identified by its bytes."""
-    return SourceSnapshot(name="assemble", key=hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16])
+    return SourceSnapshot(name="assemble", key=file_digest(path)[:16])
 
 
 def select_pairs(preferences: Path, config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -149,7 +162,8 @@ def fit(
 
     settings = TrainConfig.model_validate(config)
     on_gpu = torch.cuda.is_available()
-    args = dpo_arguments(settings, checkpoints)
+    # accelerate launch (DDP, ZeRO-3) runs WORLD_SIZE copies of this function; one without it.
+    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")))
     model_path = settings.model
     if model_path is None:
         # Inside the artifact, so the adapter ships with the base model it was trained on.
@@ -213,9 +227,9 @@ def train_task(
     assemble: Keyed,
     preferences: str,
     resume: bool = False,
-    model: Keyed | None = None,
+    sft: Manifest | None = None,
 ) -> Manifest:
-    manifest = train(ArtifactStore(store_root), config, assemble, Path(preferences), resume, model)
+    manifest = train(ArtifactStore(store_root), config, assemble, Path(preferences), resume, sft)
     ui.manifest_markdown(manifest)
     ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "train: pairs used, skipped and final metrics")
     return manifest

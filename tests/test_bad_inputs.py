@@ -14,7 +14,7 @@ import pytest
 from flows.cli import main
 from tasks.catalog import REJECTS, SAMPLES, read_file
 from tasks.imaging import ImageError, dicom_to_png, load_array
-from tasks.store import fingerprint_tree
+from tasks.store import DigestMemo
 from tests.support.bad_inputs import CORPUS, bad_corpus, expected_outcomes, kept_ids
 
 
@@ -90,9 +90,10 @@ def test_a_missing_root_is_a_clear_error(tmp_path, capsys):
 
 def test_a_dangling_symlink_does_not_break_the_raw_data_fingerprint(tmp_path):
     root = bad_corpus(tmp_path)
-    before = fingerprint_tree(root)
+    memo = DigestMemo(tmp_path / "digests.sqlite")
+    before = memo.tree(root)
     (root / "dangling.png").unlink()
-    assert fingerprint_tree(root) != before  # the link counted as an entry
+    assert memo.tree(root) != before  # the link counted as an entry
 
 
 def test_a_dicom_bomb_is_refused_before_its_pixels_are_decoded(tmp_path):

@@ -369,7 +369,7 @@ def test_build_samples_catches_duplicates_across_sources(tmp_path):
 def test_rendered_images_are_recorded_where_the_published_artifact_keeps_them(tmp_path):
     from pydicom.data import get_testdata_file
 
-    from tasks.ingest import ingest, snapshot_sources
+    from tasks.ingest import ingest
     from tasks.store import ArtifactStore
 
     root = tmp_path / "d"
@@ -379,6 +379,6 @@ def test_rendered_images_are_recorded_where_the_published_artifact_keeps_them(tm
         json.dumps({"id": "1", "image": "ct.dcm", "question": "Modality?", "answer": "CT"}) + "\n"
     )
     config = IngestConfig(sources=[SourceConfig(format="jsonl", root=root)])
-    manifest = ingest(ArtifactStore(tmp_path / "store"), config, snapshot_sources(config))
+    manifest = ingest(ArtifactStore(tmp_path / "store"), config)
     path = Path(read_file(manifest.file("samples.parquet"), SAMPLES)["image_path"][0].as_py())
     assert path.is_file() and path.is_relative_to(Path(manifest.path))

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from tasks.config import StageConfig
-from tasks.store import ArtifactStore, SourceSnapshot, fingerprint_tree, stage_key
+from tasks.store import ArtifactStore, DigestMemo, SourceSnapshot, stage_key
 
 
 class Options(StageConfig):
     k: int = 1
 
 
-def writer(calls: list):
+def writer(calls: list, payload: str = "payload"):
     def build(out: Path) -> dict:
         calls.append(out)
-        (out / "data.txt").write_text("payload")
+        (out / "data.txt").write_text(payload)
         (out / "sub").mkdir()
         (out / "sub" / "x.bin").write_bytes(b"1")
         return {"rows": 1}
@@ -40,15 +40,43 @@ def test_second_run_is_a_cache_hit_and_config_changes_the_key(tmp_path):
     assert Path(first.path).is_dir()  # older versions stay intact
 
 
-def test_downstream_key_follows_upstream_and_lineage_is_transitive(tmp_path):
+def test_downstream_key_follows_upstream_content_and_lineage_is_transitive(tmp_path):
     store = ArtifactStore(tmp_path)
-    up1 = store.run("ingest", "c", Options(k=1), {"sources": SourceSnapshot(name="s", key="1")}, writer([]))
-    up2 = store.run("ingest", "c", Options(k=2), {"sources": SourceSnapshot(name="s", key="1")}, writer([]))
+    up1 = store.run("ingest", "c", Options(k=1), {"sources": SourceSnapshot(name="s", key="1")}, writer([], "one"))
+    up2 = store.run("ingest", "c", Options(k=2), {"sources": SourceSnapshot(name="s", key="1")}, writer([], "two"))
     down1 = store.run("localize", "c", Options(), {"ingest": up1}, writer([]))
     down2 = store.run("localize", "c", Options(), {"ingest": up2}, writer([]))
-    assert down1.key != down2.key
+    assert up1.digest != up2.digest and down1.key != down2.key
     assert down1.lineage == sorted([f"ingest/{up1.key}", "source:sources/1"])
+    assert down1.inputs == {"ingest": up1.key} and down1.input_digests == {"ingest": up1.digest}
     assert stage_key("localize", "c", Options(), {"ingest": up1}) == down1.key
+
+
+def test_early_cutoff_an_upstream_rebuilt_to_the_same_content_leaves_downstream_cached(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    old = store.run("ingest", "code1", Options(), {}, writer([], "same"))
+    new = store.run("ingest", "code2", Options(), {}, writer([], "same"))  # new code, same bytes
+    assert new.key != old.key and new.digest == old.digest
+    down = store.run("localize", "c", Options(), {"ingest": old}, writer(calls))
+    assert store.run("localize", "c", Options(), {"ingest": new}, writer(calls)) == down and len(calls) == 1
+
+
+def test_volatile_files_do_not_change_the_digest(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def build(log: str):
+        def run(out: Path) -> dict:
+            (out / "adapter.bin").write_bytes(b"weights")
+            (out / "log_history.json").write_text(log)
+            return {}
+
+        return run
+
+    first = store.run("train", "c", Options(k=1), {}, build("0.1 s"), volatile=("log_history.json",))
+    second = store.run("train", "c", Options(k=2), {}, build("0.2 s"), volatile=("log_history.json",))
+    third = store.run("train", "c", Options(k=3), {}, build("0.2 s"))
+    assert first.digest == second.digest != third.digest
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
@@ -64,13 +92,34 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
     assert store.list("noise") == []
 
 
-def test_fingerprint_sees_new_and_changed_files(tmp_path):
-    (tmp_path / "a.txt").write_text("1")
-    before = fingerprint_tree(tmp_path)
-    assert fingerprint_tree(tmp_path) == before
-    (tmp_path / "b.txt").write_text("2")
-    assert fingerprint_tree(tmp_path) != before
-    assert fingerprint_tree(tmp_path / "a.txt") != fingerprint_tree(tmp_path / "missing")
+def test_content_digest_sees_new_and_changed_bytes_but_not_times_or_places(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_text("1")
+    memo = DigestMemo(tmp_path / "digests.sqlite")
+    before = memo.tree(root)
+    assert memo.tree(root) == before
+    os.utime(root / "a.txt", ns=(1, 1))  # touched
+    assert memo.tree(root) == before
+    shutil.copytree(root, tmp_path / "copy")  # copied afresh elsewhere
+    assert memo.tree(tmp_path / "copy") == before
+    (root / "b.txt").write_text("2")
+    assert memo.tree(root) != before
+    (root / "b.txt").write_text("3")  # same size, same name, new bytes
+    changed = memo.tree(root)
+    (root / "b.txt").write_text("2")
+    assert memo.tree(root) != changed
+    assert memo.tree(root / "a.txt") != memo.tree(tmp_path / "missing") == "missing"
+    # Remembered across processes: a fresh memo on the same database reads no file again.
+    import tasks.store.keys as keys
+
+    expected = memo.tree(root)
+    again = DigestMemo(tmp_path / "digests.sqlite")
+    monkeypatch.setattr(keys, "_read_digest", lambda path: pytest.fail(f"{path} was read again"))
+    assert again.tree(root) == expected
 
 
 def test_operational_fields_are_echoed_but_never_change_a_key(tmp_path):

@@ -20,7 +20,7 @@ from experiments.grounding.config import MeasureConfig
 from tasks import catalog, ui
 from tasks.catalog import SAMPLES
 from tasks.config import NoiseConfig
-from tasks.diffusion import alpha_bar, noise_array, sample_seed
+from tasks.diffusion import noise_array, sample_seed
 from tasks.evaluate import adapter_dir, load_metrics, load_predictions
 from tasks.imaging import load_array, save_array
 from tasks.sets import load_pairs
@@ -124,7 +124,7 @@ def lesion_noised(sample: Mapping[str, Any], config: MeasureConfig) -> np.ndarra
     for x0, y0, x1, y1 in sample["boxes"]:
         weight[max(int(y0), 0) : int(y1), max(int(x0), 0) : int(x1)] = 1.0
     return noise_array(
-        pixels, weight, alpha_bar(NoiseConfig(k=config.noise_k)), sample_seed(sample["sample_id"], config.noise_seed)
+        pixels, weight, NoiseConfig(k=config.noise_k), sample_seed(sample["sample_id"], config.noise_seed)
     )
 
 

@@ -2,7 +2,7 @@
 DAG order. Every model is importable from here."""
 
 from tasks.config.assemble import AssembleConfig
-from tasks.config.base import OPERATIONAL, ConfigError, StageConfig, identity
+from tasks.config.base import BY_CONTENT, DATA_ROOT, OPERATIONAL, ConfigError, StageConfig, identity, marker
 from tasks.config.endpoint import LOCAL_HOSTS, EndpointConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig, TargetSamplingConfig
@@ -25,6 +25,9 @@ from tasks.config.train import TrainConfig
 
 __all__ = [
     "OPERATIONAL",
+    "BY_CONTENT",
+    "DATA_ROOT",
+    "marker",
     "ConfigError",
     "StageConfig",
     "identity",

@@ -1,4 +1,5 @@
-"""What every config model shares: frozen, unknown fields refused, operational fields marked.
+"""What every config model shares: frozen, unknown fields refused, fields marked by how they
+count in a cache key.
 
 Every stage config is frozen and forbids unknown fields, so a typo in a run file is an
 error naming the field rather than a silently ignored option (and a silently unchanged
@@ -16,14 +17,28 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# How the stage runs, not what it makes (concurrency, devices, timeouts, cache folders, the names
+# of key variables): left out of every key.
 OPERATIONAL = {"operational": True}
+# A path whose *content* defines the output (a model folder, a checkpoint, a maps folder): the
+# store adds the content's digest as an input (tasks.store.manifest.content_inputs) and the
+# path itself is left out of the key, so a renamed copy is a hit and new bytes under the same
+# name are a miss.
+BY_CONTENT = {"content": "instead_of_path"}
+# A data root: a folder, or a file whose folder holds what it refers to (a JSONL's images). Its
+# whole content is an input, and the path stays part of the key (rows record its files' paths).
+DATA_ROOT = {"content": "data_root"}
+
+
+def marker(field: Any, name: str) -> Any:
+    extra = field.json_schema_extra
+    return extra.get(name) if isinstance(extra, dict) else None
 
 
 def identity(config: BaseModel) -> dict[str, Any]:
-    """The config as it defines a stage's output: every field but the operational ones
-    (marked ``json_schema_extra=OPERATIONAL``: concurrency, devices, timeouts, cache folders,
-    the names of key variables). Cache keys hash this, so tuning how a stage runs never
-    recomputes what it produced; manifests still echo the whole config."""
+    """The config as it defines a stage's output: every field but the operational ones and the
+    paths identified by content instead (``BY_CONTENT``). Cache keys hash this, so tuning how a
+    stage runs never recomputes what it produced; manifests still echo the whole config."""
 
     def value(v: Any) -> Any:
         if isinstance(v, BaseModel):
@@ -35,7 +50,7 @@ def identity(config: BaseModel) -> dict[str, Any]:
     return {
         name: value(getattr(config, name))
         for name, field in type(config).model_fields.items()
-        if not (isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("operational"))
+        if not marker(field, "operational") and marker(field, "content") != "instead_of_path"
     }
 
 

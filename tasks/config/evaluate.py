@@ -6,16 +6,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import BY_CONTENT, StageConfig
 
 
 class EvaluateConfig(StageConfig):
     """Answer a test split with the base model (and a trained adapter) and score it."""
 
     model: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
         default=None,
-        description="Base model: a local transformers checkpoint folder. Unset: the evaluated train artifact's "
-        "base model (a checkpoint shipped inside it, else the local path it records)",
+        description="Base model: a local transformers checkpoint folder, identified by its content. Unset: the "
+        "evaluated train artifact's base model (a checkpoint shipped inside it, else the local path it records)",
     )
     splits: list[str] = Field(default=["test"], description="Sample splits evaluated")
     datasets: list[str] | None = Field(default=None, description="Evaluate only these data sets; all when unset")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 from tasks.config.endpoint import EndpointConfig
 
 
@@ -15,7 +15,9 @@ class TargetSamplingConfig(StageConfig):
     """The target VLM sampled for candidate hallucinations (the paper's procedure)."""
 
     model_path: Path | None = Field(
-        default=None, description="Local checkpoint folder of a supported model family (models/families.py)"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="Local checkpoint folder of a supported model family (models/families.py), identified by content",
     )
     num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
     temperature: float = Field(

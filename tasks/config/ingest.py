@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import DATA_ROOT, StageConfig
 
 SourceFormat = Literal["slake", "vqa-rad", "r2gen", "pathvqa", "jsonl"]
 
@@ -16,7 +16,12 @@ class SourceConfig(StageConfig):
     """One data set to ingest, in its on-disk format as distributed."""
 
     format: SourceFormat
-    root: Path = Field(description="The data set's folder (for jsonl: the .jsonl file or a folder of them)")
+    root: Path = Field(
+        json_schema_extra=DATA_ROOT,
+        description=(
+            "The data set's folder (for jsonl: the .jsonl file or a folder of them); its files' content is an input"
+        ),
+    )
     name: str | None = Field(default=None, description="Data set name recorded per sample; defaults by format")
     splits: list[str] | None = Field(default=None, description="Keep only these splits; all when unset")
 

@@ -5,17 +5,83 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+
+# Words (and phrases) that make a box label a lesion: diseases and findings, never organs. A label
+# matches when it contains one of them as whole words, a plural ("nodules", "masses") included.
+LESION_TERMS = (
+    "lesion",
+    "tumor",
+    "tumour",
+    "cancer",
+    "carcinoma",
+    "neoplasm",
+    "malignancy",
+    "metastasis",
+    "metastases",
+    "mass",
+    "nodule",
+    "cyst",
+    "polyp",
+    "edema",
+    "oedema",
+    "effusion",
+    "pneumonia",
+    "pneumothorax",
+    "atelectasis",
+    "cardiomegaly",
+    "consolidation",
+    "infiltration",
+    "infiltrate",
+    "opacity",
+    "fibrosis",
+    "emphysema",
+    "fracture",
+    "hemorrhage",
+    "haemorrhage",
+    "abscess",
+    "infarct",
+    "infarction",
+    "calcification",
+    "stone",
+    "calculus",
+    "aneurysm",
+    "thrombus",
+    "embolism",
+    "stenosis",
+    "hernia",
+    "ulcer",
+    "granuloma",
+    "lymphadenopathy",
+    "hydronephrosis",
+    "ascites",
+    "necrosis",
+)
 
 
 class AnnotationConfig(StageConfig):
-    """Regions the data set ships: ``mask_path`` (SLAKE mask.png) and ingested ``boxes``."""
+    """Regions the data set ships: ``mask_path`` (SLAKE mask.png) and ingested ``boxes``.
+
+    Only lesion boxes count (``LocalizeConfig.lesion_terms``). SLAKE's mask.png colours every
+    structure by class - organs mostly, some lesions - with no legend beside it, so no pixel of
+    it can be told to be a lesion: by default (``mask_marks: organs``) it is never a region.
+    """
 
     prefer: Literal["mask", "boxes", "union"] = Field(
         default="mask",
-        description="mask: the mask file, else the boxes; boxes: the boxes, else the mask; union: both together",
+        description=(
+            "When the mask marks lesions (mask_marks: lesions): mask: the mask file, else the lesion boxes; boxes: "
+            "the lesion boxes, else the mask; union: both together"
+        ),
+    )
+    mask_marks: Literal["organs", "lesions"] = Field(
+        default="organs",
+        description=(
+            "What a data set's mask file marks. organs: not a lesion region (SLAKE's mask.png: organs and lesions "
+            "by colour, no legend); lesions: every non-zero pixel is a lesion (a data set of lesion masks)"
+        ),
     )
     confidence: float = Field(default=1.0, ge=0.0, le=1.0, description="Confidence given to annotated regions")
 
@@ -31,17 +97,40 @@ class HeatmapConfig(StageConfig):
     blurred map scaled to [0, 1]).
     """
 
-    maps: Path | None = Field(default=None, description="Folder of maps; required for source=heatmap, optional for sam")
+    maps: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="Folder of maps (identified by content); required for source=heatmap, optional for sam",
+    )
     blur_sigma: float = Field(
         default=0.02, ge=0.0, description="Gaussian blur sigma as a fraction of the image's shorter side"
     )
-    statistic: Literal["mean", "quantile", "max_fraction"] = Field(
-        default="mean", description="Keep map values above: the map's mean, a quantile of it, or a fraction of its max"
+    blur_kernel_px: int | None = Field(
+        default=None,
+        ge=3,
+        description=(
+            "Instead of blur_sigma: a Gaussian kernel of this odd side in pixels, as OpenCV's GaussianBlur((n, n), 0) "
+            "(sigma = 0.3 ((n - 1) / 2 - 1) + 0.8, mirrored edges); the release: 15"
+        ),
+    )
+    statistic: Literal["mean", "mean_minus_std", "quantile", "max_fraction"] = Field(
+        default="mean",
+        description=(
+            "Keep map values above: the map's mean; its mean minus its std (the release's rule: on a peaked map that "
+            "is most of the image); a quantile of it; or a fraction of its max"
+        ),
     )
     quantile: float = Field(default=0.9, gt=0.0, lt=1.0, description="Quantile for statistic=quantile")
     max_fraction: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Fraction of the max for statistic=max_fraction"
     )
+
+    @field_validator("blur_kernel_px")
+    @classmethod
+    def _odd_kernel(cls, value: int | None) -> int | None:
+        if value is not None and value % 2 == 0:
+            raise ValueError(f"a Gaussian kernel side must be odd, got {value}")
+        return value
 
 
 class SamArchitecture(StageConfig):
@@ -68,10 +157,20 @@ class SamConfig(StageConfig):
         default="vit_b", description="Registry architecture (MedSAM weights: vit_b) or custom (see architecture)"
     )
     checkpoint: Path | None = Field(
-        default=None, description="State dict (.pth); required for vit_b/l/h. Keyed by path: version the file name"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="State dict (.pth); required for vit_b/l/h. Identified by its content, not its name",
     )
     architecture: SamArchitecture = Field(
         default_factory=SamArchitecture, description="Used for model_type=custom only"
+    )
+    preprocess: Literal["auto", "sam", "medsam"] = Field(
+        default="auto",
+        description=(
+            "Input the weights were trained on. sam: longest side resized to 1024, mean/std, padded; medsam: "
+            "resized to 1024 x 1024, min-max to [0, 1], no mean/std (MedSAM's); auto: medsam when the checkpoint's "
+            "file name says medsam (medsam_vit_b.pth), else sam"
+        ),
     )
     device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
     batch_size: int = Field(
@@ -85,11 +184,28 @@ class SamConfig(StageConfig):
         description="Keep mask pixels within the prompt boxes grown by this fraction of their size; None keeps all",
     )
 
+    @property
+    def preprocessing(self) -> Literal["sam", "medsam"]:
+        """The preprocessing in effect: the given one, or the checkpoint kind's for auto."""
+        if self.preprocess != "auto":
+            return self.preprocess
+        return "medsam" if self.checkpoint is not None and "medsam" in self.checkpoint.name.lower() else "sam"
+
 
 class LocalizeConfig(StageConfig):
     """Lesion region per sample: a binary mask, the boxes used and a confidence in [0, 1]."""
 
     source: Literal["annotation", "sam", "heatmap"] = Field(default="annotation", description="Where regions come from")
+    lesion_terms: list[str] = Field(
+        default=list(LESION_TERMS),
+        min_length=1,
+        description=(
+            "A box is a lesion (an annotation region or a SAM prompt) when its label contains one of these as whole "
+            "words, case-insensitive, plurals included ('Brain Tumor', 'Lung Nodules'); organ labels ('Liver') are "
+            "not. A box ingested without a label (the generic JSONL's boxes without box_labels; labelled "
+            "'lesion') is the user's declared lesion and always counts"
+        ),
+    )
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
     sam: SamConfig = Field(default_factory=SamConfig)

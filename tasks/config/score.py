@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 from tasks.config.endpoint import EndpointConfig
 
 JudgeKind = Literal["rules", "endpoint", "transformers"]
@@ -25,7 +25,11 @@ class JudgeConfig(StageConfig):
     )
     kind: JudgeKind = Field(default="rules", description="rules | endpoint | transformers")
     endpoint: EndpointConfig | None = Field(default=None, description="endpoint judges: the server and model name")
-    model_path: str | None = Field(default=None, description="transformers judges: the local model folder")
+    model_path: str | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="transformers judges: the local model folder (by content)",
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 keeps scores reproducible")
     max_tokens: int = Field(default=256, gt=0, description="Longest reply a judge may write")
     parse_retries: int = Field(

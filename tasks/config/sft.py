@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import BY_CONTENT, StageConfig
 
 SFTPart = Literal["vision_tower", "projector", "language_model"]
 
@@ -18,8 +18,12 @@ class SFTConfig(StageConfig):
     is meant for small models (the tiny LLaVA of the demo and the grounding experiment)."""
 
     model: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
         default=None,
-        description="Local checkpoint of a supported family to start from; None builds the tiny random-weight LLaVA",
+        description=(
+            "Local checkpoint of a supported family to start from (identified by content); None builds the tiny "
+            "random-weight LLaVA"
+        ),
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
     tiny_image_size: int = Field(

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import BY_CONTENT, StageConfig
 
 
 class TrainConfig(StageConfig):
@@ -15,10 +15,16 @@ class TrainConfig(StageConfig):
     unset, a tiny random-weight LLaVA is built locally (demo and tests)."""
 
     model: Path | None = Field(
-        default=None, description="Local image-text-to-text checkpoint folder; None builds the tiny demo model"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description=(
+            "Local image-text-to-text checkpoint folder (identified by content); None builds the tiny demo model"
+        ),
     )
     ref_model: Path | None = Field(
-        default=None, description="Separate frozen reference checkpoint; None = the policy with adapters disabled"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="Separate frozen reference checkpoint (by content); None = the policy with adapters disabled",
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
     splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")
@@ -50,8 +56,20 @@ class TrainConfig(StageConfig):
     )
     epochs: float = Field(default=3.0, description="Training epochs")
     max_steps: int = Field(default=-1, description="Stop after this many optimizer steps (-1 = by epochs)")
-    batch_size: int = Field(default=1, description="Pairs per device per micro-batch")
-    gradient_accumulation: int = Field(default=4, description="Micro-batches per optimizer step")
+    batch_size: int = Field(default=1, ge=1, description="Pairs per device per micro-batch")
+    global_batch_size: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Pairs per optimizer step over all processes (the paper: 4); sets the gradient accumulation to "
+            "global_batch_size / (processes x batch_size) unless gradient_accumulation is given"
+        ),
+    )
+    gradient_accumulation: int | None = Field(
+        default=None,
+        ge=1,
+        description="Micro-batches per optimizer step; unset: derived from global_batch_size (which it then overrides)",
+    )
     warmup_ratio: float = Field(default=0.03, description="Share of steps spent warming up")
     scheduler: str = Field(default="cosine", description="Learning-rate schedule")
     max_length: int | None = Field(default=1024, description="Truncate prompt+answer to this many tokens")
@@ -63,3 +81,16 @@ class TrainConfig(StageConfig):
         default=None, description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU"
     )
     num_processes: int | None = Field(default=None, description="Processes for accelerate launch; None = the config's")
+
+    def accumulation_steps(self, processes: int) -> int:
+        """Micro-batches per optimizer step on ``processes`` data-parallel processes: the given
+        gradient_accumulation, else what makes the step global_batch_size pairs."""
+        if self.gradient_accumulation is not None:
+            return self.gradient_accumulation
+        per_micro_batch = processes * self.batch_size
+        if self.global_batch_size % per_micro_batch:
+            raise ValueError(
+                f"train.global_batch_size {self.global_batch_size} is not a multiple of {processes} processes x "
+                f"batch_size {self.batch_size}: change one of them or set train.gradient_accumulation"
+            )
+        return self.global_batch_size // per_micro_batch

@@ -12,8 +12,9 @@ from prefect import task
 from tasks import catalog, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
 from tasks.config import HallucinateConfig
-from tasks.counters import Counters
+from tasks.counters import Counters, qualified
 from tasks.hallucinate.llm import check_images_allowed, llm_rows
+from tasks.hallucinate.rows import ORIGINS
 from tasks.hallucinate.rules import rules_row
 from tasks.hallucinate.target import target_rows
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
@@ -23,6 +24,8 @@ CODE = code_version(
     __name__,
     "tasks.clinical_rules",
     "tasks.clinical_lexicon",
+    "tasks.clinical_text",
+    "tasks.metrics",  # the target backend reads closed answers as evaluation does
     "models.llm",
     "models.families",
     "models.vlm",
@@ -45,9 +48,15 @@ def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifes
     content). A sample without a valid rejection is a row with status skipped/failed and a
     reason - never a crash, never a fabricated answer.
 
+    Each ok row records its ``origin``: the target model's own answer (``target_model``, the
+    on-policy rejection the paper wants), an LLM's rewrite of the ground truth
+    (``llm_rewrite``) or the ``rules``.
+
     Inputs: ``ingest`` (SAMPLES). Output: ``hallucinations.parquet`` (HALLUCINATIONS).
     Counters: ``samples.seen``, ``samples.out_of_scope.split``, ``rejections.ok.<error_type>``,
-    ``rejections.skipped.<reason>``, ``rejections.failed.<reason>``, ``llm.<client counter>``.
+    ``rejections.skipped.<reason>``, ``rejections.failed.<reason>``,
+    ``rejections[<dataset>].ok.<origin>``, ``rejections[<dataset>].share.target_model`` (target
+    backend: the share of a data set's rejections the target model wrote), ``llm.<client counter>``.
     """
     cache_dir = config.cache_dir or store.root / "llm-cache"
     return store.run(
@@ -82,7 +91,29 @@ def build_hallucinations(
     catalog.write(out, HALLUCINATIONS, rows)
     for row in rows:
         counts.add("rejections", row["status"], row["error_type"] if row["status"] == "ok" else row["reason"])
+    for entry in origin_rows(rows, {s["sample_id"]: s["dataset"] for s in in_scope}):
+        what = qualified("rejections", entry["dataset"])
+        for origin in (o for o in ORIGINS if entry[o]):
+            counts.add(what, "ok", origin, n=entry[origin])
+        if config.backend == "target":
+            counts.set(what, "share", "target_model", value=entry["target_model"] / entry["rejections"])
     return counts.as_dict()
+
+
+def origin_rows(rows: Sequence[Mapping[str, Any]], datasets: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per data set: ok rejections, how many came from each origin, and the target model's share."""
+    table: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        dataset = datasets[row["sample_id"]]
+        entry = table.setdefault(dataset, {"dataset": dataset, "rejections": 0} | dict.fromkeys(ORIGINS, 0))
+        entry["rejections"] += 1
+        entry[row["origin"]] += 1
+    return [
+        {**entry, "target model %": round(100 * entry["target_model"] / entry["rejections"], 1)}
+        for _, entry in sorted(table.items())
+    ]
 
 
 def hallucinate_items(
@@ -101,7 +132,8 @@ def hallucinate_task(store_root: str, config: HallucinateConfig, ingest: Manifes
     manifest = hallucinate(ArtifactStore(store_root), config, ingest)
     ui.manifest_markdown(manifest)
     rows = catalog.rows(manifest, HALLUCINATIONS)
-    answers = {s["sample_id"]: s["answer"] for s in catalog.rows(ingest, SAMPLES)}
+    samples = catalog.rows(ingest, SAMPLES)
+    answers = {s["sample_id"]: s["answer"] for s in samples}
     ui.table(
         "hallucinate-examples",
         [
@@ -116,5 +148,10 @@ def hallucinate_task(store_root: str, config: HallucinateConfig, ingest: Manifes
             for r in rows
         ],
         "Ground truth vs synthesized hallucination (first rows)",
+    )
+    ui.table(
+        "hallucinate-origins",
+        origin_rows(rows, {s["sample_id"]: s["dataset"] for s in samples}),
+        "Where the rejections came from per data set (target_model: the target VLM's own answer, on-policy)",
     )
     return manifest

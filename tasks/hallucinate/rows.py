@@ -9,6 +9,11 @@ from tasks import clinical_rules
 from tasks.config import HallucinateConfig
 
 ERROR_TYPES = (*clinical_rules.ERROR_TYPES, "other")
+# Where an ok rejection's text came from: the target model's own sampled answer (on-policy, the
+# paper's aim), an LLM's rewrite of the ground truth, or the offline rules. The target backend
+# says which of the first two each row is; the others write one kind only.
+ORIGINS = ("target_model", "llm_rewrite", "rules")
+BACKEND_ORIGIN = {"rules": "rules", "llm": "llm_rewrite", "target": "llm_rewrite"}
 
 
 def rejection_problem(rejected: str, answer: str, config: HallucinateConfig) -> str | None:
@@ -36,6 +41,7 @@ def row(
     attempts: int = 0,
     status: str = "ok",
     reason: str | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     return {
         "sample_id": sample["sample_id"],
@@ -46,6 +52,7 @@ def row(
         "attempts": attempts,
         "status": status,
         "reason": reason,
+        "origin": (origin or BACKEND_ORIGIN[backend]) if status == "ok" else None,
     }
 
 

@@ -1,21 +1,29 @@
 """The ``target`` backend, the paper's procedure: sample the target VLM n times; an LLM picks the
 candidate that most clearly contradicts the ground truth or, when none does, rewrites the
-ground truth into a plausible error."""
+ground truth into a plausible error.
+
+A closed question's sampled answer is reduced to what it answers - its leading yes/no, or the
+one option of the question it names - before the length guard: a sentence such as "No, there
+is no effusion." never fits 0.5-2x of "Yes", so without the reduction short answers were
+almost always rewritten, not taken from the model (rows record ``origin``)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from models import llm as llm_api
 from models import prompts
+from tasks.clinical_text import match_case
 from tasks.config import HallucinateConfig
 from tasks.hallucinate.llm import check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
+from tasks.metrics import ARTICLES, normalize_answer, words
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,40 @@ def sample_target(samples: Sequence[Mapping[str, Any]], config: HallucinateConfi
     return results
 
 
+def closed_answer(candidate: str, question: str, answer: str) -> str:
+    """What a sampled answer to a closed question answers, in the ground truth's case: "No" from
+    "No, the lungs are clear." for a yes/no question, "CT" from "This is a CT scan." for
+    "Is this a CT or MRI?". A candidate that answers neither way is returned unchanged."""
+    if normalize_answer(answer) in ("yes", "no"):
+        first = normalize_answer(words(candidate)[0]) if words(candidate) else ""
+        return match_case(answer.strip(), first) if first in ("yes", "no") else candidate
+    named = [option for option in question_options(question, answer) if _mentions(candidate, option)]
+    return match_case(answer.strip(), named[0]) if len(named) == 1 else candidate
+
+
+def question_options(question: str, answer: str) -> list[str]:
+    """The two options of an "X or Y" question whose ground truth is one of them (lower-case),
+    the other taken as as many words on the other side of "or"; [] for any other question."""
+    said, given = _content_words(question), _content_words(answer)
+    n = len(given)
+    for i in range(len(said) - n + 1):
+        if said[i : i + n] != given:
+            continue
+        if said[i + n : i + n + 1] == ["or"] and len(said) >= i + 2 * n + 1:
+            return [" ".join(given), " ".join(said[i + n + 1 : i + 2 * n + 1])]
+        if i > n and said[i - 1] == "or":
+            return [" ".join(said[i - 1 - n : i - 1]), " ".join(given)]
+    return []
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in words(text) if w not in ARTICLES]
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    return re.search(rf"\b{re.escape(phrase)}\b", " ".join(_content_words(text))) is not None
+
+
 async def select(
     client: llm_api.LLMClient, sample: Mapping[str, Any], usable: Sequence[str], config: HallucinateConfig
 ) -> tuple[str, str] | None:
@@ -88,11 +130,22 @@ async def _target_row(
         return row(sample, "target", status="failed", reason=f"generation_{type(sampled).__name__}")
     if (empty := empty_answer_row(sample, "target")) is not None:
         return {**empty, "candidates": sampled}
-    usable = list(dict.fromkeys(c.strip() for c in sampled if rejection_problem(c, sample["answer"], config) is None))
+    answers = sampled
+    if sample["answer_type"] == "closed":
+        answers = [closed_answer(c, sample["question"], sample["answer"]) for c in sampled]
+    usable = list(dict.fromkeys(c.strip() for c in answers if rejection_problem(c, sample["answer"], config) is None))
     try:
         picked = await select(client, sample, usable, config) if usable else None
         if picked is not None:
-            return row(sample, "target", rejected=picked[0], error_type=picked[1], candidates=sampled, attempts=1)
+            return row(
+                sample,
+                "target",
+                rejected=picked[0],
+                error_type=picked[1],
+                candidates=sampled,
+                attempts=1,
+                origin="target_model",
+            )
         result, attempts = await inject(client, sample, config)
     except llm_api.LLMError as exc:
         return row(sample, "target", candidates=sampled, status="failed", reason=f"llm_{exc.reason}")

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import catalog, ui
 from tasks.catalog import REJECTS, SAMPLES
@@ -23,11 +22,7 @@ from tasks.ingest.vqa_rad import read_vqa_rad
 from tasks.store import (
     ArtifactStore,
     Manifest,
-    SourceSnapshot,
     code_version,
-    content_hash,
-    fingerprint_tree,
-    stage_key,
     stage_task_options,
 )
 
@@ -35,22 +30,23 @@ STAGE = "ingest"
 CODE = code_version(__name__, "tasks.imaging", "tasks.catalog")
 
 
-def ingest(store: ArtifactStore, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+def ingest(store: ArtifactStore, config: IngestConfig) -> Manifest:
     """Every configured source read by its format's reader, normalized into one table.
 
-    Inputs: ``sources`` (a fingerprint of the raw data roots, ``snapshot_sources``).
+    Inputs: the data roots' content (each ``sources[i].root`` is identified by the digests of
+    its files, tasks.store.manifest.content_inputs: new or edited files give a new key, touched
+    or freshly copied ones do not).
     Output: ``samples.parquet`` (SAMPLES), ``rejects.parquet`` (REJECTS: row + reason) and
     ``images/`` (PNGs rendered from DICOM and from images embedded in Parquet).
     Counters: ``samples.kept``, ``samples.rejected.<reason>``, ``samples.skipped.split``,
     ``boxes.dropped.degenerate``, each also per data set (``samples[slake].kept``).
     """
-    inputs = {"sources": sources}
-    published = store.directory(STAGE, stage_key(STAGE, CODE, config, inputs))
+    published = store.directory(STAGE, store.key(STAGE, CODE, config, {})[0])
     return store.run(
         STAGE,
         CODE,
         config,
-        inputs,
+        {},
         lambda out: build_samples(out, config, published, cached_checker(store, STAGE, config, out)),
     )
 
@@ -62,11 +58,6 @@ READERS: dict[str, Callable[[Path], ReaderOutput]] = {
     "pathvqa": read_pathvqa,
     "jsonl": read_jsonl,
 }
-
-
-def snapshot_sources(config: IngestConfig) -> SourceSnapshot:
-    """Fingerprint of the raw data: new or edited files give ingestion a new key."""
-    return SourceSnapshot(name="sources", key=content_hash([fingerprint_tree(s.root) for s in config.sources]))
 
 
 def build_samples(out: Path, config: IngestConfig, published: Path, check: Checker = inspect_all) -> dict[str, float]:
@@ -140,16 +131,11 @@ def source_summary_rows(manifest: Manifest) -> list[dict]:
     return rows
 
 
-@task(name="fingerprint-sources", cache_policy=NO_CACHE)
-def snapshot_sources_task(config: IngestConfig) -> SourceSnapshot:
-    return snapshot_sources(config)
-
-
 @task(**stage_task_options(STAGE, CODE))
-def ingest_task(store_root: str, config: IngestConfig, sources: SourceSnapshot) -> Manifest:
+def ingest_task(store_root: str, config: IngestConfig) -> Manifest:
     # Start and end only: ingestion reads each source whole (not per-sample items).
     progress = ui.Progress(STAGE, len(config.sources))
-    manifest = ingest(ArtifactStore(store_root), config, sources)
+    manifest = ingest(ArtifactStore(store_root), config)
     progress.advance(len(config.sources))
     ui.table("ingest-sources", source_summary_rows(manifest), "Rows kept and rejected (by reason) per data set")
     ui.manifest_markdown(manifest)

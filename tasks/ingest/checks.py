@@ -2,8 +2,9 @@
 
 A new record in a data root gives ingestion a new key, but its images have not changed: each
 file's check (a full decode, its hashes, its size) is kept as a store item keyed by the file's
-path, size and modification time, so re-curating a large root decodes only the new files. In a
-flow the missing checks run as shards on the run's task runner like any per-sample stage.
+content digest (the store's digest memo: a stat for an untouched file, one read for a touched
+one), so re-curating a large root decodes only new images. In a flow the missing checks run as
+shards on the run's task runner like any per-sample stage.
 """
 
 from __future__ import annotations
@@ -68,10 +69,7 @@ def cached_checker(store: ArtifactStore, stage: str, config: IngestConfig, out: 
         fresh = {p for p in paths if p.is_relative_to(out)}
         results = inspect_all(fresh, config)
         cached = sorted(paths - fresh)
-        work = []
-        for path in cached:
-            stat = path.stat()
-            work.append(items.item({"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}, str(path)))
+        work = [items.item({"sha256": store.digests.file(path)}, str(path)) for path in cached]
         rows = items.build(out, work, partial(_check_items, config))
         results.update({path: _from_row(row) for path, row in zip(cached, rows)})
         return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tasks.catalog import UNLABELED_BOX
 from tasks.ingest.records import (
     IngestError,
     RawRecord,
@@ -59,7 +60,7 @@ def _record(prefix: Path, record: dict, ref: str) -> RawRecord:
     boxes = optional(record, "boxes", (list,), ref) or []
     if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
         raise RecordError("bad_field_type", f"{ref}: field 'boxes' must be a list of [x0, y0, x1, y1]")
-    labels = optional(record, "box_labels", (list,), ref) or ["lesion"] * len(boxes)
+    labels = optional(record, "box_labels", (list,), ref) or [UNLABELED_BOX] * len(boxes)
     return RawRecord(
         native_id=str(require(record, "id", (str, int), ref)),
         split=optional(record, "split", (str,), ref) or "train",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.catalog import UNLABELED_BOX
 from tasks.config import IngestConfig
 from tasks.counters import Counters, qualified
 from tasks.imaging import ImageError, dicom_to_png, is_dicom
@@ -160,7 +161,7 @@ def clip_boxes(
 ) -> tuple[list[list[float]], list[str], int]:
     """Clip to the image; boxes with no area left are dropped (and counted by the caller)."""
     kept, kept_labels = [], []
-    labels = list(labels) + ["lesion"] * (len(boxes) - len(labels))
+    labels = list(labels) + [UNLABELED_BOX] * (len(boxes) - len(labels))
     for (x0, y0, x1, y1), label in zip(boxes, labels):
         x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
         y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))

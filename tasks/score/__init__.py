@@ -16,7 +16,7 @@ from models import panel as panels
 from models.llm import run_sync
 from tasks import catalog, ui
 from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
-from tasks.config import ScoreConfig, identity
+from tasks.config import ScoreConfig
 from tasks.counters import Counters, qualified
 from tasks.score.views import STATISTICS, extremes, histogram_png, judge_agreement, rounds_used, stats_rows
 from tasks.score.weighting import PAIR_TYPES, apply_weights, distribution
@@ -71,7 +71,7 @@ def build_scores(
     hallucinations = catalog.rows(hallucinate, HALLUCINATIONS)
     regions = catalog.rows(localize, REGIONS, REGION_COLUMNS)
 
-    items = store.items(STAGE, CODE, {k: v for k, v in identity(config).items() if k != "normalizer"})
+    items = store.items(STAGE, CODE, config, ignore=("normalizer",))
     work = []
     for h in hallucinations:
         sample = samples.get(h["sample_id"])

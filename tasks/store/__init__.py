@@ -9,10 +9,10 @@
 """
 
 from tasks.store.artifacts import ArtifactStore
-from tasks.store.files import link_or_copy, replacing, write_bytes_atomic, write_text_atomic
+from tasks.store.files import link_or_copy, replacing, write_bytes_atomic, write_if_changed, write_text_atomic
 from tasks.store.items import LLM_TAG, SHARDS, Compute, Item, ShardJob, StageFailed, by_content, compute_items
-from tasks.store.keys import canonical_json, code_version, content_hash, file_digest, fingerprint_tree, safe_stem
-from tasks.store.manifest import MANIFEST, Keyed, Manifest, SourceSnapshot, stage_key
+from tasks.store.keys import DigestMemo, canonical_json, code_version, content_hash, file_digest, safe_stem
+from tasks.store.manifest import MANIFEST, Keyed, Manifest, SourceSnapshot, identity_of, stage_key
 from tasks.store.policy import StageCachePolicy, stage_task_options
 
 __all__ = [
@@ -20,17 +20,19 @@ __all__ = [
     "code_version",
     "content_hash",
     "file_digest",
-    "fingerprint_tree",
+    "DigestMemo",
     "safe_stem",
     "link_or_copy",
     "replacing",
     "write_bytes_atomic",
     "write_text_atomic",
+    "write_if_changed",
     "MANIFEST",
     "Keyed",
     "Manifest",
     "SourceSnapshot",
     "stage_key",
+    "identity_of",
     "LLM_TAG",
     "SHARDS",
     "Compute",

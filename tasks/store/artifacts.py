@@ -1,11 +1,13 @@
 """The artifact store: every stage output lives at ``<root>/<stage>/<key>/`` with a manifest.
 
-The key is a content hash of (stage, stage code version, stage config, input keys), so an
-unchanged re-run finds its outputs, a changed parameter recomputes that stage and, because
-its key changes, everything downstream, while upstream keys stay put. A directory only
-appears under its key once complete: stages write into a temporary sibling that is renamed
-into place with the manifest already inside, so a killed run never leaves a half artifact
-that a re-run would mistake for a finished one.
+The key is a content hash of (stage, stage code version, stage config, input *content
+digests*), so an unchanged re-run finds its outputs, a changed parameter recomputes that
+stage and everything downstream whose input content changes, while upstream keys stay put.
+Paths the config marks as identified by content (data roots, model folders) join the inputs
+as digests, remembered in ``<root>/.digests.sqlite``. A directory only appears under its key
+once complete: stages write into a temporary sibling that is renamed into place with the
+manifest already inside, so a killed run never leaves a half artifact that a re-run would
+mistake for a finished one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,40 @@ from pydantic import BaseModel
 
 from tasks.store.files import temp_folder, write_text_atomic
 from tasks.store.items import BUILD_WORK, StageItems
-from tasks.store.manifest import MANIFEST, Keyed, Manifest, lineage, stage_key
+from tasks.store.keys import DigestMemo, digest_memo
+from tasks.store.manifest import (
+    MANIFEST,
+    Keyed,
+    Manifest,
+    artifact_digest,
+    config_identity,
+    content_inputs,
+    identity_of,
+    lineage,
+    stage_key,
+)
+
+DIGESTS = ".digests.sqlite"
 
 
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
+
+    @property
+    def digests(self) -> DigestMemo:
+        return digest_memo(self.root / DIGESTS)
+
+    def key(
+        self, stage: str, code: str, config: BaseModel, inputs: Mapping[str, Keyed]
+    ) -> tuple[str, dict[str, Keyed]]:
+        """The stage's key, and its inputs with the config's content-identified paths added."""
+        contents = content_inputs(config, self.digests)
+        clash = set(contents) & set(inputs)
+        if clash:
+            raise ValueError(f"{stage}: inputs {sorted(clash)} are also content-identified config fields; rename them")
+        every = {**inputs, **contents}
+        return stage_key(stage, code, config, every), every
 
     def directory(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -52,12 +82,15 @@ class ArtifactStore:
         config: BaseModel,
         inputs: Mapping[str, Keyed],
         build: Callable[[Path], Mapping[str, float]],
+        volatile: Sequence[str] = (),
     ) -> Manifest:
         """Return the stored artifact for this key, or build it into a temp dir and publish it.
 
-        ``build(out_dir)`` writes the stage's files and returns its counters.
+        ``build(out_dir)`` writes the stage's files and returns its counters. ``volatile``:
+        patterns of files that say how a build went rather than what it made (logs with
+        timings), left out of the artifact's digest.
         """
-        key = stage_key(stage, code, config, inputs)
+        key, inputs = self.key(stage, code, config, inputs)
         cached = self.get(stage, key)
         if cached is not None:
             return cached
@@ -72,7 +105,9 @@ class ArtifactStore:
                 stage=stage,
                 key=key,
                 path=str(final),
+                digest=artifact_digest(tmp, volatile),
                 inputs={name: item.key for name, item in inputs.items()},
+                input_digests={name: identity_of(item) for name, item in inputs.items()},
                 lineage=lineage(inputs),
                 config=config.model_dump(mode="json"),
                 code_version=code,
@@ -80,6 +115,7 @@ class ArtifactStore:
                 files=sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
                 created=datetime.now(UTC).isoformat(timespec="microseconds"),
                 seconds=round(time.perf_counter() - started, 3),
+                run=current_run(),
                 work=work,
             )
             write_text_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2))
@@ -99,6 +135,25 @@ class ArtifactStore:
             BUILD_WORK.reset(token)
         return manifest
 
-    def items(self, stage: str, code: str, config: BaseModel | Mapping[str, Any]) -> StageItems:
-        """The per-item cache of one stage under ``config`` (see tasks.store.items)."""
-        return StageItems(self.root, stage, code, config)
+    def find_digest(self, stage: str, digest: str) -> Manifest | None:
+        """The newest artifact of ``stage`` with this content (e.g. a preference set version)."""
+        found = [m for m in self.list(stage) if m.digest == digest]
+        return found[-1] if found else None
+
+    def items(
+        self, stage: str, code: str, config: BaseModel | Mapping[str, Any], ignore: Sequence[str] = ()
+    ) -> StageItems:
+        """The per-item cache of one stage under ``config`` (see tasks.store.items): an item's
+        key holds the config's identity (less the top-level fields in ``ignore``, which apply
+        after the items, e.g. score's normalizer) and the digests of its content-identified paths."""
+        defined = {name: value for name, value in config_identity(config).items() if name not in ignore}
+        contents = {name: snapshot.key for name, snapshot in content_inputs(config, self.digests).items()}
+        return StageItems(self.root, stage, code, {"config": defined, "contents": contents})
+
+
+def current_run() -> str | None:
+    """``<flow run name> (<id>)`` inside a Prefect flow run, else None."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return f"{flow_run.get_name()} ({run_id})" if run_id else None

@@ -67,6 +67,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only when the bytes differ from what is there (a rewrite of equal bytes would still
+    disturb a file's time for every tool that looks at it); True when written."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    write_bytes_atomic(path, data)
+    return True
+
+
 def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Hard link (no extra disk, same bytes); a copy across file systems or where links are refused."""
     try:

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from tasks import counters
 from tasks.store.files import link_or_copy, temp_folder
 from tasks.store.keys import content_hash, file_digest
-from tasks.store.manifest import config_identity
 
 ITEMS = ".items"
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
@@ -152,15 +149,15 @@ BUILD_WORK: ContextVar[dict[str, float] | None] = ContextVar("mmedpo_build_work"
 class StageItems:
     """One stage's item cache under one config: item keys, and builds from cached items."""
 
-    def __init__(self, root: str | os.PathLike[str], stage: str, code: str, config: BaseModel | Mapping[str, Any]):
+    def __init__(self, root: str | os.PathLike[str], stage: str, code: str, identity: Mapping[str, Any]):
         self.root = Path(root)
         self.stage = stage
         self.code = code
-        self.config = config
+        self.identity = identity  # what every item of this build shares (ArtifactStore.items)
         self.counts: dict[str, float] = {}  # the compute function's counters, summed over shards
 
     def item(self, content: Any, payload: Any) -> Item:
-        key = content_hash("item", self.stage, self.code, config_identity(self.config), content, length=ITEM_KEY_LENGTH)
+        key = content_hash("item", self.stage, self.code, self.identity, content, length=ITEM_KEY_LENGTH)
         return Item(key, payload)
 
     def build(

@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import re
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -60,47 +62,92 @@ def code_version(*modules: str) -> str:
     return digest.hexdigest()[:12]
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes (memoised per path, size and mtime within the process)."""
+    """sha256 of a file's bytes, remembered within the process by (device, inode, size, mtime):
+    a hard link of a file already read is not read again."""
     stat = os.stat(path)
-    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if memo not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[memo] = digest.hexdigest()
+        _DIGESTS[memo] = _read_digest(path)
     return _DIGESTS[memo]
 
 
-def fingerprint_tree(root: Path) -> str:
-    """Cheap identity of a raw data root: every file's relative path, size and mtime.
+def _read_digest(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    New or edited files change it (re-curation picks them up); an untouched root keeps it,
-    without reading gigabytes of images on every run.
-    """
-    if not root.is_dir():
-        if not root.exists():
+
+class DigestMemo:
+    """Content digests of files and folders, remembered across runs in a SQLite file by
+    (path, size, mtime, inode) - the way git's index avoids re-reading a work tree. An
+    untouched multi-GB data root costs a stat per file; a touched-but-identical file costs one
+    read and keeps its digest, so nothing downstream is recomputed for it."""
+
+    def __init__(self, database: Path):
+        database.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(database, check_same_thread=False, timeout=60)
+        with self.lock, self.db:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                " inode INTEGER, sha256 TEXT)"
+            )
+
+    def file(self, path: Path) -> str:
+        stat = path.stat()
+        with self.lock:
+            found = self.db.execute(
+                "SELECT sha256 FROM digests WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
+                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino),
+            ).fetchone()
+        if found:
+            return found[0]
+        digest = _read_digest(path)
+        with self.lock, self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
+                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, digest),
+            )
+        return digest
+
+    def tree(self, root: Path) -> str:
+        """A file's digest, or a folder's: a hash over its files' relative paths and digests
+        (names and bytes matter, times and places do not); ``missing`` when nothing is there."""
+        root = Path(root)
+        if root.is_file():
+            return content_hash("file", self.file(root), length=64)
+        if not root.is_dir():
             return "missing"
-        stat = root.stat()
-        return content_hash([root.name, stat.st_size, stat.st_mtime_ns])
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            try:
-                stat = path.stat()
-            except OSError:
-                # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
-                # ingestion rejects the rows that name it.
-                entries.append((str(path.relative_to(root)), "unreadable"))
-                continue
-            entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    return content_hash(entries)
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                try:
+                    entries.append((str(path.relative_to(root)), self.file(path)))
+                except OSError:
+                    # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
+                    # ingestion rejects the rows that name it.
+                    entries.append((str(path.relative_to(root)), "unreadable"))
+        return content_hash("tree", entries, length=64)
+
+
+_MEMOS: dict[Path, DigestMemo] = {}
+_MEMOS_LOCK = threading.Lock()
+
+
+def digest_memo(database: Path) -> DigestMemo:
+    """One memo per database file and process."""
+    with _MEMOS_LOCK:
+        if database not in _MEMOS:
+            _MEMOS[database] = DigestMemo(database)
+        return _MEMOS[database]
 
 
 def safe_stem(text: str) -> str:

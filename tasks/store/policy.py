@@ -18,7 +18,6 @@ from prefect.cache_policies import CachePolicy
 from tasks.store.artifacts import ArtifactStore
 from tasks.store.files import write_text_atomic
 from tasks.store.keys import content_hash
-from tasks.store.manifest import stage_key
 
 GENERATIONS = ".generations"
 
@@ -34,7 +33,7 @@ class StageCachePolicy(CachePolicy):
     ) -> str | None:
         store = ArtifactStore(inputs["store_root"])
         keyed = {name: value for name, value in inputs.items() if isinstance(getattr(value, "key", None), str)}
-        key = stage_key(self.stage, self.code, inputs["config"], keyed)
+        key, _ = store.key(self.stage, self.code, inputs["config"], keyed)
         return f"{self.stage}-{key}-{content_hash(str(store.root), length=8)}-g{generation(store, self.stage, key)}"
 
 

@@ -46,7 +46,7 @@ def test_curation_completes_on_the_bad_corpus_and_names_every_bad_row(tmp_path, 
     colour = load_array(noise_dir / noised["bad:train:cmyk"]["noised_path"])
     assert colour.shape == (64, 64, 3)
 
-    set_folder = config.sets / "bad" / manifests["assemble"].key
+    set_folder = config.sets / "bad" / manifests["assemble"].digest
     pairs = load_pairs(set_folder).to_pylist()
     assert {(p["sample_id"], p["pair_type"]) for p in pairs} == {
         (f"bad:train:{i}", kind) for i in kept_ids() for kind in ("text", "visual")

@@ -56,7 +56,7 @@ def finished_items(store: Path, stage: str) -> int:
 def visible_state_is_complete(store: Path) -> None:
     """Every artifact folder has its manifest, every item folder its row: partial work hides in
     dot-named temporary folders only."""
-    for stage_dir in store.iterdir():
+    for stage_dir in (p for p in store.iterdir() if not p.name.startswith(".")):
         for artifact in stage_dir.iterdir():
             if not artifact.name.startswith("."):
                 assert (artifact / MANIFEST).is_file(), artifact

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig
 from tasks.sets import list_sets
@@ -40,7 +42,7 @@ def test_three_new_records_are_the_only_items_computed(tmp_path, prefect_harness
     assert shards == sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in (0, 1))
     assert second["assemble"].key != first["assemble"].key
     assert second["assemble"].counts["pairs.built"] == 16  # a text and a visual pair per sample
-    assert [m.key for m in list_sets(config.sets)] == [first["assemble"].key, second["assemble"].key]
+    assert [Path(m.path).name for m in list_sets(config.sets)] == [first["assemble"].digest, second["assemble"].digest]
 
     # Gathered from cached items, the new artifact equals one built from scratch.
     fresh = curate(config.model_copy(update={"store": tmp_path / "fresh", "sets": tmp_path / "fresh-sets"}))

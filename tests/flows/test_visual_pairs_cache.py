@@ -10,7 +10,7 @@ from PIL import Image
 from prefect import flow
 
 from tasks.config import IngestConfig, LocalizeConfig, NoiseConfig, SourceConfig
-from tasks.ingest import ingest_task, snapshot_sources_task
+from tasks.ingest import ingest_task
 from tasks.localize import localize_task
 from tasks.noise import noise_task
 from tests.support.harness import task_states
@@ -18,7 +18,7 @@ from tests.support.harness import task_states
 
 @flow(name="visual-pairs")
 def visual_pairs(store: str, ingest_config: IngestConfig, localize_config: LocalizeConfig, noise_config: NoiseConfig):
-    samples = ingest_task(store, ingest_config, snapshot_sources_task(ingest_config))
+    samples = ingest_task(store, ingest_config)
     regions = localize_task(store, localize_config, samples)
     return {"localize": regions, "noise": noise_task(store, noise_config, samples, regions)}
 

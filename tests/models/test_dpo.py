@@ -8,8 +8,9 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from models import vlm
-from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
+from models.dpo import WeightedDPOTrainer
 from models.families import FAMILIES
+from models.pairs import ImagePairCollator, preference_example
 from tests.support.preference import preference_rows
 
 BETA = 0.1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import families, vlm
-from models.dpo import ImagePairCollator, preference_example
+from models.pairs import ImagePairCollator, preference_example
 from models.sft import set_trainable
 from tests.support.preference import mixed_size_rows
 

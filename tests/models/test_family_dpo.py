@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from models import families, vlm
-from models.dpo import ImagePairCollator, dpo_arguments, lora_config, make_trainer, preference_example
+from models.dpo import dpo_arguments, lora_config, make_trainer
+from models.pairs import ImagePairCollator, preference_example
 from tasks.config import TrainConfig
 from tests.support.preference import mixed_size_rows
 

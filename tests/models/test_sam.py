@@ -92,3 +92,53 @@ def test_registry_types_need_a_checkpoint_that_fits(tmp_path):
 def test_to_rgb8_stretches_16_bit_and_repeats_gray():
     pixels = np.array([[1000, 3000]], dtype=np.uint16)
     assert to_rgb8(pixels).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+
+
+def test_medsam_preprocessing_follows_medsams_own_inference():
+    sam = tiny_sam()
+    seen_inputs, seen_boxes = [], []
+    sam.image_encoder.register_forward_hook(lambda module, args, out: seen_inputs.append(args[0].clone()))
+    sam.prompt_encoder.register_forward_hook(
+        lambda module, args, kwargs, out: seen_boxes.append(kwargs["boxes"].clone()), with_kwargs=True
+    )
+    gray = _images()[0]  # 48 x 80
+    box = np.array([[8.0, 6.0, 40.0, 30.0]])
+    (result,) = SamSegmenter(sam, "medsam").segment([gray], [[Prompt(boxes=box)]])
+
+    # MedSAM_Inference.py by hand: a 64 x 64 square (no aspect kept, no padding), [0, 1] by min-max, no mean/std.
+    from skimage.transform import resize
+
+    square = resize(to_rgb8(gray), (64, 64), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    expected = torch.as_tensor((square - square.min()) / (square.max() - square.min()), dtype=torch.float32)
+    assert torch.allclose(seen_inputs[0][0], expected.permute(2, 0, 1))
+    assert float(seen_inputs[0].min()) == 0.0 and float(seen_inputs[0].max()) == 1.0
+    # Boxes scaled by 64 / W and 64 / H (SAM's own frame would be 64/80 and 38/48).
+    assert torch.allclose(seen_boxes[0], torch.tensor(box * [64 / 80, 64 / 48, 64 / 80, 64 / 48], dtype=torch.float))
+    with torch.no_grad():
+        embedding = sam.image_encoder(expected.permute(2, 0, 1)[None])
+        sparse, dense = sam.prompt_encoder(points=None, boxes=seen_boxes[0], masks=None)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        probability = torch.nn.functional.interpolate(
+            torch.sigmoid(low_res), size=(48, 80), mode="bilinear", align_corners=False
+        )
+    assert np.array_equal(result[0].mask, (probability[0, 0] > 0.5).numpy())
+    assert result[0].predicted_iou == pytest.approx(iou[:, 0].numpy(), abs=1e-6)
+    sam_frame = SamSegmenter(sam).segment([gray], [[Prompt(boxes=box)]])[0][0]
+    assert not np.array_equal(sam_frame.mask, result[0].mask)  # the two preprocessings differ
+
+
+def test_preprocessing_follows_the_checkpoint_kind(tmp_path):
+    from tasks.config import SamConfig
+
+    assert SamConfig(checkpoint=tmp_path / "medsam_vit_b.pth").preprocessing == "medsam"
+    assert SamConfig(checkpoint=tmp_path / "sam_vit_b_01ec64.pth").preprocessing == "sam"
+    assert SamConfig(checkpoint=tmp_path / "medsam_vit_b.pth", preprocess="sam").preprocessing == "sam"
+    assert SamConfig(model_type="custom", preprocess="medsam").preprocessing == "medsam"
+    with pytest.raises(ValueError, match="unknown SAM preprocessing"):
+        SamSegmenter(tiny_sam(), "clip")

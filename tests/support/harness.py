@@ -44,3 +44,19 @@ def task_run_names(flow_run_id, at_least: int = 0, wait_s: float = 60.0) -> list
         if len(runs) >= at_least or time.monotonic() > deadline:
             return sorted(run.name for run in runs)
         time.sleep(0.5)
+
+
+def subflow_task_states(flow_run_id) -> dict[str, str]:
+    """Task name -> state name over a parent flow run's sub-flow runs (pipeline -> curate, train,
+    evaluate), shard runs left out."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+    states: dict[str, str] = {}
+    for child in children:
+        states.update({name: state for name, state in task_states(child.id).items() if "-shard" not in name})
+    return states

@@ -213,7 +213,7 @@ def test_pairs_schema_leakage_and_self_contained_images(tmp_path):
         visual["chosen_image"] != visual["rejected_image"]
         and pairs["d:train:a#text"]["rejected_image"] == pairs["d:train:a#text"]["chosen_image"]
     )
-    assert visual["ingest_key"] == inputs["ingest"].key and visual["score_key"] == inputs["score"].key
+    assert "ingest_key" not in visual  # lineage lives in the manifest: the pairs are content alone
     # Images live inside the set, named by content, so the folder travels alone.
     assert not Path(visual["rejected_image"]).is_absolute() and (folder / visual["rejected_image"]).is_file()
     assert np.array_equal(
@@ -246,11 +246,11 @@ def test_version_is_stable_and_a_changed_weight_makes_a_new_one(tmp_path):
     assert run(store, inputs) == first
     ids = [r["sample_id"] for r in pq.read_table(inputs["ingest"].file("samples.parquet")).to_pylist()]
     second = run(store, {**inputs, "score": score_artifact(store, ids, 0.9)})
-    assert second.key != first.key
+    assert second.key != first.key and second.digest != first.digest
     sets = tmp_path / "sets"
     old, new = publish(first, sets, "demo"), publish(second, sets, "demo")
     assert publish(first, sets, "demo") == old  # idempotent
-    assert resolve_set(sets, "demo") == new and resolve_set(sets, f"demo@{first.key}") == old
+    assert resolve_set(sets, "demo") == new and resolve_set(sets, f"demo@{first.digest}") == old
     weights = {r["pair_id"]: r["weight"] for r in load_pairs(old).to_pylist()}
     assert weights["d:train:b#text"] == 1.1  # the old version is intact
     assert {r["pair_id"]: r["weight"] for r in load_pairs(new).to_pylist()}["d:train:b#text"] == 0.9

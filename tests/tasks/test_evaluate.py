@@ -68,7 +68,7 @@ def test_summarize_by_hand() -> None:
         row("iu", "report", "the heart is normal in size", "the heart is big in size"),
         row("iu", "report", "", None, status="skipped_empty_reference"),
     ]
-    summary = ev.summarize(rows, with_meteor=False)
+    summary = ev.summarize(rows, ev.report_scores(rows, with_meteor=False))
     slake, iu = summary["datasets"]["slake"], summary["datasets"]["iu"]
     assert slake["samples"] == 5 and slake["failed"] == 1 and slake["n_closed"] == 3 and slake["n_open"] == 2
     assert slake["closed_accuracy"] == pytest.approx(1 / 3)
@@ -149,8 +149,7 @@ def test_evaluate_stage_writes_predictions_and_metrics(store: ArtifactStore, tmp
     broken.write_bytes(b"not a png")
     specs = [*SPECS, {"sample_id": "slake:4", "image_path": str(broken)}]
     ingest = ingest_artifact(store, tmp_path / "images", specs)
-    model = ev.model_snapshot(tiny_llava)
-    manifest = ev.evaluate(store, fast(tiny_llava), ingest, model)
+    manifest = ev.evaluate(store, fast(tiny_llava), ingest)
 
     rows = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.PREDICTIONS)}
     assert sorted(rows) == ["iu:1", "iu:2", "slake:1", "slake:2", "slake:4"]  # train split left out
@@ -178,8 +177,8 @@ def test_evaluate_stage_writes_predictions_and_metrics(store: ArtifactStore, tmp
     assert metrics["model"] == str(tiny_llava) and metrics["adapter"] is None
 
     # Same inputs and config: the stored artifact comes back; a changed setting recomputes.
-    assert ev.evaluate(store, fast(tiny_llava), ingest, model) == manifest
-    assert ev.evaluate(store, fast(tiny_llava, max_samples=1), ingest, model).key != manifest.key
+    assert ev.evaluate(store, fast(tiny_llava), ingest) == manifest
+    assert ev.evaluate(store, fast(tiny_llava, max_samples=1), ingest).key != manifest.key
 
 
 def test_greedy_is_reproducible_and_sampling_is_seeded(store: ArtifactStore, tmp_path: Path, tiny_llava: Path) -> None:
@@ -199,12 +198,11 @@ def test_adapter_is_really_applied(store: ArtifactStore, tmp_path: Path, tiny_ll
     train = train_artifact(
         store, tiny_llava, write_random_image(tmp_path / "train.png", 99), "No, the lung is not healthy."
     )
-    model = ev.model_snapshot(tiny_llava)
     config = ev.resolve_model(fast(None), train)  # base model read from the adapter's own record
     assert config.model == tiny_llava.resolve()
 
-    base = ev.load_predictions(ev.evaluate(store, config, ingest, model))
-    trained_manifest = ev.evaluate(store, config, ingest, model, train)
+    base = ev.load_predictions(ev.evaluate(store, config, ingest))
+    trained_manifest = ev.evaluate(store, config, ingest, train)
     trained = ev.load_predictions(trained_manifest)
     assert [r["prediction"] for r in base] != [r["prediction"] for r in trained]
     assert {r["adapter"] for r in trained} == {train.key}
@@ -218,7 +216,7 @@ def test_resolve_model_needs_a_model(store: ArtifactStore, tiny_llava: Path) -> 
         ev.resolve_model(fast(None), None)
     assert ev.resolve_model(fast(tiny_llava), None).model == tiny_llava
     with pytest.raises(ev.EvaluateError, match="no config.json"):
-        ev.model_snapshot(store.root)
+        ev.check_model(store.root)
 
 
 def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) -> None:
@@ -272,8 +270,7 @@ def test_adapter_from_the_train_stage_is_applied(store: ArtifactStore, tmp_path:
 
     config = ev.resolve_model(fast(None), trained_on)
     assert config.model == Path(trained_on.path, "tiny-model")  # the base model shipped in the artifact
-    model = ev.model_snapshot(config.model)
-    base = ev.load_predictions(ev.evaluate(store, config, ingest, model))
-    trained = ev.load_predictions(ev.evaluate(store, config, ingest, model, trained_on))
+    base = ev.load_predictions(ev.evaluate(store, config, ingest))
+    trained = ev.load_predictions(ev.evaluate(store, config, ingest, trained_on))
     assert all(r["status"] == "ok" for r in base + trained)
     assert [r["prediction"] for r in base] != [r["prediction"] for r in trained]

@@ -61,7 +61,8 @@ def test_rules_backend_perturbs_clinically_and_reports_what_it_cannot(tmp_path):
     rows = read_rows(manifest)
     assert set(rows) == {"closed-yes", "modality", "side", "report", "nothing", "empty"}  # train split only
     assert rows["closed-yes"]["rejected"] == "No"
-    assert rows["closed-yes"]["error_type"] == "yes_no_flip"
+    assert rows["closed-yes"]["error_type"] == "yes_no_flip" and rows["closed-yes"]["origin"] == "rules"
+    assert rows["nothing"]["origin"] is None  # only ok rows have an origin
     assert rows["modality"]["rejected"] == "CT" and rows["modality"]["error_type"] == "modality_swap"
     assert rows["side"]["rejected"] in {"Right Lung", "Left Heart"}
     assert rows["nothing"]["status"] == "skipped" and rows["nothing"]["reason"] == "no_rule_applies"
@@ -174,6 +175,9 @@ def test_llm_backend_injects_retries_with_feedback_and_reports_failures(openai_s
     rows = read_rows(manifest)
     assert rows["closed-yes"]["rejected"] == "No" and rows["closed-yes"]["attempts"] == 1
     assert rows["closed-yes"]["error_type"] == "laterality" and rows["closed-yes"]["backend"] == "llm"
+    assert (
+        rows["closed-yes"]["origin"] == "llm_rewrite" and "rejections[test].share.target_model" not in manifest.counts
+    )
     assert rows["report"]["rejected"] == REPORT.replace("right", "left")
     # Malformed JSON then a valid answer: two attempts, the second carried the feedback.
     assert rows["side"]["status"] == "ok" and rows["side"]["attempts"] == 2
@@ -252,3 +256,81 @@ def test_target_backend_samples_the_vlm_then_selects_or_rewrites(openai_server, 
     assert rewritten["rejected"] == "No" and rewritten["error_type"] == "laterality"
     assert out["no-image"]["status"] == "failed" and out["no-image"]["reason"].startswith("generation_")
     assert manifest.counts["rejections.ok"] == 2
+
+
+@pytest.mark.parametrize(
+    ("candidate", "question", "answer", "reduced"),
+    [
+        ("No, the lungs are clear and there is no effusion.", "Is there an effusion?", "Yes", "No"),
+        ("nope", "Is there an effusion?", "yes", "no"),  # a synonym, in the ground truth's case
+        ("YES", "Is the heart enlarged?", "No", "Yes"),
+        ("The lungs are clear.", "Is there an effusion?", "Yes", "The lungs are clear."),  # answers neither way
+        ("This is a CT scan of the abdomen.", "Is this a CT or an MRI?", "MRI", "CT"),
+        ("It is in the right lung.", "Is the lesion in the left lung or right lung?", "Left Lung", "Right Lung"),
+        ("The spleen looks bigger.", "Which is bigger in this image, kidney or spleen?", "Kidney", "Spleen"),
+        ("Both a CT and an MRI.", "Is this a CT or an MRI?", "MRI", "Both a CT and an MRI."),  # names both
+        ("Axial.", "Which plane is this image taken?", "Axial", "Axial."),  # no options in the question
+    ],
+)
+def test_closed_answers_are_reduced_to_what_they_answer(candidate, question, answer, reduced):
+    from tasks.hallucinate.target import closed_answer
+
+    assert closed_answer(candidate, question, answer) == reduced
+
+
+def test_target_rejections_of_closed_questions_come_from_the_model(openai_server, tmp_path, monkeypatch):
+    import tasks.hallucinate.target as target_backend
+
+    rows = [
+        sample("yes-1", "Yes", answer_type="closed", question="Is there a pleural effusion?"),
+        sample("yes-2", "Yes", answer_type="closed", question="Is the heart enlarged?"),
+        sample("ct", "MRI", answer_type="closed", question="Is this a CT or an MRI?"),
+        sample("open", "Left Lung", question="Where is the nodule?"),
+    ]
+    sampled = {
+        "Is there a pleural effusion?": ["No, there is no pleural effusion in this image.", "Yes, a small one."],
+        "Is the heart enlarged?": ["The heart is of normal size on this radiograph."],  # never says yes or no
+        "Is this a CT or an MRI?": ["This is a CT image of the abdomen.", "It is an MRI."],
+        "Where is the nodule?": ["The nodule is located in the upper lobe of the right lung, near the hilum."],
+    }
+    monkeypatch.setattr(
+        target_backend, "sample_target", lambda samples, config: [sampled[s["question"]] for s in samples]
+    )
+    seen = []
+
+    def responder(request):
+        if "Answers the model gave" in request.prompt_text:
+            seen.append(request.prompt_text)
+            return json.dumps({"choice": 1, "error_type": "other"})
+        return injector(request)
+
+    openai_server.set_responder(responder)
+    # The default 0.5-2x length guard: the sentences themselves would never pass it for a one-word answer.
+    config = llm_config(openai_server, tmp_path, backend="target", target=TargetSamplingConfig(model_path=tmp_path))
+    store = ArtifactStore(tmp_path / "store")
+    manifest = hallucinate(store, config, ingest_manifest(store, rows))
+    out = read_rows(manifest)
+    assert (out["yes-1"]["rejected"], out["yes-1"]["origin"]) == ("No", "target_model")
+    assert out["yes-1"]["candidates"] == sampled["Is there a pleural effusion?"]  # the raw samples are kept
+    assert (out["ct"]["rejected"], out["ct"]["origin"]) == ("CT", "target_model")
+    assert (out["yes-2"]["rejected"], out["yes-2"]["origin"]) == ("No", "llm_rewrite")  # nothing usable: rewritten
+    assert (out["open"]["rejected"], out["open"]["origin"]) == ("Right Lung", "llm_rewrite")  # sentence too long
+    assert any("1. No" in text for text in seen) and any("1. CT" in text for text in seen)
+    counts = manifest.counts
+    assert counts["rejections[test].ok"] == 4
+    assert counts["rejections[test].ok.target_model"] == 2 and counts["rejections[test].ok.llm_rewrite"] == 2
+    assert counts["rejections[test].share.target_model"] == pytest.approx(0.5)
+
+    from tasks.hallucinate import origin_rows
+
+    table = origin_rows(catalog.rows(manifest, catalog.HALLUCINATIONS), {r["sample_id"]: "test" for r in rows})
+    assert table == [
+        {
+            "dataset": "test",
+            "rejections": 4,
+            "target_model": 2,
+            "llm_rewrite": 2,
+            "rules": 0,
+            "target model %": 50.0,
+        }
+    ]

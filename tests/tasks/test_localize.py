@@ -9,7 +9,7 @@ from tasks import catalog, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig
 from tasks.imaging import load_array
 from tasks.localize import localize, region_grid, region_rows
-from tasks.regions import boxes_mask, clip_boxes
+from tasks.regions import HeatmapLocalizer, boxes_mask, clip_boxes
 from tasks.store import ArtifactStore, safe_stem
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
 from tests.support.samples import ingest_manifest, sample_row, write_image
@@ -54,9 +54,12 @@ def annotated(tmp_path):
     return store, ingest_manifest(store, rows)
 
 
+LESION_MASKS = LocalizeConfig(annotation=AnnotationConfig(mask_marks="lesions"))
+
+
 def test_annotation_regions_from_boxes_and_masks(annotated):
     store, ingest = annotated
-    manifest = localize(store, LocalizeConfig(), ingest)
+    manifest = localize(store, LESION_MASKS, ingest)
     rows = _regions(manifest)
     box = np.zeros((40, 50), dtype=bool)
     box[20:30, 10:30] = True
@@ -88,14 +91,25 @@ def test_annotation_regions_from_boxes_and_masks(annotated):
     }
 
 
+def test_an_organ_mask_is_no_lesion_region_by_default(annotated):
+    store, ingest = annotated
+    manifest = localize(store, LocalizeConfig(), ingest)
+    rows = _regions(manifest)
+    # SLAKE's mask.png colours organs with no legend: never a lesion region unless the config says so.
+    assert (rows["mask"]["status"], rows["mask"]["reason"]) == ("no_region", "no_lesion_label")
+    assert (rows["lost"]["status"], rows["lost"]["reason"]) == ("no_region", "no_lesion_label")  # never opened
+    assert rows["both"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]] and rows["both"]["area_fraction"] == pytest.approx(0.1)
+    assert manifest.counts["regions.no_region.no_lesion_label"] == 2 and manifest.counts["regions.ok"] == 2
+
+
 def test_annotation_preferences_and_confidence(annotated):
     store, ingest = annotated
-    union = _regions(
-        localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="union", confidence=0.8)), ingest)
-    )
+    config = AnnotationConfig(mask_marks="lesions", prefer="union", confidence=0.8)
+    union = _regions(localize(store, LocalizeConfig(annotation=config), ingest))
     assert union["both"]["area_fraction"] == pytest.approx((200 + 150) / 2000)
     assert union["both"]["confidence"] == pytest.approx(0.8)
-    boxes = _regions(localize(store, LocalizeConfig(annotation=AnnotationConfig(prefer="boxes")), ingest))
+    config = AnnotationConfig(mask_marks="lesions", prefer="boxes")
+    boxes = _regions(localize(store, LocalizeConfig(annotation=config), ingest))
     assert boxes["both"]["boxes"] == [[10.0, 20.0, 30.0, 30.0]]
     assert boxes["mask"]["status"] == "ok"  # no boxes: falls back to the mask
 
@@ -161,6 +175,37 @@ def test_heatmap_statistics_and_confidence_sidecar(heat):
     assert mean["by-image"]["confidence"] == pytest.approx(0.42)
     assert top["by-image"]["area_fraction"] == pytest.approx(0.05, abs=0.01)
     assert mean["by-image"]["area_fraction"] > top["by-image"]["area_fraction"]
+
+
+def test_heatmap_release_rule_is_a_15px_opencv_blur_cut_at_mean_minus_std(tmp_path):
+    height, width = 40, 56
+    yy, xx = np.mgrid[0:height, 0:width]
+    raw = (xx / width + 2 * _blob(height, width, 12, 40, 3.0)).astype(np.float32)  # a ramp under a hot spot
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    image = write_image(tmp_path / "img.png", np.zeros((height, width), dtype=np.uint8))
+    row = sample_row("s", image)
+    np.save(maps / f"{row['image_sha256']}.npy", raw)
+    release = HeatmapLocalizer(HeatmapConfig(maps=maps, blur_kernel_px=15, statistic="mean_minus_std"))
+    region = release.locate_one(row)
+
+    # OpenCV's GaussianBlur((15, 15), 0) by hand: sigma 0.3 * (7 - 1) + 0.8 = 2.6, 15 normalized taps,
+    # BORDER_REFLECT_101 edges (numpy's "reflect"), rows then columns.
+    taps = np.exp(-((np.arange(15) - 7) ** 2) / (2 * 2.6**2))
+    taps /= taps.sum()
+    padded = np.pad(raw.astype(np.float64), 7, mode="reflect")
+    rows_done = np.stack([np.convolve(line, taps, mode="valid") for line in padded])
+    blurred = np.stack([np.convolve(line, taps, mode="valid") for line in rows_done.T]).T
+    scaled = (blurred - blurred.min()) / (blurred.max() - blurred.min())
+    saliency = release.saliency(maps / f"{row['image_sha256']}.npy", height, width)
+    assert np.abs(saliency - scaled).max() < 1e-5
+    expected = blurred > blurred.mean() - blurred.std()
+    assert 0.6 < expected.mean() < 0.95  # mean - std keeps most of the map, as the release's does
+    assert region.status == "ok" and np.array_equal(region.mask, expected)
+    mean_rule = HeatmapLocalizer(HeatmapConfig(maps=maps)).locate_one(row)
+    assert mean_rule.mask.mean() < region.mask.mean()
+    with pytest.raises(ValueError, match="odd"):
+        HeatmapConfig(blur_kernel_px=14)
 
 
 def _regions_sha(ingest):
@@ -253,7 +298,7 @@ def test_sam_confidence_is_the_clipped_predicted_iou(sam_fixture):
 
 def test_grid_and_table_show_the_regions(annotated):
     store, ingest = annotated
-    manifest = localize(store, LocalizeConfig(), ingest)
+    manifest = localize(store, LESION_MASKS, ingest)
     png = region_grid(ingest, manifest)
     from io import BytesIO
 

@@ -27,6 +27,7 @@ CODE = code_version(
     "tasks.clinical_text",
     "tasks.metrics",  # the target backend reads closed answers as evaluation does
     "models.llm",
+    "models.families",
     "models.vlm",
     "models.prompts",
 )

@@ -35,6 +35,7 @@ from PIL import Image
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from models.adapters import base_model_reference, trainable_adapter
 from models.progress import quiet_progress
 from models.trl_checks import check_forwards, check_fused_output, check_pair_layout, check_weighting
 from tasks.config import TrainConfig
@@ -354,7 +355,8 @@ def make_trainer(
     processor: Any,
     pairs: list[dict[str, Any]],
 ) -> WeightedDPOTrainer:
-    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``."""
+    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``: a new
+    adapter, or ``settings.init_adapter`` trained further (the reference is the base model either way)."""
     from datasets import Dataset
 
     dataset = Dataset.from_list(
@@ -371,6 +373,9 @@ def make_trainer(
             for p in pairs
         ]
     )
+    continuing = settings.init_adapter is not None
+    if continuing:
+        policy = trainable_adapter(policy, settings.init_adapter)
     trainer = WeightedDPOTrainer(
         model=policy,
         ref_model=reference,
@@ -378,10 +383,12 @@ def make_trainer(
         train_dataset=dataset,
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length),
-        peft_config=lora_config(settings),
+        peft_config=None if continuing else lora_config(settings),
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
         projector_lr=settings.projector_lr,
         projector_module=PROJECTOR,
     )
+    if continuing:
+        base_model_reference(trainer.model)
     return quiet_progress(trainer, "dpo")

@@ -17,6 +17,7 @@ import yaml
 
 from flows.evaluate import add_cli as evaluate_cli
 from flows.explain import add_cli as explain_cli
+from flows.iterate import add_cli as iterate_cli
 from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
+    iterate_cli(commands)
     explain_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
-def trainable_adapter(model: Any, adapter: str | Path) -> Any:
-    """``model`` wrapped with a saved LoRA adapter (and its projector copy), trainable."""
+def adapter_to_train(model: Any, adapter: str | Path | None, new: Any) -> tuple[Any, Any]:
+    """(model, peft config) for the trainer: ``model`` and the ``new`` adapter's config, or, to
+    continue ``adapter``, the model wrapped with it (and its projector copy), trainable, and None."""
+    if adapter is None:
+        return model, new
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
 
 
 def base_model_reference(model: Any) -> None:

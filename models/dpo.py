@@ -35,7 +35,7 @@ from PIL import Image
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from models.adapters import base_model_reference, trainable_adapter
+from models.adapters import adapter_to_train, base_model_reference
 from models.progress import quiet_progress
 from models.trl_checks import check_forwards, check_fused_output, check_pair_layout, check_weighting
 from tasks.config import TrainConfig
@@ -373,9 +373,7 @@ def make_trainer(
             for p in pairs
         ]
     )
-    continuing = settings.init_adapter is not None
-    if continuing:
-        policy = trainable_adapter(policy, settings.init_adapter)
+    policy, peft_config = adapter_to_train(policy, settings.init_adapter, lora_config(settings))
     trainer = WeightedDPOTrainer(
         model=policy,
         ref_model=reference,
@@ -383,12 +381,12 @@ def make_trainer(
         train_dataset=dataset,
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length),
-        peft_config=None if continuing else lora_config(settings),
+        peft_config=peft_config,
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
         projector_lr=settings.projector_lr,
         projector_module=PROJECTOR,
     )
-    if continuing:
+    if settings.init_adapter is not None:
         base_model_reference(trainer.model)
     return quiet_progress(trainer, "dpo")

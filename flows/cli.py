@@ -17,6 +17,7 @@ import yaml
 
 from flows.evaluate import add_cli as evaluate_cli
 from flows.explain import add_cli as explain_cli
+from flows.iterate import add_cli as iterate_cli
 from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
+    iterate_cli(commands)
     explain_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
@@ -123,22 +125,31 @@ def cmd_sets_list(args: argparse.Namespace) -> int:
     if not sets:
         print(f"no preference sets under {args.root}")
         return 0
-    print(f"{'name':<20}{'version':<18}{'created':<27}{'pairs':>7}{'text':>7}{'visual':>8}")
+    print(f"{'name':<20}{'version':<18}{'created':<27}{'pairs':>7}{'text':>7}{'visual':>8}{'round':>7}")
     for manifest in sets:
         built = [manifest.counts.get(name, 0) for name in ("pairs.built", "pairs.built.text", "pairs.built.visual")]
         name = Path(manifest.path).parent.name
+        round_ = f"{manifest.counts['policy.round']:g}" if "policy.round" in manifest.counts else "-"
         print(
             f"{name:<20}{Path(manifest.path).name:<18}{manifest.created:<27}{built[0]:>7g}{built[1]:>7g}{built[2]:>8g}"
+            f"{round_:>7}"
         )
     return 0
 
 
 def cmd_sets_show(args: argparse.Namespace) -> int:
+    from tasks.rounds import chain, chain_markdown, store_of
     from tasks.sets import resolve_set
+    from tasks.store import Manifest
 
     folder = resolve_set(args.root, args.ref)
     print(f"{folder}\n")
     print((folder / "CARD.md").read_text())
+    manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
+    store = store_of(manifest)
+    links = chain(store, manifest) if store.get("assemble", manifest.key) is not None else []
+    if len(links) > 1:
+        print(f"## Rounds (mmedpo iterate; store {store.root})\n\n{chain_markdown(links, manifest.digest)}\n")
     print("## manifest.json\n")
     print((folder / "manifest.json").read_text())
     return 0

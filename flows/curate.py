@@ -16,13 +16,15 @@ from tasks.store import Manifest
 
 
 @flow(name="curate", flow_run_name="curate-{config.name}")
-def curate(config: RunConfig) -> dict[str, Manifest]:
+def curate(config: RunConfig, policy: Manifest | None = None) -> dict[str, Manifest]:
+    """``policy``: the train artifact whose adapter ``hallucinate.target.adapter`` names (a round of
+    `mmedpo iterate`), so the set's lineage names the model that wrote its rejections."""
     store = str(config.store)
     with shard_runner(config.runner):
         ingest = ingest_task(store, config.ingest)
         localize = localize_task(store, config.localize, ingest)
         noise = noise_task(store, config.noise, ingest, localize)
-        hallucinate = hallucinate_task(store, config.hallucinate, ingest)
+        hallucinate = hallucinate_task(store, config.hallucinate, ingest, policy)
         score = score_task(store, config.score, ingest, hallucinate, localize)
         assemble = assemble_task(store, config.assemble, ingest, localize, noise, hallucinate, score)
         publish_task(assemble, str(config.sets), config.name)

@@ -17,7 +17,7 @@ from tasks.config import RunConfig, load_run_config
 from tasks.sets import resolve_set
 from tasks.sft import model_dir
 from tasks.store import ArtifactStore, Keyed, Manifest
-from tasks.train import preference_snapshot, train_task
+from tasks.train import ADAPTER, preference_snapshot, train_task
 
 
 def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
@@ -38,11 +38,32 @@ def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:
 
 
 @flow(name="train", flow_run_name="train-{config.name}")
-def train_flow(config: RunConfig, preferences: str, resume: bool = False, sft: Manifest | None = None) -> Manifest:
-    """``sft``: the sft artifact whose checkpoint is the base model (``train.model``)."""
-    assemble, path = resolve_preferences(config, preferences)
-    settings = config.train if sft is None else config.train.model_copy(update={"model": model_dir(sft)})
-    return train_task(str(config.store), settings, assemble, str(path), resume, sft)
+def train_flow(
+    config: RunConfig,
+    preferences: str | list[str],
+    resume: bool = False,
+    sft: Manifest | None = None,
+    init: Manifest | None = None,
+) -> Manifest:
+    """``preferences``: one set, or several trained on at once (the first is the newest: the
+    `assemble` input; the others are the union's). ``sft``: the sft artifact whose checkpoint is
+    the base model (``train.model``). ``init``: the train artifact whose adapter training
+    continues (``train.init_adapter``; the reference stays the base model)."""
+    refs = [preferences] if isinstance(preferences, str) else list(preferences)
+    if not refs:
+        raise ValueError("train: no preference set given")
+    (assemble, path), *more = [resolve_preferences(config, ref) for ref in refs]
+    updates: dict[str, Path] = {}
+    if sft is not None:
+        updates["model"] = model_dir(sft)
+    if init is not None:
+        updates["init_adapter"] = Path(init.path) / ADAPTER
+    settings = config.train.model_copy(update=updates) if updates else config.train
+    if not more:
+        return train_task(str(config.store), settings, assemble, str(path), resume, sft, init=init)
+    locations = [str(path)] + [str(p) for _, p in more]
+    union = [keyed for keyed, _ in more]
+    return train_task(str(config.store), settings, assemble, locations, resume, sft, union, init)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -51,13 +72,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preferences",
         required=True,
-        help="preference set: NAME[@VERSION], a set folder, an assemble key or a Parquet file",
+        action="append",
+        help="preference set: NAME[@VERSION], a set folder, an assemble key or a Parquet file; repeat it to "
+        "train on several sets at once (the first is the newest)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this exact run")
     parser.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    manifest = train_flow(load_run_config(args.config), args.preferences, args.resume)
+    refs = args.preferences[0] if len(args.preferences) == 1 else args.preferences
+    manifest = train_flow(load_run_config(args.config), refs, args.resume)
     print(f"train artifact: {manifest.path}")
     return 0

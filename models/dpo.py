@@ -32,6 +32,7 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from models import families
+from models.adapters import adapter_to_train, base_model_reference
 from models.families import Family
 from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
 from models.progress import quiet_progress
@@ -284,7 +285,8 @@ def make_trainer(
     processor: Any,
     pairs: list[dict[str, Any]],
 ) -> WeightedDPOTrainer:
-    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``.
+    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``: a new
+    adapter, or ``settings.init_adapter`` trained further (the reference is the base model either way).
 
     Fails before training when ``settings.max_length`` leaves a pair no answer token.
     """
@@ -304,6 +306,7 @@ def make_trainer(
         for p in pairs
     ]
     check_lengths(processor, examples, settings.max_length)
+    policy, peft_config = adapter_to_train(policy, settings.init_adapter, lora_config(settings, family))
     trainer = WeightedDPOTrainer(
         model=policy,
         ref_model=reference,
@@ -311,10 +314,12 @@ def make_trainer(
         train_dataset=Dataset.from_list(examples),
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length),
-        peft_config=lora_config(settings, family),
+        peft_config=peft_config,
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
         projector_lr=settings.projector_lr,
         projector_module=family.projector_leaf,
     )
+    if settings.init_adapter is not None:
+        base_model_reference(trainer.model)
     return quiet_progress(trainer, "dpo")

@@ -16,6 +16,7 @@ from tasks import catalog, counters, ui
 from tasks.catalog import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES
 from tasks.config import AssembleConfig
 from tasks.counters import Counters
+from tasks.rounds import origin_table, rejection_source
 from tasks.sets import publish
 from tasks.store import (
     ArtifactStore,
@@ -28,7 +29,7 @@ from tasks.store import (
 )
 
 STAGE = "assemble"
-CODE = code_version(__name__, "tasks.catalog", "tasks.sets")
+CODE = code_version(__name__, "tasks.catalog", "tasks.sets", "tasks.rounds")
 
 
 def assemble(
@@ -47,20 +48,27 @@ def assemble(
     set can be moved to a GPU machine alone (layout in tasks/sets.py). Pairs whose image is a
     test-split image (same file, or a re-encoded or resized copy) are left out. Its version is
     its content digest (pairs, weights, images): identical pairs are one version however they
-    were produced; lineage (every upstream key) is in its manifest.
+    were produced; lineage (every upstream key) is in its manifest. Its card says who wrote the
+    rejections (tasks.rounds: the backend; for ``target`` the sampled model's and adapter's content
+    digests, the train artifact and the `mmedpo iterate` round). ``window`` keeps only a window of
+    the samples (a round's).
 
     Inputs: every curation stage. Output: ``data/<split>-00000-of-00001.parquet`` (PAIRS),
     ``dropped.parquet`` (DROPPED: every sample or pair left out, with its reason), ``CARD.md``
     (counts, length statistics, weight histogram, examples) and ``images/``.
     Counters: ``pairs.built.<text|visual>``, ``<text|visual>.dropped.<reason>``,
-    ``samples.dropped.<leak reason>``, ``samples.held_out.test``, ``images.linked``.
+    ``samples.dropped.<leak reason>``, ``samples.held_out.test``, ``samples.out_of_scope.window``,
+    ``images.linked``, ``policy.round`` (target backend: the round whose model wrote the rejections).
     """
     inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs))
+    # The card documents the version (lineage, who wrote the rejections); the pairs, weights and
+    # images are the version: identical pairs are one version however they were produced.
+    return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs), volatile=("CARD.md",))
 
 
 def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
     samples = catalog.rows(inputs["ingest"], SAMPLES)
+    window = config.window.select(samples) if config.window is not None else None
     hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS))
     noised = _by_sample(catalog.rows(inputs["noise"], NOISED))
     regions = _by_sample(catalog.rows(inputs["localize"], REGIONS))
@@ -80,6 +88,9 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     for sample in samples:
         if sample["split"] in config.test_splits:
             counts.add("samples", "held_out", sample["split"])
+            continue
+        if window is not None and sample["sample_id"] not in window:
+            counts.add("samples", "out_of_scope", "window")
             continue
         leak = leaks.match(sample)
         if leak:
@@ -131,7 +142,12 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     for pair in pairs:
         counts.add("pairs", "built", pair["pair_type"])
     counts.add("images", "linked", n=linker.count)
-    write_text_atomic(out / "CARD.md", data_card(pairs, dropped))
+    source = rejection_source(inputs["hallucinate"])
+    if source.backend == "target" and source.round is not None:
+        counts.set("policy", "round", value=source.round)
+    origins = {sid: row["origin"] for sid, row in hallucinations.items()}
+    rejections = f"{source.sentence()}\n\n{origin_table(pairs, origins)}"
+    write_text_atomic(out / "CARD.md", data_card(pairs, dropped, rejections))
     return counts.as_dict()
 
 
@@ -233,7 +249,7 @@ class ImageLinker:
 # ------------------------------------------------------------------------------ the card
 
 
-def data_card(pairs: list[dict], dropped: list[dict]) -> str:
+def data_card(pairs: list[dict], dropped: list[dict], rejections: str | None = None) -> str:
     lines = ["# Preference set", ""]
     lines += [
         "## Pairs",
@@ -260,6 +276,8 @@ def data_card(pairs: list[dict], dropped: list[dict]) -> str:
             "(the paper's released VQA data: ~6; near 1 leaves no length shortcut).",
             "",
         ]
+    if rejections is not None:
+        lines += ["## Rejections", "", rejections, ""]
     lines += ["## Weights", "", weight_histogram(pairs), ""]
     reasons = Counter(d["reason"] for d in dropped)
     lines += ["## Left out", "", "| reason | count |", "|---|---:|"] + [

@@ -83,6 +83,52 @@ def comparison_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def rounds_rows(base: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per data set and metric: the base model and every round's model (``round 1``,
+    ``round 2``, ...) in percent, and ``change``: the last round minus the base."""
+    sets = [base["datasets"], *(r["datasets"] for r in rounds)]
+    rows = []
+    for dataset in sorted(set().union(*sets)):
+        found = [s.get(dataset, {}) for s in sets]
+        for metric in METRICS:
+            if not any(metric in f for f in found):
+                continue
+            values = [_percent(f.get(metric)) for f in found]
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "metric": metric,
+                "n": int(next((f[_count_key(metric)] for f in found if f.get(_count_key(metric))), 0)),
+                "base": values[0],
+            }
+            row.update({f"round {i}": value for i, value in enumerate(values[1:], start=1)})
+            first, last = values[0], values[-1]
+            row["change"] = round(last - first, 2) if len(values) > 1 and None not in (first, last) else None
+            rows.append(row)
+    return rows
+
+
+def rounds_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rounds_rows`` as aligned plain text (what `mmedpo iterate` prints)."""
+    if not rows:
+        return "(no evaluated samples)"
+    columns = list(rows[0])
+    cells = [columns] + [[_round_cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _round_cell(column: str, value: Any) -> str:
+    if column in ("dataset", "metric", "n"):
+        return str(value)
+    if column == "change":
+        return "" if value is None else f"{value:+.2f}"
+    return _cell(value)
+
+
 def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ STAGE = "train"
 CODE = code_version(
     __name__,
     "models.dpo",
+    "models.adapters",
     "models.pairs",
     "models.families",
+    "models.trl_checks",
     "models.progress",
     "models.vlm",
     "models.tiny",
@@ -41,15 +44,21 @@ def train(
     store: ArtifactStore,
     config: TrainConfig,
     assemble: Keyed,
-    preferences: Path,
+    preferences: Path | Sequence[Path],
     resume: bool = False,
     sft: Manifest | None = None,
+    union: Sequence[Keyed] = (),
+    init: Manifest | None = None,
 ) -> Manifest:
     """Weighted DPO with LoRA on a preference set; the adapter is the artifact.
 
     ``assemble`` identifies the preference set (its manifest, or a snapshot of a Parquet file)
-    found at ``preferences``; ``sft``, when given, is the sft artifact whose checkpoint
-    ``config.model`` names (lineage; the checkpoint itself is identified by its content).
+    found at ``preferences``; ``union``, more sets trained on together with it (`mmedpo iterate`
+    from the base: every round's set), found at the further ``preferences`` in order - a pair in
+    several of them is trained on once. ``sft``, when given, is the sft artifact whose checkpoint
+    ``config.model`` names (lineage; the checkpoint itself is identified by its content);
+    ``init``, the train artifact whose adapter ``config.init_adapter`` names (training continues
+    it: `mmedpo iterate` from the previous round; the DPO reference stays the base model).
     ``fit`` does the work, and is also what each process runs under ``accelerate launch``
     (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3 training. Checkpoints
     live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes (``resume=True``)
@@ -57,20 +66,54 @@ def train(
 
     Output: ``adapter/`` (peft), ``metrics.json``, ``log_history.json``, ``base_model.txt``
     (and ``tiny-model/`` when no model is configured). Counters: ``pairs.in_set``,
-    ``pairs.trained.<text|visual>``, ``pairs.skipped.<reason>``, ``train.steps``,
-    ``train.loss``, ``train.resumed``, ``train.last.<logged metric>``.
+    ``pairs.trained.<text|visual>``, ``pairs.skipped.<reason>`` (``duplicate``: in an earlier set
+    of the union too), ``train.steps``, ``train.loss``, ``train.resumed``, ``train.last.<logged metric>``.
     """
-    inputs = train_inputs(assemble, sft)
+    locations = [preferences] if isinstance(preferences, Path) else list(preferences)
+    if len(locations) != 1 + len(union):
+        raise ValueError(f"train: {len(locations)} preference locations for {1 + len(union)} sets")
+    check_init_adapter(config)
+    inputs = train_inputs(assemble, sft, union, init)
     checkpoints = checkpoint_dir(store, config, inputs)
 
     def build(out: Path) -> dict[str, float]:
-        return build_adapter(out, config, preferences, checkpoints, resume)
+        return build_adapter(out, config, locations, checkpoints, resume)
 
     return store.run(STAGE, CODE, config, inputs, build, VOLATILE)
 
 
-def train_inputs(assemble: Keyed, sft: Manifest | None) -> dict[str, Keyed]:
-    return {"assemble": assemble} if sft is None else {"assemble": assemble, "sft": sft}
+def train_inputs(
+    assemble: Keyed, sft: Manifest | None, union: Sequence[Keyed] = (), init: Manifest | None = None
+) -> dict[str, Keyed]:
+    """The stage's inputs, named as the train task's parameters are (a list's items as
+    ``union.<i>``), so the store's key and Prefect's cache key agree."""
+    inputs: dict[str, Keyed] = {"assemble": assemble}
+    inputs.update({f"union.{i}": keyed for i, keyed in enumerate(union)})
+    if sft is not None:
+        inputs["sft"] = sft
+    if init is not None:
+        inputs["init"] = init
+    return inputs
+
+
+def check_init_adapter(config: TrainConfig) -> None:
+    """An adapter to continue must exist, sit on a configured model and have the configured shape
+    (its own r, alpha and dropout are what trains: the config must not say otherwise)."""
+    adapter = config.init_adapter
+    if adapter is None:
+        return
+    if config.model is None:
+        raise ValueError("train.init_adapter needs train.model (the base model the adapter was trained on)")
+    path = Path(adapter) / "adapter_config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"train.init_adapter: {path}: not a saved peft adapter ({exc})") from exc
+    for field, key in (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout")):
+        if saved.get(key) != getattr(config, field):
+            raise ValueError(
+                f"train.init_adapter: {path} has {key}={saved.get(key)} but train.{field} is {getattr(config, field)}"
+            )
 
 
 def checkpoint_dir(store: ArtifactStore, config: TrainConfig, inputs: dict[str, Keyed]) -> Path:
@@ -82,18 +125,28 @@ def preference_snapshot(path: Path) -> SourceSnapshot:
     return SourceSnapshot(name="assemble", key=file_digest(path)[:16])
 
 
-def select_pairs(preferences: Path, config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The rows trained on, and counters for every row left out and why."""
-    rows = load_pairs(preferences, columns=TRAIN_COLUMNS).to_pylist()
+def select_pairs(
+    preferences: Path | Sequence[Path], config: TrainConfig
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The rows trained on (of one set, or of several in order), and counters for every row left
+    out and why. A pair that an earlier set holds too (same id, texts and image contents) is a
+    duplicate: a visual pair, the same in every round of `mmedpo iterate`, trains once."""
+    locations = [preferences] if isinstance(preferences, Path) else list(preferences)
+    rows = [row for location in locations for row in load_pairs(location, columns=TRAIN_COLUMNS).to_pylist()]
     counts = Counters()
     counts.add("pairs", "in_set", n=len(rows))
     counts.add("pairs", "trained", n=0)
-    kept = []
+    kept, seen = [], set()
     for row in rows:
-        reason = pair_problem(row, config)
+        identity = (row["pair_id"], row["prompt"], row["chosen"], row["rejected"]) + tuple(
+            Path(row[side]).name
+            for side in ("chosen_image", "rejected_image")  # images are named by content
+        )
+        reason = "duplicate" if identity in seen else pair_problem(row, config)
         if reason:
             counts.add("pairs", "skipped", reason)
             continue
+        seen.add(identity)
         kept.append(row)
         counts.add("pairs", "trained", row["pair_type"])
     return kept, counts.as_dict()
@@ -116,11 +169,11 @@ def pair_problem(row: dict[str, Any], config: TrainConfig) -> str | None:
 
 
 def build_adapter(
-    out: Path, config: TrainConfig, preferences: Path, checkpoints: Path, resume: bool
+    out: Path, config: TrainConfig, preferences: Sequence[Path], checkpoints: Path, resume: bool
 ) -> dict[str, float]:
     pairs, counts = select_pairs(preferences, config)
     if not pairs:
-        raise ValueError(f"{preferences}: no pair left to train on ({counts})")
+        raise ValueError(f"{', '.join(map(str, preferences))}: no pair left to train on ({counts})")
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -225,11 +278,14 @@ def train_task(
     store_root: str,
     config: TrainConfig,
     assemble: Keyed,
-    preferences: str,
+    preferences: str | list[str],
     resume: bool = False,
     sft: Manifest | None = None,
+    union: list[Keyed] | None = None,
+    init: Manifest | None = None,
 ) -> Manifest:
-    manifest = train(ArtifactStore(store_root), config, assemble, Path(preferences), resume, sft)
+    locations = [Path(preferences)] if isinstance(preferences, str) else [Path(p) for p in preferences]
+    manifest = train(ArtifactStore(store_root), config, assemble, locations, resume, sft, union or (), init)
     ui.manifest_markdown(manifest)
     ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "train: pairs used, skipped and final metrics")
     return manifest

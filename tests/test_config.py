@@ -40,7 +40,7 @@ def test_sft_is_absent_unless_the_run_file_has_the_section(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command", [["experiment"], ["curate"], ["train", "--preferences", "x"], ["sft"], ["evaluate"]]
+    "command", [["experiment"], ["curate"], ["train", "--preferences", "x"], ["sft"], ["evaluate"], ["iterate"]]
 )
 def test_every_command_reports_a_bad_file_in_one_line(tmp_path, capsys, command):
     path = write(tmp_path / "bad.yaml", {"name": "x", "unknown_section": 1})

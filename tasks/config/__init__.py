@@ -7,6 +7,7 @@ from tasks.config.endpoint import LOCAL_HOSTS, EndpointConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig, TargetSamplingConfig
 from tasks.config.ingest import IngestConfig, SourceConfig, SourceFormat
+from tasks.config.iterate import IterateConfig
 from tasks.config.localize import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamArchitecture, SamConfig
 from tasks.config.noise import NoiseConfig
 from tasks.config.run import (
@@ -22,6 +23,7 @@ from tasks.config.runner import RunnerConfig
 from tasks.config.score import JudgeConfig, JudgeKind, NormalizerConfig, NormalizerKind, ScoreConfig, ScoreMode
 from tasks.config.sft import SFTConfig, SFTPart
 from tasks.config.train import TrainConfig
+from tasks.config.window import SampleWindow
 
 __all__ = [
     "OPERATIONAL",
@@ -62,5 +64,7 @@ __all__ = [
     "SFTPart",
     "TrainConfig",
     "EvaluateConfig",
+    "IterateConfig",
+    "SampleWindow",
     "RunnerConfig",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from tasks.config.base import StageConfig
+from tasks.config.window import SampleWindow
 
 
 class AssembleConfig(StageConfig):
@@ -28,4 +29,8 @@ class AssembleConfig(StageConfig):
             "Also drop pairs whose image is within this many bits (of 256) of a test image's perceptual hash: "
             "re-encoded or resized copies; None turns the check off"
         ),
+    )
+    window: SampleWindow | None = Field(
+        default=None,
+        description="Only samples inside this window make pairs (set per round by `mmedpo iterate`); unset: all",
     )

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 from tasks.config.endpoint import EndpointConfig
+from tasks.config.window import SampleWindow
 
 
 class TargetSamplingConfig(StageConfig):
@@ -19,6 +20,28 @@ class TargetSamplingConfig(StageConfig):
         default=None,
         description="Local checkpoint folder of a supported model family (models/families.py), identified by content",
     )
+    adapter: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description=(
+            "A saved peft (LoRA) adapter merged into model_path before sampling (identified by its content): the "
+            "model a round of `mmedpo iterate` trained, so the next round's rejections are on-policy"
+        ),
+    )
+    selector: Literal["llm", "first"] = Field(
+        default="llm",
+        description=(
+            "Who picks among the sampled answers that pass the length / same-answer guard: llm (the paper: the "
+            "endpoint picks the most conflicting one, or none); first: the first of them, no LLM call"
+        ),
+    )
+    fallback: Literal["llm", "rules", "skip"] = Field(
+        default="llm",
+        description=(
+            "When no sampled answer is picked: llm (the paper: the endpoint rewrites the ground truth into an "
+            "error); rules: the offline clinical perturbations; skip: the sample gets no text pair"
+        ),
+    )
     num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
     temperature: float = Field(
         default=1.0, gt=0, description="Sampling temperature (must be > 0 to get distinct candidates)"
@@ -28,6 +51,12 @@ class TargetSamplingConfig(StageConfig):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
     seed: int = Field(default=0, description="Sampling seed")
     device: str | None = Field(default=None, description="torch device; unset: cuda when available, else cpu")
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether this backend calls the LLM endpoint at all (selector-free with a rules or skip
+        fallback does not: on-policy rejections without an LLM)."""
+        return self.selector == "llm" or self.fallback == "llm"
 
 
 class HallucinateConfig(StageConfig):
@@ -86,6 +115,10 @@ class HallucinateConfig(StageConfig):
         default="hallucinate_select_v1", description="Template in models/prompts/ for choosing among sampled answers"
     )
     target: TargetSamplingConfig = Field(default_factory=TargetSamplingConfig)
+    window: SampleWindow | None = Field(
+        default=None,
+        description="Only samples inside this window get a rejection (set per round by `mmedpo iterate`); unset: all",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HallucinateConfig:
@@ -93,4 +126,6 @@ class HallucinateConfig(StageConfig):
             raise ValueError("min_length_ratio must be below max_length_ratio")
         if self.backend == "target" and self.target.model_path is None:
             raise ValueError("backend 'target' needs target.model_path")
+        if self.target.adapter is not None and self.target.model_path is None:
+            raise ValueError("target.adapter needs target.model_path (the base model it was trained on)")
         return self

@@ -18,6 +18,7 @@ from tasks.config.base import ConfigError, StageConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig
 from tasks.config.ingest import IngestConfig
+from tasks.config.iterate import IterateConfig
 from tasks.config.localize import LocalizeConfig
 from tasks.config.noise import NoiseConfig
 from tasks.config.runner import RunnerConfig
@@ -49,6 +50,10 @@ class RunConfig(StageConfig):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    iterate: IterateConfig = Field(
+        default_factory=IterateConfig,
+        description="`mmedpo iterate`: rounds of curate -> train -> evaluate, each sampling the model just trained",
+    )
     runner: RunnerConfig = Field(
         default_factory=RunnerConfig, description="Where per-sample shards run (threads, Dask, Ray)"
     )

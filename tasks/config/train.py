@@ -26,6 +26,14 @@ class TrainConfig(StageConfig):
         default=None,
         description="Separate frozen reference checkpoint (by content); None = the policy with adapters disabled",
     )
+    init_adapter: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description=(
+            "Continue training this saved LoRA adapter (by content) instead of a new one: its own r, alpha and "
+            "dropout must match lora_*; the DPO reference stays the base model (adapters disabled)"
+        ),
+    )
     tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
     splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")
     pair_types: list[Literal["text", "visual"]] = Field(default=["text", "visual"], description="Pair kinds trained on")

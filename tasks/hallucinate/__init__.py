@@ -33,7 +33,9 @@ CODE = code_version(
 )
 
 
-def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifest) -> Manifest:
+def hallucinate(
+    store: ArtifactStore, config: HallucinateConfig, ingest: Manifest, policy: Manifest | None = None
+) -> Manifest:
     """A clinically plausible wrong answer (the rejected side of a text pair) per sample.
 
     Three backends write the same rows: ``rules`` (offline, deterministic, the demo default:
@@ -52,16 +54,42 @@ def hallucinate(store: ArtifactStore, config: HallucinateConfig, ingest: Manifes
     on-policy rejection the paper wants), an LLM's rewrite of the ground truth
     (``llm_rewrite``) or the ``rules``.
 
-    Inputs: ``ingest`` (SAMPLES). Output: ``hallucinations.parquet`` (HALLUCINATIONS).
-    Counters: ``samples.seen``, ``samples.out_of_scope.split``, ``rejections.ok.<error_type>``,
+    The target backend samples ``target.model_path``, with ``target.adapter`` merged in when set;
+    ``policy`` is the train artifact that adapter belongs to (a round of `mmedpo iterate`): an input,
+    so the set's lineage names the model that produced its rejections. ``window`` keeps only a
+    window of the samples (a round's).
+
+    Inputs: ``ingest`` (SAMPLES), ``policy`` (train, optional). Output: ``hallucinations.parquet``
+    (HALLUCINATIONS). Counters: ``samples.seen``, ``samples.out_of_scope.<split|window>``,
+    ``rejections.ok.<error_type>``,
     ``rejections.skipped.<reason>``, ``rejections.failed.<reason>``,
     ``rejections[<dataset>].ok.<origin>``, ``rejections[<dataset>].share.target_model`` (target
     backend: the share of a data set's rejections the target model wrote), ``llm.<client counter>``.
     """
     cache_dir = config.cache_dir or store.root / "llm-cache"
     return store.run(
-        STAGE, CODE, config, {"ingest": ingest}, lambda out: build_hallucinations(out, config, ingest, cache_dir, store)
+        STAGE,
+        CODE,
+        config,
+        hallucinate_inputs(config, ingest, policy),
+        lambda out: build_hallucinations(out, config, ingest, cache_dir, store),
     )
+
+
+def hallucinate_inputs(config: HallucinateConfig, ingest: Manifest, policy: Manifest | None) -> dict[str, Manifest]:
+    """The stage's inputs; ``policy`` must be the train artifact holding ``target.adapter``."""
+    if policy is None:
+        return {"ingest": ingest}
+    adapter = config.target.adapter
+    if adapter is None or not Path(adapter).resolve().is_relative_to(Path(policy.path).resolve()):
+        raise ValueError(
+            f"hallucinate.target.adapter {adapter} is not inside the policy's train artifact {policy.path}"
+        )
+    return {"ingest": ingest, "policy": policy}
+
+
+def uses_llm(config: HallucinateConfig) -> bool:
+    return config.backend == "llm" or (config.backend == "target" and config.target.uses_llm)
 
 
 # What a rejection depends on: the sample's text and image (by content), and the config's
@@ -73,14 +101,19 @@ def build_hallucinations(
     out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path, store: ArtifactStore
 ) -> dict[str, float]:
     samples = catalog.rows(ingest, SAMPLES)
-    in_scope = [s for s in samples if config.splits is None or s["split"] in config.splits]
+    in_split = [s for s in samples if config.splits is None or s["split"] in config.splits]
+    window = config.window.select(samples) if config.window is not None else None
+    in_scope = [s for s in in_split if window is None or s["sample_id"] in window]
     counts = Counters()
     counts.add("samples", "seen", n=len(samples))
-    counts.add("samples", "out_of_scope", "split", n=len(samples) - len(in_scope))
-    if config.backend != "rules":
+    counts.add("samples", "out_of_scope", "split", n=len(samples) - len(in_split))
+    if window is not None:
+        counts.add("samples", "out_of_scope", "window", n=len(in_split) - len(in_scope))
+    if uses_llm(config):
         check_images_allowed(config)
-    items = store.items(STAGE, CODE, config)
-    tags = () if config.backend == "rules" else (LLM_TAG,)
+    # The window says which items a build takes, not what an item is: left out of item keys.
+    items = store.items(STAGE, CODE, config, ignore=("window",))
+    tags = (LLM_TAG,) if uses_llm(config) else ()
     rows = items.build(
         out,
         [items.item(by_content(s, ITEM_FIELDS), s) for s in in_scope],
@@ -128,8 +161,10 @@ def hallucinate_items(
 
 
 @task(**stage_task_options(STAGE, CODE))
-def hallucinate_task(store_root: str, config: HallucinateConfig, ingest: Manifest) -> Manifest:
-    manifest = hallucinate(ArtifactStore(store_root), config, ingest)
+def hallucinate_task(
+    store_root: str, config: HallucinateConfig, ingest: Manifest, policy: Manifest | None = None
+) -> Manifest:
+    manifest = hallucinate(ArtifactStore(store_root), config, ingest, policy)
     ui.manifest_markdown(manifest)
     rows = catalog.rows(manifest, HALLUCINATIONS)
     samples = catalog.rows(ingest, SAMPLES)

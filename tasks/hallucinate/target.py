@@ -5,12 +5,19 @@ ground truth into a plausible error.
 A closed question's sampled answer is reduced to what it answers - its leading yes/no, or the
 one option of the question it names - before the length guard: a sentence such as "No, there
 is no effusion." never fits 0.5-2x of "Yes", so without the reduction short answers were
-almost always rewritten, not taken from the model (rows record ``origin``)."""
+almost always rewritten, not taken from the model (rows record ``origin``).
+
+The sampled model is ``target.model_path``, with ``target.adapter`` merged in when set (the model
+a round of `mmedpo iterate` trained). Without an LLM, ``selector: first`` takes the first sampled
+answer that passes the guard and ``fallback: rules`` (or ``skip``) replaces the LLM's rewrite, so
+rejections stay on-policy and nothing calls an endpoint. Each batch's sampling seed is derived
+from its samples' ids, not their position in a shard: with ``batch_size: 1`` a sample's answers
+depend on the sample and the model alone (a resumed run, another shard size, the same)."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -20,45 +27,68 @@ from typing import Any
 from models import llm as llm_api
 from models import prompts
 from tasks.clinical_text import match_case
-from tasks.config import HallucinateConfig
+from tasks.config import HallucinateConfig, TargetSamplingConfig
 from tasks.hallucinate.llm import check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
+from tasks.hallucinate.rules import rules_row
 from tasks.metrics import ARTICLES, normalize_answer, words
 
 log = logging.getLogger(__name__)
 
 
-def sample_target(samples: Sequence[Mapping[str, Any]], config: HallucinateConfig) -> list[list[str] | Exception]:
-    """``num_samples`` answers of the target VLM per sample; a batch that fails is retried per
-    sample, so one unreadable image costs one row, not the batch."""
+def sampling_model(target: TargetSamplingConfig) -> Any:
+    """The sampled VLM: ``model_path``, with ``adapter`` merged in when one is set."""
     from models import vlm as vlm_api  # torch + transformers load only for this backend
 
-    target = config.target
+    assert target.model_path is not None
     model = vlm_api.load(target.model_path, device=target.device)
-    settings = vlm_api.GenerationSettings(
+    return vlm_api.apply_adapter(model, target.adapter) if target.adapter is not None else model
+
+
+def generation_settings(target: TargetSamplingConfig, samples: Sequence[Mapping[str, Any]]) -> Any:
+    """How one batch of ``samples`` is sampled; the seed comes from the samples' ids."""
+    from models import vlm as vlm_api
+
+    return vlm_api.GenerationSettings(
         max_new_tokens=target.max_new_tokens,
         temperature=target.temperature,
         top_p=target.top_p,
         n=target.num_samples,
-        seed=target.seed,
-        batch_size=target.batch_size,
+        seed=batch_seed(target.seed, samples),
+        batch_size=len(samples),
     )
+
+
+def batch_seed(seed: int, samples: Sequence[Mapping[str, Any]]) -> int:
+    ids = "\n".join(s["sample_id"] for s in samples)
+    return seed + int(hashlib.sha256(ids.encode()).hexdigest()[:8], 16)
+
+
+def sample_target(samples: Sequence[Mapping[str, Any]], config: HallucinateConfig) -> list[list[str] | Exception]:
+    """``num_samples`` answers of the target VLM per sample; a batch that fails is retried per
+    sample, so one unreadable image costs one row, not the batch."""
+    from models import vlm as vlm_api
+
+    target = config.target
+    model = sampling_model(target)
     results: list[list[str] | Exception] = []
     for start in range(0, len(samples), target.batch_size):
         batch = samples[start : start + target.batch_size]
         try:
-            batch_settings = dataclasses.replace(settings, seed=target.seed + start)
             results.extend(
                 vlm_api.generate(
-                    model, [s["question"] for s in batch], [s["image_path"] for s in batch], batch_settings
+                    model,
+                    [s["question"] for s in batch],
+                    [s["image_path"] for s in batch],
+                    generation_settings(target, batch),
                 )
             )
             continue
         except Exception as exc:  # noqa: BLE001 - isolate the failing sample below
             log.warning("hallucinate: target batch at %d failed (%s); retrying per sample", start, exc)
-        for offset, sample in enumerate(batch):
+        for sample in batch:
             try:
-                single = dataclasses.replace(settings, seed=target.seed + start + offset, batch_size=1)
+                single = generation_settings(target, [sample])
                 results.extend(vlm_api.generate(model, [sample["question"]], [sample["image_path"]], single))
             except Exception as exc:  # noqa: BLE001
                 results.append(exc)
@@ -124,18 +154,18 @@ async def select(
 
 
 async def _target_row(
-    client: llm_api.LLMClient, sample: Mapping[str, Any], sampled: list[str] | Exception, config: HallucinateConfig
+    client: llm_api.LLMClient | None,
+    sample: Mapping[str, Any],
+    sampled: list[str] | Exception,
+    config: HallucinateConfig,
 ) -> dict[str, Any]:
     if isinstance(sampled, Exception):
         return row(sample, "target", status="failed", reason=f"generation_{type(sampled).__name__}")
     if (empty := empty_answer_row(sample, "target")) is not None:
         return {**empty, "candidates": sampled}
-    answers = sampled
-    if sample["answer_type"] == "closed":
-        answers = [closed_answer(c, sample["question"], sample["answer"]) for c in sampled]
-    usable = list(dict.fromkeys(c.strip() for c in answers if rejection_problem(c, sample["answer"], config) is None))
+    usable = usable_answers(sample, sampled, config)
     try:
-        picked = await select(client, sample, usable, config) if usable else None
+        picked = await pick(client, sample, usable, config)
         if picked is not None:
             return row(
                 sample,
@@ -143,16 +173,19 @@ async def _target_row(
                 rejected=picked[0],
                 error_type=picked[1],
                 candidates=sampled,
-                attempts=1,
+                attempts=1 if config.target.selector == "llm" else 0,
                 origin="target_model",
             )
+        if config.target.fallback != "llm":
+            return fallback_row(sample, sampled, config)
+        assert client is not None
         result, attempts = await inject(client, sample, config)
     except llm_api.LLMError as exc:
         return row(sample, "target", candidates=sampled, status="failed", reason=f"llm_{exc.reason}")
     except Exception as exc:  # noqa: BLE001 - one sample's surprise must not end the run
         log.exception("hallucinate: sample %s failed", sample["sample_id"])
         return row(sample, "target", candidates=sampled, status="failed", reason=f"error_{type(exc).__name__}")
-    attempts += 1 if usable else 0  # the selector call that picked none
+    attempts += 1 if usable and config.target.selector == "llm" else 0  # the selector call that picked none
     if "problem" in result:
         return row(sample, "target", candidates=sampled, attempts=attempts, status="failed", reason=result["problem"])
     # A rewrite of the ground truth, not one of the model's answers: error_type says what, the
@@ -167,14 +200,58 @@ async def _target_row(
     )
 
 
+def usable_answers(sample: Mapping[str, Any], sampled: Sequence[str], config: HallucinateConfig) -> list[str]:
+    """The sampled answers that may be the rejection (closed ones reduced first), in sampling order."""
+    answers = list(sampled)
+    if sample["answer_type"] == "closed":
+        answers = [closed_answer(c, sample["question"], sample["answer"]) for c in sampled]
+    return list(dict.fromkeys(c.strip() for c in answers if rejection_problem(c, sample["answer"], config) is None))
+
+
+async def pick(
+    client: llm_api.LLMClient | None, sample: Mapping[str, Any], usable: Sequence[str], config: HallucinateConfig
+) -> tuple[str, str] | None:
+    """The rejection among the usable answers, as (answer, error_type): the selector's choice,
+    or with ``selector: first`` the first one (a flipped yes/no says so, anything else is ``other``)."""
+    if not usable:
+        return None
+    if config.target.selector == "llm":
+        assert client is not None
+        return await select(client, sample, usable, config)
+    first = usable[0]
+    flipped = {normalize_answer(first), normalize_answer(sample["answer"])} == {"yes", "no"}
+    return first, "yes_no_flip" if flipped else "other"
+
+
+def fallback_row(sample: Mapping[str, Any], sampled: Sequence[str], config: HallucinateConfig) -> dict[str, Any]:
+    """No sampled answer picked and no LLM to rewrite: the offline rules' perturbation, or nothing."""
+    if config.target.fallback == "skip":
+        return row(sample, "target", candidates=sampled, status="skipped", reason="no_usable_candidate")
+    ruled = rules_row(sample, config)
+    if ruled["status"] != "ok":
+        return {**ruled, "backend": "target", "candidates": list(sampled)}
+    return row(
+        sample,
+        "target",
+        rejected=ruled["rejected"],
+        error_type=ruled["error_type"],
+        candidates=sampled,
+        attempts=ruled["attempts"],
+        origin="rules",
+    )
+
+
 def target_rows(
     samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    check_images_allowed(config)
+    if config.target.uses_llm:
+        check_images_allowed(config)
     sampled = sample_target(samples, config) if samples else []
 
-    async def work(client: llm_api.LLMClient) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    async def work(client: llm_api.LLMClient | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
         rows = await asyncio.gather(*(_target_row(client, s, c, config) for s, c in zip(samples, sampled)))
-        return list(rows), dict(client.counts)
+        return list(rows), dict(client.counts) if client is not None else {}
 
+    if not config.target.uses_llm:
+        return llm_api.run_sync(lambda: work(None))
     return llm_api.run_with_client(config.llm, cache_dir, work)

@@ -32,9 +32,23 @@ class StageCachePolicy(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         store = ArtifactStore(inputs["store_root"])
-        keyed = {name: value for name, value in inputs.items() if isinstance(getattr(value, "key", None), str)}
-        key, _ = store.key(self.stage, self.code, inputs["config"], keyed)
+        key, _ = store.key(self.stage, self.code, inputs["config"], keyed_inputs(inputs))
         return f"{self.stage}-{key}-{content_hash(str(store.root), length=8)}-g{generation(store, self.stage, key)}"
+
+
+def keyed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The task's artifact parameters as the stage names its inputs: a list of them as ``<name>.<i>``."""
+    keyed: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if _is_keyed(value):
+            keyed[name] = value
+        elif isinstance(value, (list, tuple)) and value and all(map(_is_keyed, value)):
+            keyed.update({f"{name}.{i}": item for i, item in enumerate(value)})
+    return keyed
+
+
+def _is_keyed(value: Any) -> bool:
+    return isinstance(getattr(value, "key", None), str)
 
 
 def generation(store: ArtifactStore, stage: str, key: str) -> int:

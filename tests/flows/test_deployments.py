@@ -30,10 +30,19 @@ def prefect_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
     return done
 
 
-def test_prefect_yaml_declares_the_four_deployments():
+def test_prefect_yaml_declares_the_five_deployments():
+    from flows.iterate import check_iterate
+    from tasks.config import RunConfig
+
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert sorted(deployments) == ["curate", "evaluate", "pipeline", "train"]
+    assert sorted(deployments) == ["curate", "evaluate", "iterate", "pipeline", "train"]
+    iterate = deployments["iterate"]["parameters"]
+    check_iterate(RunConfig.model_validate(iterate["config"]))  # a run file iterate accepts
+    assert (
+        iterate["rounds"] == 2
+        and iterate["config"]["ingest"] == deployments["curate"]["parameters"]["config"]["ingest"]
+    )
     assert deployments["train"]["work_pool"]["name"] == "gpu"
     (schedule,) = deployments["curate"]["schedules"]
     assert schedule["cron"] == "0 2 * * *" and schedule["active"] is False
@@ -51,7 +60,12 @@ def test_curate_deployment_runs_on_a_worker_and_publishes_artifacts(tmp_path, pr
     prefect_cli("--no-prompt", "deploy", "--all")
 
     with get_client(sync_client=True) as client:
-        for name, pool in (("train/train", "gpu"), ("evaluate-keys/evaluate", "local"), ("pipeline/pipeline", "local")):
+        for name, pool in (
+            ("train/train", "gpu"),
+            ("evaluate-keys/evaluate", "local"),
+            ("pipeline/pipeline", "local"),
+            ("iterate/iterate", "local"),
+        ):
             assert client.read_deployment_by_name(name).work_pool_name == pool
         deployment = client.read_deployment_by_name("curate/curate")
         assert deployment.work_pool_name == "local"

@@ -297,3 +297,26 @@ def test_a_data_set_without_a_test_split_has_nothing_to_leak():
 
     sample = {"image_sha256": "ab" * 32, "question": "Is there a lesion?", "image_phash": "0f" * 32}
     assert LeakageIndex([], near_duplicate_bits=8).match(sample) is None
+
+
+def test_a_window_makes_pairs_of_its_samples_only(tmp_path):
+    from tasks.config import SampleWindow
+
+    store, inputs = scene(tmp_path)
+    samples = catalog.rows(inputs["ingest"], catalog.SAMPLES)
+    made: dict[str, set[str]] = {}
+    for start in range(4):
+        window = SampleWindow(splits=["train"], start=start, count=1)
+        (chosen,) = window.select(samples)
+        manifest = run(store, inputs, window=window)
+        pairs = load_pairs(Path(manifest.path)).to_pylist() if manifest.counts["pairs.built"] else []
+        dropped = catalog.rows(manifest, catalog.DROPPED)
+        assert {p["sample_id"] for p in pairs} <= {chosen} and {d["sample_id"] for d in dropped} <= {chosen}
+        assert manifest.counts["samples.out_of_scope.window"] == 3 and manifest.counts["samples.held_out.test"] == 1
+        made[chosen] = {p["pair_id"] for p in pairs}
+    assert made == {
+        "d:train:a": {"d:train:a#text", "d:train:a#visual"},
+        "d:train:b": {"d:train:b#text"},
+        "d:train:leak": set(),  # dropped as a leak, inside its window
+        "d:train:copy": set(),
+    }

@@ -44,5 +44,7 @@ def test_cli_parses_train_arguments():
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--config", "run.yaml", "--preferences", "abc", "--resume"])
-    assert (args.config, args.preferences, args.resume) == (Path("run.yaml"), "abc", True)
+    assert (args.config, args.preferences, args.resume) == (Path("run.yaml"), ["abc"], True)
     assert args.handler.__name__ == "run_cli"
+    union = parser.parse_args(["train", "--config", "run.yaml", "--preferences", "r2", "--preferences", "r1"])
+    assert union.preferences == ["r2", "r1"] and not union.resume  # a union of sets, the newest first

@@ -47,7 +47,8 @@ lint: $(STAMP)
 # Every speed benchmark in turn (bench/README.md); each prints its table. Minutes on a CPU
 # machine, most of it SAM's image encoder (bench/noise.py) and the two trainers (bench/train.py).
 # Named, not globbed: bench/ may hold scripts that are not speed benchmarks.
-BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train.py curate.py))
+# bench/gpu.py is for a GPU machine (bench/README.md says how to run it there).
+BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train.py ddp.py curate.py))
 bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 

@@ -12,17 +12,23 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # `make ui`: a local Prefect server (UI at http://127.0.0.1:4200), the work pools the
 # deployments in prefect.yaml name, the `llm-api` tag concurrency limit (shards that call an
 # LLM endpoint carry the tag: at most LLM_API_LIMIT of them run at once, across all runs) and
-# a process worker in the foreground (Ctrl-C stops it; `make ui-stop` stops the server).
+# one process worker per pool: the first pool's in the foreground, the others' in the
+# background (logs: $(PREFECT_HOME)/worker-<pool>.log). Ctrl-C stops them all; `make ui-stop`
+# stops the server (and workers left by a `make ui` that was killed).
 UI_PORT ?= 4200
 LLM_API_LIMIT ?= 4
 UI_API := http://127.0.0.1:$(UI_PORT)/api
+# The work pools of prefect.yaml's deployments (tests/flows/test_deployments.py checks the two agree).
+UI_POOLS := local gpu
+UI_WORKERS := $(PREFECT_HOME)/ui-workers.pid
 
 .PHONY: demo test lint bench experiment venv clean-artifacts ui ui-stop
 
+# The [ray] extra too: the Ray runner's test runs a local Ray cluster.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,7 +47,8 @@ lint: $(STAMP)
 # Every speed benchmark in turn (bench/README.md); each prints its table. Minutes on a CPU
 # machine, most of it SAM's image encoder (bench/noise.py) and the two trainers (bench/train.py).
 # Named, not globbed: bench/ may hold scripts that are not speed benchmarks.
-BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train.py curate.py))
+# bench/gpu.py is for a GPU machine (bench/README.md says how to run it there).
+BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train.py ddp.py curate.py))
 bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
@@ -54,15 +61,26 @@ experiment: $(STAMP)
 clean-artifacts:
 	rm -rf data/artifacts data/preference_sets data/samples data/prefect data/experiment
 
+# The server starts in a session of its own (setsid): `--background` alone leaves it in this
+# terminal's process group, where Ctrl-C would stop it with the workers. Workers import this
+# checkout (PYTHONPATH), as the flow runs they start do. One recipe line is one shell: its trap
+# stops the background workers when the foreground one ends, Ctrl-C included (background jobs
+# of a script ignore Ctrl-C; an idle worker may need a second TERM).
 ui: $(STAMP)
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/prefect config set PREFECT_API_URL=$(UI_API) >/dev/null
-	$(BIN)/prefect server status >/dev/null 2>&1 || $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) --background
+	$(BIN)/prefect server status >/dev/null 2>&1 || setsid $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) --background </dev/null
 	@for i in $$(seq 90); do curl -sf $(UI_API)/health >/dev/null && break; sleep 1; done
-	$(BIN)/prefect work-pool create local --type process --overwrite
-	$(BIN)/prefect work-pool create gpu --type process --overwrite
+	for pool in $(UI_POOLS); do $(BIN)/prefect work-pool create $$pool --type process --overwrite || exit 1; done
 	$(BIN)/prefect concurrency-limit create llm-api $(LLM_API_LIMIT)
-	@echo "UI: http://127.0.0.1:$(UI_PORT)   deploy: $(BIN)/prefect deploy --all"
-	$(BIN)/prefect worker start --pool local --type process
+	@echo "UI: http://127.0.0.1:$(UI_PORT)   deploy: $(BIN)/prefect deploy --all   workers: $(UI_POOLS)"
+	export PYTHONPATH=$(CURDIR); pids=; \
+	for pool in $(wordlist 2,$(words $(UI_POOLS)),$(UI_POOLS)); do \
+	  $(BIN)/prefect worker start --pool $$pool --type process >$(PREFECT_HOME)/worker-$$pool.log 2>&1 & pids="$$pids $$!"; \
+	done; echo $$pids >$(UI_WORKERS); \
+	trap 'kill $$pids 2>/dev/null; sleep 2; kill $$pids 2>/dev/null; wait; rm -f $(UI_WORKERS)' EXIT INT TERM; \
+	$(BIN)/prefect worker start --pool $(firstword $(UI_POOLS)) --type process
 
 ui-stop:
+	-test -f $(UI_WORKERS) && kill $$(cat $(UI_WORKERS)) 2>/dev/null; rm -f $(UI_WORKERS)
 	$(BIN)/prefect server stop

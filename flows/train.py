@@ -1,9 +1,10 @@
 """Flow: preference set -> train (a task tagged `gpu`). `mmedpo train --config FILE.yaml --preferences SET`.
 
 The train task is tagged ``gpu`` so a deployment can route it to a GPU work pool; run
-locally it trains on whatever the machine has (CPU included). Multi-GPU training goes
-through ``accelerate launch`` when the run config's ``train.accelerate_config`` is set
-(configs/accelerate/zero3.yaml is the paper's DeepSpeed ZeRO-3 setup).
+locally it trains on whatever the machine has (CPU included). Several processes train through
+``accelerate launch`` when the run config sets ``train.num_processes`` above 1 (data parallel on
+this machine's GPUs or CPUs) or ``train.accelerate_config`` (configs/accelerate/zero3.yaml is the
+paper's DeepSpeed ZeRO-3 setup).
 """
 
 from __future__ import annotations

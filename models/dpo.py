@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
-from models import families
+from models import ddp, families
 from models.adapters import adapter_to_train, base_model_reference
 from models.families import Family
 from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
@@ -122,15 +122,26 @@ class WeightedDPOTrainer(DPOTrainer):
         shift = torch.cat([log_weights, torch.zeros_like(weights)])
         output.log_sum_sq_probs = torch.where(output.label_mask, base - shift[:, None], base)
 
+    def get_train_dataloader(self) -> Any:
+        if self.accelerator.num_processes == 1:
+            return super().get_train_dataloader()
+        # Data parallel: the same number of micro-batches on every rank, no pair repeated (models/ddp.py),
+        # so ranks may hold different numbers of pairs and every per-pair gather must allow for it.
+        ddp.gather_ragged(self.accelerator)
+        return ddp.train_dataloader(self)
+
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._pairs_in_step = sum(len(batch["weight"]) for batch in batches) or None
+        # The step's pairs over all ranks / ranks: DDP's average of the ranks' gradients is then the
+        # weighted mean over every pair of the step (models/ddp.py).
+        self._pairs_in_step = ddp.pairs_per_rank(self.accelerator, batches, device)
         return batches, num_items
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ):
         inputs = dict(inputs)
+        inputs.pop(ddp.COUNTED, None)  # fillers carry weight 0: no loss, no gradient
         self._batch = {key: inputs.pop(key) for key in PAIR_KEYS} | {"completion_mask": inputs["completion_mask"]}
         self._captured, self._grad_enabled = [], []
         try:
@@ -145,7 +156,7 @@ class WeightedDPOTrainer(DPOTrainer):
         if self.model.training and self._pairs_in_step:
             # Trainer divides each micro-batch loss by the number of micro-batches; rescaling the batch mean
             # to sum/pairs_in_step makes the step's loss the weighted mean over all its pairs, even when the
-            # last micro-batch is short.
+            # last micro-batch is short (and, under DDP, whatever each rank holds).
             loss = loss * (pairs * self.current_gradient_accumulation_steps / self._pairs_in_step)
         return (loss, outputs) if return_outputs else loss
 

@@ -11,8 +11,10 @@ content and gathered in the stage's own order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -90,7 +92,18 @@ def make_task_runner(config: RunnerConfig) -> TaskRunner:
         raise ImportError("runner.kind=ray needs prefect-ray: pip install prefect-ray==0.6.0 ray==2.60.0") from exc
     if config.address:
         return RayTaskRunner(address=config.address)
-    return RayTaskRunner(init_kwargs={"num_cpus": config.workers, "include_dashboard": False})
+    # Ray's raylet starts the worker processes from the environment, not from this process's sys.path:
+    # without the code root there they would import whichever copy is installed (the main checkout, for a
+    # git worktree), not the code this flow runs.
+    code_root = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))
+    return RayTaskRunner(
+        init_kwargs={
+            "num_cpus": config.workers,
+            "include_dashboard": False,
+            "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
+        }
+    )
 
 
 @contextmanager

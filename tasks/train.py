@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ STAGE = "train"
 CODE = code_version(
     __name__,
     "models.dpo",
+    "models.ddp",
     "models.adapters",
     "models.pairs",
     "models.families",
@@ -184,23 +186,54 @@ def build_adapter(
         "checkpoints": str(checkpoints),
         "resume": resume,
     }
-    if config.accelerate_config is None:
+    if config.accelerate_config is None and (config.num_processes or 1) == 1:
         metrics = fit(**job)
     else:
         metrics = launch(job, config, checkpoints)
     return {**counts, **metrics}
 
 
+CODE_ROOT = Path(__file__).resolve().parents[1]
+# What `train.num_processes: N` launches without a `train.accelerate_config`.
+DATA_PARALLEL = {"gpu": CODE_ROOT / "configs/accelerate/ddp.yaml", "cpu": CODE_ROOT / "configs/accelerate/cpu-ddp.yaml"}
+
+
 def launch(job: dict[str, Any], config: TrainConfig, checkpoints: Path) -> dict[str, float]:
-    """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...)."""
+    """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...).
+
+    ``train.accelerate_config`` names the launch; without one, ``train.num_processes`` data-parallel
+    processes on this machine: one per GPU, or gloo processes on the CPU
+    (``configs/accelerate/cpu-ddp.yaml``). The ranks import this checkout's code, and die with
+    the launcher, which dies with this process.
+    """
+    import torch
+
     job_file = checkpoints / "job.json"
     job_file.write_text(json.dumps(job))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.accelerate_config)]
+    accelerate_config = config.accelerate_config or DATA_PARALLEL["gpu" if torch.cuda.is_available() else "cpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
     if config.num_processes is not None:
         command += ["--num_processes", str(config.num_processes)]
     command += ["-m", "tasks.train", str(job_file)]
-    subprocess.run(command, check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
+    # Killed with this process (SIGKILL included), the launcher gets SIGTERM and stops the ranks.
+    subprocess.run(command, check=True, env=env, preexec_fn=die_with_parent(signal.SIGTERM))
     return json.loads((Path(job["out"]) / "metrics.json").read_text())
+
+
+def die_with_parent(sig: int) -> Any:
+    """A function that asks Linux to send ``sig`` to the calling process when its parent exits
+    (``PR_SET_PDEATHSIG``; a no-op elsewhere): for ``preexec_fn``, or called in the child itself."""
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux
+            pass
+
+    return arm
 
 
 def fit(
@@ -219,10 +252,12 @@ def fit(
     args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")))
     model_path = settings.model
     if model_path is None:
-        # Inside the artifact, so the adapter ships with the base model it was trained on.
-        model_path = build_tiny_llava(
-            Path(out) / "tiny-model", seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs]
-        )
+        # Inside the artifact, so the adapter ships with the base model it was trained on. Under accelerate
+        # launch every rank gets here: the first builds it, the others wait and load it.
+        model_path = Path(out) / "tiny-model"
+        with args.main_process_first(local=True, desc="tiny model"):
+            if not (model_path / "config.json").is_file():
+                build_tiny_llava(model_path, seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
     policy = vlm.load(model_path, device="cpu" if not on_gpu else None, move=False)
     reference = vlm.load(settings.ref_model, move=False).model if settings.ref_model is not None else None
     trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs)
@@ -292,5 +327,13 @@ def train_task(
 
 
 if __name__ == "__main__":
-    # Entry point of each process under `accelerate launch` (see `launch`).
+    # Entry point of each process under `accelerate launch` (see `launch`). torchrun starts each rank in a
+    # process group of its own: without this, a killed launcher would leave the ranks training on their own.
+    die_with_parent(signal.SIGKILL)()
     fit(**json.loads(Path(sys.argv[1]).read_text()))
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Otherwise gloo may abort a finished rank at exit ("terminate called without an active exception"),
+        # and the launcher then fails a run that succeeded.
+        torch.distributed.destroy_process_group()

@@ -10,6 +10,8 @@ from tests.support.harness import task_run_names
 from tests.support.raw_jsonl import append_records
 
 PER_SAMPLE = ("localize", "noise", "hallucinate", "score")
+# The curate flow's own task runs: its six stages and publish-set.
+FLOW_TASKS = ("ingest", *PER_SAMPLE, "assemble", "publish-set")
 
 
 def pairs(manifest) -> list[dict]:
@@ -39,6 +41,7 @@ def test_dask_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harne
         assert dask[stage].work == {"computed": 4, "reused": 0}
     # One shard per sample (and per image check), each a task run the Dask workers reported to the server.
     expected = sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in range(4))
-    # + 8 task runs of the flow itself: fingerprint-sources, the six stages, publish-set.
-    names = task_run_names(state.state_details.flow_run_id, at_least=len(expected) + 8)
+    # Waits until the flow's own task runs are there too (a count too high waits out task_run_names' 60 s).
+    names = task_run_names(state.state_details.flow_run_id, at_least=len(expected) + len(FLOW_TASKS))
     assert [name for name in names if "-shard-" in name] == expected
+    assert sorted(name.rsplit("-", 1)[0] for name in names if "-shard-" not in name) == sorted(FLOW_TASKS)

@@ -1,0 +1,51 @@
+"""The same curation flow with its shards on a local Ray cluster of 2 CPUs (prefect-ray)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flows.curate import curate
+from tasks.config import IngestConfig, RunConfig, RunnerConfig
+from tasks.runners import make_task_runner
+from tests.flows.test_dask_runner import FLOW_TASKS, PER_SAMPLE, pairs
+from tests.support.harness import task_run_names
+from tests.support.raw_jsonl import append_records
+
+ray = pytest.importorskip("ray", reason="runner.kind=ray needs the [ray] extra (make test installs it)")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ray_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harness, monkeypatch):
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    source = append_records(tmp_path / "raw", 0, 4)
+
+    def config(name: str, runner: RunnerConfig) -> RunConfig:
+        return RunConfig(
+            name="scale",
+            store=tmp_path / name,
+            sets=tmp_path / f"{name}-sets",
+            ingest=IngestConfig(sources=[source]),
+            runner=runner,
+        )
+
+    threads = curate(config("threads", RunnerConfig(kind="threads", workers=2, shard_size=4)))
+    state = curate(config("ray", RunnerConfig(kind="ray", workers=2, shard_size=1)), return_state=True)
+    on_ray = state.result()
+
+    assert on_ray["assemble"].digest == threads["assemble"].digest
+    assert on_ray["assemble"].key == threads["assemble"].key
+    assert pairs(on_ray["assemble"]) == pairs(threads["assemble"])
+    for stage in PER_SAMPLE:
+        assert on_ray[stage].work == {"computed": 4, "reused": 0}
+    # One shard per sample (and per image check), each a task run a Ray worker reported to the server.
+    expected = sorted(f"{stage}-shard-{i}" for stage in ("ingest", *PER_SAMPLE) for i in range(4))
+    names = task_run_names(state.state_details.flow_run_id, at_least=len(expected) + len(FLOW_TASKS))
+    assert [name for name in names if "-shard-" in name] == expected
+    assert sorted(name.rsplit("-", 1)[0] for name in names if "-shard-" not in name) == sorted(FLOW_TASKS)
+    assert not ray.is_initialized()  # the runner shut down the cluster it started
+    # Its workers import this checkout (a git worktree's, not the installed main checkout's).
+    runtime_env = make_task_runner(RunnerConfig(kind="ray", workers=2)).init_kwargs["runtime_env"]
+    assert runtime_env["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)

@@ -22,6 +22,7 @@ UI_API := http://127.0.0.1:$(UI_PORT)/api
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mmedpo"]["no-deps"])')
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

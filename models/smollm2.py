@@ -110,7 +110,6 @@ def convert(source: Path, out: Path) -> None:
     """GGUF -> a plain LlamaForCausalLM folder in bfloat16, with tokenizer and generation config."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,7 +3,7 @@ DAG order. Every model is importable from here."""
 
 from tasks.config.assemble import AssembleConfig
 from tasks.config.base import BY_CONTENT, DATA_ROOT, OPERATIONAL, ConfigError, StageConfig, identity, marker
-from tasks.config.endpoint import LOCAL_HOSTS, EndpointConfig
+from tasks.config.endpoint import LOCAL_HOSTS, EndpointCapabilities, EndpointConfig, ServeConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig, TargetSamplingConfig
 from tasks.config.ingest import IngestConfig, SourceConfig, SourceFormat
@@ -49,6 +49,8 @@ __all__ = [
     "NoiseConfig",
     "LOCAL_HOSTS",
     "EndpointConfig",
+    "EndpointCapabilities",
+    "ServeConfig",
     "HallucinateConfig",
     "TargetSamplingConfig",
     "JudgeConfig",

@@ -62,7 +62,10 @@ async def inject(
     problem = "no_attempt"
     for attempt in range(1, config.max_attempts + 1):
         reply = await client.chat(
-            messages, temperature=config.temperature, max_tokens=max_tokens, json_mode=config.json_mode
+            messages,
+            temperature=config.temperature,
+            max_tokens=max_tokens,
+            json_mode=config.llm.capabilities.structured_output,
         )
         parsed = llm_api.parse_json_reply(reply.text)
         rejected = parsed.get("rejected") if parsed else None

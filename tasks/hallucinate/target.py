@@ -111,7 +111,7 @@ async def select(
         [llm_api.system(system), llm_api.user(template.substitute(fields))],
         temperature=0.0,
         max_tokens=64,
-        json_mode=config.json_mode,
+        json_mode=config.llm.capabilities.structured_output,
     )
     parsed = llm_api.parse_json_reply(reply.text) or {}
     try:

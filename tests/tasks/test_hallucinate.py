@@ -209,11 +209,16 @@ def test_llm_backend_sends_images_only_where_allowed(openai_server, tmp_path):
     rows = [sample("closed-yes", "Yes", answer_type="closed", image=image)]
     store = ArtifactStore(tmp_path / "store")
     ingest = ingest_manifest(store, rows)
-    hallucinate(store, llm_config(openai_server, tmp_path, send_images=True), ingest)
+    reads_images = EndpointConfig(
+        base_url=openai_server.base_url, model="m", capabilities={"images": True, "structured_output": True}
+    )
+    hallucinate(store, llm_config(openai_server, tmp_path, send_images=True, llm=reads_images), ingest)
     (request,) = openai_server.requests
     assert request.messages[1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
     remote = HallucinateConfig(
-        backend="llm", send_images=True, llm=EndpointConfig(base_url="https://api.example.com/v1")
+        backend="llm",
+        send_images=True,
+        llm=EndpointConfig(base_url="https://api.example.com/v1", capabilities={"images": True}),
     )
     with pytest.raises(ValueError, match="may not receive images"):
         hallucinate(store, remote, ingest)

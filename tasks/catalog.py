@@ -127,6 +127,10 @@ NOISED = Artifact(
 
 # --- hallucinate: one row per in-scope sample --------------------------------------------------
 
+FALLBACK = pa.struct(
+    [pa.field("backend", pa.string()), pa.field("status", pa.string()), pa.field("reason", pa.string())]
+)
+
 HALLUCINATIONS = Artifact(
     "hallucinations.parquet",
     pa.schema(
@@ -142,6 +146,9 @@ HALLUCINATIONS = Artifact(
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
             pa.field("reason", pa.string()),  # short, countable, when not ok
             pa.field("origin", pa.string()),  # target_model | llm_rewrite | rules (hallucinate.rows.ORIGINS); ok only
+            # A fallback chain (backend: [llm, rules]): what each backend tried before `backend` gave this row
+            # (empty when the first one did).
+            pa.field("fallbacks", pa.list_(FALLBACK), nullable=False),
         ],
         metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
     ),

@@ -21,7 +21,7 @@ from models import llm as llm_api
 from models import prompts
 from tasks.clinical_text import match_case
 from tasks.config import HallucinateConfig
-from tasks.hallucinate.llm import check_images_allowed, inject, prompt_fields
+from tasks.hallucinate.llm import OnRow, check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
 from tasks.metrics import ARTICLES, normalize_answer, words
 
@@ -168,13 +168,19 @@ async def _target_row(
 
 
 def target_rows(
-    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path
+    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path, on_row: OnRow | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     check_images_allowed(config)
     sampled = sample_target(samples, config) if samples else []
 
+    async def one(client: llm_api.LLMClient, index: int, sample: Mapping[str, Any], candidates: Any) -> dict[str, Any]:
+        result = await _target_row(client, sample, candidates, config)
+        if on_row is not None:
+            on_row(index, result)
+        return result
+
     async def work(client: llm_api.LLMClient) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        rows = await asyncio.gather(*(_target_row(client, s, c, config) for s, c in zip(samples, sampled)))
+        rows = await asyncio.gather(*(one(client, i, s, c) for i, (s, c) in enumerate(zip(samples, sampled))))
         return list(rows), dict(client.counts)
 
     return llm_api.run_with_client(config.llm, cache_dir, work)

@@ -147,7 +147,14 @@ def injector(request: LoggedRequest) -> str:
 
 
 def llm_config(server, tmp_path, **overrides):
-    endpoint = EndpointConfig(base_url=server.base_url, model="m", backoff_s=0.0, max_retries=1, max_concurrency=2)
+    endpoint = EndpointConfig(
+        base_url=server.base_url,
+        model="m",
+        backoff_s=0.0,
+        max_retries=1,
+        max_concurrency=2,
+        capabilities={"structured_output": True},  # the JSON protocol; the few-shot one: test_fewshot.py
+    )
     return HallucinateConfig(**({"backend": "llm", "llm": endpoint, "cache_dir": tmp_path / "cache"} | overrides))
 
 

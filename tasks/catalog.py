@@ -156,6 +156,8 @@ HALLUCINATIONS = Artifact(
 
 # --- score -------------------------------------------------------------------------------------
 
+SCORE_PROBABILITY = pa.struct([pa.field("value", pa.float64()), pa.field("p", pa.float64())])
+
 JUDGE_ROUND = pa.struct(
     [
         pa.field(
@@ -166,6 +168,12 @@ JUDGE_ROUND = pa.struct(
         pa.field("reason", pa.string()),
         pa.field("adopted", pa.bool_()),  # took the previous judge's score
         pa.field("error", pa.string()),  # why the judge was excluded (junk_reply, unavailable_<reason>); null otherwise
+        # What the judge's own score came from: P(score value) over the score tokens (yes/no protocol: 1.0 and 0.0;
+        # a parsed score: a point at it), how it was read (logits | logprobs | samples | parsed | rules), and the
+        # score tokens' probability among all tokens when read from probabilities.
+        pa.field("distribution", pa.list_(SCORE_PROBABILITY)),
+        pa.field("source", pa.string()),
+        pa.field("mass", pa.float64()),
     ]
 )
 

@@ -19,7 +19,15 @@ from tasks.config.run import (
     validate,
 )
 from tasks.config.runner import RunnerConfig
-from tasks.config.score import JudgeConfig, JudgeKind, NormalizerConfig, NormalizerKind, ScoreConfig, ScoreMode
+from tasks.config.score import (
+    JudgeConfig,
+    JudgeKind,
+    JudgeProtocol,
+    NormalizerConfig,
+    NormalizerKind,
+    ScoreConfig,
+    ScoreMode,
+)
 from tasks.config.sft import SFTConfig, SFTPart
 from tasks.config.train import TrainConfig
 
@@ -55,6 +63,7 @@ __all__ = [
     "TargetSamplingConfig",
     "JudgeConfig",
     "JudgeKind",
+    "JudgeProtocol",
     "NormalizerConfig",
     "NormalizerKind",
     "ScoreConfig",

@@ -23,7 +23,16 @@ from tasks.score.weighting import PAIR_TYPES, apply_weights, distribution
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "score"
-CODE = code_version(__name__, "models.judges", "models.panel", "models.rules_judge", "models.llm", "models.prompts")
+CODE = code_version(
+    __name__,
+    "models.judges",
+    "models.token_judges",
+    "models.panel",
+    "models.rules_judge",
+    "models.llm",
+    "models.chat",
+    "models.prompts",
+)
 LLM_CACHE = "llm-cache"
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")
@@ -168,6 +177,9 @@ def outcome_row(item: judges.JudgeItem, outcome: judges.Outcome, mode: str) -> d
                 "reason": t.reason,
                 "adopted": t.adopted,
                 "error": t.error,
+                "distribution": [{"value": value, "p": round(p, 6)} for value, p in t.distribution],
+                "source": t.source,
+                "mass": None if t.mass is None else round(t.mass, 6),
             }
             for t in outcome.turns
         ],

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
+    demo.add_argument(
+        "--fast",
+        action="store_true",
+        help="offline rules only (no language model): hallucinations by the rules, one rules judge",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     for plugin in entry_points(group="mmedpo.commands"):
@@ -168,11 +173,27 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config() -> RunConfig:
+def demo_config(fast: bool = False) -> RunConfig:
     """The demo's run config, as it is written to data/samples/demo-run.yaml: the sample set,
-    offline defaults for every curation stage, and a short CPU training run of a tiny
-    random-weight LLaVA (the real model is a config away). Paths are relative to the file."""
+    SmolLM2-135M-Instruct (a real pretrained LLM) for the text pairs - hallucinations through a
+    `transformers serve` the run starts, the rules where it gives no usable answer, and a panel
+    of two judges (in-process from the logits, and through the server) - and a short CPU
+    training run of a tiny random-weight LLaVA (the real model is a config away). ``fast``:
+    offline rules for hallucination and scoring instead. Paths are relative to the file."""
+    smollm2 = Path("..") / SMOLLM2.relative_to(DATA)
+    served = {"serve": str(smollm2), "timeout_s": 180, "max_concurrency": 4}
+    text_pairs = {
+        "hallucinate": {"backend": ["llm", "rules"], "llm": served},
+        "score": {
+            "judges": [
+                {"name": "smollm2-logits", "kind": "transformers", "model_path": str(smollm2), "orders": 4},
+                {"name": "smollm2-served", "kind": "endpoint", "endpoint": served},
+            ],
+            "agreement_tolerance": 0.5,
+        },
+    }
     return RunConfig(
+        **({} if fast else text_pairs),
         name="demo",
         store=Path("../artifacts"),
         sets=Path("../preference_sets"),
@@ -200,16 +221,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tasks.store import write_text_atomic
 
     samples = DATA / "samples"
+    if not args.fast:
+        from models.smollm2 import ensure
+
+        ensure(SMOLLM2)
     build_demo_data(samples)
-    config_path = samples / "demo-run.yaml"
+    config_path = samples / ("demo-run-fast.yaml" if args.fast else "demo-run.yaml")
     header = (
         "# The demo's run config: only what differs from the defaults (mmedpo config show --defaults lists them all).\n"
     )
-    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config()), sort_keys=False))
+    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config(args.fast)), sort_keys=False))
     config = load_run_config(config_path)
     result = pipeline(config)
     print("\n== curation")
     print_manifests(result.curated)
+    if not args.fast:
+        print(text_pair_summary(result.curated))
     assembled = result.curated["assemble"]
     counts = assembled.counts
     print(f"\n== preference set {config.name}@{assembled.digest}: {config.sets / config.name / assembled.digest}")
@@ -222,6 +249,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
     print("inspect: mmedpo sets show demo")
     return 0
+
+
+def text_pair_summary(curated: dict) -> str:
+    """Where the text pairs' rejections came from, and how their weights spread."""
+    from tasks import catalog
+
+    counts = curated["hallucinate"].counts
+    ok = counts.get("rejections.ok", 0)
+    by = {b: round(ok * counts.get(f"rejections.share.{b}", 0)) for b in ("llm", "rules")}
+    weights = [
+        row["weight"]
+        for row in catalog.rows(curated["score"], catalog.SCORES)
+        if row["pair_type"] == "text" and row["status"] == "ok"
+    ]
+    spread = ""
+    if weights:
+        mean = sum(weights) / len(weights)
+        std = (sum((w - mean) ** 2 for w in weights) / len(weights)) ** 0.5
+        distinct = len({round(w, 4) for w in weights})
+        spread = f"{distinct} distinct values, std {std:.3f}, range {min(weights):.3f}-{max(weights):.3f}"
+    return (
+        f"\n== text pairs (SmolLM2-135M-Instruct): {ok:g} rejections, {by['llm']} by the model through transformers "
+        f"serve, {by['rules']} by the rules fallback ({100 * by['llm'] / max(ok, 1):.0f}% model)\n"
+        f"   weights of the judge panel (logits in-process + replies through the server): {spread}"
+    )
 
 
 def print_manifests(manifests: dict, max_counters: int = 6) -> None:

@@ -1,9 +1,14 @@
-"""The curation DAG: ingest -> localize -> noise -> hallucinate -> score -> assemble."""
+"""The curation DAG: ingest -> localize -> noise -> hallucinate -> score -> assemble.
+
+Endpoints configured with ``serve: <model folder>`` are served for the run (models/serve.py):
+the server starts when a stage first needs it and stops when the flow ends, also when it
+fails or is interrupted."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from models.serve import serving
 from tasks.assemble import assemble_task, publish_task
 from tasks.config import RunConfig
 from tasks.hallucinate import hallucinate_task
@@ -18,7 +23,7 @@ from tasks.store import Manifest
 @flow(name="curate", flow_run_name="curate-{config.name}")
 def curate(config: RunConfig) -> dict[str, Manifest]:
     store = str(config.store)
-    with shard_runner(config.runner):
+    with serving(config.store), shard_runner(config.runner):
         ingest = ingest_task(store, config.ingest)
         localize = localize_task(store, config.localize, ingest)
         noise = noise_task(store, config.noise, ingest, localize)

@@ -215,9 +215,12 @@ class LogitScorer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+        except Exception as exc:  # noqa: BLE001 - many kinds; the message names the folder
+            raise RuntimeError(f"transformers judge: cannot load {folder}: {type(exc).__name__}: {exc}") from exc
         self.token_values = self._score_token_ids()
         self._prefixes: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()

@@ -26,8 +26,17 @@ INTERVAL_S = 5.0
 
 
 class StageProgress:
-    def __init__(self, stage: str, total: int, reused: int = 0, stream: TextIO | None = None, interval_s: float = 0):
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        reused: int = 0,
+        unit: str = "samples",
+        stream: TextIO | None = None,
+        interval_s: float = 0,
+    ):
         self.stage = stage
+        self.unit = unit
         self.total = total
         self.reused = reused
         self.stream = stream
@@ -38,7 +47,7 @@ class StageProgress:
         self.started = time.monotonic()
         self._printed = self.started
         self._lock = threading.Lock()
-        self._write(f"{stage}: {total} samples to compute ({reused} reused)")
+        self._write(f"{stage}: {total} {unit} to compute ({reused} reused)")
 
     def tick(self, failure: str | None = None) -> None:
         """One sample finished (``failure``: why it has no result, or None)."""
@@ -65,10 +74,11 @@ class StageProgress:
         rate = self.done / seconds if seconds > 0 else 0.0
         failed = sum(self.failures.values())
         reasons = ", ".join(f"{reason} {n}" for reason, n in self.failures.most_common(4))
-        failures = f", {failed} failed ({reasons})" if failed else ", 0 failed"
+        # Failures are known only where the stage ticks its samples itself.
+        failures = "" if not self.per_item else f", {failed} failed ({reasons})" if failed else ", 0 failed"
         if final:
             return f"{self.stage}: done {self.done}/{self.total} in {seconds:.1f} s, {rate:.2f}/s{failures}"
-        return f"{self.stage}: {self.done}/{self.total} samples, {rate:.2f}/s{failures}, {seconds:.0f} s"
+        return f"{self.stage}: {self.done}/{self.total} {self.unit}, {rate:.2f}/s{failures}, {seconds:.0f} s"
 
     def finish(self) -> None:
         self._write(self.line(final=True))
@@ -82,8 +92,8 @@ _ACTIVE: dict[str, StageProgress] = {}
 _LOCK = threading.Lock()
 
 
-def begin(stage: str, total: int, reused: int = 0) -> StageProgress:
-    progress = StageProgress(stage, total, reused)
+def begin(stage: str, total: int, reused: int = 0, unit: str = "samples") -> StageProgress:
+    progress = StageProgress(stage, total, reused, unit)
     with _LOCK:
         _ACTIVE[stage] = progress
     return progress

@@ -162,10 +162,11 @@ class StageItems:
         return Item(key, payload)
 
     def build(
-        self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = ()
+        self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = (), unit: str = "samples"
     ) -> list[dict[str, Any]]:
         """Result rows of ``items`` in order: cached ones reused, the rest computed in shards;
-        every item's files linked into ``out`` at their artifact-relative paths."""
+        every item's files linked into ``out`` at their artifact-relative paths. Progress lines
+        in the terminal count ``unit`` (tasks.progress)."""
         missing = list({item.key: item for item in items if not self._done(item)}.values())
         runner = SHARDS.get()
         size = max(1, int(runner.shard_size))
@@ -179,7 +180,7 @@ class StageItems:
             reused=len(items) - len(missing),
         )
         if job.shards:
-            progress.begin(self.stage, len(missing), job.reused)
+            progress.begin(self.stage, len(missing), job.reused, unit)
             try:
                 counters.merge(self.counts, runner.run(job))
             finally:

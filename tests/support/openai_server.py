@@ -260,8 +260,15 @@ if __name__ == "__main__":  # a stand-in served model: echoes, answers /health, 
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pid-file", help="write this process's id there (tests check it is gone)")
     parser.add_argument("model", nargs="?")
-    port = parser.parse_args().port
+    args = parser.parse_args()
+    port = args.port
+    if args.pid_file:
+        import os
+
+        with open(args.pid_file, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = _Server(("127.0.0.1", port), _Handler)

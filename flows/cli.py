@@ -186,7 +186,7 @@ def demo_config(fast: bool = False) -> RunConfig:
         "hallucinate": {"backend": ["llm", "rules"], "llm": served},
         "score": {
             "judges": [
-                {"name": "smollm2-logits", "kind": "transformers", "model_path": str(smollm2), "orders": 4},
+                {"name": "smollm2-logits", "kind": "transformers", "model_path": str(smollm2), "orders": 2},
                 {"name": "smollm2-served", "kind": "endpoint", "endpoint": served},
             ],
             "agreement_tolerance": 0.5,

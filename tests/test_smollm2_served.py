@@ -126,7 +126,7 @@ def test_the_judge_panel_gives_informative_weights(run, hallucinated):
     regions = localize(store, LocalizeConfig(), ingest)
     config = ScoreConfig(
         judges=[
-            JudgeConfig(name="smollm2-logits", kind="transformers", model_path=MODEL, orders=4),
+            JudgeConfig(name="smollm2-logits", kind="transformers", model_path=MODEL, orders=2),
             JudgeConfig(name="smollm2-served", kind="endpoint", endpoint=served()),
         ],
         agreement_tolerance=0.5,

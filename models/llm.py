@@ -275,7 +275,7 @@ class LLMClient:
     def _refuse(self, group: str, why: str) -> None:
         self.refused.add(group)
         self.counts["refused"] = self.counts.get("refused", 0) + 1
-        log.warning("LLM %s: %s %s; not sent to it again", self.endpoint.base_url, group, why)
+        log.warning("LLM %s: %s %s; not sent to it again", self.endpoint.base_url, group, self._redact(why))
 
     @staticmethod
     def _without(request: dict[str, Any], groups: set[str]) -> dict[str, Any]:

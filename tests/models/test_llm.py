@@ -266,3 +266,14 @@ def test_logprobs_are_returned_cached_and_dropped_where_ignored(openai_server, t
     replies, counts, refused = ask_in_turn(endpoint(openai_server), ["x", "y"], logprobs=5)
     assert [r.top_logprobs for r in replies] == [None, None] and refused == {"logprobs"}
     assert ["logprobs" in r.body for r in openai_server.requests[-2:]] == [True, False]
+
+
+def test_a_refusal_echoing_the_key_is_logged_redacted(openai_server, monkeypatch, caplog):
+    secret = "sk-test-echoed-2718"
+    monkeypatch.setenv("MMEDPO_TEST_KEY", secret)
+    body = json.dumps({"error": {"message": f"seed is not supported for key {secret}"}}).encode()
+    openai_server.script(Reply(status=400, body=body))
+    with caplog.at_level("WARNING", logger="models.llm"):
+        (reply,), counts = ask(endpoint(openai_server, api_key_env="MMEDPO_TEST_KEY"), ["q"], seed=1)
+    assert reply.text.startswith("echo:") and counts["refused"] == 1
+    assert "seed refused" in caplog.text and "***" in caplog.text and secret not in caplog.text

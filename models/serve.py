@@ -108,12 +108,14 @@ class ManagedServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def argv(self, port: int) -> list[str]:
+    def command(self, port: int) -> list[str]:
         values = {"model": self.model, "host": HOST, "port": str(port), "device": self.serve.device}
-        command = [part.format(**values) for part in (self.serve.command or DEFAULT_COMMAND)]
+        return [part.format(**values) for part in (self.serve.command or DEFAULT_COMMAND)]
+
+    def argv(self, port: int) -> list[str]:
         if sys.platform == "linux":
-            return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *command]
-        return command
+            return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *self.command(port)]
+        return self.command(port)
 
     def start(self) -> None:
         if not Path(self.model).is_dir():
@@ -176,7 +178,7 @@ class ManagedServer:
 
     def _failure(self, why: str) -> str:
         return (
-            f"serve {self.model} on port {self.port}: {why}; command: {' '.join(self.argv(self.port or 0)[-12:])}\n"
+            f"serve {self.model} on port {self.port}: {why}; command: {' '.join(self.command(self.port or 0))}\n"
             f"last lines of its log ({self.log_path}):\n{self.log_tail()}"
         )
 

@@ -12,9 +12,9 @@ tokens). ``WeightedDPOTrainer`` keeps that multiplier switched on and, in a forw
 the policy, shifts ``log_sum_sq_probs`` by ``log w`` on the chosen rows, so the multiplier
 becomes ``w_i`` (times WPO's own factor when WPO is asked for). Every TRL loss type that
 scores pairs independently is then weighted in value and gradient, with TRL's loss code
-untouched. ``ImagePairCollator`` runs TRL's vision collator and then swaps in the rejected
-images' pixels for the rejected half of the batch. Every TRL internal this relies on is checked
-where it is used (models.trl_checks), so a TRL upgrade that changes one fails at the first step.
+untouched. ``models.pairs.ImagePairCollator`` gives each side of a pair its own image. Every
+TRL internal this relies on is checked where it is used (models.trl_checks), so a TRL upgrade
+that changes one fails at the first step.
 
 A pair of weight 0 gets a finite log-weight floor (``LOG_ZERO_WEIGHT``), not log 0 = -inf: its
 factor is exactly 0 (no loss, no gradient) and nothing can turn it into NaN. Dropout runs in the
@@ -24,93 +24,24 @@ the adapters-off reference stays deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
-from PIL import Image
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from models import families
+from models.families import Family
+from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
 from models.progress import quiet_progress
-from models.trl_checks import check_forwards, check_fused_output, check_pair_layout, check_weighting
+from models.trl_checks import check_forwards, check_fused_output, check_weighting
 from tasks.config import TrainConfig
 
-PAIR_TYPES = ("text", "visual")
-# Keys the collator adds for the trainer; they never reach the model.
-PAIR_KEYS = ("weight", "pair_type")
 UNWEIGHTABLE_LOSSES = {"aot", "aot_unpaired", "sft"}
 # log of a zero weight: exp(-1e4) is exactly 0 in float32 and bfloat16, yet finite, so a mask
 # mismatch multiplies it by 0 and gets 0 where log 0 = -inf would give NaN.
 LOG_ZERO_WEIGHT = -1e4
-
-
-def open_image(image: str | Path | Image.Image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as handle:
-        return handle.convert("RGB")
-
-
-def preference_example(
-    prompt: str, chosen: str, rejected: str, chosen_image: str, rejected_image: str, weight: float, pair_type: str
-) -> dict[str, Any]:
-    """One training row in the conversational form TRL's vision collator expects."""
-    if pair_type not in PAIR_TYPES:
-        raise ValueError(f"pair_type must be one of {PAIR_TYPES}, got {pair_type!r}")
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "image": str(chosen_image),
-        "rejected_image": str(rejected_image),
-        "weight": float(weight),
-        "pair_type": pair_type,
-    }
-
-
-@dataclass
-class ImagePairCollator(DataCollatorForVisionPreference):
-    """TRL's vision preference collator, with each side of a pair seeing its own image.
-
-    The batch is ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``; TRL processes the
-    chosen image for both halves, so when any pair has a different rejected image the
-    images of both halves are re-processed together and replace TRL's pixel tensors (the
-    text, hence the token ids, is untouched). Clean and noised images share their size, so
-    the number of image tokens per row is unchanged.
-    """
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        examples = [dict(example) for example in examples]  # TRL's collator edits its input
-        chosen_images, rejected_images = [], []
-        for example in examples:
-            chosen_path = example.pop("image")
-            rejected_path = example.pop("rejected_image", chosen_path)
-            chosen = open_image(chosen_path)
-            chosen_images.append(chosen)
-            rejected_images.append(chosen if rejected_path == chosen_path else open_image(rejected_path))
-            example["images"] = [chosen]
-        weights = torch.tensor([float(e.pop("weight", 1.0)) for e in examples], dtype=torch.float32)
-        pair_types = torch.tensor([PAIR_TYPES.index(e.pop("pair_type", "text")) for e in examples], dtype=torch.long)
-        output = super().torch_call(examples)
-        check_pair_layout(output, len(examples))
-        if any(r is not c for r, c in zip(rejected_images, chosen_images)):
-            pixels = self.processor.image_processor(images=chosen_images + rejected_images, return_tensors="pt")
-            for key, value in pixels.items():
-                if key not in output:
-                    continue
-                if value.shape != output[key].shape:
-                    raise ValueError(
-                        f"rejected images change {key} from {tuple(output[key].shape)} to {tuple(value.shape)}: "
-                        "a visual pair's images must have the same size"
-                    )
-                output[key] = value
-        output["weight"] = weights
-        output["pair_type"] = pair_types
-        return output
 
 
 class WeightedDPOTrainer(DPOTrainer):
@@ -293,8 +224,6 @@ def dropout_in_adapters_only(policy: torch.nn.Module, reference: torch.nn.Module
 
 # --- construction from the train stage's settings ------------------------------------------------
 
-PROJECTOR = "multi_modal_projector"  # LLaVA's vision -> text projector module
-
 
 def dpo_arguments(settings: TrainConfig, checkpoints: str, processes: int = 1) -> DPOConfig:
     """TRL's DPOConfig from the train stage's settings (the paper's defaults live there), for a
@@ -335,14 +264,15 @@ def dpo_arguments(settings: TrainConfig, checkpoints: str, processes: int = 1) -
     )
 
 
-def lora_config(settings: TrainConfig) -> LoraConfig:
+def lora_config(settings: TrainConfig, family: Family) -> LoraConfig:
+    """Adapters on the family's language model (unless ``lora_target`` names other modules), and a
+    fully trained copy of its projector, saved with the adapter, when ``projector_lr`` is set."""
     return LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target,
-        # A fully trained copy of the projector is saved with the adapter.
-        modules_to_save=[PROJECTOR] if settings.projector_lr is not None else None,
+        target_modules=settings.lora_target or family.lora_target,
+        modules_to_save=[family.projector_leaf] if settings.projector_lr is not None else None,
     )
 
 
@@ -354,34 +284,37 @@ def make_trainer(
     processor: Any,
     pairs: list[dict[str, Any]],
 ) -> WeightedDPOTrainer:
-    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``."""
+    """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``.
+
+    Fails before training when ``settings.max_length`` leaves a pair no answer token.
+    """
     from datasets import Dataset
 
-    dataset = Dataset.from_list(
-        [
-            preference_example(
-                p["prompt"],
-                p["chosen"],
-                p["rejected"],
-                p["chosen_image"],
-                p["rejected_image"],
-                p["weight"],
-                p["pair_type"],
-            )
-            for p in pairs
-        ]
-    )
+    family = families.family_of(policy)
+    examples = [
+        preference_example(
+            p["prompt"],
+            p["chosen"],
+            p["rejected"],
+            p["chosen_image"],
+            p["rejected_image"],
+            p["weight"],
+            p["pair_type"],
+        )
+        for p in pairs
+    ]
+    check_lengths(processor, examples, settings.max_length)
     trainer = WeightedDPOTrainer(
         model=policy,
         ref_model=reference,
         args=args,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(examples),
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length),
-        peft_config=lora_config(settings),
+        peft_config=lora_config(settings, family),
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,
         projector_lr=settings.projector_lr,
-        projector_module=PROJECTOR,
+        projector_module=family.projector_leaf,
     )
     return quiet_progress(trainer, "dpo")

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a LLaVA-family model with TRL's SFTTrainer (loss on the answer only).
+"""Supervised fine-tuning of a VLM with TRL's SFTTrainer (loss on the answer only).
 
 Which parts learn is explicit (``SFTConfig.trainable``): a tiny model's random vision tower
 has to be trained for the model to see anything at all, a production checkpoint would
@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from models import vlm
+from models import families, vlm
 from models.progress import quiet_progress
 from models.tiny import build_tiny_llava
 
 if TYPE_CHECKING:
     from tasks.config import SFTConfig
-
-# SFTConfig.trainable names -> attribute paths of a LlavaForConditionalGeneration.
-PARTS = {
-    "vision_tower": ("model.vision_tower",),
-    "projector": ("model.multi_modal_projector",),
-    "language_model": ("model.language_model", "lm_head"),
-}
 
 
 def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
@@ -46,12 +39,12 @@ def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
 
 
 def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> int:
-    """Freeze everything but ``parts``; returns the number of trainable parameters."""
-    model.requires_grad_(False)
-    for part in parts:
-        for dotted in PARTS[part]:
-            module = model.get_submodule(dotted)
-            module.requires_grad_(True)
+    """Freeze everything but ``parts`` (SFTConfig.trainable names); returns the number of trainable
+    parameters. Parameter by parameter, as the model's family places it: freezing Qwen's tower
+    (``model.visual``) by module would freeze its projector (``model.visual.merger``) too."""
+    family = families.family_of(model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(family.part_of(name) in parts)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

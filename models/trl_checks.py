@@ -1,10 +1,11 @@
 """What ``models.dpo`` assumes about TRL's DPOTrainer internals (trl 1.16), checked where used.
 
 The weighted trainer leans on TRL internals no public API promises: the vision collator's
-batch layout, two fused forwards per loss (policy with gradients, then the reference without),
-the fused head's ``label_mask`` and ``log_sum_sq_probs``, and how TRL's WPO multiplier turns
-the latter into a per-pair factor. A TRL release that changes one of them must stop training
-at its first step with a message naming the assumption, not train something else quietly.
+batch layout and which of its processor calls carries the images, two fused forwards per loss
+(policy with gradients, then the reference without), the fused head's ``label_mask`` and
+``log_sum_sq_probs``, and how TRL's WPO multiplier turns the latter into a per-pair factor. A
+TRL release that changes one of them must stop training at its first step with a message
+naming the assumption, not train something else quietly.
 """
 
 from __future__ import annotations
@@ -20,10 +21,24 @@ class TRLContractError(RuntimeError):
     """TRL no longer behaves as models.dpo assumes; pin trl or adapt models/dpo.py."""
 
 
-def check_pair_layout(batch: Mapping[str, torch.Tensor], pairs: int) -> None:
-    """The vision collator's batch: ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``, both
-    halves with the same prompt tokens and the same (chosen) image tensors, which
-    ``ImagePairCollator`` then replaces on the rejected half."""
+def check_image_call(passed: Sequence[Sequence[Any]], chosen: Sequence[Sequence[Any]]) -> None:
+    """The vision collator's one processor call with images gets each example's image list for the
+    chosen half and again for the rejected half - the places ``ImagePairCollator`` fills with
+    each side's own images."""
+    expected = [*chosen, *chosen]
+    if len(passed) != len(expected) or any(
+        len(got) != len(want) or any(a is not b for a, b in zip(got, want)) for got, want in zip(passed, expected)
+    ):
+        raise TRLContractError(
+            "vision collator: the processor no longer gets each example's images for the chosen half, then the "
+            "rejected half"
+        )
+
+
+def check_pair_layout(batch: Mapping[str, torch.Tensor], pairs: int, same_prompt: Sequence[bool]) -> None:
+    """The vision collator's batch: ``[chosen_0..chosen_B-1, rejected_0..rejected_B-1]``, a pair's
+    two rows with the same prompt tokens where ``same_prompt`` says so (both sides' images of one
+    size: as many image tokens)."""
     ids, attention, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     if ids.shape[0] != 2 * pairs or completion.shape != ids.shape:
         raise TRLContractError(
@@ -31,14 +46,9 @@ def check_pair_layout(batch: Mapping[str, torch.Tensor], pairs: int) -> None:
             f"shape, got input_ids {tuple(ids.shape)} and completion_mask {tuple(completion.shape)}"
         )
     prompt = (attention == 1) & (completion == 0)
-    for i in range(pairs):
+    for i in (i for i in range(pairs) if same_prompt[i]):
         if not torch.equal(ids[i][prompt[i]], ids[pairs + i][prompt[pairs + i]]):
             raise TRLContractError(f"vision collator: rows {i} and {pairs + i} do not share a prompt")
-    for key, value in batch.items():
-        if key.startswith("pixel_") and isinstance(value, torch.Tensor) and value.shape[0] % 2 == 0:
-            half = value.shape[0] // 2
-            if not torch.equal(value[:half], value[half:]):
-                raise TRLContractError(f"vision collator: {key} no longer repeats the chosen images for both halves")
 
 
 def check_fused_output(output: Any, completion_mask: torch.Tensor, needs_wpo: bool) -> None:

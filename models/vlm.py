@@ -1,9 +1,10 @@
-"""LLaVA-family vision-language models from a local path: loading, prompts, batched generation.
+"""Vision-language models from a local path: loading, prompts, batched generation, answer scoring.
 
-The only module that knows how a VLM checkpoint is loaded and prompted. Any checkpoint
-transformers maps to an image-text-to-text model (LLaVA, LLaVA-NeXT, LLaVA-Med v1.5 in HF
-format, ...) loads here, with its own processor and chat template. The hallucination stage
-(sampling candidates), evaluation (greedy answers) and training (model + processor) share it.
+The only module that loads and prompts a VLM checkpoint, of any family in ``models.families``
+(LLaVA / LLaVA-Med v1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Gemma 3, Idefics3), each with its
+own processor and chat template, through the conventions that module states. The
+hallucination stage (sampling candidates), evaluation (greedy answers, forced choice) and
+training (model + processor) share it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from models import families
+from models.families import Family
+
 
 @dataclass
 class VLM:
     model: PreTrainedModel
     processor: ProcessorMixin
     path: Path
+    family: Family
 
     @property
     def tokenizer(self) -> Any:
@@ -48,10 +53,12 @@ def load(
     """Load model + processor from a local folder; never reaches for the hub.
 
     ``move=False`` leaves the weights where loading put them, for a trainer (or DeepSpeed) to place.
+    A checkpoint of a family not in ``models.families`` fails before any weight is read.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json - not a transformers checkpoint folder")
+    family = families.detect(path)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
@@ -61,7 +68,7 @@ def load(
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return VLM(model=model, processor=processor, path=path)
+    return VLM(model=model, processor=processor, path=path, family=family)
 
 
 def messages(question: str, answer: str | None = None, with_image: bool = True) -> list[dict[str, Any]]:
@@ -75,10 +82,9 @@ def messages(question: str, answer: str | None = None, with_image: bool = True) 
 
 
 def prompt(processor: ProcessorMixin, question: str, with_image: bool = True) -> str:
-    """The model's own chat template around one question, ready for the answer to follow."""
-    return processor.apply_chat_template(
-        messages(question, with_image=with_image), add_generation_prompt=True, tokenize=False
-    )
+    """The model's own chat template around one question, ready for the answer to follow (BOS once:
+    tokenize it with ``add_special_tokens=False``, as ``families.encode`` does)."""
+    return families.render(processor, messages(question, with_image=with_image), add_generation_prompt=True)
 
 
 def open_image(image: str | Path | Image.Image) -> Image.Image:
@@ -121,9 +127,7 @@ def generate(
         batch_questions = questions[start : start + settings.batch_size]
         batch_images = [open_image(i) for i in images[start : start + settings.batch_size]]
         texts = [prompt(vlm.processor, q) for q in batch_questions]
-        inputs = vlm.processor(text=texts, images=batch_images, padding=True, return_tensors="pt").to(vlm.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(vlm.model.dtype)
+        inputs = families.to_model(families.encode(vlm.processor, texts, batch_images), vlm.model)
         options: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": sampling,
@@ -155,20 +159,40 @@ def apply_adapter(vlm: VLM, adapter: str | Path) -> VLM:
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json - not a saved peft adapter")
     merged = PeftModel.from_pretrained(vlm.model, adapter).merge_and_unload().eval()
-    return VLM(model=merged, processor=vlm.processor, path=vlm.path)
+    return VLM(model=merged, processor=vlm.processor, path=vlm.path, family=vlm.family)
 
 
-@torch.no_grad()
 def answer_logprob(vlm: VLM, question: str, answer: str, image: str | Path | Image.Image) -> float:
     """Summed log-probability of ``answer``'s tokens after the image and question (the
     quantity DPO compares between a chosen and a rejected response)."""
+    return answer_logprobs(vlm, question, [answer], image)[0]
+
+
+@torch.no_grad()
+def answer_logprobs(vlm: VLM, question: str, answers: Sequence[str], image: str | Path | Image.Image) -> list[float]:
+    """``answer_logprob`` of each candidate answer, in one batch.
+
+    The batch is built by TRL's own prompt-completion collator, through the same
+    ``TemplateProcessor`` the pair collator uses, so an answer's tokens (and the prompt's BOS)
+    are exactly those training scored.
+    """
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
     picture = open_image(image)
-    head = vlm.processor(text=[prompt(vlm.processor, question)], images=[picture], return_tensors="pt")
-    full_text = vlm.processor.apply_chat_template(messages(question, answer), tokenize=False)
-    full = vlm.processor(text=[full_text], images=[picture], return_tensors="pt").to(vlm.device)
-    if "pixel_values" in full:
-        full["pixel_values"] = full["pixel_values"].to(vlm.model.dtype)
-    start = head["input_ids"].shape[1]
-    logits = vlm.model(**full).logits[0, start - 1 : -1].float()
-    targets = full["input_ids"][0, start:]
-    return float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum())
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "images": [picture],
+        }
+        for answer in answers
+    ]
+    collator = DataCollatorForVisionLanguageModeling(
+        families.TemplateProcessor(vlm.processor), completion_only_loss=True
+    )
+    batch = families.to_model(collator(rows), vlm.model)
+    labels = batch.pop("labels")[:, 1:]
+    logits = vlm.model(**batch).logits[:, :-1].float()
+    scored = labels != -100
+    token_logps = torch.log_softmax(logits, dim=-1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * scored).sum(dim=1).tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from tasks.config import EvaluateConfig
 from tasks.counters import Counters
 from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
 
+log = logging.getLogger(__name__)
+
 STAGE = "evaluate"
-CODE = code_version(__name__, "tasks.metrics", "models.vlm")
+CODE = code_version(__name__, "tasks.metrics", "models.families", "models.vlm")
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its adapter
 
@@ -198,13 +201,18 @@ def generate_answers(
 def generate_batch(
     model: vlms.VLM, batch: Sequence[Mapping[str, Any]], settings: vlms.GenerationSettings
 ) -> list[tuple[str | None, str | None]]:
-    """One batched call; when it fails, each sample alone, so one unreadable image fails one row."""
+    """One batched call; when it fails, each sample alone, so one unreadable image fails one row.
+
+    The fallback is logged: a batch that fails for every sample is a bug of the batched path
+    (as Gemma 3's flat image list was), not a bad input, and one at a time is much slower.
+    """
     try:
         answers = vlms.generate(model, [s["question"] for s in batch], [s["image_path"] for s in batch], settings)
         return [(a[0], None) for a in answers]
     except Exception as exc:  # noqa: BLE001 - recorded on the row, or retried per sample
         if len(batch) == 1:
             return [(None, f"{type(exc).__name__}: {exc}")]
+        log.warning("evaluate: a batch of %d failed (%s: %s); retrying per sample", len(batch), type(exc).__name__, exc)
     return [generate_batch(model, [sample], settings)[0] for sample in batch]
 
 

@@ -15,7 +15,7 @@ from tasks.counters import Counters
 from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options
 
 STAGE = "sft"
-CODE = code_version(__name__, "models.sft", "models.progress", "models.vlm", "models.tiny")
+CODE = code_version(__name__, "models.sft", "models.families", "models.progress", "models.vlm", "models.tiny")
 MODEL = "model"
 
 
@@ -23,7 +23,7 @@ def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest) -> Manifest:
     """A model that already answers the task, for DPO to refine.
 
     Trains the chosen parts of a checkpoint (``config.model``; unset, the tiny random-weight
-    LLaVA of models/tiny.py) - vision tower, projector, language model - on a split's (image,
+    LLaVA of models/tiny) - vision tower, projector, language model - on a split's (image,
     question, answer) samples. A run config with an ``sft:`` section makes ``pipeline`` run
     this before ``train``, whose base model it then is.
 

@@ -21,7 +21,16 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
 
 STAGE = "train"
-CODE = code_version(__name__, "models.dpo", "models.progress", "models.vlm", "models.tiny", "tasks.sets")
+CODE = code_version(
+    __name__,
+    "models.dpo",
+    "models.pairs",
+    "models.families",
+    "models.progress",
+    "models.vlm",
+    "models.tiny",
+    "tasks.sets",
+)
 ADAPTER = "adapter"
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.

@@ -27,7 +27,7 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, safe_stem, stage_task_options
 
 STAGE = "measure"
-CODE = code_version(__name__, "models.vlm", "tasks.diffusion")
+CODE = code_version(__name__, "models.families", "models.vlm", "tasks.diffusion")
 METRICS = (
     "closed_accuracy",
     "off_answers",

@@ -17,7 +17,7 @@ class TargetSamplingConfig(StageConfig):
     model_path: Path | None = Field(
         json_schema_extra=BY_CONTENT,
         default=None,
-        description="Local image-text-to-text checkpoint folder (transformers format), identified by its content",
+        description="Local checkpoint folder of a supported model family (models/families.py), identified by content",
     )
     num_samples: int = Field(default=4, ge=1, description="Answers sampled per sample")
     temperature: float = Field(

@@ -20,7 +20,10 @@ class SFTConfig(StageConfig):
     model: Path | None = Field(
         json_schema_extra=BY_CONTENT,
         default=None,
-        description="Local checkpoint to start from (identified by content); None builds the tiny random-weight LLaVA",
+        description=(
+            "Local checkpoint of a supported family to start from (identified by content); None builds the tiny "
+            "random-weight LLaVA"
+        ),
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
     tiny_image_size: int = Field(

@@ -39,15 +39,19 @@ class TrainConfig(StageConfig):
     lora_r: int = Field(default=128, description="LoRA rank")
     lora_alpha: int = Field(default=256, description="LoRA alpha")
     lora_dropout: float = Field(default=0.05, description="LoRA dropout")
-    lora_target: str = Field(
-        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-        description="Regex of the modules given adapters (the language model's linear layers)",
+    lora_target: str | None = Field(
+        default=None,
+        description=(
+            "Regex of the modules given adapters; None = the model family's language-model attention and MLP "
+            "projections (models/families.py; never the vision tower)"
+        ),
     )
     learning_rate: float = Field(default=1e-7, description="Peak learning rate of the LoRA adapters")
     projector_lr: float | None = Field(
         default=2e-5,
         description=(
-            "Train the multimodal projector fully at this learning rate (the paper: 2e-5); None keeps it frozen"
+            "Train the model family's vision-to-text projector fully at this learning rate (the paper: 2e-5); "
+            "None keeps it frozen"
         ),
     )
     epochs: float = Field(default=3.0, description="Training epochs")

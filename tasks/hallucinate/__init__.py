@@ -29,6 +29,7 @@ CODE = code_version(
     "models.llm",
     "models.chat",
     "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
+    "models.families",
     "models.vlm",
     "models.prompts",
 )

@@ -11,47 +11,42 @@ from flows.pipeline import pipeline
 from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig
 
 
-def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_path, prefect_harness):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-
+def small_run(tmp_path, name: str, boxes: bool = True, **sections) -> RunConfig:
+    """Three train questions and a test one on random images; a two-step LoRA run."""
     raw = tmp_path / "raw"
     raw.mkdir()
     lines = []
     for i, (split, answer) in enumerate([("train", "yes"), ("train", "no"), ("train", "yes"), ("test", "no")]):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(raw / f"{i}.png")
-        lines.append(
-            json.dumps(
-                {
-                    "id": f"q{i}",
-                    "image": f"{i}.png",
-                    "question": "Is there a lesion?",
-                    "answer": answer,
-                    "split": split,
-                    "boxes": [[5, 5, 25, 25]],
-                }
-            )
-        )
+        record = {
+            "id": f"q{i}",
+            "image": f"{i}.png",
+            "question": "Is there a lesion?",
+            "answer": answer,
+            "split": split,
+        }
+        lines.append(json.dumps({**record, "boxes": [[5, 5, 25, 25]]} if boxes else record))
     (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
-    config = RunConfig(
-        name="flowtest",
+    train = TrainConfig(
+        lora_r=4, lora_alpha=8, learning_rate=1e-3, max_steps=2, batch_size=2, gradient_accumulation=1,
+        max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1,
+    )  # fmt: skip
+    return RunConfig(
+        name=name,
         store=tmp_path / "store",
         sets=tmp_path / "sets",
         ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
-        train=TrainConfig(
-            lora_r=4,
-            lora_alpha=8,
-            learning_rate=1e-3,
-            max_steps=2,
-            batch_size=2,
-            gradient_accumulation=1,
-            max_length=None,
-            gradient_checkpointing=False,
-            save_steps=100,
-            logging_steps=1,
-        ),
+        train=train,
         evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
+        **sections,
     )
+
+
+def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    config = small_run(tmp_path, "flowtest")
 
     result = pipeline(config)
 
@@ -75,36 +70,8 @@ def test_pipeline_with_an_sft_section_trains_dpo_from_the_sft_checkpoint(tmp_pat
     from tasks.config import SFTConfig
     from tasks.sft import model_dir
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    lines = []
-    for i, (split, answer) in enumerate([("train", "yes"), ("train", "no"), ("train", "yes"), ("test", "no")]):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(raw / f"{i}.png")
-        lines.append(
-            json.dumps(
-                {"id": f"q{i}", "image": f"{i}.png", "question": "Is there a lesion?", "answer": answer, "split": split}
-            )
-        )
-    (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
-    config = RunConfig(
-        name="sftflow",
-        store=tmp_path / "store",
-        sets=tmp_path / "sets",
-        ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
-        sft=SFTConfig(epochs=1, batch_size=4, tiny_hidden_size=32, tiny_layers=1),
-        train=TrainConfig(
-            lora_r=4,
-            lora_alpha=8,
-            learning_rate=1e-3,
-            max_steps=1,
-            batch_size=2,
-            gradient_accumulation=1,
-            max_length=None,
-            gradient_checkpointing=False,
-            save_steps=100,
-            logging_steps=1,
-        ),
-        evaluate=EvaluateConfig(max_new_tokens=2, meteor=False, examples=1),
+    config = small_run(
+        tmp_path, "sftflow", boxes=False, sft=SFTConfig(epochs=1, batch_size=4, tiny_hidden_size=32, tiny_layers=1)
     )
 
     result = pipeline(config)

@@ -8,7 +8,9 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from models import vlm
-from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
+from models.dpo import WeightedDPOTrainer
+from models.families import FAMILIES
+from models.pairs import ImagePairCollator, preference_example
 from tests.support.preference import preference_rows
 
 BETA = 0.1
@@ -49,7 +51,8 @@ def make_trainer(tiny_llava: Path, out: Path, rows: list[dict], trainer_class=We
         r=4,
         lora_alpha=8,
         lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
+        # The language model's linears only: a bare ["q_proj", "v_proj"] also adapts the vision tower.
+        target_modules=FAMILIES["llava"].lora_target,
         init_lora_weights=False,
         modules_to_save=overrides.pop("modules_to_save", None),
     )

@@ -9,8 +9,15 @@ import yaml
 from trl import DPOConfig, DPOTrainer
 
 from models import vlm
-from models.dpo import ImagePairCollator, dpo_arguments, make_trainer
-from models.trl_checks import TRLContractError, check_forwards, check_fused_output, check_pair_layout
+from models.dpo import dpo_arguments, make_trainer
+from models.pairs import ImagePairCollator
+from models.trl_checks import (
+    TRLContractError,
+    check_forwards,
+    check_fused_output,
+    check_image_call,
+    check_pair_layout,
+)
 from tasks.config import TrainConfig
 from tests.models.test_dpo import examples, lora_grads
 from tests.models.test_dpo import make_trainer as make_test_trainer
@@ -115,16 +122,22 @@ def test_collator_layout_is_checked(tiny_llava: Path, tmp_path: Path):
     rows = preference_rows(tmp_path / "img")[:4]
     collator = ImagePairCollator(vlm.load(tiny_llava, device="cpu").processor)
     batch = collator.torch_call([dict(e, rejected_image=e["image"]) for e in examples(rows)])
-    check_pair_layout(batch, 4)
+    same = [True] * 4
+    check_pair_layout(batch, 4, same)
     with pytest.raises(TRLContractError, match="expected 6 rows"):
-        check_pair_layout(batch, 3)
+        check_pair_layout(batch, 3, same[:3])
     # Rows 4 and 6 are the rejected rows of pairs 0 and 2, two different questions.
     swapped = dict(batch, input_ids=batch["input_ids"][[0, 1, 2, 3, 6, 5, 4, 7]])
     with pytest.raises(TRLContractError, match="do not share a prompt"):
-        check_pair_layout(swapped, 4)
-    noised = dict(batch, pixel_values=torch.cat([batch["pixel_values"][:4], batch["pixel_values"][4:] + 1]))
-    with pytest.raises(TRLContractError, match="pixel_values no longer repeats"):
-        check_pair_layout(noised, 4)
+        check_pair_layout(swapped, 4, same)
+    check_pair_layout(swapped, 4, [False, True, False, True])  # a noised image of another size: other prompt tokens
+    # The processor call with images must get each example's images, chosen half then rejected half.
+    chosen = [[object()] for _ in range(3)]
+    check_image_call([*chosen, *chosen], chosen)
+    with pytest.raises(TRLContractError, match="no longer gets each example's images"):
+        check_image_call([*chosen, *chosen[::-1]], chosen)
+    with pytest.raises(TRLContractError, match="no longer gets each example's images"):
+        check_image_call(chosen, chosen)
 
 
 def test_fused_output_and_forward_checks():

@@ -15,14 +15,19 @@ QA = [
 ]
 
 
-def write_images(folder: Path, index: int, size: int = 40) -> tuple[str, str]:
-    """A synthetic scan and a copy with Gaussian noise inside a square 'lesion'."""
+def write_images(
+    folder: Path, index: int, size: int | tuple[int, int] = 40, noised_size: tuple[int, int] | None = None
+) -> tuple[str, str]:
+    """A synthetic scan (``size``: a side, or (height, width)) and a copy with Gaussian noise inside
+    a square 'lesion', at ``noised_size`` when given (a rejected image of another size)."""
     rng = np.random.default_rng(index)
-    yy, xx = np.mgrid[:size, :size]
+    height, width = (size, size) if isinstance(size, int) else size
+    yy, xx = np.mgrid[:height, :width]
     clean = (120 + 60 * np.sin(xx / (3 + index)) + 30 * np.cos(yy / 5)).clip(0, 255).astype(np.uint8)
-    noised = clean.astype(np.float64)
-    box = slice(size // 4, size // 2)
-    noised[box, box] += rng.normal(0, 80, noised[box, box].shape)
+    base = clean if noised_size is None else np.asarray(Image.fromarray(clean).resize(noised_size[::-1]))
+    noised = base.astype(np.float64)
+    rows, cols = slice(base.shape[0] // 4, base.shape[0] // 2), slice(base.shape[1] // 4, base.shape[1] // 2)
+    noised[rows, cols] += rng.normal(0, 80, noised[rows, cols].shape)
     noised = noised.clip(0, 255).astype(np.uint8)
     folder.mkdir(parents=True, exist_ok=True)
     clean_path, noised_path = folder / f"scan{index}.png", folder / f"scan{index}_noised.png"
@@ -57,6 +62,34 @@ def preference_rows(folder: Path, weights: list[float] | None = None) -> list[di
     if weights is not None:
         for row, weight in zip(rows, weights):
             row["weight"] = weight
+    return rows
+
+
+# (height, width): different numbers of image tokens for LLaVA-NeXT, Qwen2-VL / 2.5-VL and Idefics3.
+MIXED_SIZES = [(40, 56), (64, 64), (28, 28), (56, 40)]
+
+
+def mixed_size_rows(folder: Path) -> list[dict]:
+    """Text, visual, text, visual pairs on images of four sizes, weights 1.25, 0.5, 0.9, 0.75, then a
+    visual pair whose noised image has another size than its clean one."""
+    rows = []
+    for index, (size, weight) in enumerate(zip(MIXED_SIZES, [1.25, 0.5, 0.9, 0.75])):
+        question, answer, hallucination = QA[index]
+        clean, noised = write_images(folder, index, size)
+        visual = index % 2 == 1
+        rows.append(
+            {
+                "prompt": question,
+                "chosen": answer,
+                "rejected": answer if visual else hallucination,
+                "chosen_image": clean,
+                "rejected_image": noised if visual else clean,
+                "weight": weight,
+                "pair_type": "visual" if visual else "text",
+            }
+        )
+    clean, noised = write_images(folder, len(MIXED_SIZES), (40, 56), noised_size=(56, 84))
+    rows.append({**rows[1], "chosen_image": clean, "rejected_image": noised, "weight": 1.0})
     return rows
 
 

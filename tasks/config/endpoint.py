@@ -153,7 +153,11 @@ class EndpointConfig(StageConfig):
 
     @model_validator(mode="after")
     def _served_or_called(self) -> EndpointConfig:
-        given = self.model_fields_set & {"base_url", "model"}
+        fields = type(self).model_fields
+        # Given and not the default (a full dump, `mmedpo config show`, holds the defaults and loads back).
+        given = {
+            n for n in ("base_url", "model") if n in self.model_fields_set and getattr(self, n) != fields[n].default
+        }
         if self.serve is not None and given:
             raise ValueError(f"serve: the run sets {' and '.join(sorted(given))} of a served endpoint; leave it unset")
         return self

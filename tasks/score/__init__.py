@@ -14,7 +14,7 @@ from prefect import task
 from models import judges
 from models import panel as panels
 from models.llm import run_sync
-from tasks import catalog, ui
+from tasks import catalog, progress, ui
 from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
 from tasks.config import ScoreConfig
 from tasks.counters import Counters, qualified
@@ -103,6 +103,9 @@ def score_items(
     prepared = [text_row_or_skip(h, {} if sample is None else {sample["sample_id"]: sample}) for h, sample in payloads]
     rows = [row for row, _ in prepared]
     pending = [(i, item) for i, (_, item) in enumerate(prepared) if item is not None]
+    for row, item in prepared:
+        if item is None:  # nothing to judge: done already
+            progress.tick(STAGE, None if row["status"] == "ok" else row["reason"])
     if pending:
         outcomes = run_sync(
             lambda: judge_items(config, [item for _, item in pending], None if cache_dir is None else Path(cache_dir))
@@ -158,7 +161,9 @@ async def judge_items(
 
         async def one(item: judges.JudgeItem) -> judges.Outcome:
             async with gate:
-                return await judge_one(panel, config, item)
+                outcome = await judge_one(panel, config, item)
+            progress.tick(STAGE, None if outcome.status == "ok" else outcome.reason)
+            return outcome
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 

@@ -45,6 +45,7 @@ def test_serve_shorthand_identity_and_refused_url(tmp_path):
     moved = short.model_copy(update={"base_url": "http://127.0.0.1:5/v1", "model": "/elsewhere"})
     assert identity(moved) == identity(short) and "serve" in identity(short)
     assert "base_url" in identity(EndpointConfig())  # a called endpoint is named by its URL
+    assert EndpointConfig.model_validate(short.model_dump(mode="json")) == short  # `config show` loads back
     with pytest.raises(ValueError, match="leave it unset"):
         EndpointConfig(serve=tmp_path, model="x")
     with pytest.raises(ValueError, match="does not read images"):

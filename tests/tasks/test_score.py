@@ -478,7 +478,7 @@ def test_visual_confidence_out_of_range_fails_and_float32_is_rounded():
     assert (bad["status"], bad["reason"], bad["raw_score"]) == ("failed", "confidence_out_of_range: 1.5", None)
 
 
-def test_yes_no_judges_keep_the_distribution_each_score_came_from(upstream, openai_server, tmp_path):
+def test_yes_no_judges_keep_the_distribution_each_score_came_from(upstream, openai_server, tmp_path, capsys):
     from tests.support.tiny_lm import build_tiny_lm
 
     openai_server.set_responder(lambda request: "no" if "Right." in request.prompt_text else "yes")
@@ -501,3 +501,8 @@ def test_yes_no_judges_keep_the_distribution_each_score_came_from(upstream, open
         assert second["distribution"] == [{"value": 0.0 if sample_id == "s3" else 1.0, "p": 1.0}]
         assert second["mass"] is None
     assert rows[("visual", "s1")]["rounds"] == []
+    # Progress in the terminal, sample by sample: the pairs judged and the ones with nothing to judge.
+    err = capsys.readouterr().err
+    assert "score: 5 samples to compute (0 reused)" in err
+    assert "score: done 5/5 in" in err and ", 2 failed (" in err
+    assert "hallucinate_skipped 1" in err and "sample_missing 1" in err

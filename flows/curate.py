@@ -1,9 +1,14 @@
-"""The curation DAG: ingest -> localize -> noise -> hallucinate -> score -> assemble."""
+"""The curation DAG: ingest -> localize -> noise -> hallucinate -> score -> assemble.
+
+Endpoints configured with ``serve: <model folder>`` are served for the run (models/serve.py):
+the server starts when a stage first needs it and stops when the flow ends, also when it
+fails or is interrupted."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from models.serve import serving
 from tasks.assemble import assemble_task, publish_task
 from tasks.config import RunConfig
 from tasks.hallucinate import hallucinate_task
@@ -20,7 +25,7 @@ def curate(config: RunConfig, policy: Manifest | None = None) -> dict[str, Manif
     """``policy``: the train artifact whose adapter ``hallucinate.target.adapter`` names (a round of
     `mmedpo iterate`), so the set's lineage names the model that wrote its rejections."""
     store = str(config.store)
-    with shard_runner(config.runner):
+    with serving(config.store), shard_runner(config.runner):
         ingest = ingest_task(store, config.ingest)
         localize = localize_task(store, config.localize, ingest)
         noise = noise_task(store, config.noise, ingest, localize)

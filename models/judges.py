@@ -9,6 +9,9 @@ reason and either adopts that score or re-scores. Three kinds:
 - ``EndpointJudge``: any OpenAI-compatible server (vLLM, llama.cpp, OpenAI) via models.llm;
 - ``TransformersJudge``: a local causal LM folder.
 
+Those two follow the JSON protocol (a 0-1 score and a reason, parsed); the yes/no protocol that
+reads score-token probabilities (G-Eval) is models/token_judges.py.
+
 LLM replies are parsed defensively; a judge that still answers junk (or is unreachable)
 after its retries is excluded for that sample, and the exclusion is recorded as a round.
 models/panel.py combines a panel of judges.
@@ -47,6 +50,11 @@ class Verdict:
     score: float
     reason: str
     adopted: bool = False  # the judge explicitly adopted the previous score
+    # P(score value) the score came from, as (value, p) pairs: over the score tokens for the
+    # yes/no protocol (models/token_judges.py); empty for a parsed score (a point at it).
+    distribution: tuple[tuple[float, float], ...] = ()
+    source: str = "parsed"  # logits | logprobs | samples | parsed | rules
+    mass: float | None = None  # the score tokens' probability among all tokens, when read from probabilities
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ class Turn:
     reason: str
     adopted: bool
     error: str | None = None
+    distribution: tuple[tuple[float, float], ...] = ()  # what the judge's own verdict came from
+    source: str | None = None
+    mass: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,15 +239,19 @@ class EndpointJudge(PromptedJudge):
         temperature: float,
         max_tokens: int,
         parse_retries: int,
+        json_mode: bool = False,
     ):
         super().__init__(name, templates, parse_retries)
         self.client = client
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.json_mode = json_mode  # ask for response_format=json_object (the endpoint declares structured output)
 
     async def complete(self, messages: list[dict[str, Any]]) -> str:
         try:
-            reply = await self.client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens)
+            reply = await self.client.chat(
+                messages, temperature=self.temperature, max_tokens=self.max_tokens, json_mode=self.json_mode
+            )
         except LLMError as exc:
             raise JudgeFailure(f"unavailable_{exc.reason}", exc.detail) from None
         return reply.text

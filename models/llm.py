@@ -14,6 +14,12 @@ What every caller of an LLM in this project needs, in one place:
   re-run never pays twice - callers that want a different answer change the request (e.g. a
   ``seed`` per attempt);
 - images only go to endpoints allowed to receive them (by default local ones);
+- a served endpoint (``serve: <model folder>``) is pointed at the run's server for that folder
+  (models/serve.py), which it starts on first use; its cache key names the folder's content
+  digest, never the port or the path;
+- optional request fields (``seed``, ``response_format``, ``logprobs``) an endpoint refuses with
+  HTTP 400/422 - or, for logprobs, ignores - are remembered by the client and never sent to it
+  again: the request goes again without them (``refused``, counter ``refused``);
 - the API key is read from the environment variable (or Prefect Secret block) named in
   the config and lives only inside the HTTP client: never in reprs, logs or errors (an error
   body that echoes it back is redacted before it becomes an ``LLMError``).
@@ -30,32 +36,35 @@ or, from synchronous code, ``run_with_client(endpoint, cache_dir, async_fn)``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import json
 import logging
-import mimetypes
 import os
 import random
-import re
-import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import openai
 
+from models import serve
+from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and user are used through this module
+    Message,
+    TopLogprobs,
+    data_url,
+    has_images,
+    parse_json_reply,
+    system,
+    top_logprobs,
+    user,
+)
+from models.llm_cache import RateLimiter, ResponseCache
 from tasks.config import EndpointConfig
 from tasks.store import content_hash
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Message = dict[str, Any]
 
-CACHE_FILE = "llm-cache.sqlite"
 # Keyless local servers (vLLM, llama.cpp) accept any bearer token; the SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -80,52 +89,7 @@ class ChatReply:
     finish_reason: str | None
     cached: bool
     attempts: int  # HTTP requests this reply cost: 0 when it came from the cache
-
-
-def system(text: str) -> Message:
-    return {"role": "system", "content": text}
-
-
-def user(text: str, images: Sequence[str | os.PathLike[str] | bytes] = ()) -> Message:
-    """A user message; images (paths or PNG bytes) become data-URL image parts."""
-    if not images:
-        return {"role": "user", "content": text}
-    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-    parts.extend({"type": "image_url", "image_url": {"url": data_url(image)}} for image in images)
-    return {"role": "user", "content": parts}
-
-
-def data_url(image: str | os.PathLike[str] | bytes) -> str:
-    if isinstance(image, bytes):
-        data, mime = image, "image/png"
-    else:
-        path = Path(image)
-        data, mime = path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def has_images(messages: Sequence[Message]) -> bool:
-    return any(
-        isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"]) for m in messages
-    )
-
-
-def parse_json_reply(text: str) -> Any | None:
-    """The first JSON object in a model reply, tolerating code fences and chatter around it.
-
-    Models wrap JSON in ```json fences, prefix it with "Sure! Here it is:", or append notes;
-    None when no object parses (the caller records that as a malformed reply).
-    """
-    cleaned = re.sub(r"```(?:json)?", "", text, flags=re.IGNORECASE)
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[{\[]", cleaned):
-        try:
-            value, _ = decoder.raw_decode(cleaned, match.start())
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    top_logprobs: TopLogprobs | None = None  # per reply token, when asked for and given
 
 
 def resolve_api_key(endpoint: EndpointConfig) -> str:
@@ -148,47 +112,22 @@ def resolve_api_key(endpoint: EndpointConfig) -> str:
     return PLACEHOLDER_KEY
 
 
-class ResponseCache:
-    """Replies by request key, in one sqlite file (safe across processes, atomic per row)."""
-
-    def __init__(self, folder: str | os.PathLike[str]):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        self.path = Path(folder) / CACHE_FILE
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)"
-        )
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, reply: Mapping[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (key, json.dumps(reply), time.time()))
-
-    def close(self) -> None:
-        self._db.close()
+# Request fields an endpoint may not know, by the name a refusal message uses: each is dropped for
+# good once the endpoint refuses it (HTTP 400/422), and tried in this order when the refusal does
+# not say which field it means.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "response_format": ("response_format",),
+    "logprobs": ("logprobs", "top_logprobs"),
+    "seed": ("seed",),
+}
+REFUSAL_STATUSES = frozenset({400, 422})
 
 
-class RateLimiter:
-    """Spaces request starts at least 60/rpm seconds apart (no bursts: servers see a steady rate),
-    and holds every start while the server has asked the client to back off (Retry-After):
-    one 429 pauses the whole client, not only the request that met it."""
+class RequestRefused(LLMError):
+    """The endpoint refused the request itself (HTTP 400/422): it may not know a field."""
 
-    def __init__(self, rpm: float | None):
-        self.interval = 60.0 / rpm if rpm else 0.0
-        self._next = 0.0
-
-    def pause(self, seconds: float) -> None:
-        self._next = max(self._next, time.monotonic() + seconds)
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"http_{status}", detail)
 
 
 class LLMClient:
@@ -199,12 +138,20 @@ class LLMClient:
         self._semaphore = asyncio.Semaphore(endpoint.max_concurrency)
         self._limiter = RateLimiter(endpoint.rpm)
         self._client: openai.AsyncOpenAI | None = None
+        self._own_servers: serve.ServerPool | None = None
+        # What identifies the endpoint in the response cache: its URL, or for a served model the
+        # folder's content digest (the port and the path change from run to run, the model does not).
+        self._cache_scope: Any = endpoint.base_url
+        # Optional fields (OPTIONAL_FIELDS) this endpoint refused or ignored: never sent again.
+        self.refused: set[str] = set()
         self.counts: dict[str, int] = {"requests": 0, "cache_hits": 0, "retries": 0, "errors": 0}
 
     def __repr__(self) -> str:
         return f"LLMClient({self.endpoint.base_url!r}, model={self.endpoint.model!r})"
 
     async def __aenter__(self) -> LLMClient:
+        if self.endpoint.serve is not None:
+            await asyncio.to_thread(self._use_served_model)
         # Our own retry loop owns retries and timeouts, so the SDK's are off.
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key,
@@ -214,19 +161,35 @@ class LLMClient:
         )
         return self
 
+    def _use_served_model(self) -> None:
+        """Point this client at the run's server for ``endpoint.serve`` (one of its own when the
+        run has none: then it stops with the client)."""
+        assert self.endpoint.serve is not None
+        pool = serve.active_pool()
+        if pool is None:
+            pool = self._own_servers = serve.ServerPool()
+        served = pool.served(self.endpoint.serve)
+        self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
+        self._cache_scope = ("served", served.digest)
+
     async def __aexit__(self, *exc: Any) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
         if self._cache is not None:
             self._cache.close()
+        if self._own_servers is not None:
+            await asyncio.to_thread(self._own_servers.close)
+            self._own_servers = None
 
     def _redact(self, text: str) -> str:
         """Servers and proxies may echo the bearer token in an error body."""
         return text.replace(self._api_key, "***") if self._api_key != PLACEHOLDER_KEY else text
 
     def request_key(self, request: Mapping[str, Any]) -> str:
-        return content_hash(self.endpoint.base_url, request, length=64)
+        if self.endpoint.serve is not None:
+            request = {**request, "model": "served"}  # the folder path: named by _cache_scope's digest
+        return content_hash(self._cache_scope, request, length=64)
 
     async def chat(
         self,
@@ -236,8 +199,14 @@ class LLMClient:
         max_tokens: int = 512,
         seed: int | None = None,
         json_mode: bool = False,
+        logprobs: int | None = None,
     ) -> ChatReply:
-        """One chat completion; raises LLMError (with a countable reason) when none is usable."""
+        """One chat completion; raises LLMError (with a countable reason) when none is usable.
+
+        ``json_mode``: ask for response_format=json_object; ``logprobs``: ask for that many top
+        log-probabilities per reply token (``ChatReply.top_logprobs``; None when the endpoint
+        gives none). Either is dropped for good once the endpoint refuses or ignores it.
+        """
         if self._client is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
         if has_images(messages) and not self.endpoint.images_allowed:
@@ -254,20 +223,66 @@ class LLMClient:
             request["seed"] = seed
         if json_mode:
             request["response_format"] = {"type": "json_object"}
+        if logprobs:
+            request["logprobs"] = True
+            request["top_logprobs"] = logprobs
+        # Keyed by what was asked, not what was sent: a re-run hits the cache without first
+        # learning again which fields the endpoint refuses.
         key = self.request_key(request)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.counts["cache_hits"] += 1
-            return ChatReply(hit["text"], hit.get("finish_reason"), cached=True, attempts=0)
+            tops = hit.get("top_logprobs")
+            return ChatReply(hit["text"], hit.get("finish_reason"), cached=True, attempts=0, top_logprobs=_tops(tops))
         try:
-            text, finish_reason, attempts = await self._send(request)
+            text, finish_reason, tops, attempts = await self._negotiate(request)
         except LLMError as exc:
             self.counts["errors"] += 1
             raise LLMError(exc.reason, self._redact(exc.detail)) from None
+        if logprobs and tops is None and "logprobs" not in self.refused:
+            self._refuse("logprobs", "ignored: the reply carried none")
         if self._cache is not None:
-            self._cache.put(key, {"text": text, "finish_reason": finish_reason})
-        return ChatReply(text, finish_reason, cached=False, attempts=attempts)
+            self._cache.put(key, {"text": text, "finish_reason": finish_reason, "top_logprobs": tops})
+        return ChatReply(text, finish_reason, cached=False, attempts=attempts, top_logprobs=tops)
 
-    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, int]:
+    async def _negotiate(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
+        """Send ``request`` less the fields this endpoint refused. A refusal (400/422) drops an
+        optional field for good and sends again: the field the error names or, when it names
+        none, the one whose removal lets the request pass."""
+        spent = 0
+        while True:
+            sent = self._without(request, self.refused)
+            try:
+                text, finish_reason, tops, attempts = await self._send(sent)
+                return text, finish_reason, tops, attempts + spent
+            except RequestRefused as refusal:
+                spent += 1
+                present = [group for group in OPTIONAL_FIELDS if group not in self.refused and _has(sent, group)]
+                detail = refusal.detail.lower()
+                named = [group for group in present if any(name in detail for name in OPTIONAL_FIELDS[group])]
+                if named:
+                    self._refuse(named[0], f"refused ({refusal.reason}: {refusal.detail})")
+                    continue
+                for group in present:
+                    try:
+                        text, finish_reason, tops, attempts = await self._send(self._without(sent, {group}))
+                    except RequestRefused:
+                        spent += 1
+                        continue
+                    self._refuse(group, f"refused ({refusal.reason}; the request passed without it)")
+                    return text, finish_reason, tops, attempts + spent
+                raise refusal from None
+
+    def _refuse(self, group: str, why: str) -> None:
+        self.refused.add(group)
+        self.counts["refused"] = self.counts.get("refused", 0) + 1
+        log.warning("LLM %s: %s %s; not sent to it again", self.endpoint.base_url, group, self._redact(why))
+
+    @staticmethod
+    def _without(request: dict[str, Any], groups: set[str]) -> dict[str, Any]:
+        drop = {name for group in groups for name in OPTIONAL_FIELDS[group]}
+        return {k: v for k, v in request.items() if k not in drop} if drop else request
+
+    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
         assert self._client is not None
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
@@ -283,6 +298,8 @@ class LLMClient:
                 except openai.APIConnectionError as exc:
                     last = LLMError("connection", type(exc.__cause__ or exc).__name__)
                 except openai.APIStatusError as exc:
+                    if exc.status_code in REFUSAL_STATUSES:
+                        raise RequestRefused(exc.status_code, _short(exc.message)) from None
                     last = LLMError(
                         "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", _short(exc.message)
                     )
@@ -313,7 +330,18 @@ class LLMClient:
         raise LLMError(last.reason, f"{last.detail} (after {self.endpoint.max_retries + 1} attempts)")
 
 
-def _reply_text(completion: Any) -> tuple[str, str | None]:
+def _has(request: Mapping[str, Any], group: str) -> bool:
+    return any(name in request for name in OPTIONAL_FIELDS[group])
+
+
+def _tops(value: Any) -> TopLogprobs | None:
+    """Top log-probabilities as the cache stores them (JSON lists) -> tuples."""
+    if not value:
+        return None
+    return tuple(tuple((str(token), float(logprob)) for token, logprob in position) for position in value)
+
+
+def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None]:
     choices = getattr(completion, "choices", None)
     if not choices:
         raise LLMError("malformed_response", "no choices in the reply")
@@ -321,7 +349,7 @@ def _reply_text(completion: Any) -> tuple[str, str | None]:
     text = getattr(message, "content", None)
     if not isinstance(text, str):
         raise LLMError("malformed_response", "reply has no text content")
-    return text, getattr(choices[0], "finish_reason", None)
+    return text, getattr(choices[0], "finish_reason", None), top_logprobs(choices[0])
 
 
 def _retry_after(value: str | None) -> float | None:

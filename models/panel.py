@@ -21,6 +21,7 @@ from models.judges import (
 )
 from models.llm import LLMClient
 from models.rules_judge import RulesJudge
+from models.token_judges import EndpointReader, LogitReader, LogitScorer, TokenJudge
 from tasks.config import JudgeConfig
 
 
@@ -54,7 +55,7 @@ async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5
         agreed_with = previous.score if previous is not None else None
         adopted = agreed_with is not None and (verdict.adopted or abs(verdict.score - agreed_with) <= tolerance)
         score = agreed_with if adopted and agreed_with is not None else verdict.score
-        turn = Turn(round_no, judge.name, score, verdict.reason, adopted)
+        turn = Turn(round_no, judge.name, score, verdict.reason, adopted, **_evidence(verdict))
         turns.append(turn)
         history.append(score)
         if adopted:
@@ -66,6 +67,15 @@ async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5
     if len(history) >= max_rounds:
         return Outcome(mean, "ok", "no_agreement_mean", turns)
     return Outcome(mean, "ok", "single_judge" if len(history) == 1 else "judges_exhausted_mean", turns)
+
+
+def _evidence(verdict: Verdict) -> dict:
+    """What a turn records of the verdict's own reading: its distribution (a parsed score: a point)."""
+    return {
+        "distribution": verdict.distribution or ((verdict.score, 1.0),),
+        "source": verdict.source,
+        "mass": verdict.mass,
+    }
 
 
 def _next_judge(panel: Sequence[Judge], start: int, excluded: set[str], last: str | None) -> Judge | None:
@@ -89,7 +99,7 @@ async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
     turns = [
         Turn(i + 1, j.name, None, str(r), False, error=r.reason)
         if isinstance(r, JudgeFailure)
-        else Turn(i + 1, j.name, r.score, r.reason, False)
+        else Turn(i + 1, j.name, r.score, r.reason, False, **_evidence(r))
         for i, (j, r) in enumerate(zip(panel, results))
     ]
     scores = [t.score for t in turns if t.score is not None]
@@ -102,20 +112,29 @@ async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
 async def open_panel(
     configs: Sequence[JudgeConfig], prompt_version: str, cache_dir: str | os.PathLike[str] | None
 ) -> AsyncIterator[list[Judge]]:
-    """The configured judges, ready to use; endpoint clients are closed on exit.
+    """The configured judges, ready to use; endpoint clients are closed and in-process models
+    released on exit.
 
     Misconfiguration (unknown prompt version, missing API key variable, unloadable model
-    folder) raises here, before any sample is judged.
+    folder, a served folder whose server does not come up) raises here, before any sample is
+    judged.
     """
-    templates = prompt_templates(prompt_version) if any(c.kind != "rules" for c in configs) else {}
+    json_judges = [c for c in configs if c.resolved_protocol == "json"]
+    templates = prompt_templates(prompt_version) if json_judges else {}
     async with AsyncExitStack() as stack:
         panel: list[Judge] = []
         for config in configs:
+            protocol = config.resolved_protocol
             if config.kind == "rules":
                 panel.append(RulesJudge(config.name))
-            elif config.kind == "endpoint":
+                continue
+            client = None
+            if config.kind == "endpoint":
                 assert config.endpoint is not None
                 client = await stack.enter_async_context(LLMClient(config.endpoint, cache_dir))
+            if protocol == "yesno":
+                panel.append(await stack.enter_async_context(_token_judge(config, client, prompt_version)))
+            elif client is not None:
                 panel.append(
                     EndpointJudge(
                         config.name,
@@ -124,6 +143,7 @@ async def open_panel(
                         temperature=config.temperature,
                         max_tokens=config.max_tokens,
                         parse_retries=config.parse_retries,
+                        json_mode=True,
                     )
                 )
             else:
@@ -131,7 +151,7 @@ async def open_panel(
                 panel.append(
                     TransformersJudge(
                         config.name,
-                        config.model_path,
+                        str(config.model_path),
                         templates,
                         temperature=config.temperature,
                         max_tokens=config.max_tokens,
@@ -139,3 +159,24 @@ async def open_panel(
                     )
                 )
         yield panel
+
+
+@asynccontextmanager
+async def _token_judge(config: JudgeConfig, client: LLMClient | None, version: str) -> AsyncIterator[Judge]:
+    if client is not None:
+        assert config.endpoint is not None
+        reader = EndpointReader(
+            client,
+            logprobs=config.endpoint.capabilities.logprobs,
+            samples=config.samples,
+            temperature=config.temperature,
+            parse_retries=config.parse_retries,
+        )
+        yield TokenJudge(config.name, reader, version, config.orders)
+        return
+    assert config.model_path is not None
+    scorer = await asyncio.to_thread(LogitScorer.acquire, config.model_path, config.dtype)
+    try:
+        yield TokenJudge(config.name, LogitReader(scorer, config.threads), version, config.orders)
+    finally:
+        LogitScorer.release(scorer)

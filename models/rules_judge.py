@@ -159,12 +159,12 @@ def change_weight(item: JudgeItem) -> tuple[float, str]:
 
 def rules_score(item: JudgeItem) -> Verdict:
     if tokens(item.answer) == tokens(item.rejected):
-        return Verdict(0.0, "rejected answer says the same as the ground truth")
+        return Verdict(0.0, "rejected answer says the same as the ground truth", source="rules")
     type_weight = ERROR_TYPE_WEIGHTS.get(item.error_type or "", UNKNOWN_ERROR_TYPE_WEIGHT)
     weight, why = change_weight(item)
     score = round(TYPE_SHARE * type_weight + (1 - TYPE_SHARE) * weight, 4)
     kind = item.error_type or "untyped error"
-    return Verdict(score, f"{kind} ({type_weight:.2f}); largest change: {why} ({weight:.2f})")
+    return Verdict(score, f"{kind} ({type_weight:.2f}); largest change: {why} ({weight:.2f})", source="rules")
 
 
 class RulesJudge:

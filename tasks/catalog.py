@@ -127,6 +127,10 @@ NOISED = Artifact(
 
 # --- hallucinate: one row per in-scope sample --------------------------------------------------
 
+FALLBACK = pa.struct(
+    [pa.field("backend", pa.string()), pa.field("status", pa.string()), pa.field("reason", pa.string())]
+)
+
 HALLUCINATIONS = Artifact(
     "hallucinations.parquet",
     pa.schema(
@@ -142,12 +146,17 @@ HALLUCINATIONS = Artifact(
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
             pa.field("reason", pa.string()),  # short, countable, when not ok
             pa.field("origin", pa.string()),  # target_model | llm_rewrite | rules (hallucinate.rows.ORIGINS); ok only
+            # A fallback chain (backend: [llm, rules]): what each backend tried before `backend` gave this row
+            # (empty when the first one did).
+            pa.field("fallbacks", pa.list_(FALLBACK), nullable=False),
         ],
         metadata={"artifact": "hallucinations", "schema_version": SCHEMA_VERSION},
     ),
 )
 
 # --- score -------------------------------------------------------------------------------------
+
+SCORE_PROBABILITY = pa.struct([pa.field("value", pa.float64()), pa.field("p", pa.float64())])
 
 JUDGE_ROUND = pa.struct(
     [
@@ -159,6 +168,12 @@ JUDGE_ROUND = pa.struct(
         pa.field("reason", pa.string()),
         pa.field("adopted", pa.bool_()),  # took the previous judge's score
         pa.field("error", pa.string()),  # why the judge was excluded (junk_reply, unavailable_<reason>); null otherwise
+        # What the judge's own score came from: P(score value) over the score tokens (yes/no protocol: 1.0 and 0.0;
+        # a parsed score: a point at it), how it was read (logits | logprobs | samples | parsed | rules), and the
+        # score tokens' probability among all tokens when read from probabilities.
+        pa.field("distribution", pa.list_(SCORE_PROBABILITY)),
+        pa.field("source", pa.string()),
+        pa.field("mass", pa.float64()),
     ]
 )
 

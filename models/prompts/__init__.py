@@ -20,6 +20,22 @@ def template(name: str) -> Template:
     return Template(path.read_text())
 
 
+def examples(name: str, fields: int) -> list[tuple[str, ...]]:
+    """The examples file ``<name>.txt``: one example a line, ``fields`` parts separated by ``|``;
+    blank lines and ``#`` comments skipped."""
+    found = []
+    for number, line in enumerate(template(name).template.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = tuple(part.strip() for part in line.split("|"))
+        if len(parts) != fields or not all(parts):
+            raise ValueError(
+                f"models/prompts/{name}.txt line {number}: {fields} non-empty parts separated by | expected"
+            )
+        found.append(parts)
+    return found
+
+
 def chat(name: str) -> tuple[str, Template]:
     """A two-part template: the system message, a line ``---``, the user message."""
     system, _, user = template(name).template.partition(SYSTEM_SEPARATOR)

@@ -3,7 +3,7 @@ DAG order. Every model is importable from here."""
 
 from tasks.config.assemble import AssembleConfig
 from tasks.config.base import BY_CONTENT, DATA_ROOT, OPERATIONAL, ConfigError, StageConfig, identity, marker
-from tasks.config.endpoint import LOCAL_HOSTS, EndpointConfig
+from tasks.config.endpoint import LOCAL_HOSTS, EndpointCapabilities, EndpointConfig, ServeConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig, TargetSamplingConfig
 from tasks.config.ingest import IngestConfig, SourceConfig, SourceFormat
@@ -20,7 +20,15 @@ from tasks.config.run import (
     validate,
 )
 from tasks.config.runner import RunnerConfig
-from tasks.config.score import JudgeConfig, JudgeKind, NormalizerConfig, NormalizerKind, ScoreConfig, ScoreMode
+from tasks.config.score import (
+    JudgeConfig,
+    JudgeKind,
+    JudgeProtocol,
+    NormalizerConfig,
+    NormalizerKind,
+    ScoreConfig,
+    ScoreMode,
+)
 from tasks.config.sft import SFTConfig, SFTPart
 from tasks.config.train import TrainConfig
 from tasks.config.window import SampleWindow
@@ -51,10 +59,13 @@ __all__ = [
     "NoiseConfig",
     "LOCAL_HOSTS",
     "EndpointConfig",
+    "EndpointCapabilities",
+    "ServeConfig",
     "HallucinateConfig",
     "TargetSamplingConfig",
     "JudgeConfig",
     "JudgeKind",
+    "JudgeProtocol",
     "NormalizerConfig",
     "NormalizerKind",
     "ScoreConfig",

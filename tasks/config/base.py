@@ -25,6 +25,10 @@ OPERATIONAL = {"operational": True}
 # path itself is left out of the key, so a renamed copy is a hit and new bytes under the same
 # name are a miss.
 BY_CONTENT = {"content": "instead_of_path"}
+# Set at run time when another field of the same config is set (a served endpoint's URL and model
+# name come from the server the run starts for the field ``serve``): then left out of every key,
+# like an operational field; otherwise part of it.
+OPERATIONAL_WHEN_SERVED = {"operational_when": "serve"}
 # A data root: a folder, or a file whose folder holds what it refers to (a JSONL's images). Its
 # whole content is an input, and the path stays part of the key (rows record its files' paths).
 DATA_ROOT = {"content": "data_root"}
@@ -50,8 +54,14 @@ def identity(config: BaseModel) -> dict[str, Any]:
     return {
         name: value(getattr(config, name))
         for name, field in type(config).model_fields.items()
-        if not marker(field, "operational") and marker(field, "content") != "instead_of_path"
+        if not marker(field, "operational")
+        and marker(field, "content") != "instead_of_path"
+        and not _set(config, marker(field, "operational_when"))
     }
+
+
+def _set(config: BaseModel, name: str | None) -> bool:
+    return name is not None and getattr(config, name, None) is not None
 
 
 class ConfigError(ValueError):

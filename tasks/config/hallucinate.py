@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -59,14 +59,18 @@ class TargetSamplingConfig(StageConfig):
         return self.selector == "llm" or self.fallback == "llm"
 
 
+Backend = Literal["rules", "llm", "target"]
+
+
 class HallucinateConfig(StageConfig):
     """Stage 1: a clinically plausible wrong answer (the rejected side of a text pair) per sample."""
 
-    backend: Literal["rules", "llm", "target"] = Field(
+    backend: Backend | list[Backend] = Field(
         default="rules",
         description=(
             "rules: offline clinical perturbations; llm: error injection by an LLM; target: sample the target VLM, an "
-            "LLM selects or rewrites"
+            "LLM selects or rewrites. A list is a fallback chain tried per sample in order ([llm, rules]: the rules "
+            "for the samples the LLM gave no usable rejection); each row records the backend that produced it"
         ),
     )
     splits: list[str] | None = Field(
@@ -109,7 +113,19 @@ class HallucinateConfig(StageConfig):
         json_schema_extra=OPERATIONAL, default=None, description="LLM response cache; unset: <store>/llm-cache"
     )
     inject_prompt: str = Field(
-        default="hallucinate_inject_v1", description="Template in models/prompts/ for error injection / rewriting"
+        default="hallucinate_inject_v1",
+        description="Template in models/prompts/ for error injection / rewriting by JSON (structured-output endpoints)",
+    )
+    fewshot_prompt: str = Field(
+        default="hallucinate_fewshot_v1",
+        description=(
+            "Template in models/prompts/ for error injection by the few-shot plain-text protocol (endpoints without "
+            "structured output): system message, then the turn each example and the sample fill"
+        ),
+    )
+    fewshot_examples: str = Field(
+        default="hallucinate_examples_v1",
+        description="Examples in models/prompts/ for the few-shot protocol, by answer kind (closed, open, report)",
     )
     select_prompt: str = Field(
         default="hallucinate_select_v1", description="Template in models/prompts/ for choosing among sampled answers"
@@ -120,12 +136,27 @@ class HallucinateConfig(StageConfig):
         description="Only samples inside this window get a rejection (set per round by `mmedpo iterate`); unset: all",
     )
 
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The backends in the order they are tried per sample."""
+        return (self.backend,) if isinstance(self.backend, str) else tuple(self.backend)
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether any backend of the chain calls the LLM endpoint (a selector-free target with a
+        rules or skip fallback does not)."""
+        return any(backend == "llm" or (backend == "target" and self.target.uses_llm) for backend in self.chain)
+
     @model_validator(mode="after")
     def _check(self) -> HallucinateConfig:
         if self.min_length_ratio >= self.max_length_ratio:
             raise ValueError("min_length_ratio must be below max_length_ratio")
-        if self.backend == "target" and self.target.model_path is None:
+        if not self.chain or len(set(self.chain)) != len(self.chain):
+            raise ValueError(f"backend: a non-empty chain of distinct backends ({', '.join(get_args(Backend))})")
+        if "target" in self.chain and self.target.model_path is None:
             raise ValueError("backend 'target' needs target.model_path")
         if self.target.adapter is not None and self.target.model_path is None:
             raise ValueError("target.adapter needs target.model_path (the base model it was trained on)")
+        if self.send_images and self.uses_llm and not self.llm.capabilities.images:
+            raise ValueError("send_images: the endpoint does not read images (set llm.capabilities.images: true)")
         return self

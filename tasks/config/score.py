@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -10,14 +11,23 @@ from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 from tasks.config.endpoint import EndpointConfig
 
 JudgeKind = Literal["rules", "endpoint", "transformers"]
+JudgeProtocol = Literal["auto", "json", "yesno"]
 
 
 class JudgeConfig(StageConfig):
     """One member of the clinical-relevance panel.
 
     ``endpoint``: a model behind an OpenAI-compatible server (Med42 or BioMistral on vLLM or
-    llama.cpp, GPT-4o); ``transformers``: a local causal LM folder; ``rules``: the offline
-    scorer driven by the error type the hallucinate stage recorded (needs neither).
+    llama.cpp, GPT-4o), or a folder the run serves (``endpoint.serve``); ``transformers``: a
+    local causal LM folder, run in-process; ``rules``: the offline scorer driven by the error
+    type the hallucinate stage recorded (needs neither).
+
+    Protocols (``protocol``): ``json`` asks for a 0-1 score with a reason in JSON and parses it
+    (models/prompts/judge_first_*); ``yesno`` asks whether the mistake is serious after
+    calibration examples and scores by the probability of "yes" over "yes" and "no" (G-Eval,
+    models/token_judges.py): from the logits (transformers), the endpoint's logprobs
+    (``capabilities.logprobs``), or parsed replies (greedy, or ``samples`` of them averaged).
+    ``auto``: json for endpoints declaring structured output, yesno otherwise.
     """
 
     name: str = Field(
@@ -25,13 +35,33 @@ class JudgeConfig(StageConfig):
     )
     kind: JudgeKind = Field(default="rules", description="rules | endpoint | transformers")
     endpoint: EndpointConfig | None = Field(default=None, description="endpoint judges: the server and model name")
-    model_path: str | None = Field(
+    model_path: Path | None = Field(
         json_schema_extra=BY_CONTENT,
         default=None,
         description="transformers judges: the local model folder (by content)",
     )
+    protocol: JudgeProtocol = Field(
+        default="auto", description="json | yesno | auto (json where the endpoint declares structured output)"
+    )
+    orders: int = Field(
+        default=1, ge=1, description="yesno: orders of the calibration examples whose distributions are averaged"
+    )
+    samples: int = Field(
+        default=1,
+        ge=1,
+        description="yesno endpoint judges without logprobs: sampled replies averaged (needs temperature > 0)",
+    )
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        default="float32", description="transformers judges: the dtype the model is loaded in"
+    )
+    threads: int | None = Field(
+        json_schema_extra=OPERATIONAL,
+        default=1,
+        ge=1,
+        description="transformers yesno judges: torch threads while scoring (unset: torch's own setting)",
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 keeps scores reproducible")
-    max_tokens: int = Field(default=256, gt=0, description="Longest reply a judge may write")
+    max_tokens: int = Field(default=256, gt=0, description="Longest reply a judge may write (yesno: at most 3)")
     parse_retries: int = Field(
         default=2,
         ge=0,
@@ -44,7 +74,19 @@ class JudgeConfig(StageConfig):
             raise ValueError(f"judge {self.name!r}: an endpoint judge needs endpoint (base_url, model)")
         if self.kind == "transformers" and not self.model_path:
             raise ValueError(f"judge {self.name!r}: a transformers judge needs model_path (a local folder)")
+        if self.samples > 1 and self.temperature <= 0:
+            raise ValueError(f"judge {self.name!r}: samples > 1 needs temperature > 0 (else every reply is the same)")
         return self
+
+    @property
+    def resolved_protocol(self) -> str | None:
+        """json or yesno (None for the rules judge)."""
+        if self.kind == "rules":
+            return None
+        if self.protocol != "auto":
+            return self.protocol
+        structured = self.endpoint is not None and self.endpoint.capabilities.structured_output
+        return "json" if self.kind == "endpoint" and structured else "yesno"
 
 
 NormalizerKind = Literal["paper", "zscore", "none"]
@@ -97,7 +139,10 @@ class ScoreConfig(StageConfig):
         description="debate: a re-score this close to the previous score counts as adopting it",
     )
     prompt_version: str = Field(
-        default="v1", description="Judge prompt templates models/prompts/judge_{first,followup}_<version>.txt"
+        default="v1",
+        description=(
+            "Judge prompt templates models/prompts/judge_{first,followup,repair,yesno,examples}_<version>.txt"
+        ),
     )
     concurrency: int = Field(
         json_schema_extra=OPERATIONAL,

@@ -9,11 +9,11 @@ from typing import Any
 
 from prefect import task
 
-from tasks import catalog, ui
+from tasks import catalog, counters, progress, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
 from tasks.config import HallucinateConfig
 from tasks.counters import Counters, qualified
-from tasks.hallucinate.llm import check_images_allowed, llm_rows
+from tasks.hallucinate.llm import OnRow, check_images_allowed, llm_rows
 from tasks.hallucinate.rows import ORIGINS
 from tasks.hallucinate.rules import rules_row
 from tasks.hallucinate.target import target_rows
@@ -27,6 +27,8 @@ CODE = code_version(
     "tasks.clinical_text",
     "tasks.metrics",  # the target backend reads closed answers as evaluation does
     "models.llm",
+    "models.chat",
+    "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
     "models.families",
     "models.vlm",
     "models.prompts",
@@ -38,17 +40,20 @@ def hallucinate(
 ) -> Manifest:
     """A clinically plausible wrong answer (the rejected side of a text pair) per sample.
 
-    Three backends write the same rows: ``rules`` (offline, deterministic, the demo default:
-    clinical perturbations of the ground truth, tasks.clinical_rules, one picked per sample
-    from a seed and the sample id); ``llm`` (an OpenAI-compatible endpoint injects one error
-    into the ground truth, prompt templates in models/prompts/, re-asked with feedback when a
-    reply is unusable); ``target`` (the paper's procedure: sample the target VLM n times, an
+    Three backends write the same rows: ``rules`` (offline, deterministic, the demo's fast
+    path: clinical perturbations of the ground truth, tasks.clinical_rules, one picked per
+    sample from a seed and the sample id); ``llm`` (an OpenAI-compatible endpoint injects one
+    error into the ground truth, prompt templates in models/prompts/: JSON where the endpoint
+    declares structured output, else a few-shot plain-text protocol, tasks/hallucinate/
+    fewshot.py; re-asked when a reply is unusable); ``target`` (the paper's procedure: sample the target VLM n times, an
     LLM picks the candidate that most clearly contradicts the ground truth or, when none does,
     rewrites the ground truth into a plausible error). Every rejection must differ from the
     ground truth in content and stay within a length ratio of it (the paper's released
     rejections were ~6x longer than the answers, a shortcut a model learns instead of the
     content). A sample without a valid rejection is a row with status skipped/failed and a
-    reason - never a crash, never a fabricated answer.
+    reason - never a crash, never a fabricated answer. A list of backends is a fallback chain:
+    each sample goes to the next backend only when the previous gave it no rejection; the row
+    names the backend that produced it and what the earlier ones did (``fallbacks``).
 
     Each ok row records its ``origin``: the target model's own answer (``target_model``, the
     on-policy rejection the paper wants), an LLM's rewrite of the ground truth
@@ -64,7 +69,9 @@ def hallucinate(
     ``rejections.ok.<error_type>``,
     ``rejections.skipped.<reason>``, ``rejections.failed.<reason>``,
     ``rejections[<dataset>].ok.<origin>``, ``rejections[<dataset>].share.target_model`` (target
-    backend: the share of a data set's rejections the target model wrote), ``llm.<client counter>``.
+    backend: the share of a data set's rejections the target model wrote), ``llm.<client counter>``;
+    a chain: ``backend[<name>].<ok|skipped|failed>.<reason>`` for every backend a sample tried and
+    ``rejections.share.<backend>`` (the share of the ok rejections each backend produced).
     """
     cache_dir = config.cache_dir or store.root / "llm-cache"
     return store.run(
@@ -88,10 +95,6 @@ def hallucinate_inputs(config: HallucinateConfig, ingest: Manifest, policy: Mani
     return {"ingest": ingest, "policy": policy}
 
 
-def uses_llm(config: HallucinateConfig) -> bool:
-    return config.backend == "llm" or (config.backend == "target" and config.target.uses_llm)
-
-
 # What a rejection depends on: the sample's text and image (by content), and the config's
 # identity (tasks.config.identity: not where caches live nor how hard the endpoint is pushed).
 ITEM_FIELDS = ("sample_id", "task", "answer_type", "question", "answer", "image_sha256")
@@ -109,11 +112,11 @@ def build_hallucinations(
     counts.add("samples", "out_of_scope", "split", n=len(samples) - len(in_split))
     if window is not None:
         counts.add("samples", "out_of_scope", "window", n=len(in_split) - len(in_scope))
-    if uses_llm(config):
+    if config.uses_llm:
         check_images_allowed(config)
     # The window says which items a build takes, not what an item is: left out of item keys.
     items = store.items(STAGE, CODE, config, ignore=("window",))
-    tags = (LLM_TAG,) if uses_llm(config) else ()
+    tags = (LLM_TAG,) if config.uses_llm else ()
     rows = items.build(
         out,
         [items.item(by_content(s, ITEM_FIELDS), s) for s in in_scope],
@@ -124,6 +127,13 @@ def build_hallucinations(
     catalog.write(out, HALLUCINATIONS, rows)
     for row in rows:
         counts.add("rejections", row["status"], row["error_type"] if row["status"] == "ok" else row["reason"])
+        if len(config.chain) > 1:
+            for tried in [*row["fallbacks"], row]:
+                counts.add(qualified("backend", tried["backend"]), tried["status"], tried["reason"])
+    ok = [row for row in rows if row["status"] == "ok"]
+    if len(config.chain) > 1 and ok:
+        for backend in config.chain:
+            counts.set("rejections", "share", backend, value=sum(r["backend"] == backend for r in ok) / len(ok))
     for entry in origin_rows(rows, {s["sample_id"]: s["dataset"] for s in in_scope}):
         what = qualified("rejections", entry["dataset"])
         for origin in (o for o in ORIGINS if entry[o]):
@@ -151,13 +161,51 @@ def origin_rows(rows: Sequence[Mapping[str, Any]], datasets: Mapping[str, str]) 
 
 def hallucinate_items(
     config: HallucinateConfig, cache_dir: str, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One shard: a HALLUCINATIONS row per sample (the chain's backends tried in turn for the
+    samples still without a rejection), and the LLM clients' counters."""
+    rows: list[dict[str, Any] | None] = [None] * len(samples)
+    used: dict[str, float] = {}
+    pending = list(range(len(samples)))
+    for position, backend in enumerate(config.chain):
+        last = position == len(config.chain) - 1
+
+        def finished(index: int, row: dict[str, Any], last: bool = last) -> None:
+            if row["status"] == "ok" or last:  # else the next backend tries it
+                progress.tick(STAGE, None if row["status"] == "ok" else row["reason"])
+
+        found, client_counts = backend_rows(backend, [samples[i] for i in pending], config, cache_dir, finished)
+        counters.merge(used, client_counts)
+        for index, row in zip(pending, found):
+            before = rows[index]
+            if before is not None:
+                earlier = {k: before[k] for k in ("backend", "status", "reason")}
+                row = {
+                    **row,
+                    "attempts": row["attempts"] + before["attempts"],
+                    "fallbacks": [*before["fallbacks"], earlier],
+                }
+            rows[index] = row
+        pending = [i for i in pending if rows[i]["status"] != "ok"]  # type: ignore[index]
+        if not pending:
+            break
+    return [row for row in rows if row is not None], used
+
+
+def backend_rows(
+    backend: str, samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: str, on_row: OnRow
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One shard: a HALLUCINATIONS row per sample, and the LLM client's counters."""
-    if config.backend == "rules":
-        return [rules_row(sample, config) for sample in samples], {}
-    if config.backend == "llm":
-        return llm_rows(samples, config, Path(cache_dir))
-    return target_rows(samples, config, Path(cache_dir))
+    """One backend's row per sample (``on_row(index, row)`` as each finishes), and its client's counters."""
+    if not samples:
+        return [], {}
+    if backend == "rules":
+        rows = [rules_row(sample, config) for sample in samples]
+        for index, row in enumerate(rows):
+            on_row(index, row)
+        return rows, {}
+    if backend == "llm":
+        return llm_rows(samples, config, Path(cache_dir), on_row)
+    return target_rows(samples, config, Path(cache_dir), on_row)
 
 
 @task(**stage_task_options(STAGE, CODE))
@@ -177,6 +225,7 @@ def hallucinate_task(
                 "answer": answers.get(r["sample_id"], "")[:200],
                 "rejected": (r["rejected"] or "")[:200],
                 "error_type": r["error_type"],
+                "backend": r["backend"],
                 "status": r["status"],
                 "reason": r["reason"],
             }

@@ -1,11 +1,15 @@
-"""The ``llm`` backend: an OpenAI-compatible endpoint injects one error into the ground truth,
-re-asked with feedback when its reply is unusable."""
+"""The ``llm`` backend: an OpenAI-compatible endpoint injects one error into the ground truth.
+
+Two protocols, by what the endpoint declares: with structured output (``capabilities.
+structured_output``: GPT-4o, vLLM) a JSON reply naming the error type, re-asked with feedback
+when unusable; otherwise the few-shot plain-text protocol a small model can follow
+(tasks/hallucinate/fewshot.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -13,7 +17,10 @@ from typing import Any
 from models import llm as llm_api
 from models import prompts
 from tasks.config import HallucinateConfig
+from tasks.hallucinate import fewshot
 from tasks.hallucinate.rows import ERROR_TYPES, empty_answer_row, normalize_error_type, rejection_problem, row
+
+OnRow = Callable[[int, dict[str, Any]], None]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,16 @@ FEEDBACK = {
 async def inject(
     client: llm_api.LLMClient, sample: Mapping[str, Any], config: HallucinateConfig
 ) -> tuple[dict[str, Any], int]:
-    """Ask for a wrong answer; on an unusable reply, say why and ask again (max_attempts in all).
+    """A wrong answer by the endpoint's protocol: ({"rejected", "error_type"} or {"problem"}, attempts)."""
+    if config.llm.capabilities.structured_output:
+        return await inject_json(client, sample, config)
+    return await fewshot.inject(client, sample, config, prompt_fields(sample, config)["max_chars"])
+
+
+async def inject_json(
+    client: llm_api.LLMClient, sample: Mapping[str, Any], config: HallucinateConfig
+) -> tuple[dict[str, Any], int]:
+    """Ask for a JSON wrong answer; on an unusable reply, say why and ask again (max_attempts in all).
 
     Each retry extends the conversation, so it is a new request (never a cache hit on the
     reply it is correcting), and a re-run replays the whole exchange from the cache.
@@ -62,7 +78,10 @@ async def inject(
     problem = "no_attempt"
     for attempt in range(1, config.max_attempts + 1):
         reply = await client.chat(
-            messages, temperature=config.temperature, max_tokens=max_tokens, json_mode=config.json_mode
+            messages,
+            temperature=config.temperature,
+            max_tokens=max_tokens,
+            json_mode=True,
         )
         parsed = llm_api.parse_json_reply(reply.text)
         rejected = parsed.get("rejected") if parsed else None
@@ -105,12 +124,19 @@ def check_images_allowed(config: HallucinateConfig) -> None:
 
 
 def llm_rows(
-    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path
+    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path, on_row: OnRow | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """A row per sample, in order, and the client's counters; ``on_row(index, row)`` as each finishes."""
     check_images_allowed(config)
 
+    async def one(client: llm_api.LLMClient, index: int, sample: Mapping[str, Any]) -> dict[str, Any]:
+        result = await _llm_row(client, sample, config)
+        if on_row is not None:
+            on_row(index, result)
+        return result
+
     async def work(client: llm_api.LLMClient) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        rows = await asyncio.gather(*(_llm_row(client, s, config) for s in samples))
+        rows = await asyncio.gather(*(one(client, i, s) for i, s in enumerate(samples)))
         return list(rows), dict(client.counts)
 
     return llm_api.run_with_client(config.llm, cache_dir, work)

@@ -53,6 +53,7 @@ def row(
         "status": status,
         "reason": reason,
         "origin": (origin or BACKEND_ORIGIN[backend]) if status == "ok" else None,
+        "fallbacks": [],
     }
 
 

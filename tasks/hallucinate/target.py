@@ -28,7 +28,7 @@ from models import llm as llm_api
 from models import prompts
 from tasks.clinical_text import match_case
 from tasks.config import HallucinateConfig, TargetSamplingConfig
-from tasks.hallucinate.llm import check_images_allowed, inject, prompt_fields
+from tasks.hallucinate.llm import OnRow, check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
 from tasks.hallucinate.rules import rules_row
 from tasks.metrics import ARTICLES, normalize_answer, words
@@ -141,7 +141,7 @@ async def select(
         [llm_api.system(system), llm_api.user(template.substitute(fields))],
         temperature=0.0,
         max_tokens=64,
-        json_mode=config.json_mode,
+        json_mode=config.llm.capabilities.structured_output,
     )
     parsed = llm_api.parse_json_reply(reply.text) or {}
     try:
@@ -242,14 +242,22 @@ def fallback_row(sample: Mapping[str, Any], sampled: Sequence[str], config: Hall
 
 
 def target_rows(
-    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path
+    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path, on_row: OnRow | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     if config.target.uses_llm:
         check_images_allowed(config)
     sampled = sample_target(samples, config) if samples else []
 
+    async def one(
+        client: llm_api.LLMClient | None, index: int, sample: Mapping[str, Any], candidates: Any
+    ) -> dict[str, Any]:
+        result = await _target_row(client, sample, candidates, config)
+        if on_row is not None:
+            on_row(index, result)
+        return result
+
     async def work(client: llm_api.LLMClient | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        rows = await asyncio.gather(*(_target_row(client, s, c, config) for s, c in zip(samples, sampled)))
+        rows = await asyncio.gather(*(one(client, i, s, c) for i, (s, c) in enumerate(zip(samples, sampled))))
         return list(rows), dict(client.counts) if client is not None else {}
 
     if not config.target.uses_llm:

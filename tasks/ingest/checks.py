@@ -70,7 +70,7 @@ def cached_checker(store: ArtifactStore, stage: str, config: IngestConfig, out: 
         results = inspect_all(fresh, config)
         cached = sorted(paths - fresh)
         work = [items.item({"sha256": store.digests.file(path)}, str(path)) for path in cached]
-        rows = items.build(out, work, partial(_check_items, config))
+        rows = items.build(out, work, partial(_check_items, config), unit="image files")
         results.update({path: _from_row(row) for path, row in zip(cached, rows)})
         return results
 

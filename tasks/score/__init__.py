@@ -14,7 +14,7 @@ from prefect import task
 from models import judges
 from models import panel as panels
 from models.llm import run_sync
-from tasks import catalog, ui
+from tasks import catalog, progress, ui
 from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
 from tasks.config import ScoreConfig
 from tasks.counters import Counters, qualified
@@ -23,7 +23,16 @@ from tasks.score.weighting import PAIR_TYPES, apply_weights, distribution
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "score"
-CODE = code_version(__name__, "models.judges", "models.panel", "models.rules_judge", "models.llm", "models.prompts")
+CODE = code_version(
+    __name__,
+    "models.judges",
+    "models.token_judges",
+    "models.panel",
+    "models.rules_judge",
+    "models.llm",
+    "models.chat",
+    "models.prompts",
+)
 LLM_CACHE = "llm-cache"
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")
@@ -94,6 +103,9 @@ def score_items(
     prepared = [text_row_or_skip(h, {} if sample is None else {sample["sample_id"]: sample}) for h, sample in payloads]
     rows = [row for row, _ in prepared]
     pending = [(i, item) for i, (_, item) in enumerate(prepared) if item is not None]
+    for row, item in prepared:
+        if item is None:  # nothing to judge: done already
+            progress.tick(STAGE, None if row["status"] == "ok" else row["reason"])
     if pending:
         outcomes = run_sync(
             lambda: judge_items(config, [item for _, item in pending], None if cache_dir is None else Path(cache_dir))
@@ -149,7 +161,9 @@ async def judge_items(
 
         async def one(item: judges.JudgeItem) -> judges.Outcome:
             async with gate:
-                return await judge_one(panel, config, item)
+                outcome = await judge_one(panel, config, item)
+            progress.tick(STAGE, None if outcome.status == "ok" else outcome.reason)
+            return outcome
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
@@ -168,6 +182,9 @@ def outcome_row(item: judges.JudgeItem, outcome: judges.Outcome, mode: str) -> d
                 "reason": t.reason,
                 "adopted": t.adopted,
                 "error": t.error,
+                "distribution": [{"value": value, "p": round(p, 6)} for value, p in t.distribution],
+                "source": t.source,
+                "mass": None if t.mass is None else round(t.mass, 6),
             }
             for t in outcome.turns
         ],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import counters
+from tasks import counters, progress
 from tasks.store.files import link_or_copy, temp_folder
 from tasks.store.keys import content_hash, file_digest
 
@@ -87,6 +87,7 @@ def compute_items(
     try:
         rows, counts = compute([item.payload for item in todo], folders)
         rows = list(rows)
+        progress.shard_done(stage, len(rows))
         if len(rows) != len(todo):
             raise StageFailed(f"{stage}: compute returned {len(rows)} rows for {len(todo)} items")
         for item, folder, row in zip(todo, folders, rows):
@@ -161,10 +162,11 @@ class StageItems:
         return Item(key, payload)
 
     def build(
-        self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = ()
+        self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = (), unit: str = "samples"
     ) -> list[dict[str, Any]]:
         """Result rows of ``items`` in order: cached ones reused, the rest computed in shards;
-        every item's files linked into ``out`` at their artifact-relative paths."""
+        every item's files linked into ``out`` at their artifact-relative paths. Progress lines
+        in the terminal count ``unit`` (tasks.progress)."""
         missing = list({item.key: item for item in items if not self._done(item)}.values())
         runner = SHARDS.get()
         size = max(1, int(runner.shard_size))
@@ -178,7 +180,11 @@ class StageItems:
             reused=len(items) - len(missing),
         )
         if job.shards:
-            counters.merge(self.counts, runner.run(job))
+            progress.begin(self.stage, len(missing), job.reused, unit)
+            try:
+                counters.merge(self.counts, runner.run(job))
+            finally:
+                progress.finish(self.stage)
         work = BUILD_WORK.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})

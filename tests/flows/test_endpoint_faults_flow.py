@@ -51,7 +51,14 @@ def jsonl_source(folder: Path, cases) -> SourceConfig:
 
 def endpoint(base_url: str, model: str = "m", **extra) -> EndpointConfig:
     return EndpointConfig(
-        base_url=base_url, model=model, timeout_s=0.5, max_retries=1, backoff_s=0.0, max_backoff_s=5.0, **extra
+        base_url=base_url,
+        model=model,
+        timeout_s=0.5,
+        max_retries=1,
+        backoff_s=0.0,
+        max_backoff_s=5.0,
+        capabilities={"structured_output": True},  # the JSON protocols (tests/support/faults.py answers JSON)
+        **extra,
     )
 
 

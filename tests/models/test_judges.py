@@ -32,6 +32,7 @@ def endpoint_judge(server: OpenAIServer, name: str, **overrides) -> JudgeConfig:
         backoff_s=0.0,
         timeout_s=5.0,
         max_retries=overrides.pop("max_retries", 1),
+        capabilities={"structured_output": True},  # the JSON protocol; yes/no: test_token_judges.py
     )
     return JudgeConfig(name=name, kind="endpoint", endpoint=endpoint, **overrides)
 
@@ -279,7 +280,9 @@ def test_transformers_judge_with_random_weights_answers_junk_and_is_excluded(tmp
     tokenizer.save_pretrained(tmp_path)
 
     configs = [
-        JudgeConfig(name="local", kind="transformers", model_path=str(tmp_path), max_tokens=6, parse_retries=1),
+        JudgeConfig(
+            name="local", kind="transformers", model_path=tmp_path, protocol="json", max_tokens=6, parse_retries=1
+        ),
         JudgeConfig(name="rules"),
     ]
     outcome = run_debate(configs)

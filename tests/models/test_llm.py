@@ -203,3 +203,77 @@ def test_runs_inside_an_already_running_event_loop(openai_server):
 )
 def test_parse_json_reply_is_defensive(text, expected):
     assert parse_json_reply(text) == expected
+
+
+# --- fields an endpoint refuses, log-probabilities ------------------------------------------
+
+
+def refusing(field, message=None, status=422):
+    """A server that refuses any request carrying ``field`` (saying so, or not) and echoes the rest."""
+
+    def responder(request):
+        if field in request.body:
+            text = message if message is not None else f"Unrecognized request argument supplied: {field}"
+            return Reply(status=status, body=json.dumps({"error": {"message": text}}).encode())
+        return f"ok {request.prompt_text[-1:]}"
+
+    return responder
+
+
+def ask_in_turn(config, prompts, cache_dir=None, **chat_kwargs):
+    """One client, prompts one after another: the later ones see what the earlier ones learned."""
+
+    async def work(client):
+        replies = [await client.chat([user(p)], **chat_kwargs) for p in prompts]
+        return replies, dict(client.counts), set(client.refused)
+
+    return run_with_client(config, cache_dir, work)
+
+
+@pytest.mark.parametrize("message", [None, "bad request"], ids=["named", "not named"])
+def test_a_refused_field_is_dropped_and_never_sent_again(openai_server, message):
+    openai_server.set_responder(refusing("seed", message, status=400 if message else 422))
+    replies, counts, refused = ask_in_turn(endpoint(openai_server), ["a", "b", "c"], seed=7, json_mode=True)
+    assert [r.text for r in replies] == ["ok a", "ok b", "ok c"]
+    assert refused == {"seed"} and counts["refused"] == 1
+    bodies = [r.body for r in openai_server.requests]
+    # The first request is refused; when the message names no field, dropping response_format is
+    # tried first (refused again), then seed (passes). After that: never again.
+    assert ["seed" in b for b in bodies] == (
+        [True, False, False, False] if message is None else [True, True] + [False] * 3
+    )
+    assert all(b["response_format"] == {"type": "json_object"} for b in bodies if "seed" not in b)
+    assert replies[0].attempts == len(bodies) - 2
+
+
+def test_a_refusal_of_a_required_field_is_an_error_not_a_loop(openai_server):
+    openai_server.set_responder(lambda request: Reply(status=400, body=b'{"error": {"message": "messages: empty"}}'))
+    (error,), counts = ask(endpoint(openai_server), ["q"], seed=3)
+    assert isinstance(error, LLMError) and error.reason == "http_400"
+    assert len(openai_server.requests) == 2  # as asked, then without the one optional field: both refused
+
+
+def test_logprobs_are_returned_cached_and_dropped_where_ignored(openai_server, tmp_path):
+    tops = [[("yes", -0.2), (" no", -1.9)], [("<eos>", 0.0)]]
+    openai_server.set_responder(lambda request: Reply("yes", top_logprobs=tops))
+    (reply,), _, refused = ask_in_turn(endpoint(openai_server), ["q"], cache_dir=tmp_path, logprobs=5)
+    assert reply.top_logprobs == ((("yes", -0.2), (" no", -1.9)), (("<eos>", 0.0),)) and refused == set()
+    assert openai_server.requests[-1].body["top_logprobs"] == 5
+    (again,), counts, _ = ask_in_turn(endpoint(openai_server), ["q"], cache_dir=tmp_path, logprobs=5)
+    assert again.cached and again.top_logprobs == reply.top_logprobs and counts["requests"] == 0
+
+    openai_server.set_responder(lambda request: "yes")  # accepts logprobs and ignores it (transformers serve)
+    replies, counts, refused = ask_in_turn(endpoint(openai_server), ["x", "y"], logprobs=5)
+    assert [r.top_logprobs for r in replies] == [None, None] and refused == {"logprobs"}
+    assert ["logprobs" in r.body for r in openai_server.requests[-2:]] == [True, False]
+
+
+def test_a_refusal_echoing_the_key_is_logged_redacted(openai_server, monkeypatch, caplog):
+    secret = "sk-test-echoed-2718"
+    monkeypatch.setenv("MMEDPO_TEST_KEY", secret)
+    body = json.dumps({"error": {"message": f"seed is not supported for key {secret}"}}).encode()
+    openai_server.script(Reply(status=400, body=body))
+    with caplog.at_level("WARNING", logger="models.llm"):
+        (reply,), counts = ask(endpoint(openai_server, api_key_env="MMEDPO_TEST_KEY"), ["q"], seed=1)
+    assert reply.text.startswith("echo:") and counts["refused"] == 1
+    assert "seed refused" in caplog.text and "***" in caplog.text and secret not in caplog.text

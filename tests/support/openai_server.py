@@ -5,7 +5,10 @@ scripted: a queue of ``Reply`` objects is consumed first (one per request, in ar
 order), then ``responder(request_body) -> str | Reply`` decides. A ``Reply`` can carry
 latency, an HTTP error status (429 with Retry-After, 500, ...), a malformed body, or a
 delay past the client's timeout. Every request is logged with its body and headers, and
-the server counts the most requests it ever had in flight at once.
+the server counts the most requests it ever had in flight at once. A ``Reply`` with
+``top_logprobs`` answers a request that asked for logprobs with them (OpenAI's format).
+``GET /health`` answers 200, so ``python -m tests.support.openai_server --port N`` stands in
+for a served model (``serve.command``) where starting a real one would only cost time.
 
 Use the ``openai_server`` fixture (import it into a test module) or ``OpenAIServer`` as a
 context manager.
@@ -33,6 +36,8 @@ class Reply:
     body: bytes | None = None  # sent verbatim instead of a completion (malformed JSON tests)
     retry_after: float | None = None
     finish_reason: str = "stop"
+    # Per reply token, the top (token, logprob) pairs; sent when the request asks for logprobs.
+    top_logprobs: list[list[tuple[str, float]]] | None = None
 
 
 @dataclass
@@ -85,7 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
+        if self.path.rstrip("/") == "/health":
+            self._send(200, b'{"status": "ok"}')
+        elif self.path.rstrip("/").endswith("/models"):
             self._send(200, json.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]}).encode())
         else:
             self._send(404, b'{"error": {"message": "not found"}}')
@@ -134,6 +141,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = body.get("model", "test-model") if isinstance(body, dict) else "test-model"
         words = len(reply.content.split())
+        logprobs = None
+        if reply.top_logprobs is not None and isinstance(body, dict) and body.get("logprobs"):
+            logprobs = {
+                "content": [
+                    {
+                        "token": tops[0][0],
+                        "logprob": tops[0][1],
+                        "top_logprobs": [{"token": t, "logprob": lp} for t, lp in tops],
+                    }
+                    for tops in reply.top_logprobs
+                ]
+            }
         completion = {
             "id": f"chatcmpl-test-{completion_id}",
             "object": "chat.completion",
@@ -144,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "index": 0,
                     "message": {"role": "assistant", "content": reply.content},
                     "finish_reason": reply.finish_reason,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words},
@@ -233,3 +252,27 @@ class OpenAIServer:
 def openai_server() -> Iterator[OpenAIServer]:
     with OpenAIServer() as server:
         yield server
+
+
+if __name__ == "__main__":  # a stand-in served model: echoes, answers /health, stops on SIGTERM
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pid-file", help="write this process's id there (tests check it is gone)")
+    parser.add_argument("model", nargs="?")
+    args = parser.parse_args()
+    port = args.port
+    if args.pid_file:
+        import os
+
+        with open(args.pid_file, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = _Server(("127.0.0.1", port), _Handler)
+    server.state = _State(responder=echo_responder, latency_s=0.0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    stop.wait()
+    server.shutdown()

@@ -20,7 +20,13 @@ RETRIES = 1
 def endpoint(base_url: str, model: str = "m") -> EndpointConfig:
     # max_backoff_s well under the server's Retry-After: 300; timeout well under its 3 s delay.
     return EndpointConfig(
-        base_url=base_url, model=model, timeout_s=0.5, max_retries=RETRIES, backoff_s=0.0, max_backoff_s=5.0
+        base_url=base_url,
+        model=model,
+        timeout_s=0.5,
+        max_retries=RETRIES,
+        backoff_s=0.0,
+        max_backoff_s=5.0,
+        capabilities={"structured_output": True},  # the JSON protocols (tests/support/faults.py answers JSON)
     )
 
 

@@ -147,7 +147,14 @@ def injector(request: LoggedRequest) -> str:
 
 
 def llm_config(server, tmp_path, **overrides):
-    endpoint = EndpointConfig(base_url=server.base_url, model="m", backoff_s=0.0, max_retries=1, max_concurrency=2)
+    endpoint = EndpointConfig(
+        base_url=server.base_url,
+        model="m",
+        backoff_s=0.0,
+        max_retries=1,
+        max_concurrency=2,
+        capabilities={"structured_output": True},  # the JSON protocol; the few-shot one: test_fewshot.py
+    )
     return HallucinateConfig(**({"backend": "llm", "llm": endpoint, "cache_dir": tmp_path / "cache"} | overrides))
 
 
@@ -209,11 +216,16 @@ def test_llm_backend_sends_images_only_where_allowed(openai_server, tmp_path):
     rows = [sample("closed-yes", "Yes", answer_type="closed", image=image)]
     store = ArtifactStore(tmp_path / "store")
     ingest = ingest_manifest(store, rows)
-    hallucinate(store, llm_config(openai_server, tmp_path, send_images=True), ingest)
+    reads_images = EndpointConfig(
+        base_url=openai_server.base_url, model="m", capabilities={"images": True, "structured_output": True}
+    )
+    hallucinate(store, llm_config(openai_server, tmp_path, send_images=True, llm=reads_images), ingest)
     (request,) = openai_server.requests
     assert request.messages[1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
     remote = HallucinateConfig(
-        backend="llm", send_images=True, llm=EndpointConfig(base_url="https://api.example.com/v1")
+        backend="llm",
+        send_images=True,
+        llm=EndpointConfig(base_url="https://api.example.com/v1", capabilities={"images": True}),
     )
     with pytest.raises(ValueError, match="may not receive images"):
         hallucinate(store, remote, ingest)

@@ -284,7 +284,13 @@ def test_endpoint_debate_rounds_are_recorded_in_the_parquet(upstream, openai_ser
 
     openai_server.set_responder(respond)
     store, make, _ = upstream
-    endpoint = dict(base_url=openai_server.base_url, backoff_s=0.0, timeout_s=5.0, max_retries=0)
+    endpoint = dict(
+        base_url=openai_server.base_url,
+        backoff_s=0.0,
+        timeout_s=5.0,
+        max_retries=0,
+        capabilities={"structured_output": True},  # the JSON protocol
+    )
     config = ScoreConfig(
         judges=[
             JudgeConfig(name="med42", kind="endpoint", endpoint=EndpointConfig(model="med42", **endpoint)),
@@ -330,7 +336,11 @@ def test_changing_the_panel_recomputes_score_only(upstream, openai_server):
         judges=[
             JudgeConfig(),
             JudgeConfig(
-                name="gpt", kind="endpoint", endpoint=EndpointConfig(base_url=openai_server.base_url, model="gpt-4o")
+                name="gpt",
+                kind="endpoint",
+                endpoint=EndpointConfig(
+                    base_url=openai_server.base_url, model="gpt-4o", capabilities={"structured_output": True}
+                ),
             ),
         ]
     )
@@ -466,3 +476,33 @@ def test_visual_confidence_out_of_range_fails_and_float32_is_rounded():
     )
     bad = score.visual_row(region | {"confidence": 1.5})
     assert (bad["status"], bad["reason"], bad["raw_score"]) == ("failed", "confidence_out_of_range: 1.5", None)
+
+
+def test_yes_no_judges_keep_the_distribution_each_score_came_from(upstream, openai_server, tmp_path, capsys):
+    from tests.support.tiny_lm import build_tiny_lm
+
+    openai_server.set_responder(lambda request: "no" if "Right." in request.prompt_text else "yes")
+    store, make, _ = upstream
+    served_like = EndpointConfig(base_url=openai_server.base_url, model="small", backoff_s=0.0, max_retries=0)
+    config = ScoreConfig(
+        judges=[
+            JudgeConfig(name="logits", kind="transformers", model_path=build_tiny_lm(tmp_path / "lm")),
+            JudgeConfig(name="replies", kind="endpoint", endpoint=served_like),
+        ],
+        agreement_tolerance=0.5,
+    )
+    rows = rows_by(score.score(store, config, *make()))
+    for sample_id in ("s1", "s2", "s3"):
+        first, second = rows[("text", sample_id)]["rounds"][:2]
+        assert (first["source"], second["source"]) == ("logits", "parsed") and first["mass"] > 0
+        (p_yes, p_no) = (d["p"] for d in first["distribution"])
+        assert [d["value"] for d in first["distribution"]] == [1.0, 0.0] and p_yes + p_no == pytest.approx(1.0)
+        assert first["score"] == pytest.approx(p_yes, abs=1e-5)
+        assert second["distribution"] == [{"value": 0.0 if sample_id == "s3" else 1.0, "p": 1.0}]
+        assert second["mass"] is None
+    assert rows[("visual", "s1")]["rounds"] == []
+    # Progress in the terminal, sample by sample: the pairs judged and the ones with nothing to judge.
+    err = capsys.readouterr().err
+    assert "score: 5 samples to compute (0 reused)" in err
+    assert "score: done 5/5 in" in err and ", 2 failed (" in err
+    assert "hallucinate_skipped 1" in err and "sample_missing 1" in err

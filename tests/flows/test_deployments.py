@@ -21,7 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig
+from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig
+from tests.support.configs import small_train
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -80,17 +81,7 @@ def pipeline_config(tmp_path: Path) -> RunConfig:
         store=tmp_path / "store",
         sets=tmp_path / "sets",
         ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl", name="incoming")]),
-        train=TrainConfig(
-            lora_r=4,
-            lora_alpha=8,
-            learning_rate=1e-3,
-            max_steps=2,
-            batch_size=2,
-            gradient_accumulation=1,
-            max_length=None,
-            gradient_checkpointing=False,
-            logging_steps=1,
-        ),
+        train=small_train(),
         evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
     )
 

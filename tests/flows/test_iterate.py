@@ -30,10 +30,10 @@ from tasks.config import (
     RunnerConfig,
     SourceConfig,
     TargetSamplingConfig,
-    TrainConfig,
 )
 from tasks.store import MANIFEST, ArtifactStore
 from tasks.store.items import ITEM_ROW
+from tests.support.configs import small_train
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN, TEST = 4, 2
@@ -68,21 +68,7 @@ def run_config(tmp_path: Path, model: Path) -> RunConfig:
                 model_path=model, selector="first", fallback="rules", num_samples=2, max_new_tokens=5, batch_size=1
             ),
         ),
-        train=TrainConfig(
-            lora_r=4,
-            lora_alpha=8,
-            lora_dropout=0.0,
-            learning_rate=1e-2,
-            projector_lr=1e-3,
-            max_steps=2,
-            warmup_ratio=0.0,
-            batch_size=2,
-            gradient_accumulation=1,
-            max_length=None,
-            gradient_checkpointing=False,
-            save_steps=100,
-            logging_steps=1,
-        ),
+        train=small_train(learning_rate=1e-2, projector_lr=1e-3, warmup_ratio=0.0),
         evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
         iterate=IterateConfig(rounds=2, train_from="previous"),
         # One sample per shard: round 2's rejections are published one by one, so the kill lands among them.

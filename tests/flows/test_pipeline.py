@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from flows.pipeline import pipeline
-from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig, TrainConfig
+from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig
+from tests.support.configs import small_train
 
 
 def small_run(tmp_path, name: str, boxes: bool = True, **sections) -> RunConfig:
@@ -27,16 +28,12 @@ def small_run(tmp_path, name: str, boxes: bool = True, **sections) -> RunConfig:
         }
         lines.append(json.dumps({**record, "boxes": [[5, 5, 25, 25]]} if boxes else record))
     (raw / "data.jsonl").write_text("\n".join(lines) + "\n")
-    train = TrainConfig(
-        lora_r=4, lora_alpha=8, learning_rate=1e-3, max_steps=2, batch_size=2, gradient_accumulation=1,
-        max_length=None, gradient_checkpointing=False, save_steps=100, logging_steps=1,
-    )  # fmt: skip
     return RunConfig(
         name=name,
         store=tmp_path / "store",
         sets=tmp_path / "sets",
         ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=raw / "data.jsonl")]),
-        train=train,
+        train=small_train(),
         evaluate=EvaluateConfig(max_new_tokens=4, meteor=False, examples=1),
         **sections,
     )

@@ -16,9 +16,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks.config import RunConfig, TrainConfig
+from tasks.config import RunConfig
 from tasks.store import ArtifactStore, stage_key
 from tasks.train import CODE, STAGE, checkpoint_dir, preference_snapshot, train
+from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,19 +62,7 @@ def finished_checkpoints(folder: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, prefect_harness):
     preferences = write_set(tmp_path)
-    settings = TrainConfig(
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        learning_rate=1e-3,
-        max_steps=STEPS,
-        batch_size=2,
-        gradient_accumulation=1,
-        save_steps=1,
-        logging_steps=1,
-        max_length=None,
-        gradient_checkpointing=False,
-    )
+    settings = small_train(max_steps=STEPS, save_steps=1)
     config = RunConfig(name="crash", store=tmp_path / "store", train=settings)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))

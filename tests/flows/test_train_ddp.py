@@ -15,10 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks.config import RunConfig, TrainConfig
+from tasks.config import RunConfig
 from tasks.store import ArtifactStore, stage_key
 from tasks.train import CODE, STAGE, checkpoint_dir, preference_snapshot, train
 from tests.flows.test_train_crash_resume import START_TIMEOUT_S, finished_checkpoints, mmedpo_train, write_set
+from tests.support.configs import small_train
 
 STEPS = 8  # 8 pairs, 2 per micro-batch on each of 2 ranks: 2 steps per epoch, 4 epochs
 
@@ -42,20 +43,7 @@ def processes_naming(text: str) -> list[int]:
 @pytest.mark.slow
 def test_ddp_ranks_die_with_a_killed_run_and_resume_matches_an_uninterrupted_run(tmp_path, prefect_harness):
     preferences = write_set(tmp_path)
-    settings = TrainConfig(
-        num_processes=2,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        learning_rate=1e-3,
-        max_steps=STEPS,
-        batch_size=2,
-        gradient_accumulation=1,
-        save_steps=1,
-        logging_steps=1,
-        max_length=None,
-        gradient_checkpointing=False,
-    )
+    settings = small_train(num_processes=2, max_steps=STEPS, save_steps=1)
     config = RunConfig(name="ddp", store=tmp_path / "store", train=settings)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))

@@ -11,6 +11,7 @@ from models import families, vlm
 from models.dpo import dpo_arguments, lora_config, make_trainer
 from models.pairs import ImagePairCollator, preference_example
 from tasks.config import TrainConfig
+from tests.support.configs import small_train
 from tests.support.preference import mixed_size_rows
 
 BETA = 0.1
@@ -40,11 +41,15 @@ def row_logps(model, batch: dict) -> torch.Tensor:
 
 def settings(**overrides) -> TrainConfig:
     values = dict(
-        lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, projector_lr=5e-2, max_steps=1,
-        batch_size=2, gradient_accumulation=1, warmup_ratio=0.0, scheduler="constant", max_length=None,
-        gradient_checkpointing=False, save_steps=1000, logging_steps=1, beta=BETA,
-    )  # fmt: skip
-    return TrainConfig(**{**values, **overrides})
+        learning_rate=1e-2,
+        projector_lr=5e-2,
+        max_steps=1,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        save_steps=1000,
+        beta=BETA,
+    )
+    return small_train(**{**values, **overrides})
 
 
 def trainer_for(checkpoint: Path, out: Path, rows: list[dict], **overrides):

@@ -10,6 +10,7 @@ from tasks import evaluate as ev
 from tasks.config import EvaluateConfig
 from tasks.store import ArtifactStore
 from tests.support.adapter import train_artifact
+from tests.support.configs import small_train
 from tests.support.samples import ingest_artifact, sample_row, write_random_image
 
 SPECS = [
@@ -244,26 +245,13 @@ def test_base_model_of_a_train_artifact(store: ArtifactStore, tmp_path: Path) ->
 
 
 def test_adapter_from_the_train_stage_is_applied(store: ArtifactStore, tmp_path: Path) -> None:
-    from tasks.config import TrainConfig
     from tasks.train import preference_snapshot, train
     from tests.support.preference import preference_rows, write_train_pairs
 
     pairs = preference_rows(tmp_path / "pairs")
     path = write_train_pairs(tmp_path / "p.parquet", pairs)
-    settings = TrainConfig(
-        lora_r=8,
-        lora_alpha=16,
-        lora_dropout=0.0,
-        learning_rate=5e-2,
-        max_steps=4,
-        batch_size=2,
-        gradient_accumulation=1,
-        max_length=None,
-        gradient_checkpointing=False,
-        save_steps=100,
-        logging_steps=1,
-        warmup_ratio=0.0,
-        scheduler="constant",
+    settings = small_train(
+        lora_r=8, lora_alpha=16, learning_rate=5e-2, max_steps=4, warmup_ratio=0.0, scheduler="constant"
     )
     trained_on = train(store, settings, preference_snapshot(path), path)
     ingest = ingest_artifact(store, tmp_path / "images", [{"sample_id": f"s:{i}"} for i in range(3)])

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tasks.config import TrainConfig
 from tasks.store import ArtifactStore
 from tasks.train import checkpoint_dir, preference_snapshot, train
+from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
 
 
@@ -17,20 +18,7 @@ def write_set(folder: Path, rows: list[dict]) -> Path:
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        learning_rate=1e-3,
-        max_steps=2,
-        batch_size=2,
-        gradient_accumulation=1,
-        save_steps=1,
-        logging_steps=1,
-        max_length=None,
-        gradient_checkpointing=False,
-    )
-    return TrainConfig(**{**values, **overrides})
+    return small_train(save_steps=1, **overrides)
 
 
 def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):

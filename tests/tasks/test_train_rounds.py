@@ -12,27 +12,13 @@ from safetensors.torch import load_file
 from tasks.config import TrainConfig
 from tasks.store import ArtifactStore, StageCachePolicy
 from tasks.train import CODE, STAGE, preference_snapshot, train, train_inputs
+from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
 
 
 def config_for(model: Path, **overrides) -> TrainConfig:
-    values = dict(
-        model=model,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        learning_rate=1e-2,
-        projector_lr=1e-3,
-        max_steps=3,
-        warmup_ratio=0.0,
-        batch_size=2,
-        gradient_accumulation=1,
-        save_steps=100,
-        logging_steps=1,
-        max_length=None,
-        gradient_checkpointing=False,
-    )
-    return TrainConfig(**{**values, **overrides})
+    values = dict(model=model, learning_rate=1e-2, projector_lr=1e-3, max_steps=3, warmup_ratio=0.0)
+    return small_train(**{**values, **overrides})
 
 
 def first_step(manifest) -> dict:

@@ -12,7 +12,7 @@ Every model is built from a config with random weights (nothing is downloaded):
   against TRL's ``DPOTrainer`` (text pairs, the chosen image), each in its own process (peak memory
   is per process), alternating; step time = median over the steps after warm-up; tokens/s = TRL's
   own count of attention-mask tokens (chosen + rejected rows). Tokenizer and processor come from
-  ``models/tiny.py`` (token ids stay inside the big vocabulary).
+  ``models/tiny/`` (token ids stay inside the big vocabulary).
 * **SAM**: segment_anything's ``build_sam_vit_b(checkpoint=None)``, image encoder only, 1024 px, fp32
   and bf16 autocast: images/s (the localize stage's cost per image).
 * **Noise**: the noise stage's arithmetic (``tasks.diffusion.noise_array``, NumPy, one CPU thread,

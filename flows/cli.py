@@ -20,6 +20,7 @@ from flows.explain import add_cli as explain_cli
 from flows.iterate import add_cli as iterate_cli
 from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
+from models.llm import EndpointConfigError
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
 from tasks.counters import headline
 from tasks.evaluate import EvaluateError
@@ -29,7 +30,7 @@ from tasks.ingest.records import IngestError
 DATA = Path("data")
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
-USER_ERRORS = (ConfigError, IngestError, EvaluateError, FileNotFoundError)
+USER_ERRORS = (ConfigError, EndpointConfigError, IngestError, EvaluateError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

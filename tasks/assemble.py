@@ -343,8 +343,10 @@ def assemble_task(
     progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
     manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
     progress.advance()
-    ui.table("assemble-counts", counters.rows(manifest.counts), f"Preference set version {manifest.key}")
-    ui.markdown("assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.key}")
+    ui.table("assemble-counts", counters.rows(manifest.counts), f"Preference set version {manifest.digest}")
+    ui.markdown(
+        "assemble-card", Path(manifest.path, "CARD.md").read_text(), f"Data card of set version {manifest.digest}"
+    )
     ui.manifest_markdown(manifest)
     return manifest
 

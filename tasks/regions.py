@@ -24,7 +24,7 @@ from PIL import Image
 from scipy import ndimage
 
 from tasks.catalog import UNLABELED_BOX
-from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
+from tasks.config import AnnotationConfig, ConfigError, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
 from tasks.store import safe_stem
 
@@ -202,7 +202,7 @@ class HeatmapLocalizer:
 
     def __init__(self, config: HeatmapConfig):
         if config.maps is None:
-            raise ValueError("localize.heatmap.maps must name the folder of saliency maps")
+            raise ConfigError("localize.heatmap.maps must name the folder of saliency maps")
         self.config = config
         self.folder = Path(config.maps)
         if not self.folder.is_dir():

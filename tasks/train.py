@@ -18,7 +18,7 @@ from prefect import task
 from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
-from tasks.config import TrainConfig
+from tasks.config import ConfigError, TrainConfig
 from tasks.counters import Counters
 from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
@@ -111,15 +111,15 @@ def check_init_adapter(config: TrainConfig) -> None:
     if adapter is None:
         return
     if config.model is None:
-        raise ValueError("train.init_adapter needs train.model (the base model the adapter was trained on)")
+        raise ConfigError("train.init_adapter needs train.model (the base model the adapter was trained on)")
     path = Path(adapter) / "adapter_config.json"
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"train.init_adapter: {path}: not a saved peft adapter ({exc})") from exc
+        raise ConfigError(f"train.init_adapter: {path}: not a saved peft adapter ({exc})") from exc
     for field, key in (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout")):
         if saved.get(key) != getattr(config, field):
-            raise ValueError(
+            raise ConfigError(
                 f"train.init_adapter: {path} has {key}={saved.get(key)} but train.{field} is {getattr(config, field)}"
             )
 

@@ -102,9 +102,6 @@ class HallucinateConfig(StageConfig):
         default_factory=EndpointConfig, description="Injection / selector endpoint (llm and target backends)"
     )
     temperature: float = Field(default=0.7, ge=0, description="Injection / selector sampling temperature")
-    json_mode: bool = Field(
-        default=False, description="Ask the endpoint for response_format=json_object (not every server supports it)"
-    )
     send_images: bool = Field(
         default=False,
         description="Send the image with the injection prompt (only to endpoints allowed to receive images)",

@@ -36,7 +36,7 @@ class SFTConfig(StageConfig):
     tiny_layers: int = Field(default=2, ge=1, description="Tiny model: text decoder layers")
     tiny_vision: Literal["clip", "siglip"] = Field(
         default="siglip",
-        description="Tiny model: vision tower; an untrained CLIP tower barely sees intensity lesions (models/tiny.py)",
+        description="Tiny model: vision tower; an untrained CLIP tower barely sees intensity lesions (models/tiny/)",
     )
     trainable: list[SFTPart] = Field(
         default=["vision_tower", "projector", "language_model"],

@@ -11,7 +11,7 @@ from prefect import task
 
 from tasks import catalog, counters, progress, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
-from tasks.config import HallucinateConfig
+from tasks.config import ConfigError, HallucinateConfig
 from tasks.counters import Counters, qualified
 from tasks.hallucinate.llm import OnRow, check_images_allowed, llm_rows
 from tasks.hallucinate.rows import ORIGINS
@@ -89,7 +89,7 @@ def hallucinate_inputs(config: HallucinateConfig, ingest: Manifest, policy: Mani
         return {"ingest": ingest}
     adapter = config.target.adapter
     if adapter is None or not Path(adapter).resolve().is_relative_to(Path(policy.path).resolve()):
-        raise ValueError(
+        raise ConfigError(
             f"hallucinate.target.adapter {adapter} is not inside the policy's train artifact {policy.path}"
         )
     return {"ingest": ingest, "policy": policy}

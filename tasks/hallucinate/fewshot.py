@@ -23,7 +23,6 @@ from tasks.clinical_rules import normalized
 from tasks.config import HallucinateConfig
 from tasks.hallucinate.rows import rejection_problem
 
-KINDS = ("closed", "open", "report")
 LABELS = ("wrong answer:", "answer:", "a:")
 # A changed word's class (models.rules_judge) -> the error type it makes, strongest first.
 CLASS_ERROR_TYPES = (

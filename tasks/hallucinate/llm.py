@@ -16,7 +16,7 @@ from typing import Any
 
 from models import llm as llm_api
 from models import prompts
-from tasks.config import HallucinateConfig
+from tasks.config import ConfigError, HallucinateConfig
 from tasks.hallucinate import fewshot
 from tasks.hallucinate.rows import ERROR_TYPES, empty_answer_row, normalize_error_type, rejection_problem, row
 
@@ -117,7 +117,7 @@ async def _llm_row(client: llm_api.LLMClient, sample: Mapping[str, Any], config:
 
 def check_images_allowed(config: HallucinateConfig) -> None:
     if config.send_images and not config.llm.images_allowed:
-        raise ValueError(
+        raise ConfigError(
             f"hallucinate.send_images is on but {config.llm.base_url} may not receive images; "
             "set llm.allow_images: true to allow a non-local endpoint"
         )

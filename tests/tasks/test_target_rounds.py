@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks import catalog
-from tasks.config import HallucinateConfig, SampleWindow, TargetSamplingConfig
+from tasks.config import ConfigError, HallucinateConfig, SampleWindow, TargetSamplingConfig
 from tasks.hallucinate import hallucinate
 from tasks.store import ArtifactStore
 from tests.support.adapter import train_artifact
@@ -129,7 +129,7 @@ def test_target_samples_the_trained_adapter_and_names_its_train_artifact(tmp_pat
     )
     config = base_config.model_copy(update={"target": base_config.target.model_copy(update={"adapter": adapter})})
 
-    with pytest.raises(ValueError, match="not inside the policy's train artifact"):
+    with pytest.raises(ConfigError, match="not inside the policy's train artifact"):
         hallucinate(store, base_config, ingest, policy)
     base = hallucinate(store, base_config, ingest)
     tuned = hallucinate(store, config, ingest, policy)

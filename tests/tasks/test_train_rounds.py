@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tasks.config import TrainConfig
+from tasks.config import ConfigError, TrainConfig
 from tasks.store import ArtifactStore, StageCachePolicy
 from tasks.train import CODE, STAGE, preference_snapshot, train, train_inputs
 from tests.support.configs import small_train
@@ -61,9 +61,9 @@ def test_an_adapter_of_another_shape_is_refused_by_field(tmp_path, tiny_llava):
     store = ArtifactStore(tmp_path / "store")
     first = train(store, config_for(tiny_llava, max_steps=1), preference_snapshot(path), path)
     other = config_for(tiny_llava, lora_r=8, init_adapter=Path(first.path) / "adapter")
-    with pytest.raises(ValueError, match=r"train.init_adapter: .*adapter_config.json has r=4 but train.lora_r is 8"):
+    with pytest.raises(ConfigError, match=r"train.init_adapter: .*adapter_config.json has r=4 but train.lora_r is 8"):
         train(store, other, preference_snapshot(path), path, init=first)
-    with pytest.raises(ValueError, match="train.init_adapter needs train.model"):
+    with pytest.raises(ConfigError, match="train.init_adapter needs train.model"):
         train(store, TrainConfig(init_adapter=Path(first.path) / "adapter"), preference_snapshot(path), path)
 
 

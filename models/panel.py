@@ -110,10 +110,14 @@ async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
 
 @asynccontextmanager
 async def open_panel(
-    configs: Sequence[JudgeConfig], prompt_version: str, cache_dir: str | os.PathLike[str] | None
+    configs: Sequence[JudgeConfig],
+    prompt_version: str,
+    cache_dir: str | os.PathLike[str] | None,
+    clients: dict[str, LLMClient] | None = None,
 ) -> AsyncIterator[list[Judge]]:
     """The configured judges, ready to use; endpoint clients are closed and in-process models
-    released on exit.
+    released on exit. ``clients`` (when given) receives each endpoint judge's client by judge
+    name, so the caller can read its request counters.
 
     Misconfiguration (unknown prompt version, missing API key variable, unloadable model
     folder, a served folder whose server does not come up) raises here, before any sample is
@@ -132,6 +136,8 @@ async def open_panel(
             if config.kind == "endpoint":
                 assert config.endpoint is not None
                 client = await stack.enter_async_context(LLMClient(config.endpoint, cache_dir))
+                if clients is not None:
+                    clients[config.name] = client
             if protocol == "yesno":
                 panel.append(await stack.enter_async_context(_token_judge(config, client, prompt_version)))
             elif client is not None:

@@ -13,7 +13,7 @@ from prefect import task
 
 from models import judges
 from models import panel as panels
-from models.llm import run_sync
+from models.llm import LLMClient, run_sync
 from tasks import catalog, progress, ui
 from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
 from tasks.config import ScoreConfig
@@ -50,6 +50,7 @@ def score(
     Inputs: ``ingest`` (SAMPLES), ``hallucinate`` (HALLUCINATIONS), ``localize`` (REGIONS).
     Output: ``scores.parquet`` (SCORES: one row per pair, every debate round recorded).
     Counters: ``<text|visual>.<ok|skipped|failed>.<reason>``, ``judge[<name>].excluded.<error>``,
+    ``judge[<name>].llm.<requests|cache_hits|retries|errors|refused>`` (endpoint judges, this run),
     and the distributions ``<text|visual>.<raw_score|weight>.<mean|std|min|p25|median|p75|max>``.
     """
     cache_dir = store.root / LLM_CACHE
@@ -93,7 +94,7 @@ def build_scores(
     all_rows = text_rows + [visual_row(r) for r in regions]
     apply_weights(all_rows, config.normalizer)
     catalog.write(out, SCORES, all_rows)
-    return counters(all_rows)
+    return counters(all_rows) | items.counts
 
 
 def score_items(
@@ -106,13 +107,14 @@ def score_items(
     for row, item in prepared:
         if item is None:  # nothing to judge: done already
             progress.tick(STAGE, None if row["status"] == "ok" else row["reason"])
-    if pending:
-        outcomes = run_sync(
-            lambda: judge_items(config, [item for _, item in pending], None if cache_dir is None else Path(cache_dir))
-        )
-        for (i, item), outcome in zip(pending, outcomes):
-            rows[i] = outcome_row(item, outcome, config.mode)
-    return rows, {}
+    if not pending:
+        return rows, {}
+    outcomes, client_counts = run_sync(
+        lambda: judge_items(config, [item for _, item in pending], None if cache_dir is None else Path(cache_dir))
+    )
+    for (i, item), outcome in zip(pending, outcomes):
+        rows[i] = outcome_row(item, outcome, config.mode)
+    return rows, client_counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,9 +157,11 @@ async def judge_one(panel: Sequence[judges.Judge], config: ScoreConfig, item: ju
 
 async def judge_items(
     config: ScoreConfig, items: Sequence[judges.JudgeItem], cache_dir: Path | None
-) -> list[judges.Outcome]:
+) -> tuple[list[judges.Outcome], dict[str, float]]:
+    """Each item's outcome, and the endpoint judges' request counters (``judge[<name>].llm.<counter>``)."""
     gate = asyncio.Semaphore(config.concurrency)
-    async with panels.open_panel(config.judges, config.prompt_version, cache_dir) as panel:
+    clients: dict[str, LLMClient] = {}
+    async with panels.open_panel(config.judges, config.prompt_version, cache_dir, clients) as panel:
 
         async def one(item: judges.JudgeItem) -> judges.Outcome:
             async with gate:
@@ -165,7 +169,13 @@ async def judge_items(
             progress.tick(STAGE, None if outcome.status == "ok" else outcome.reason)
             return outcome
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+        outcomes = list(await asyncio.gather(*(one(item) for item in items)))
+    client_counts = {
+        f"{qualified('judge', name)}.llm.{counter}": value
+        for name, client in clients.items()
+        for counter, value in client.counts.items()
+    }
+    return outcomes, client_counts
 
 
 def outcome_row(item: judges.JudgeItem, outcome: judges.Outcome, mode: str) -> dict[str, Any]:

@@ -320,6 +320,10 @@ def test_endpoint_debate_rounds_are_recorded_in_the_parquet(upstream, openai_ser
     assert [(r["judge"], r["error"]) for r in s2["rounds"]] == [("med42", None), ("biomistral", "junk_reply")]
     assert (s2["raw_score"], s2["reason"]) == (0.6, "single_judge")
     assert manifest.counts["judge[biomistral].excluded.junk_reply"] == 1
+    # Each judge's client counters reach the manifest, one request per call the server saw.
+    for judge in ("med42", "biomistral"):
+        served = sum(request.body["model"] == judge for request in openai_server.requests)
+        assert served > 0 and manifest.counts[f"judge[{judge}].llm.requests"] == served
     # The response cache lives in the store, outside any artifact.
     assert (store.root / score.LLM_CACHE).is_dir()
 

@@ -197,3 +197,13 @@ def test_a_nan_counter_survives_the_manifest(tmp_path):
     built = store.run("measure", "c", Options(), {}, lambda out: {"sensitivity": float("nan"), "rows": 1.0})
     again = store.get("measure", built.key)
     assert again is not None and math.isnan(again.counts["sensitivity"]) and again.counts["rows"] == 1.0
+
+
+def test_published_artifacts_have_the_umasks_modes_not_tempfiles_private_ones(tmp_path, monkeypatch):
+    from tasks.store import files
+
+    monkeypatch.setattr(files, "UMASK", 0o022)  # the usual umask, whatever this process runs under
+    store = ArtifactStore(tmp_path)
+    manifest = store.run("ingest", "c", Options(), {"sources": SourceSnapshot(name="s", key="1")}, writer([]))
+    assert Path(manifest.path).stat().st_mode & 0o777 == 0o755
+    assert Path(manifest.path, "manifest.json").stat().st_mode & 0o777 == 0o644

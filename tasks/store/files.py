@@ -16,13 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 OWNER = f"{socket.gethostname()}-{os.getpid()}"
+# tempfile makes its folders 0700 and files 0600 whatever the umask; published artifacts must
+# have the modes any other file would (a shared store is read by other users' workers). Read
+# once at import: os.umask can only be read by setting it, which races with threads later on.
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def temp_folder(parent: Path, key: str) -> Path:
     """A fresh temporary folder in ``parent`` (swept first of folders dead processes left)."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep_abandoned(parent)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{OWNER}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{OWNER}-", dir=parent))
+    folder.chmod(0o777 & ~UMASK)
+    return folder
 
 
 def sweep_abandoned(folder: Path) -> None:
@@ -49,6 +56,7 @@ def replacing(path: Path) -> Iterator[Path]:
     without an error, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~UMASK)
     os.close(fd)
     try:
         yield Path(tmp)

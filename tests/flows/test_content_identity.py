@@ -41,7 +41,9 @@ def test_touched_and_recopied_sources_are_hits_and_one_changed_image_recomputes_
     copy.rename(raw)
     recopied = curate(config)
     assert recopied["ingest"].key == first["ingest"].key and recopied["assemble"].digest == version
-    assert sorted(p.name for p in config.sets.joinpath("ident").iterdir()) == [version]  # no new set version
+    published = config.sets / "ident"
+    assert sorted(p.name for p in published.iterdir() if p.is_dir()) == [version]  # no new set version
+    assert (published / "LATEST").read_text().strip() == version
 
     pixels = raw / "img2.png"
     before = pixels.read_bytes()

@@ -205,5 +205,5 @@ def test_make_ui_workers_run_the_deployed_pipeline_and_train(tmp_path):
             train = wait_final(client, train.id, ui, log)
             assert train.state.is_completed(), train.state
             assert train.work_pool_name == "gpu"
-    sets = list((tmp_path / "sets" / "deployed").iterdir())
+    sets = [p for p in (tmp_path / "sets" / "deployed").iterdir() if p.is_dir()]
     assert len(sets) == 1 and (sets[0] / "CARD.md").is_file()

@@ -2,8 +2,8 @@
 
 Every command reports a bad input the same way: one line on stderr naming the file and the
 field (or the artifact) at fault, exit status 2. Commands of research built on the product
-(the grounding experiment) join through the ``mmedpo.commands`` entry point group, so this
-module knows none of them.
+(under experiments/) join through the ``mmedpo.commands`` entry point group, so this module
+knows none of them.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.lifetime import tied_to_this_process
 from tasks.config import ServeConfig
 from tasks.store.keys import DigestMemo, digest_memo
 
@@ -62,12 +63,6 @@ DEFAULT_COMMAND = (
 )
 # Sets PR_SET_PDEATHSIG (1) on itself, gives up if its parent is already gone, then becomes the
 # server (the setting survives exec): the server dies with the run even when nothing cleans up.
-LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
-    "os.getppid() == int(sys.argv[1]) or sys.exit(70)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])"
-)
 LOG_TAIL_LINES = 25
 PORT_TRIES = 3
 
@@ -113,9 +108,7 @@ class ManagedServer:
         return [part.format(**values) for part in (self.serve.command or DEFAULT_COMMAND)]
 
     def argv(self, port: int) -> list[str]:
-        if sys.platform == "linux":
-            return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *self.command(port)]
-        return self.command(port)
+        return tied_to_this_process(self.command(port))
 
     def start(self) -> None:
         if not Path(self.model).is_dir():

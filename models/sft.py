@@ -116,11 +116,13 @@ def fit_sft(
         trainer.model.save_pretrained(out)
         loaded.processor.save_pretrained(out)
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return {
+        metrics = {
             "train.steps": float(trainer.state.global_step),
             "train.loss": float(result.training_loss),
-            "train.final_loss": float(losses[-1]) if losses else float("nan"),
             "parameters.trainable": float(trainable),
         }
+        if losses:  # a run shorter than one logging interval logged none
+            metrics["train.loss.final"] = float(losses[-1])
+        return metrics
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -76,7 +77,7 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     noise_dir = Path(inputs["noise"].path)
 
     leaks = LeakageIndex([s for s in samples if s["split"] in config.test_splits], config.near_duplicate_bits)
-    linker = ImageLinker(out / "images")
+    linker = ImageLinker(out / "images", out.parent.parent)  # out: <store>/assemble/<temporary folder>
     pairs: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     counts = Counters()
@@ -225,10 +226,16 @@ def normalize_question(text: str) -> str:
 
 
 class ImageLinker:
-    """Puts each distinct image into the set once, named by content; returns set-relative paths."""
+    """Puts each distinct image into the set once, named by content; returns set-relative paths.
 
-    def __init__(self, folder: Path):
+    Files of the store (noised images, rendered DICOM) never change, so they are hard-linked;
+    a data root's files are copied: a sync that rewrites one in place (``cp`` keeps the inode)
+    must not change a published set through a shared link.
+    """
+
+    def __init__(self, folder: Path, store_root: Path):
         self.folder = folder
+        self.store_root = store_root.resolve()
         self.by_source: dict[Path, str] = {}
 
     @property
@@ -241,7 +248,10 @@ class ImageLinker:
             target = self.folder / f"{digest}{source.suffix.lower()}"
             if not target.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
-                link_or_copy(source, target)
+                if source.resolve().is_relative_to(self.store_root):
+                    link_or_copy(source, target)
+                else:
+                    shutil.copyfile(source, target)
             self.by_source[source] = str(target.relative_to(self.folder.parent))
         return self.by_source[source]
 

@@ -109,7 +109,7 @@ def base_model_candidates(train: Manifest) -> list[Path]:
     # Relative: a model inside the artifact; root / an absolute path is that absolute path.
     recorded = [root / (root / BASE_MODEL_FILE).read_text().strip()] if BASE_MODEL_FILE in train.files else []
     peft_record = json.loads((adapter_dir(train) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    return [*shipped, *map(Path, recorded), *([Path(peft_record)] if peft_record else [])]
+    return [*shipped, *map(Path, recorded), *([root / peft_record] if peft_record else [])]
 
 
 def build_evaluation(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from tasks.config import LocalizeConfig
 from tasks.counters import Counters
 from tasks.imaging import load_array, save_array
 from tasks.regions import Localizer, Region, finish, make_localizer
-from tasks.store import ArtifactStore, Manifest, by_content, canonical_json, code_version, safe_stem, stage_task_options
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
 
 STAGE = "localize"
 CODE = code_version(__name__, "tasks.regions", "tasks.imaging", "models.sam")
@@ -46,24 +47,33 @@ def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: Ar
     # Same-image samples side by side (and so mostly in one shard), so SAM encodes each image once.
     order = sorted(samples, key=lambda s: (s["image_sha256"], s["sample_id"]))
     work = [items.item(by_content(s, ITEM_FIELDS, {"mask_path": None}), s) for s in order]
-    by_id = dict(zip((s["sample_id"] for s in order), items.build(out, work, partial(locate_items, config))))
+    compute = partial(locate_items, config, content_hash(items.identity))
+    by_id = dict(zip((s["sample_id"] for s in order), items.build(out, work, compute)))
     records = [by_id[s["sample_id"]] for s in samples]
     catalog.write(out, REGIONS, records)
     return region_counts(records)
 
 
-_LOCALIZERS: dict[str, Localizer] = {}
+# One localizer (one SAM load) per process, however many shards it runs: the last one made, keyed
+# by the config and the content of the files it names (new weights under the same name: a new one).
+_LOCALIZER: dict[str, Localizer] = {}
+_LOCALIZER_LOCK = threading.Lock()
+
+
+def localizer_for(config: LocalizeConfig, key: str) -> Localizer:
+    with _LOCALIZER_LOCK:
+        if key not in _LOCALIZER:
+            _LOCALIZER.clear()
+            _LOCALIZER[key] = make_localizer(config)
+        return _LOCALIZER[key]
 
 
 def locate_items(
-    config: LocalizeConfig, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]
+    config: LocalizeConfig, key: str, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]
 ) -> tuple[list[dict[str, Any]], dict]:
-    """One shard: REGIONS rows, each sample's mask written under its item folder."""
-    # One localizer (one SAM load) per process, however many shards it runs.
-    key = canonical_json(config)
-    if key not in _LOCALIZERS:
-        _LOCALIZERS[key] = make_localizer(config)
-    localizer = _LOCALIZERS[key]
+    """One shard: REGIONS rows, each sample's mask written under its item folder. ``key`` names
+    the localizer: the items' shared identity (config and the digests of the files it names)."""
+    localizer = localizer_for(config, key)
     records: list[dict[str, Any]] = []
     for start in range(0, len(samples), CHUNK_ROWS):
         chunk = samples[start : start + CHUNK_ROWS]

@@ -23,14 +23,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.catalog import PAIRS, read_file
-from tasks.store import Manifest, link_or_copy
+from tasks.store import Manifest, link_or_copy, write_text_atomic
+
+LATEST = "LATEST"  # <sets>/<name>/LATEST: the version the name's last curation published
 
 
 def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
-    """Hard-link the assemble artifact to <sets_root>/<name>/<version>/ (atomic, idempotent)."""
+    """Hard-link the assemble artifact to <sets_root>/<name>/<version>/ (atomic, idempotent) and
+    make it the name's latest version, also when that version was published before (a curation
+    that came back to an earlier content)."""
     final = sets_root / name / version(manifest)
-    if final.is_dir():
-        return final
+    if not final.is_dir():
+        link_version(manifest, final)
+    write_text_atomic(final.parent / LATEST, f"{final.name}\n")
+    return final
+
+
+def link_version(manifest: Manifest, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -41,7 +50,6 @@ def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not final.is_dir():
             raise
-    return final
 
 
 def version(manifest: Manifest) -> str:
@@ -62,8 +70,11 @@ def list_sets(sets_root: Path) -> list[Manifest]:
 
 
 def resolve_set(sets_root: Path, ref: str) -> Path:
-    """NAME (newest version) or NAME@VERSION -> the version folder, or a clear error."""
+    """NAME (its latest version) or NAME@VERSION -> the version folder, or a clear error."""
     name, _, version = ref.partition("@")
+    latest = sets_root / name / LATEST
+    if not version and latest.is_file() and (sets_root / name / latest.read_text().strip()).is_dir():
+        return sets_root / name / latest.read_text().strip()
     published = list_sets(sets_root)
     candidates = [Path(m.path) for m in published if Path(m.path).parent.name == name]
     if version:

@@ -40,7 +40,7 @@ def sft(store: ArtifactStore, config: SFTConfig, ingest: Manifest) -> Manifest:
     at the same path retrain; a renamed copy does not). Output: ``model/`` (a complete checkpoint:
     weights, tokenizer, processor), ``metrics.json``. Counters: ``samples.seen``,
     ``samples.trained``, ``samples.skipped.<reason>``, ``train.steps``, ``train.loss``,
-    ``train.final_loss``, ``parameters.trainable``.
+    ``train.loss.final`` (when a loss was logged), ``parameters.trainable``.
     """
     return store.run(
         STAGE, CODE, config, {"ingest": ingest}, lambda out: build_sft(out, config, ingest), ("metrics.json",)

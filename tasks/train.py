@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import task
 
+from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
 from tasks.config import TrainConfig
@@ -39,7 +40,7 @@ CODE = code_version(
 ADAPTER = "adapter"
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.
-VOLATILE = ("log_history.json", "metrics.json", "base_model.txt")
+VOLATILE = ("log_history.json", "metrics.json", "base_model.txt", "adapter/README.md")  # peft's model card
 
 
 def train(
@@ -64,7 +65,8 @@ def train(
     ``fit`` does the work, and is also what each process runs under ``accelerate launch``
     (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3 training. Checkpoints
     live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes (``resume=True``)
-    from its last checkpoint.
+    from its last checkpoint; once the adapter is published they are removed
+    (``keep_checkpoints`` keeps them).
 
     Output: ``adapter/`` (peft), ``metrics.json``, ``log_history.json``, ``base_model.txt``
     (and ``tiny-model/`` when no model is configured). Counters: ``pairs.in_set``,
@@ -81,7 +83,11 @@ def train(
     def build(out: Path) -> dict[str, float]:
         return build_adapter(out, config, locations, checkpoints, resume)
 
-    return store.run(STAGE, CODE, config, inputs, build, VOLATILE)
+    manifest = store.run(STAGE, CODE, config, inputs, build, VOLATILE)
+    if not config.keep_checkpoints:
+        # Published: only an unfinished run resumes from them (for a 7B model, gigabytes per key).
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return manifest
 
 
 def train_inputs(
@@ -217,23 +223,8 @@ def launch(job: dict[str, Any], config: TrainConfig, checkpoints: Path) -> dict[
     command += ["-m", "tasks.train", str(job_file)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     # Killed with this process (SIGKILL included), the launcher gets SIGTERM and stops the ranks.
-    subprocess.run(command, check=True, env=env, preexec_fn=die_with_parent(signal.SIGTERM))
+    subprocess.run(tied_to_this_process(command), check=True, env=env)
     return json.loads((Path(job["out"]) / "metrics.json").read_text())
-
-
-def die_with_parent(sig: int) -> Any:
-    """A function that asks Linux to send ``sig`` to the calling process when its parent exits
-    (``PR_SET_PDEATHSIG``; a no-op elsewhere): for ``preexec_fn``, or called in the child itself."""
-
-    def arm() -> None:
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # not Linux
-            pass
-
-    return arm
 
 
 def fit(
@@ -275,14 +266,16 @@ def fit(
             metrics.set("train", "last", key, value)
     if trainer.accelerator.is_main_process:
         out_dir = Path(out)
+        # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing
+        # (and its temporary name would make the adapter's bytes, so its digest, differ on every build).
+        base = Path(model_path).resolve()
+        recorded = str(base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base)
+        for adapter in trainer.model.peft_config.values():
+            adapter.base_model_name_or_path = recorded
         trainer.model.save_pretrained(out_dir / ADAPTER)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=1, sort_keys=True))
-        # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing.
-        base = Path(model_path).resolve()
-        (out_dir / "base_model.txt").write_text(
-            f"{base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base}\n"
-        )
+        (out_dir / "base_model.txt").write_text(f"{recorded}\n")
     trainer.accelerator.wait_for_everyone()
     return metrics.as_dict()
 
@@ -329,7 +322,7 @@ def train_task(
 if __name__ == "__main__":
     # Entry point of each process under `accelerate launch` (see `launch`). torchrun starts each rank in a
     # process group of its own: without this, a killed launcher would leave the ranks training on their own.
-    die_with_parent(signal.SIGKILL)()
+    die_with_parent(signal.SIGKILL)
     fit(**json.loads(Path(sys.argv[1]).read_text()))
     import torch.distributed
 

@@ -188,3 +188,12 @@ def test_prefect_cache_key_names_the_store_and_the_artifacts_generation(tmp_path
     assert after != first  # deleted: a record made before cannot hand out its manifest
     one.run("stage", "c1", Options(), {}, lambda out: {"rows": 1})
     assert key(one) == after
+
+
+def test_a_nan_counter_survives_the_manifest(tmp_path):
+    import math
+
+    store = ArtifactStore(tmp_path)
+    built = store.run("measure", "c", Options(), {}, lambda out: {"sensitivity": float("nan"), "rows": 1.0})
+    again = store.get("measure", built.key)
+    assert again is not None and math.isnan(again.counts["sensitivity"]) and again.counts["rows"] == 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 
@@ -184,12 +184,19 @@ class SamConfig(StageConfig):
         description="Keep mask pixels within the prompt boxes grown by this fraction of their size; None keeps all",
     )
 
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> SamConfig:
+        # Decided from the file name here, once: the checkpoint is identified by its content (its
+        # name is in no key), so the key must hold the preprocessing the name chose.
+        if self.preprocess == "auto":
+            named_medsam = self.checkpoint is not None and "medsam" in self.checkpoint.name.lower()
+            object.__setattr__(self, "preprocess", "medsam" if named_medsam else "sam")
+        return self
+
     @property
     def preprocessing(self) -> Literal["sam", "medsam"]:
-        """The preprocessing in effect: the given one, or the checkpoint kind's for auto."""
-        if self.preprocess != "auto":
-            return self.preprocess
-        return "medsam" if self.checkpoint is not None and "medsam" in self.checkpoint.name.lower() else "sam"
+        """The preprocessing in effect (``auto`` is resolved when the config is made)."""
+        return self.preprocess
 
 
 class LocalizeConfig(StageConfig):

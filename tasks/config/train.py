@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import BY_CONTENT, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 
 
 class TrainConfig(StageConfig):
@@ -83,10 +83,19 @@ class TrainConfig(StageConfig):
     max_length: int | None = Field(default=1024, description="Truncate prompt+answer to this many tokens")
     gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory")
     save_steps: int = Field(default=200, description="Checkpoint every this many steps (for --resume)")
+    keep_checkpoints: bool = Field(
+        json_schema_extra=OPERATIONAL,
+        default=False,
+        description="Keep the checkpoints (optimizer state included) once the adapter is published; "
+        "unset, they are removed then: only an unfinished run needs them",
+    )
     logging_steps: int = Field(default=10, description="Log metrics every this many steps")
     seed: int = Field(default=0, description="Seed of adapters init, data order and dropout")
     accelerate_config: Path | None = Field(
-        default=None, description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU"
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU; identified by "
+        "its content (its process count sets the global batch)",
     )
     num_processes: int | None = Field(default=None, description="Processes for accelerate launch; None = the config's")
 

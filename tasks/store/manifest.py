@@ -38,7 +38,9 @@ class SourceSnapshot(BaseModel):
 class Manifest(BaseModel):
     """What a stage hands to the next one (and to Prefect): keys and paths, never data."""
 
-    model_config = ConfigDict(frozen=True)
+    # A counter may be NaN (a measure with nothing to measure): written as NaN, read back as NaN,
+    # where JSON's null would make the manifest unreadable.
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
     stage: str
     key: str
     path: str

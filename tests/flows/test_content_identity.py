@@ -91,6 +91,9 @@ def test_a_model_file_is_known_by_its_bytes_not_its_name(tmp_path):
     renamed = checkpoint.with_name("copy-of-medsam.pth")
     shutil.copy(checkpoint, renamed)
     assert key(renamed) == first  # a renamed copy is the same model
+    plain = checkpoint.with_name("vit_b.pth")
+    shutil.copy(checkpoint, plain)
+    assert key(plain) != first  # ...unless the name chose another preprocessing (preprocess: auto)
     checkpoint.write_bytes(b"weights v2")  # new bytes under the same name
     assert key(checkpoint) != first
     settings = LocalizeConfig(source="sam", sam=SamConfig(checkpoint=checkpoint))

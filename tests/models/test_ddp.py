@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from models.ddp import COUNTED, CountingCollator, EvenSteps, WithFillers, micro_batch_sizes
-from tasks.train import die_with_parent
+from models.lifetime import tied_to_this_process
 from tests.support.ddp_step import one_step
 from tests.support.preference import preference_rows
 
@@ -76,7 +75,7 @@ def launch_ranks(cases: list[dict], result: Path, log: Path) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with log.open("w") as out:
         launcher = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM)
+            tied_to_this_process(command), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         try:
             code = launcher.wait(timeout=LAUNCH_TIMEOUT_S)

@@ -21,7 +21,7 @@ from trl import DPOConfig
 
 from models import ddp, vlm
 from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
-from tasks.train import die_with_parent
+from models.lifetime import die_with_parent
 
 
 class Recorder(TrainerCallback):
@@ -108,7 +108,7 @@ def one_step(tiny: Path, rows: list[dict[str, Any]], out: Path, batch_size: int,
 
 
 def main() -> None:
-    die_with_parent(signal.SIGKILL)()  # a rank never outlives its launcher
+    die_with_parent(signal.SIGKILL)  # a rank never outlives its launcher
     cases, result_path = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     results = [one_step(Path(c["tiny"]), c["rows"], Path(c["out"]), c["batch_size"], c["accumulation"]) for c in cases]
     if results[0] is not None:

@@ -216,6 +216,10 @@ def test_pairs_schema_leakage_and_self_contained_images(tmp_path):
     assert "ingest_key" not in visual  # lineage lives in the manifest: the pairs are content alone
     # Images live inside the set, named by content, so the folder travels alone.
     assert not Path(visual["rejected_image"]).is_absolute() and (folder / visual["rejected_image"]).is_file()
+    # A data root's image is copied (a sync rewriting it in place must not reach the set); the
+    # store's noised image, which never changes, is linked.
+    assert (folder / visual["chosen_image"]).stat().st_ino != (tmp_path / "a.png").stat().st_ino
+    assert (folder / visual["rejected_image"]).stat().st_nlink > 1
     assert np.array_equal(
         np.asarray(Image.open(folder / visual["rejected_image"])), 255 - np.asarray(Image.open(tmp_path / "a.png"))
     )
@@ -248,12 +252,15 @@ def test_version_is_stable_and_a_changed_weight_makes_a_new_one(tmp_path):
     second = run(store, {**inputs, "score": score_artifact(store, ids, 0.9)})
     assert second.key != first.key and second.digest != first.digest
     sets = tmp_path / "sets"
-    old, new = publish(first, sets, "demo"), publish(second, sets, "demo")
+    old = publish(first, sets, "demo")
     assert publish(first, sets, "demo") == old  # idempotent
+    new = publish(second, sets, "demo")
     assert resolve_set(sets, "demo") == new and resolve_set(sets, f"demo@{first.digest}") == old
     weights = {r["pair_id"]: r["weight"] for r in load_pairs(old).to_pylist()}
     assert weights["d:train:b#text"] == 1.1  # the old version is intact
     assert {r["pair_id"]: r["weight"] for r in load_pairs(new).to_pylist()}["d:train:b#text"] == 0.9
+    # Curation back at the first content: no new version, and the name means the first one again.
+    assert publish(first, sets, "demo") == old and resolve_set(sets, "demo") == old
 
 
 @pytest.mark.parametrize(

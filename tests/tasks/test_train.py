@@ -18,7 +18,7 @@ def write_set(folder: Path, rows: list[dict]) -> Path:
 
 
 def small_config(**overrides) -> TrainConfig:
-    return small_train(save_steps=1, **overrides)
+    return small_train(save_steps=1, keep_checkpoints=True, **overrides)
 
 
 def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
@@ -76,3 +76,19 @@ def test_a_set_with_nothing_trainable_fails_with_the_reasons(tmp_path: Path):
     path = write_set(tmp_path, rows)
     with pytest.raises(ValueError, match="pairs.skipped.split"):
         train(ArtifactStore(tmp_path / "store"), small_config(), preference_snapshot(path), path)
+
+
+def test_a_published_adapter_leaves_no_checkpoints_and_rebuilds_to_the_same_bytes(tmp_path: Path):
+    path = write_set(tmp_path, preference_rows(tmp_path / "img", [1.2, 0.8, 1.0, 0.9]))
+    config = small_train(save_steps=1)
+    first_store, second_store = ArtifactStore(tmp_path / "one"), ArtifactStore(tmp_path / "two")
+    first = train(first_store, config, preference_snapshot(path), path)
+    assert not checkpoint_dir(first_store, config, {"assemble": preference_snapshot(path)}).exists()
+    # Built again elsewhere (other temporary folder names): the same adapter bytes, so the same digest,
+    # and evaluation - keyed by it - is a hit after a rebuild.
+    second = train(second_store, config, preference_snapshot(path), path)
+    assert (
+        first.file("adapter/adapter_config.json").read_text() == second.file("adapter/adapter_config.json").read_text()
+    )
+    assert json.loads(first.file("adapter/adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-model"
+    assert second.digest == first.digest

@@ -18,7 +18,7 @@ turn renders as ``<|im_start|>user\\n<image>question<|im_end|>\\n``. The pad tok
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -73,9 +73,9 @@ def build_llava_on_lm(
             raise ValueError(f"layers: {layers} is not between 1 and the model's {total} layers")
         truncate(lm, layers)
     tokenizer = chatml_tokenizer(text_model)
-    torch.manual_seed(seed)  # the added token's embedding is drawn around the others' mean
-    lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    state = lm_state(lm, len(tokenizer))
     text_config = lm.config
+    text_config.vocab_size = len(tokenizer)
     text_config.pad_token_id = tokenizer.pad_token_id
     vision = SiglipVisionConfig(
         hidden_size=vision_hidden,
@@ -96,12 +96,13 @@ def build_llava_on_lm(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).to(torch_dtype)
-    missing, unexpected = model.model.language_model.load_state_dict(lm.model.state_dict(), strict=True)
-    if missing or unexpected:  # strict=True raises first; kept for clarity
-        raise RuntimeError(f"language model weights: missing {missing}, unexpected {unexpected}")
-    if not text_config.tie_word_embeddings:
-        model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    model.model.language_model.load_state_dict(state["model"], strict=True)
+    if "lm_head" in state:
+        model.lm_head.weight.data.copy_(state["lm_head"])
     model.tie_weights()
+    on_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if on_meta:
+        raise RuntimeError(f"composed model: weights never materialized: {on_meta[:5]}")
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -120,6 +121,32 @@ def build_llava_on_lm(
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def lm_state(lm: torch.nn.Module, vocab: int) -> dict[str, Any]:
+    """The LM's decoder weights (``model``) and, untied, its head (``lm_head``), with rows added up
+    to ``vocab``, each the mean of the pretrained rows (a new token starts where an average
+    token is, not at a random point the head would score wildly).
+
+    By hand rather than ``resize_token_embeddings``: inside the experiment flow (after other
+    models were loaded and trained in the same process) that call met the tied head on the meta
+    device and failed; the tied head is not needed (it is the embedding), and a weight left on
+    the meta device is an error here, never a silent random start.
+    """
+
+    def grown(weight: torch.Tensor) -> torch.Tensor:
+        weight = weight.detach()
+        if weight.is_meta:
+            raise RuntimeError("language model: a weight was never loaded (meta device)")
+        extra = vocab - weight.shape[0]
+        return torch.cat([weight, weight.mean(dim=0, keepdim=True).expand(extra, -1)]) if extra > 0 else weight
+
+    model = dict(lm.model.state_dict())
+    model["embed_tokens.weight"] = grown(model["embed_tokens.weight"])
+    state: dict[str, Any] = {"model": model}
+    if not lm.config.tie_word_embeddings:
+        state["lm_head"] = grown(lm.lm_head.weight)
+    return state
 
 
 def truncate(lm: torch.nn.Module, layers: int) -> None:

@@ -136,13 +136,16 @@ def tiny_backbone() -> BackboneConfig:
     )
 
 
-def smollm2_backbone(layers: int = 4) -> BackboneConfig:
+def smollm2_backbone(layers: int | None = 4) -> BackboneConfig:
+    """``layers``: SmolLM2's first N decoder layers (None: all 30, the GPU run)."""
+    depth = (
+        f"its first {layers} of 30 layers (embeddings, layers 0-{layers - 1}, final norm, head)"
+        if layers
+        else ("all 30 layers")
+    )
     return BackboneConfig(
-        name=f"smollm2-{layers}l",
-        label=(
-            f"LLaVA on pretrained SmolLM2-135M-Instruct, its first {layers} of 30 layers (embeddings, layers 0-"
-            f"{layers - 1}, final norm, head)"
-        ),
+        name=f"smollm2-{layers}l" if layers else "smollm2-30l",
+        label=f"LLaVA on pretrained SmolLM2-135M-Instruct, {depth}",
         sft=SFTConfig(
             text_model=Path("data/models/smollm2-135m-instruct"),
             text_layers=layers,
@@ -213,8 +216,6 @@ class ExperimentConfig(StageConfig):
             radius_max=0.3,
         )
     )
-    backbones: list[BackboneConfig] = Field(
-        default_factory=lambda: [tiny_backbone(), smollm2_backbone()], min_length=1
-    )
+    backbones: list[BackboneConfig] = Field(default_factory=lambda: [tiny_backbone(), smollm2_backbone()], min_length=1)
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)

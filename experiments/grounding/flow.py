@@ -33,7 +33,7 @@ from experiments.grounding.arms import (
     rounds_config,
     train_settings,
 )
-from experiments.grounding.config import BackboneConfig, ExperimentConfig
+from experiments.grounding.config import BackboneConfig, ExperimentConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
 from experiments.grounding.report import prior_accuracy, write_report
@@ -177,6 +177,16 @@ def ensure_text_models(config: ExperimentConfig) -> None:
             ensure(folder)
 
 
+def full_depth(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with the whole 30-layer SmolLM2 as its only backbone, reported beside the CPU run."""
+    return config.model_copy(
+        update={
+            "backbones": [smollm2_backbone(layers=None)],
+            "report": config.report.with_name(config.report.stem + "-full-depth.md"),
+        }
+    )
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -187,11 +197,21 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "experiment", help="the grounding experiment (all backbones, arms and seeds) -> bench/experiment.md"
     )
     parser.add_argument("--config", type=Path, help="YAML with ExperimentConfig fields (defaults: the full run)")
+    parser.add_argument(
+        "--full-depth",
+        action="store_true",
+        help=(
+            "the GPU run: only the pretrained backbone, all 30 SmolLM2 layers, 3 seeds; report "
+            "bench/experiment-full-depth.md (hours on a CPU)"
+        ),
+    )
     parser.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     config = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
+    if args.full_depth:
+        config = full_depth(config)
     results = experiment_flow(config)
     print(f"{len(results['rows'])} backbone x arm x seed results; report: {config.report}")
     return 0

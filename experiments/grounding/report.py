@@ -204,7 +204,7 @@ def write_report(
         "",
         "Does preference training push a model that answers from the text prior to answer from the image? Synthetic "
         "lesions on crops of the demo's real images (experiments/grounding/data.py); closed questions: presence "
-        f"(\"Is there a mass?\", the finding named drawn from {', '.join(config.data.findings)}) and left/right. "
+        f'("Is there a mass?", the finding named drawn from {", ".join(config.data.findings)}) and left/right. '
         f"Training split: {100 * config.data.train_yes_rate:.0f}% 'yes'; val and test: "
         f"{100 * config.data.test_yes_rate:.0f}% (the prior flipped). Always answering the training prior scores "
         f"{100 * prior_accuracy:.1f}% on the test split.",
@@ -235,8 +235,9 @@ def write_report(
             f"## Backbone: {backbone.label}",
             "",
             f"Seeds {', '.join(map(str, backbone.seeds))}; SFT {backbone.sft.epochs:g} epochs at lr "
-            f"{backbone.sft.learning_rate:g} ({', '.join(backbone.sft.trainable)}); DPO: LoRA r {backbone.train.lora_r}"
-            f", alpha {backbone.train.lora_alpha}, dropout {backbone.train.lora_dropout:g}, beta {backbone.train.beta:g}"
+            f"{backbone.sft.learning_rate:g} ({', '.join(backbone.sft.trainable)}); DPO: LoRA r "
+            f"{backbone.train.lora_r}, alpha {backbone.train.lora_alpha}, dropout {backbone.train.lora_dropout:g}, "
+            f"beta {backbone.train.beta:g}"
             f", {backbone.train.scheduler} with {100 * backbone.train.warmup_ratio:g}% warmup, "
             f"{backbone.train.batch_size} pairs a step, "
             + (

@@ -111,9 +111,7 @@ def split_measures(
         return sample["answer"].strip().lower()
 
     greedy_right = [answers[s["sample_id"]] == truth(s) for s in closed]
-    pairs_greedy = [
-        answers[t["original"]] == "yes" and twin_answers[t["sample_id"]] == "no" for t in twin_ids
-    ]
+    pairs_greedy = [answers[t["original"]] == "yes" and twin_answers[t["sample_id"]] == "no" for t in twin_ids]
     pairs_forced = [right[t["original"]] and right[t["sample_id"]] for t in twin_ids]
     return {
         "closed_accuracy": float(np.mean(greedy_right)),

@@ -140,6 +140,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Ma
                 f"- **{NAMES[metric]}: no MMedPO arm beat both SFT only and SFT + DPO (text pairs) with "
                 "non-overlapping 95% intervals.**"
             )
+            lines += what_remains(rows, backbone, table, metric)
     for arm, other in CLAIMS:
         if arm not in arms or other not in arms:
             continue
@@ -176,6 +177,41 @@ def verdict(rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Ma
                     "displacement."
                 )
     return lines
+
+
+def what_remains(
+    rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]], metric: str
+) -> list[str]:
+    """Why no MMedPO arm won on ``metric``, as measured: the best one's paired gaps to both
+    baselines against the seed-to-seed spread, the room SFT left, and the side effects (answers
+    off yes/no, the held-out chosen answers' log-prob) that cost it."""
+    by_arm = {row["arm"]: row for row in table}
+    candidates = [a for a in MMEDPO_ARMS if a in by_arm and by_arm[a][metric] is not None]
+    if not candidates or "sft" not in by_arm or by_arm["sft"][metric] is None:
+        return []
+    best = max(candidates, key=lambda a: by_arm[a][metric]["mean"])
+    row, sft = by_arm[best], by_arm["sft"]
+    gaps = []
+    for other in ("sft", "dpo_text"):
+        found = paired(rows, backbone, best, other, metric)
+        if found is not None:
+            gaps.append(
+                f"{100 * found['mean']:+.1f} points over {LABELS[other]} (paired 95% interval "
+                f"[{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}], higher on {found['wins']} of "
+                f"{found['n']} seeds)"
+            )
+    text = (
+        f"  Measured for the best MMedPO arm on it, {LABELS[best]}: {'; '.join(gaps)}. SFT alone scores "
+        f"{100 * sft[metric]['mean']:.1f}% (room left: {100 * (1 - sft[metric]['mean']):.1f} points)."
+    )
+    off, moved = row["off_answers"], row["text_displacement"]
+    if off is not None and sft["off_answers"] is not None:
+        text += (
+            f" Its greedy answers off yes/no: {100 * off['mean']:.1f}% (SFT {100 * sft['off_answers']['mean']:.1f}%)."
+        )
+    if moved is not None:
+        text += f" Held-out chosen log-prob change, text pairs: {moved['mean']:+.2f} nats."
+    return [text]
 
 
 def weight_histogram(weights: Sequence[tuple[str, float]]) -> list[str]:

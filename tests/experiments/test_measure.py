@@ -126,6 +126,14 @@ def test_summary_paired_comparisons_displacement_and_verdict():
     assert difference["mean"] == pytest.approx(0.41) and difference["wins"] == 3 and difference["losses"] == 0
     lines = verdict(rows, "tiny", table)
     assert any("SFT + MMedPO beat both" in line for line in lines)
+    # Without the MMedPO arm's lead, the verdict says so and what was measured for the best one.
+    close = [dict(r, counterfactual_accuracy=0.41 + 0.01 * r["seed"]) if r["arm"] == "mmedpo" else r for r in rows]
+    lines = verdict(close, "tiny", summarize(close, "tiny", ["sft", "dpo_text", "mmedpo"]))
+    assert any("counterfactual accuracy (greedy): no MMedPO arm beat both" in line for line in lines)
+    remains = [line for line in lines if line.startswith("  Measured for the best MMedPO arm")]
+    assert len(remains) == 1  # the forced-choice counterfactual still wins
+    assert "+11.0 points over SFT only" in remains[0] and "+1.0 points over SFT + DPO (text pairs)" in remains[0]
+    assert "SFT alone scores 31.0%" in remains[0]
     assert any("SFT + MMedPO is above SFT only" in line for line in lines)
     drifted = [line for line in lines if "neither yes nor no" in line]
     assert len(drifted) == 1 and drifted[0].startswith("- SFT + DPO (text pairs): 40%")

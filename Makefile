@@ -56,7 +56,7 @@ bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
 # The grounding experiment (experiments/grounding/): seven arms x five seeds on the tiny backbone,
-# four arms x three seeds on pretrained SmolLM2 (its first 4 layers), each through the real
+# four arms x three seeds on pretrained SmolLM2 (its first 3 layers), each through the real
 # curate -> sft -> train -> evaluate flows on synthetic lesions; writes bench/experiment.md and
 # its plot. Under an hour on 2 CPU cores (the report says how long); a re-run reuses
 # data/experiment/artifacts. The first run converts SmolLM2 (as `make demo` does). The full-depth

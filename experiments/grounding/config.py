@@ -136,7 +136,7 @@ def tiny_backbone() -> BackboneConfig:
     )
 
 
-def smollm2_backbone(layers: int | None = 4) -> BackboneConfig:
+def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
     """``layers``: SmolLM2's first N decoder layers (None: all 30, the GPU run)."""
     depth = (
         f"its first {layers} of 30 layers (embeddings, layers 0-{layers - 1}, final norm, head)"
@@ -150,16 +150,16 @@ def smollm2_backbone(layers: int | None = 4) -> BackboneConfig:
             text_model=Path("data/models/smollm2-135m-instruct"),
             text_layers=layers,
             tiny_patch_size=16,
-            epochs=3,
+            epochs=4,
             learning_rate=3e-4,
             scheduler="constant",
             warmup_ratio=0.0,
             batch_size=16,
         ),
-        train=scaled_train(epochs=1, max_steps=30),
+        train=scaled_train(epochs=1, max_steps=40),
         seeds=[0, 1, 2],
         arms=["sft", "dpo_text", "mmedpo", "mmedpo_anchor"],
-        learning_rates=[5e-5, 2e-4],
+        learning_rates=[1e-5, 1e-4, 5e-4],
     )
 
 

@@ -55,9 +55,12 @@ BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train
 bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
-# The grounding experiment (experiments/grounding/): five arms x three seeds through the real
+# The grounding experiment (experiments/grounding/): seven arms x five seeds on the tiny backbone,
+# four arms x three seeds on pretrained SmolLM2 (its first 3 layers), each through the real
 # curate -> sft -> train -> evaluate flows on synthetic lesions; writes bench/experiment.md and
-# its plot. About 5 minutes on 2 CPU cores; a re-run reuses data/experiment/artifacts.
+# its plot. Under an hour on 2 CPU cores (the report says how long); a re-run reuses
+# data/experiment/artifacts. The first run converts SmolLM2 (as `make demo` does). The full-depth
+# SmolLM2 run is for a GPU: `mmedpo experiment --full-depth`.
 experiment: $(STAMP)
 	$(BIN)/mmedpo experiment
 

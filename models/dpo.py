@@ -36,7 +36,7 @@ from models.adapters import adapter_to_train, base_model_reference
 from models.families import Family
 from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
 from models.progress import quiet_progress
-from models.trl_checks import check_forwards, check_fused_output, check_weighting
+from models.trl_checks import check_forwards, check_fused_output, check_weighting, score_labelled_positions_only
 from tasks.config import TrainConfig
 
 UNWEIGHTABLE_LOSSES = {"aot", "aot_unpaired", "sft"}
@@ -317,6 +317,7 @@ def make_trainer(
         for p in pairs
     ]
     check_lengths(processor, examples, settings.max_length)
+    score_labelled_positions_only()
     policy, peft_config = adapter_to_train(policy, settings.init_adapter, lora_config(settings, family))
     trainer = WeightedDPOTrainer(
         model=policy,

@@ -18,6 +18,7 @@ import torch
 from models import families, vlm
 from models.progress import quiet_progress
 from models.tiny import build_tiny_llava
+from models.trl_checks import score_labelled_positions_only
 
 if TYPE_CHECKING:
     from tasks.config import SFTConfig
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
 def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
     if config.model is not None:
         return config.model
+    if config.text_model is not None:
+        from models.compose import build_llava_on_lm
+
+        return build_llava_on_lm(
+            config.text_model,
+            work / "composed-base",
+            layers=config.text_layers,
+            seed=config.tiny_seed,
+            image_size=config.tiny_image_size,
+            patch_size=config.tiny_patch_size,
+        )
     return build_tiny_llava(
         work / "tiny-base",
         seed=config.tiny_seed,
@@ -92,6 +104,7 @@ def fit_sft(
             disable_tqdm=True,
             dataloader_num_workers=0,
         )
+        score_labelled_positions_only()
         trainer = SFTTrainer(
             model=loaded.model,
             args=args,

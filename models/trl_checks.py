@@ -85,3 +85,34 @@ def check_weighting(
             f"DPO loss {loss.item():.6g} is not the weighted sigmoid loss {expected.item():.6g}: TRL's WPO "
             "multiplier no longer applies the pair weights"
         )
+
+
+def score_labelled_positions_only() -> None:
+    """Have TRL's fused LM head project only the positions that carry a label, on a CPU too.
+
+    TRL's ``add_fused_lm_head`` scores just the labelled positions where its Triton kernels run
+    (CUDA, XPU) and every position elsewhere, to spare compilers that recompile per shape. On a
+    CPU nothing recompiles, and projecting every prompt token through the vocabulary (49k rows
+    for SmolLM2) costs as much as the decoder layers; the answers' few positions are all the
+    loss needs. The decision is ``trl.trainer.utils._use_triton``: it is widened to the CPU
+    (the kernel module keeps its own copy, so the CPU still runs the PyTorch tiles). Idempotent.
+    """
+    import trl.trainer.utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None or "compact = _use_triton(" not in _source(trl_utils.add_fused_lm_head):
+        raise TRLContractError("fused LM head: trl.trainer.utils no longer decides compaction with _use_triton")
+    if getattr(decide, "compacts_on_cpu", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or decide(device)
+
+    compact.compacts_on_cpu = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
+
+
+def _source(function: Any) -> str:
+    import inspect
+
+    return inspect.getsource(function)

@@ -168,31 +168,56 @@ def answer_logprob(vlm: VLM, question: str, answer: str, image: str | Path | Ima
     return answer_logprobs(vlm, question, [answer], image)[0]
 
 
-@torch.no_grad()
 def answer_logprobs(vlm: VLM, question: str, answers: Sequence[str], image: str | Path | Image.Image) -> list[float]:
-    """``answer_logprob`` of each candidate answer, in one batch.
+    """``answer_logprob`` of each candidate answer, in one batch."""
+    picture = open_image(image)
+    return score_answers(vlm, [question] * len(answers), list(answers), [picture] * len(answers))
 
-    The batch is built by TRL's own prompt-completion collator, through the same
+
+@torch.no_grad()
+def score_answers(
+    vlm: VLM,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    images: Sequence[str | Path | Image.Image],
+    batch_size: int = 32,
+) -> list[float]:
+    """``answer_logprob`` of every (question, answer, image) row, ``batch_size`` rows per forward.
+
+    Batches are built by TRL's own prompt-completion collator, through the same
     ``TemplateProcessor`` the pair collator uses, so an answer's tokens (and the prompt's BOS)
-    are exactly those training scored.
+    are exactly those training scored. The collator pads prompts on the left and answers on the
+    right, so every answer starts at the same column: the head projects only the positions from
+    there on (``logits_to_keep``), not the prompt's, through the whole vocabulary.
     """
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    picture = open_image(image)
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": answer}],
-            "images": [picture],
-        }
-        for answer in answers
-    ]
+    if not len(questions) == len(answers) == len(images):
+        raise ValueError(f"{len(questions)} questions, {len(answers)} answers, {len(images)} images")
     collator = DataCollatorForVisionLanguageModeling(
         families.TemplateProcessor(vlm.processor), completion_only_loss=True
     )
-    batch = families.to_model(collator(rows), vlm.model)
-    labels = batch.pop("labels")[:, 1:]
-    logits = vlm.model(**batch).logits[:, :-1].float()
-    scored = labels != -100
-    token_logps = torch.log_softmax(logits, dim=-1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * scored).sum(dim=1).tolist()
+    scores: list[float] = []
+    for start in range(0, len(questions), batch_size):
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": answer}],
+                "images": [open_image(image)],
+            }
+            for question, answer, image in zip(
+                questions[start : start + batch_size],
+                answers[start : start + batch_size],
+                images[start : start + batch_size],
+            )
+        ]
+        batch = families.to_model(collator(rows), vlm.model)
+        labels = batch.pop("labels")
+        scored = labels != -100
+        first = int(scored.any(dim=0).nonzero()[0])  # the answers' common first column
+        keep = labels.shape[1] - first + 1
+        logits = vlm.model(**batch, logits_to_keep=keep).logits[:, :-1].float()
+        targets, mask = labels[:, first:], scored[:, first:]
+        token_logps = torch.log_softmax(logits, dim=-1).gather(2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores.extend((token_logps * mask).sum(dim=1).tolist())
+    return scores

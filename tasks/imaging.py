@@ -163,3 +163,33 @@ def save_array(pixels: np.ndarray, path: str | Path) -> Path:
         image = Image.fromarray(pixels.astype(np.uint8))
     image.save(path, format="PNG")
     return path
+
+
+def inpaint(pixels: np.ndarray, mask: np.ndarray, grow: int = 1) -> np.ndarray:
+    """``pixels`` with the region under ``mask`` filled in from its surroundings: a finding
+    removed from an image (a lesion inside its box), for a counterfactual whose right answer
+    flips. Biharmonic inpainting (scikit-image): the fill continues the intensities and
+    gradients at the region's border smoothly, so no edge is left where the region was.
+
+    ``mask``: the image's height x width, true where pixels are replaced; grown by ``grow``
+    pixels first, so a soft-edged finding leaves no rim. Grey and colour images, any integer or
+    float dtype (returned in the input's dtype, rounded and clipped for integers).
+    """
+    from scipy import ndimage
+    from skimage.restoration import inpaint_biharmonic
+
+    region = np.asarray(mask, dtype=bool)
+    if region.shape != pixels.shape[:2]:
+        raise ValueError(f"mask {region.shape} does not match the image {pixels.shape[:2]}")
+    if grow > 0:
+        region = ndimage.binary_dilation(region, iterations=grow)
+    if region.all():
+        raise ValueError("inpaint: the mask covers the whole image; nothing to fill it from")
+    if not region.any():
+        return pixels.copy()
+    values = pixels.astype(np.float64)
+    filled = inpaint_biharmonic(values, region, channel_axis=2 if pixels.ndim == 3 else None)
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        return np.clip(np.round(filled), info.min, info.max).astype(pixels.dtype)
+    return filled.astype(pixels.dtype)

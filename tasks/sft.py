@@ -15,7 +15,16 @@ from tasks.counters import Counters
 from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options
 
 STAGE = "sft"
-CODE = code_version(__name__, "models.sft", "models.families", "models.progress", "models.vlm", "models.tiny")
+CODE = code_version(
+    __name__,
+    "models.sft",
+    "models.compose",
+    "models.families",
+    "models.progress",
+    "models.trl_checks",
+    "models.vlm",
+    "models.tiny",
+)
 MODEL = "model"
 
 

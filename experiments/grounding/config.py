@@ -29,6 +29,15 @@ class GroundingDataConfig(StageConfig):
     test_yes_rate: float = Field(
         default=0.25, ge=0, le=1, description="The same share in the val and test splits (the flipped prior)"
     )
+    findings: list[str] = Field(
+        default=["lesion", "mass", "nodule", "cyst", "opacity"],
+        min_length=1,
+        description=(
+            "Names a presence question gives the blob (drawn per question): the rules judge weighs a wrong answer "
+            "by the finding's clinical class (lesion, mass, nodule: critical; cyst, opacity: finding), so the "
+            "text pairs' weights have a spread"
+        ),
+    )
     question_mix: list[float] = Field(
         default=[0.5, 0.3, 0.2], description="Relative frequency of presence / side / where questions"
     )
@@ -53,24 +62,132 @@ class GroundingDataConfig(StageConfig):
         return self
 
 
-ExperimentArm = Literal["sft", "dpo_text", "mmedpo", "mmedpo_global", "mmedpo_unweighted"]
+ExperimentArm = Literal[
+    "sft",
+    "dpo_text",
+    "mmedpo",
+    "mmedpo_anchor",
+    "mmedpo_global",
+    "mmedpo_unweighted",
+    "mmedpo_rounds",
+]
+ALL_ARMS: list[ExperimentArm] = [
+    "sft",
+    "dpo_text",
+    "mmedpo",
+    "mmedpo_anchor",
+    "mmedpo_global",
+    "mmedpo_unweighted",
+    "mmedpo_rounds",
+]
 
 
 class MeasureConfig(StageConfig):
-    """The grounding experiment's measures beyond accuracy (experiments/grounding/measure.py)."""
+    """The grounding experiment's measures beyond the evaluate flow's (experiments/grounding/measure.py)."""
 
-    noise_k: int = Field(
-        default=500, ge=1, description="Diffusion step of the test-time lesion noise (image sensitivity)"
+    split: str = Field(default="test", description="Split whose closed questions (and their twins) are measured")
+    margins: bool = Field(default=True, description="Also measure the held-out pairs' log-probs and margins")
+    inpaint_grow: int = Field(
+        default=2, ge=0, description="Pixels the lesion box grows by before it is inpainted away (the soft edge)"
     )
-    noise_seed: int = Field(default=0, description="Seed of the test-time noise (mixed with each sample id)")
-    batch_size: int = Field(default=32, ge=1, description="Prompts generated together")
+    batch_size: int = Field(default=32, ge=1, description="Prompts scored or generated together")
     margin_split: str = Field(
-        default="val", description="Split of the held-out pairs whose chosen-rejected log-prob margins are measured"
+        default="val", description="Split of the held-out pairs whose log-probs and margins are measured"
+    )
+
+
+class BackboneConfig(StageConfig):
+    """One backbone the arms run on: its SFT start, its DPO settings, its seeds and sweep."""
+
+    name: str = Field(description="Short name (report rows, run names)")
+    label: str = Field(description="What it is, in the report")
+    sft: SFTConfig
+    train: TrainConfig
+    seeds: list[int] = Field(min_length=1, description="Seeds of SFT (model init and data order) and DPO")
+    arms: list[ExperimentArm] = Field(min_length=1, description="Arms run, in report order")
+    learning_rates: list[float] = Field(
+        min_length=1,
+        description=(
+            "DPO learning rates tried per trained arm on the first seed; each arm keeps the one with the best "
+            "validation score (never the test split). The projector trains at the same rate"
+        ),
+    )
+    anchor_coef: float = Field(default=1.0, gt=0, description="mmedpo_anchor: weight of mDPO's anchor term")
+
+
+class RoundsConfig(StageConfig):
+    """The "MMedPO, 2 rounds" arm: `mmedpo iterate` from the SFT checkpoint, half the steps a round."""
+
+    rounds: int = Field(default=2, ge=2, description="Rounds; each trains epochs / rounds")
+    num_samples: int = Field(default=4, ge=1, description="Answers the target model samples per question")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the target model")
+    max_new_tokens: int = Field(default=4, ge=1, description="Longest sampled answer, tokens")
+
+
+def tiny_backbone() -> BackboneConfig:
+    return BackboneConfig(
+        name="tiny",
+        label="tiny random-weight LLaVA (2-layer 64-wide Mistral LM, SigLIP tower)",
+        sft=SFTConfig(epochs=6, learning_rate=1e-3, scheduler="constant", warmup_ratio=0.0, batch_size=16),
+        train=scaled_train(epochs=3),
+        seeds=[0, 1, 2, 3, 4],
+        arms=list(ALL_ARMS),
+        learning_rates=[2e-5, 1e-4, 5e-4],
+    )
+
+
+def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
+    """``layers``: SmolLM2's first N decoder layers (None: all 30, the GPU run)."""
+    depth = (
+        f"its first {layers} of 30 layers (embeddings, layers 0-{layers - 1}, final norm, head)"
+        if layers
+        else ("all 30 layers")
+    )
+    return BackboneConfig(
+        name=f"smollm2-{layers}l" if layers else "smollm2-30l",
+        label=f"LLaVA on pretrained SmolLM2-135M-Instruct, {depth}",
+        sft=SFTConfig(
+            text_model=Path("data/models/smollm2-135m-instruct"),
+            text_layers=layers,
+            tiny_patch_size=16,
+            epochs=4,
+            learning_rate=3e-4,
+            scheduler="constant",
+            warmup_ratio=0.0,
+            batch_size=16,
+        ),
+        train=scaled_train(epochs=1, max_steps=40),
+        seeds=[0, 1, 2],
+        arms=["sft", "dpo_text", "mmedpo", "mmedpo_anchor"],
+        learning_rates=[1e-5, 1e-4, 5e-4],
+    )
+
+
+def scaled_train(epochs: float, max_steps: int = -1) -> TrainConfig:
+    """The paper's DPO settings (method.md stage 6) scaled to a small model on a CPU: sigmoid loss, beta
+    0.1, LoRA alpha = 2 r with dropout 0.05, cosine schedule with 3% warmup; r 16 instead of 128,
+    8 pairs a step instead of 4, no gradient checkpointing; the learning rate is swept."""
+    return TrainConfig(
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        learning_rate=1e-4,
+        projector_lr=1e-4,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=8,
+        gradient_accumulation=1,
+        warmup_ratio=0.03,
+        scheduler="cosine",
+        max_length=None,
+        gradient_checkpointing=False,
+        save_steps=100_000,
+        logging_steps=10,
     )
 
 
 class ExperimentConfig(StageConfig):
-    """The grounding experiment: each arm's preference set trained on the same SFT checkpoints."""
+    """The grounding experiment: each arm's preference set trained on the same SFT checkpoints, per backbone."""
 
     name: str = Field(default="grounding", description="Run name (prefixes the arms' set names and flow runs)")
     store: Path = Field(
@@ -86,19 +203,11 @@ class ExperimentConfig(StageConfig):
     report: Path = Field(
         default=Path("bench/experiment.md"), description="Markdown report; the plot is written next to it (.png)"
     )
-    seeds: list[int] = Field(
-        default=[0, 1, 2], min_length=1, description="Seeds of SFT (model init and data order) and DPO"
-    )
-    arms: list[ExperimentArm] = Field(
-        default=["sft", "dpo_text", "mmedpo", "mmedpo_global", "mmedpo_unweighted"],
-        min_length=1,
-        description="Arms run, in report order",
-    )
     data: GroundingDataConfig = Field(
         default_factory=lambda: GroundingDataConfig(
             n_train=400,
             n_val=128,
-            n_test=400,
+            n_test=320,
             image_size=32,
             question_mix=[0.6, 0.4, 0.0],
             contrast_min=0.8,
@@ -107,31 +216,6 @@ class ExperimentConfig(StageConfig):
             radius_max=0.3,
         )
     )
-    sft: SFTConfig = Field(
-        default_factory=lambda: SFTConfig(
-            epochs=6, learning_rate=1e-3, scheduler="constant", warmup_ratio=0.0, batch_size=16
-        ),
-        description=(
-            "Stops while the model still answers part of the questions from the text prior, so preference training "
-            "has room"
-        ),
-    )
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            learning_rate=1e-4,
-            projector_lr=1e-4,
-            epochs=2,
-            batch_size=8,
-            gradient_accumulation=1,
-            warmup_ratio=0.0,
-            scheduler="constant",
-            max_length=None,
-            gradient_checkpointing=False,
-            save_steps=100_000,
-            logging_steps=10,
-        )
-    )
+    backbones: list[BackboneConfig] = Field(default_factory=lambda: [tiny_backbone(), smollm2_backbone()], min_length=1)
+    rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)

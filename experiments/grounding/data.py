@@ -6,7 +6,9 @@ grayscale. A lesion is a soft-edged bright or dark blob of random size and contr
 at a random position; its box goes into the JSONL, so the normal curation flow localizes,
 noises and pairs it like any annotated data set.
 
-Each image carries one question: "Is there a lesion?" (closed), "Is the lesion in the left
+Each image carries one question: "Is there a <finding>?" (closed; the finding named is drawn
+from ``findings`` - every blob is one, so the name never changes the answer, only how
+serious a wrong answer is: the judge weighs a missed or invented mass above a cyst), "Is the lesion in the left
 half?" (closed) or "Where is the lesion?" (open, "Lesion in the upper left."). The answers'
 marginal is the text prior: in the training split ``train_yes_rate`` of closed answers are
 "yes" (and the same share of lesions lie in the left half), in the evaluation splits
@@ -27,10 +29,19 @@ from tasks.demo_data import IMAGES, materialize
 from tasks.imaging import dicom_to_png, load_array, save_array
 from tasks.store import canonical_json, content_hash
 
-PRESENCE = "Is there a lesion?"
+PRESENCE = "Is there {article} {finding}?"
 SIDE = "Is the lesion in the left half?"
 WHERE = "Where is the lesion?"
 QUESTION_KINDS = ("presence", "side", "where")
+
+
+def is_presence(question: str) -> bool:
+    """Whether a question asks if there is a finding (its lesion-removed twin's answer is "no")."""
+    return question.startswith("Is there ")
+
+
+def presence_question(finding: str) -> str:
+    return PRESENCE.format(article="an" if finding[:1].lower() in "aeiou" else "a", finding=finding)
 
 
 def build_grounding_data(out: Path, config: GroundingDataConfig) -> Path:
@@ -105,7 +116,8 @@ def make_sample(
         box = paste_lesion(rng, pixels, config, left, upper)
         boxes.append(box)
     if kind == "presence":
-        question, answer, answer_type = PRESENCE, "yes" if has_lesion else "no", "closed"
+        finding = config.findings[int(rng.integers(len(config.findings)))]
+        question, answer, answer_type = presence_question(finding), "yes" if has_lesion else "no", "closed"
     elif kind == "side":
         question, answer, answer_type = SIDE, "yes" if left else "no", "closed"
     else:

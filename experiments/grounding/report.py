@@ -1,200 +1,400 @@
-"""The grounding experiment's report: mean ± std over seeds per arm, a plot, plain verdicts.
+"""The grounding experiment's report: per backbone and arm, mean ± std and a 95% interval over
+seeds; paired comparisons across seeds for every claim; a plot; plain verdicts.
 
-Apart from tasks/experiment.py so that rewording the report never changes the measure
-stage's code version (and so never recomputes the measures).
+Apart from measure.py so that rewording the report never changes the measure stage's code
+version (and so never recomputes the measures).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.grounding.arms import LABELS, REFERENCE_ARM
+from experiments.grounding.arms import LABELS
 from experiments.grounding.config import ExperimentConfig
-from experiments.grounding.measure import METRICS
 
-# A share of off-vocabulary answers above this is called out in the verdict.
-DRIFT = 0.1
+PERCENT = (
+    "closed_accuracy",
+    "off_answers",
+    "forced_choice_accuracy",
+    "counterfactual_accuracy",
+    "counterfactual_forced",
+)
+NATS = ("text_displacement", "visual_displacement", "text_margin", "visual_margin")
+METRICS = PERCENT + NATS
+NAMES = {
+    "closed_accuracy": "greedy accuracy",
+    "off_answers": "off yes/no",
+    "forced_choice_accuracy": "forced-choice accuracy",
+    "counterfactual_accuracy": "counterfactual accuracy (greedy)",
+    "counterfactual_forced": "counterfactual accuracy (forced choice)",
+    "text_displacement": "Δ log p(chosen), text",
+    "visual_displacement": "Δ log p(chosen), visual",
+    "text_margin": "text margin",
+    "visual_margin": "visual margin",
+}
+MMEDPO_ARMS = ("mmedpo", "mmedpo_anchor", "mmedpo_global", "mmedpo_unweighted", "mmedpo_rounds")
+# (arm, baseline) pairs the report compares, seed by seed.
+CLAIMS = (
+    *((arm, "sft") for arm in MMEDPO_ARMS),
+    *((arm, "dpo_text") for arm in MMEDPO_ARMS),
+    ("dpo_text", "sft"),
+    ("mmedpo_anchor", "mmedpo"),
+    ("mmedpo", "mmedpo_global"),
+    ("mmedpo", "mmedpo_unweighted"),
+    ("mmedpo_rounds", "mmedpo"),
+)
+HEADLINE = ("counterfactual_accuracy", "counterfactual_forced")
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation over seeds, per arm and metric."""
+def with_displacement(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its held-out chosen log-prob change from the same backbone and seed's SFT model."""
+    before = {(r["backbone"], r["seed"]): r for r in rows if r["arm"] == "sft"}
+    out = []
+    for row in rows:
+        start = before.get((row["backbone"], row["seed"]))
+        extra = {}
+        for kind in ("text", "visual"):
+            key = f"{kind}_chosen_logp"
+            extra[f"{kind}_displacement"] = row[key] - start[key] if start is not None else float("nan")
+        out.append({**row, **extra})
+    return out
+
+
+def interval(values: Sequence[float]) -> dict[str, float] | None:
+    """Mean, sample std and the 95% t-interval of the mean (None without a finite value)."""
+    from scipy import stats
+
+    finite = [v for v in values if v == v]
+    if not finite:
+        return None
+    mean = statistics.fmean(finite)
+    if len(finite) < 2:
+        return {"mean": mean, "std": 0.0, "lo": mean, "hi": mean, "n": len(finite)}
+    std = statistics.stdev(finite)
+    half = float(stats.t.ppf(0.975, len(finite) - 1)) * std / math.sqrt(len(finite))
+    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": len(finite)}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], backbone: str, arms: Sequence[str]) -> list[dict[str, Any]]:
     table = []
     for arm in arms:
-        mine = [r for r in rows if r["arm"] == arm]
-        entry: dict[str, Any] = {"arm": arm, "seeds": len(mine)}
-        for metric in METRICS:
-            values = [r[metric] for r in mine if r[metric] == r[metric]]  # NaN (no pairs of that kind) left out
-            entry[metric] = (
-                (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
-            )
-        table.append(entry)
+        mine = [r for r in rows if r["backbone"] == backbone and r["arm"] == arm]
+        table.append(
+            {"arm": arm, "seeds": len(mine), **{m: interval([r[m] for r in mine]) for m in (*METRICS, "steps")}}
+        )
     return table
 
 
-def _cell(value: tuple[float, float] | None, percent: bool) -> str:
+def paired(rows: Sequence[Mapping[str, Any]], backbone: str, arm: str, other: str, metric: str) -> dict | None:
+    """``arm`` minus ``other`` seed by seed: the mean difference, its 95% interval, wins."""
+    mine = {r["seed"]: r[metric] for r in rows if r["backbone"] == backbone and r["arm"] == arm}
+    theirs = {r["seed"]: r[metric] for r in rows if r["backbone"] == backbone and r["arm"] == other}
+    seeds = sorted(set(mine) & set(theirs))
+    diffs = [mine[s] - theirs[s] for s in seeds if mine[s] == mine[s] and theirs[s] == theirs[s]]
+    if not diffs:
+        return None
+    summary = interval(diffs)
+    assert summary is not None
+    return {**summary, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+
+
+def _pct(value: dict | None, metric: str) -> str:
     if value is None:
         return "-"
-    mean, std = value
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if percent else f"{mean:+.2f} ± {std:.2f}"
+    scale, fmt = (100, "{:.1f}") if metric in PERCENT else (1, "{:+.2f}")
+    mean, std, lo, hi = (scale * value[k] for k in ("mean", "std", "lo", "hi"))
+    return f"{fmt.format(mean)} ± {abs(std):.1f} [{fmt.format(lo)}, {fmt.format(hi)}]".replace("+-", "-")
 
 
-def verdict(table: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain statements read off the table, whichever way the numbers fall."""
+def beats(table: Sequence[Mapping[str, Any]], arm: str, others: Sequence[str], metric: str) -> bool:
+    """Whether ``arm``'s 95% interval lies wholly above every other arm's."""
     by_arm = {row["arm"]: row for row in table}
+    mine = by_arm.get(arm, {}).get(metric)
+    if mine is None:
+        return False
+    return all(by_arm.get(o, {}).get(metric) is not None and mine["lo"] > by_arm[o][metric]["hi"] for o in others)
+
+
+def verdict(rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain statements read off the numbers, whichever way they fall."""
+    arms = [row["arm"] for row in table]
     lines = []
-    if REFERENCE_ARM not in by_arm:
-        return lines
-    ours = by_arm[REFERENCE_ARM]
-    for metric, name in (
-        ("closed_accuracy", "test accuracy"),
-        ("forced_choice_accuracy", "yes/no forced choice"),
-        ("image_sensitivity", "image sensitivity"),
-    ):
-        if ours[metric] is None:
+    for metric in HEADLINE:
+        winners = [a for a in MMEDPO_ARMS if a in arms and beats(table, a, ["sft", "dpo_text"], metric)]
+        if winners:
+            lines.append(
+                f"- **{NAMES[metric]}: "
+                + ", ".join(LABELS[a] for a in winners)
+                + " beat both SFT only and SFT + DPO (text pairs), with non-overlapping 95% intervals.**"
+            )
+        else:
+            lines.append(
+                f"- **{NAMES[metric]}: no MMedPO arm beat both SFT only and SFT + DPO (text pairs) with "
+                "non-overlapping 95% intervals.**"
+            )
+            lines += what_remains(rows, backbone, table, metric)
+    for arm, other in CLAIMS:
+        if arm not in arms or other not in arms:
             continue
-        mean, std = ours[metric]
-        for arm, row in by_arm.items():
-            if arm == REFERENCE_ARM or row[metric] is None:
+        for metric in (*HEADLINE, "closed_accuracy"):
+            found = paired(rows, backbone, arm, other, metric)
+            if found is None:
                 continue
-            other, other_std = row[metric]
-            gap = mean - other
-            spread = max(std, other_std)
-            if abs(gap) <= spread:
-                word = "no clear difference from"
+            if found["lo"] > 0:
+                word = "above"
+            elif found["hi"] < 0:
+                word = "below"
             else:
-                word = "above" if gap > 0 else "below"
+                word = "not separable from"
             lines.append(
-                f"- {name}: {LABELS[REFERENCE_ARM]} {100 * mean:.1f}% is {word} {LABELS[arm]} {100 * other:.1f}% (gap "
-                f"{100 * gap:+.1f} points, larger std {100 * spread:.1f})."
+                f"- {NAMES[metric]}: {LABELS[arm]} is {word} {LABELS[other]}: paired difference "
+                f"{100 * found['mean']:+.1f} points, 95% interval [{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}]"
+                f", higher on {found['wins']} of {found['n']} seeds."
             )
-    for arm, row in by_arm.items():
-        if row["off_answers"] is not None and row["off_answers"][0] > DRIFT:
+    by_arm = {row["arm"]: row for row in table}
+    for arm in arms:
+        row = by_arm[arm]
+        off, moved = row["off_answers"], row["text_displacement"]
+        if off is not None and off["mean"] > 0.1:
             lines.append(
-                f"- {LABELS[arm]}: {100 * row['off_answers'][0]:.0f}% of its greedy test answers are neither yes nor "
-                "no - preference "
-                "training moved probability off both answers; accuracy counts them wrong, the forced choice does not."
+                f"- {LABELS[arm]}: {100 * off['mean']:.0f}% of its greedy answers are neither yes nor no (probability "
+                "moved off both answers)."
             )
+        for kind in ("text", "visual"):
+            moved = row[f"{kind}_displacement"]
+            if arm != "sft" and moved is not None and moved["hi"] < 0:
+                lines.append(
+                    f"- {LABELS[arm]}: the held-out chosen answers' log-probability fell ({kind} pairs: "
+                    f"{moved['mean']:+.2f} nats, 95% interval [{moved['lo']:+.2f}, {moved['hi']:+.2f}]): likelihood "
+                    "displacement."
+                )
+    return lines
+
+
+def what_remains(
+    rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]], metric: str
+) -> list[str]:
+    """Why no MMedPO arm won on ``metric``, as measured: the best one's paired gaps to both
+    baselines against the seed-to-seed spread, the room SFT left, and the side effects (answers
+    off yes/no, the held-out chosen answers' log-prob) that cost it."""
+    by_arm = {row["arm"]: row for row in table}
+    candidates = [a for a in MMEDPO_ARMS if a in by_arm and by_arm[a][metric] is not None]
+    if not candidates or "sft" not in by_arm or by_arm["sft"][metric] is None:
+        return []
+    best = max(candidates, key=lambda a: by_arm[a][metric]["mean"])
+    row, sft = by_arm[best], by_arm["sft"]
+    gaps = []
+    for other in ("sft", "dpo_text"):
+        found = paired(rows, backbone, best, other, metric)
+        if found is not None:
+            gaps.append(
+                f"{100 * found['mean']:+.1f} points over {LABELS[other]} (paired 95% interval "
+                f"[{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}], higher on {found['wins']} of "
+                f"{found['n']} seeds)"
+            )
+    text = (
+        f"  Measured for the best MMedPO arm on it, {LABELS[best]}: {'; '.join(gaps)}. SFT alone scores "
+        f"{100 * sft[metric]['mean']:.1f}% (room left: {100 * (1 - sft[metric]['mean']):.1f} points)."
+    )
+    off, moved = row["off_answers"], row["text_displacement"]
+    if off is not None and sft["off_answers"] is not None:
+        text += (
+            f" Its greedy answers off yes/no: {100 * off['mean']:.1f}% (SFT {100 * sft['off_answers']['mean']:.1f}%)."
+        )
+    if moved is not None:
+        text += f" Held-out chosen log-prob change, text pairs: {moved['mean']:+.2f} nats."
+    return [text]
+
+
+def weight_histogram(weights: Sequence[tuple[str, float]]) -> list[str]:
+    counts = Counter((kind, round(w, 3)) for kind, w in weights)
+    lines = ["| pair type | weight | pairs |", "|---|---|---|"]
+    lines += [f"| {kind} | {w:.3f} | {n} |" for (kind, w), n in sorted(counts.items())]
     return lines
 
 
 def write_report(
-    rows: Sequence[Mapping[str, Any]],
+    results: Mapping[str, Any],
     config: ExperimentConfig,
     prior_accuracy: float,
     seconds: tuple[float, float],
     machine: str,
 ) -> Path:
-    """``seconds``: this invocation's wall time and the summed build time of every artifact
-    it used (what a run from an empty store computes, orchestration overhead aside)."""
-    table = summarize(rows, config.arms)
-    plot = config.report.with_suffix(".png")
+    """``seconds``: this invocation's wall time and the summed build time of every artifact it used
+    (what a run from an empty store computes, orchestration overhead aside)."""
+    rows = with_displacement(results["rows"])
     config.report.parent.mkdir(parents=True, exist_ok=True)
-    write_plot(table, plot, prior_accuracy)
+    plot = config.report.with_suffix(".png")
+    tables = {b.name: summarize(rows, b.name, b.arms) for b in config.backbones}
+    write_plot(tables, config, results["weights"], plot, prior_accuracy)
     lines = [
         "# Grounding experiment",
         "",
-        "Does preference training push a model that answers from the text prior to answer from the image?",
-        f"Synthetic lesions on crops of the demo's real images (tasks/grounding_data.py); closed questions "
-        f"(presence, left/right). Training split: {100 * config.data.train_yes_rate:.0f}% 'yes'; val and test: "
-        f"{100 * config.data.test_yes_rate:.0f}% (the prior flipped). A model answering from the prior scores "
+        "Does preference training push a model that answers from the text prior to answer from the image? Synthetic "
+        "lesions on crops of the demo's real images (experiments/grounding/data.py); closed questions: presence "
+        f'("Is there a mass?", the finding named drawn from {", ".join(config.data.findings)}) and left/right. '
+        f"Training split: {100 * config.data.train_yes_rate:.0f}% 'yes'; val and test: "
+        f"{100 * config.data.test_yes_rate:.0f}% (the prior flipped). Always answering the training prior scores "
         f"{100 * prior_accuracy:.1f}% on the test split.",
         "",
-        f"Every arm starts from the same SFT checkpoint per seed (TRL SFTTrainer, {config.sft.epochs:g} epochs, "
-        f"lr {config.sft.learning_rate:g} {config.sft.scheduler}) and goes through the real flows "
-        "(curate -> train -> evaluate). Seeds: "
-        + ", ".join(map(str, config.seeds))
-        + f" (mean ± std over {len(config.seeds)}).",
+        "Every arm of a backbone starts from the same SFT checkpoint per seed and goes through the real flows "
+        "(curate -> sft -> train -> evaluate, `mmedpo iterate` for 2 rounds). Cells: mean ± std [95% interval of the "
+        "mean, t distribution] over the seeds.",
         "",
-        "| arm | closed accuracy, test (%) | answers neither yes nor no (%) | yes/no forced choice, test (%) | image "
-        "sensitivity (%) | text margin, val | visual margin, val |",
-        "|---|---|---|---|---|---|---|",
+        "- **greedy accuracy**: greedy answers to the test split's closed questions (evaluate flow); an answer "
+        "neither yes nor no is wrong (their share: **off yes/no**). **forced choice**: the right one of 'yes' and "
+        "'no' has the higher log-probability.",
+        "- **counterfactual accuracy**: every test presence question about an image with a lesion, asked again "
+        "about the same image with the lesion inpainted away (biharmonic inpainting of its box, "
+        f"grown by {config.measure.inpaint_grow} px: a perturbation no training pair uses), whose right answer is "
+        "'no'. A question counts only when both answers are right, so a model that answers the same whatever the "
+        "image shows scores 0; greedy and forced-choice versions.",
+        "- **Δ log p(chosen)** (displacement): mean log-probability of the held-out (val) pairs' chosen answers, "
+        "trained model minus the same seed's SFT model (text pairs: the ground truth; visual pairs: the answer on "
+        "the real image). Negative: training pushed the right answer down. **margins**: mean log p(chosen) - log "
+        "p(rejected) on the same pairs (visual: the answer on the real vs the lesion-noised image).",
+        "",
     ]
-    for row in table:
-        cells = [
-            _cell(row["closed_accuracy"], True),
-            _cell(row["off_answers"], True),
-            _cell(row["forced_choice_accuracy"], True),
-            _cell(row["image_sensitivity"], True),
-            _cell(row["text_margin"], False),
-            _cell(row["visual_margin"], False),
+    for backbone in config.backbones:
+        table = tables[backbone.name]
+        chosen = results["chosen"].get(backbone.name, {})
+        spent = results["seconds"].get(backbone.name, float("nan"))
+        lines += [
+            f"## Backbone: {backbone.label}",
+            "",
+            f"Seeds {', '.join(map(str, backbone.seeds))}; SFT {backbone.sft.epochs:g} epochs at lr "
+            f"{backbone.sft.learning_rate:g} ({', '.join(backbone.sft.trainable)}); DPO: LoRA r "
+            f"{backbone.train.lora_r}, alpha {backbone.train.lora_alpha}, dropout {backbone.train.lora_dropout:g}, "
+            f"beta {backbone.train.beta:g}"
+            f", {backbone.train.scheduler} with {100 * backbone.train.warmup_ratio:g}% warmup, "
+            f"{backbone.train.batch_size} pairs a step, "
+            + (
+                f"{backbone.train.max_steps} steps"
+                if backbone.train.max_steps > 0
+                else f"{backbone.train.epochs:g} epochs"
+            )
+            + f"; anchor weight {backbone.anchor_coef:g}. Learning rates tried (seed {backbone.seeds[0]}, val split): "
+            + ", ".join(f"{lr:g}" for lr in backbone.learning_rates)
+            + "; chosen: "
+            + ", ".join(f"{LABELS[a]} {lr:g}" for a, lr in chosen.items())
+            + f". This backbone's part of this invocation: {spent / 60:.1f} min.",
+            "",
+            "| arm | " + " | ".join(NAMES[m] for m in METRICS) + " | steps |",
+            "|---|" + "---|" * (len(METRICS) + 1),
         ]
-        lines.append(f"| {LABELS[row['arm']]} | " + " | ".join(cells) + " |")
+        for row in table:
+            steps = row["steps"]["mean"] if row["steps"] else 0
+            lines.append(
+                f"| {LABELS[row['arm']]} | " + " | ".join(_pct(row[m], m) for m in METRICS) + f" | {steps:.0f} |"
+            )
+        lines += ["", "### What the numbers say", "", *verdict(rows, backbone.name, table), ""]
     lines += [
-        "",
         f"![per-arm metrics]({plot.name})",
         "",
-        "- **closed accuracy**: greedy answers on the flipped-prior test split (evaluate flow); an answer that is "
-        "neither yes nor no counts as wrong (their share: next column).",
-        "- **yes/no forced choice**: share of the same questions where the right answer has the higher "
-        "log-probability of 'yes' and 'no' (grounding of the choice, whatever the greedy answer drifted to).",
-        "- **image sensitivity**: share of test answers (questions about an image with a lesion) that change when "
-        f"the lesion's box is diffusion-noised (k={config.measure.noise_k}).",
-        "- **margins**: mean log p(chosen) - log p(rejected) on the held-out val pairs of the MMedPO set (text: "
-        "ground truth vs hallucinated answer; visual: the answer on the real vs the lesion-noised image). Higher = "
-        "prefers the truth / the real image.",
+        "## Pair weights",
         "",
-        "## What the numbers say",
+        "The MMedPO set's training pairs (rules judge by error type and finding class, the paper's normalizer; "
+        "visual pairs: the annotation's confidence). The equal-weights arm gives every pair their mean, "
+        f"{results['mean_weight']:.3f}, so it trains with the same step size and differs only in the relative "
+        "weighting.",
         "",
-        *(verdict(table) or ["- (no MMedPO arm in this run)"]),
+        *weight_histogram(results["weights"]),
         "",
-        "## Per seed",
+        "## Learning-rate sweep (validation split, first seed)",
         "",
-        "| arm | seed | closed accuracy (%) | neither yes nor no (%) | forced choice (%) | image sensitivity (%) | "
-        "text margin | visual margin |",
-        "|---|---|---|---|---|---|---|---|",
+        "Validation score: mean of greedy accuracy and counterfactual accuracy (greedy) on the val split.",
+        "",
+        "| backbone | arm | lr | val score | val greedy accuracy | val counterfactual (greedy) | val forced choice |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for entry in results["sweep"]:
         lines.append(
-            f"| {LABELS[row['arm']]} | {row['seed']} | {100 * row['closed_accuracy']:.1f} | "
-            f"{100 * row['off_answers']:.1f} | {100 * row['forced_choice_accuracy']:.1f} | "
-            f"{100 * row['image_sensitivity']:.1f} | "
-            f"{row['text_margin']:+.2f} | {row['visual_margin']:+.2f} |"
+            f"| {entry['backbone']} | {LABELS[entry['arm']]} | {entry['learning_rate']:g} | "
+            f"{100 * entry['val_score']:.1f} | {100 * entry['closed_accuracy']:.1f} | "
+            f"{100 * entry['counterfactual_accuracy']:.1f} | {100 * entry['forced_choice_accuracy']:.1f} |"
         )
     lines += [
         "",
-        f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min; building its artifacts from "
-        f"scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: "
-        f"`{json.dumps(config.model_dump(mode='json', exclude={'store', 'sets', 'data_root', 'report'}))}`",
+        "## Per seed",
+        "",
+        "| backbone | arm | seed | lr | greedy acc. | off yes/no | forced choice | counterfactual (greedy) | "
+        "counterfactual (forced) | Δ log p text | Δ log p visual | text margin | visual margin |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lr = f"{row['learning_rate']:g}" if row["learning_rate"] else "-"
+        lines.append(
+            f"| {row['backbone']} | {LABELS[row['arm']]} | {row['seed']} | {lr} | "
+            + " | ".join(f"{100 * row[m]:.1f}" for m in PERCENT)
+            + " | "
+            + " | ".join(f"{row[m]:+.2f}" for m in NATS)
+            + " |"
+        )
+    times = ", ".join(f"{name} {s / 60:.1f} min" for name, s in results["seconds"].items())
+    dump = config.model_dump(mode="json", exclude={"store", "sets", "data_root", "report"})
+    lines += [
+        "",
+        f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min ({times}); building its "
+        f"artifacts from scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: `{json.dumps(dump)}`",
         "",
     ]
     config.report.write_text("\n".join(lines))
     return config.report
 
 
-def write_plot(table: Sequence[Mapping[str, Any]], path: Path, prior_accuracy: float) -> None:
+def write_plot(
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    config: ExperimentConfig,
+    weights: Sequence[tuple[str, float]],
+    path: Path,
+    prior_accuracy: float,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
-    names = [LABELS[row["arm"]].replace("SFT + ", "").replace(", ", "\n") for row in table]
     panels = (
-        (axes[0], ["closed_accuracy", "forced_choice_accuracy"], "test accuracy (%)", 100),
-        (axes[1], ["image_sensitivity"], "image sensitivity (%)", 100),
-        (axes[2], ["text_margin", "visual_margin"], "val log-prob margin", 1),
+        (["closed_accuracy", "forced_choice_accuracy"], "test accuracy (%)", 100),
+        (["counterfactual_accuracy", "counterfactual_forced"], "counterfactual accuracy (%)", 100),
+        (["text_displacement", "visual_displacement"], "Δ log p(chosen), val (nats)", 1),
     )
-    for ax, metrics, title, scale in panels:
-        width = 0.8 / len(metrics)
-        for offset, metric in enumerate(metrics):
-            means = [scale * row[metric][0] if row[metric] else 0.0 for row in table]
-            stds = [scale * row[metric][1] if row[metric] else 0.0 for row in table]
-            positions = np.arange(len(table)) + (offset - (len(metrics) - 1) / 2) * width
-            ax.bar(positions, means, width, yerr=stds, capsize=3, label=metric.replace("_", " "))
-        ax.set_xticks(np.arange(len(table)), names, fontsize=7)
-        ax.set_title(title)
-        ax.axhline(0, color="black", linewidth=0.5)
-    axes[0].axhline(100 * prior_accuracy, color="red", linestyle="--", linewidth=1, label="text prior")
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
+    figure, axes = plt.subplots(len(tables) + 1, 3, figsize=(15, 4 * (len(tables) + 1)), squeeze=False)
+    for line, (name, table) in enumerate(tables.items()):
+        names = [LABELS[row["arm"]].replace("SFT + ", "").replace(", ", "\n").replace(" + ", "\n+ ") for row in table]
+        for column, (metrics, title, scale) in enumerate(panels):
+            ax = axes[line][column]
+            width = 0.8 / len(metrics)
+            for offset, metric in enumerate(metrics):
+                means = np.array([scale * row[metric]["mean"] if row[metric] else 0.0 for row in table])
+                lows = np.array([scale * row[metric]["lo"] if row[metric] else 0.0 for row in table])
+                highs = np.array([scale * row[metric]["hi"] if row[metric] else 0.0 for row in table])
+                positions = np.arange(len(table)) + (offset - (len(metrics) - 1) / 2) * width
+                ax.bar(positions, means, width, yerr=[means - lows, highs - means], capsize=3, label=NAMES[metric])
+            ax.set_xticks(np.arange(len(table)), names, fontsize=7)
+            ax.set_title(f"{name}: {title}", fontsize=9)
+            ax.axhline(0, color="black", linewidth=0.5)
+            ax.legend(fontsize=6)
+        axes[line][0].axhline(100 * prior_accuracy, color="red", linestyle="--", linewidth=1)
+    ax = axes[-1][0]
+    for kind in ("text", "visual"):
+        values = [w for k, w in weights if k == kind]
+        if values:
+            ax.hist(values, bins=20, range=(0.75, 1.25), alpha=0.6, label=f"{kind} pairs")
+    ax.set_title("MMedPO pair weights (train split)", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax in axes[-1][1:]:
+        ax.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=90)
     plt.close(figure)
 
 

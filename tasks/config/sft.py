@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tasks.config.base import BY_CONTENT, StageConfig
 
@@ -23,6 +23,23 @@ class SFTConfig(StageConfig):
         description=(
             "Local checkpoint of a supported family to start from (identified by content); None builds the tiny "
             "random-weight LLaVA"
+        ),
+    )
+    text_model: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description=(
+            "With model unset: a pretrained causal LM folder (Llama or Mistral architecture, identified by content) "
+            "whose weights become the language model of a LLaVA with a new tiny_* vision tower and projector "
+            "(models/compose.py); unset: the tiny random-weight LLaVA"
+        ),
+    )
+    text_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "text_model: keep only its first N decoder layers (embeddings, those layers, final norm and head, all "
+            "pretrained); unset: every layer"
         ),
     )
     tiny_seed: int = Field(default=0, description="Seed of the tiny model's weights (model None)")
@@ -53,3 +70,11 @@ class SFTConfig(StageConfig):
     scheduler: str = Field(default="cosine", description="Learning-rate schedule")
     max_length: int | None = Field(default=256, description="Truncate prompt+answer to this many tokens")
     seed: int = Field(default=0, description="Seed of data order and dropout")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> SFTConfig:
+        if self.model is not None and self.text_model is not None:
+            raise ValueError("model and text_model: give one (a whole checkpoint, or a language model to compose)")
+        if self.text_layers is not None and self.text_model is None:
+            raise ValueError("text_layers: needs text_model")
+        return self

@@ -1,52 +1,92 @@
-"""The grounding experiment end to end at toy size: every arm's metrics come out, and the report."""
+"""The grounding experiment end to end at toy size, on both backbones: every arm's measures, the
+sweep's choice, the report."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from experiments.grounding.arms import LABELS
-from experiments.grounding.config import ExperimentConfig, GroundingDataConfig
+from experiments.grounding.config import (
+    ALL_ARMS,
+    BackboneConfig,
+    ExperimentConfig,
+    GroundingDataConfig,
+    RoundsConfig,
+    scaled_train,
+    smollm2_backbone,
+)
 from experiments.grounding.flow import experiment_flow
-from tasks.config import SFTConfig, TrainConfig
+from tasks.config import SFTConfig
+
+SMOLLM2 = Path(__file__).resolve().parents[2] / "data" / "models" / "smollm2-135m-instruct"
 
 
-@pytest.mark.slow
-def test_every_arm_is_trained_evaluated_and_measured(tmp_path, prefect_harness):
-    config = ExperimentConfig(
+def toy_config(tmp_path: Path) -> ExperimentConfig:
+    pretrained = smollm2_backbone(layers=1)
+    return ExperimentConfig(
         store=tmp_path / "store",
         sets=tmp_path / "sets",
         data_root=tmp_path / "data",
         report=tmp_path / "report" / "experiment.md",
-        seeds=[0],
-        data=GroundingDataConfig(n_train=48, n_val=8, n_test=16, image_size=32, question_mix=[0.6, 0.4, 0.0]),
-        sft=SFTConfig(epochs=1, batch_size=16, scheduler="constant"),
-        train=TrainConfig(
-            lora_r=4,
-            lora_alpha=8,
-            learning_rate=1e-4,
-            max_steps=2,
-            batch_size=4,
-            gradient_accumulation=1,
-            max_length=None,
-            gradient_checkpointing=False,
-            save_steps=100,
-            logging_steps=1,
-        ),
+        data=GroundingDataConfig(n_train=32, n_val=12, n_test=16, image_size=32, question_mix=[0.6, 0.4, 0.0]),
+        backbones=[
+            BackboneConfig(
+                name="tiny",
+                label="tiny",
+                sft=SFTConfig(epochs=1, batch_size=16, scheduler="constant"),
+                train=scaled_train(epochs=1, max_steps=2),
+                seeds=[0, 1],
+                arms=list(ALL_ARMS),
+                learning_rates=[1e-4, 1e-3],
+            ),
+            pretrained.model_copy(
+                update={
+                    "sft": pretrained.sft.model_copy(update={"text_model": SMOLLM2, "epochs": 1}),
+                    "train": scaled_train(epochs=1, max_steps=2),
+                    "seeds": [0],
+                    "learning_rates": [1e-4],
+                }
+            ),
+        ],
+        rounds=RoundsConfig(num_samples=2, max_new_tokens=2),
     )
 
-    rows = experiment_flow(config)
 
-    assert [row["arm"] for row in rows] == list(config.arms) == list(LABELS)
+@pytest.mark.slow
+def test_every_arm_is_trained_evaluated_and_measured_on_both_backbones(tmp_path, prefect_harness):
+    from models.smollm2 import ensure
+
+    ensure(SMOLLM2)
+    config = toy_config(tmp_path)
+
+    results = experiment_flow(config)
+
+    rows = results["rows"]
+    tiny = [r for r in rows if r["backbone"] == "tiny"]
+    assert [r["arm"] for r in tiny] == list(ALL_ARMS) * 2
+    assert [r["arm"] for r in rows if r["backbone"] == "smollm2-1l"] == ["sft", "dpo_text", "mmedpo", "mmedpo_anchor"]
     for row in rows:
-        for metric in ("closed_accuracy", "off_answers", "forced_choice_accuracy", "image_sensitivity"):
+        for metric in ("closed_accuracy", "off_answers", "forced_choice_accuracy", "counterfactual_accuracy"):
             assert 0.0 <= row[metric] <= 1.0, (row["arm"], metric)
-        assert math.isfinite(row["text_margin"]) and math.isfinite(row["visual_margin"])
-        assert row["text_margin_pairs"] > 0 and row["visual_margin_pairs"] > 0  # the val split's held-out pairs
-    # The SFT-only arm and the trained arms answer with different models.
-    by_arm = {row["arm"]: row for row in rows}
-    assert by_arm["sft"]["text_margin"] != by_arm["mmedpo"]["text_margin"]
+        assert row["counterfactual_pairs"] > 0 and row["closed_questions"] > 0
+        assert math.isfinite(row["text_margin"]) and math.isfinite(row["visual_chosen_logp"])
+    by_arm = {(r["backbone"], r["arm"], r["seed"]): r for r in rows}
+    # Trained arms answer with other models than SFT; the anchor arm trains the same set differently.
+    assert by_arm["tiny", "sft", 0]["text_chosen_logp"] != by_arm["tiny", "mmedpo", 0]["text_chosen_logp"]
+    assert by_arm["tiny", "mmedpo_anchor", 0]["text_chosen_logp"] != by_arm["tiny", "mmedpo", 0]["text_chosen_logp"]
+    # Two rounds train as many steps as one round in all.
+    assert by_arm["tiny", "mmedpo_rounds", 0]["steps"] == by_arm["tiny", "mmedpo", 0]["steps"] == 2
+    # The sweep tried every rate for every trained arm on the first seed, on the val split, and chose one of them.
+    sweep = [s for s in results["sweep"] if s["backbone"] == "tiny"]
+    assert len(sweep) == 5 * 2 and all(s["counterfactual_pairs"] > 0 for s in sweep)
+    assert set(results["chosen"]["tiny"]) == set(ALL_ARMS) - {"sft"}
+    assert results["chosen"]["tiny"]["mmedpo_rounds"] == results["chosen"]["tiny"]["mmedpo"] in (1e-4, 1e-3)
+    # Weights have a spread: text pairs by the finding's clinical class, visual pairs apart.
+    assert len({round(w, 3) for kind, w in results["weights"] if kind == "text"}) >= 2
     report = config.report.read_text()
     assert all(label in report for label in LABELS.values())
+    assert "first 1 of 30 layers" in report and "counterfactual accuracy" in report
     assert config.report.with_suffix(".png").stat().st_size > 1000

@@ -62,3 +62,33 @@ def test_answer_logprob_scores_the_answer_given_image_and_question(loaded: vlm.V
     assert vlm.answer_logprob(loaded, QUESTIONS[0], "yes", first) == yes  # no sampling, no state
     assert vlm.answer_logprob(loaded, QUESTIONS[0], "no", first) != yes
     assert vlm.answer_logprob(loaded, QUESTIONS[0], "yes", second) != yes  # the image is read
+
+
+def test_scoring_rows_together_equals_one_by_one_and_sums_the_answer_tokens(loaded: vlm.VLM):
+    import torch
+
+    pictures = images(3)
+    answers = ["yes", "No, the lung is not healthy.", "Liver"]
+    together = vlm.score_answers(loaded, QUESTIONS, answers, pictures, batch_size=3)
+    alone = [vlm.score_answers(loaded, [q], [a], [p])[0] for q, a, p in zip(QUESTIONS, answers, pictures)]
+    assert together == pytest.approx(alone, abs=1e-4)
+    # The full-vocabulary log-softmax at every answer position, summed by hand (no logits_to_keep).
+    processor, model = loaded.processor, loaded.model
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[2]}]}],
+        add_generation_prompt=True,
+    )
+    full = processor.apply_chat_template(
+        [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[2]}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answers[2]}]},
+        ]
+    )
+    short = processor(text=[prompt], images=[pictures[2]], return_tensors="pt")
+    batch = processor(text=[full], images=[pictures[2]], return_tensors="pt")
+    with torch.no_grad():
+        logps = torch.log_softmax(model(**batch).logits[0, :-1].float(), dim=-1)
+    ids = batch["input_ids"][0]
+    start = short["input_ids"].shape[1]
+    by_hand = sum(logps[i - 1, ids[i]].item() for i in range(start, len(ids)))
+    assert together[2] == pytest.approx(by_hand, abs=1e-3)

@@ -128,7 +128,7 @@ def lm_state(lm: torch.nn.Module, vocab: int) -> dict[str, Any]:
     to ``vocab``, each the mean of the pretrained rows (a new token starts where an average
     token is, not at a random point the head would score wildly).
 
-    By hand rather than ``resize_token_embeddings``: inside the experiment flow (after other
+    By hand rather than ``resize_token_embeddings``: in a long-running process (after other
     models were loaded and trained in the same process) that call met the tied head on the meta
     device and failed; the tied head is not needed (it is the embedding), and a weight left on
     the meta device is an error here, never a silent random start.

@@ -15,7 +15,7 @@ SFTPart = Literal["vision_tower", "projector", "language_model"]
 class SFTConfig(StageConfig):
     """Supervised fine-tuning (TRL's SFTTrainer) on a split's ground-truth answers: the
     starting point DPO training refines. Full-parameter training of the chosen parts, so it
-    is meant for small models (the tiny LLaVA of the demo and the grounding experiment)."""
+    is meant for small models (the tiny LLaVA of the demo, or a small LM composed into one)."""
 
     model: Path | None = Field(
         json_schema_extra=BY_CONTENT,

@@ -32,6 +32,8 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from models.ties import retie
+
 IMAGE = "<image>"
 SUPPORTED = ("llama", "mistral")
 CHATML_TEMPLATE = (
@@ -65,6 +67,7 @@ def build_llava_on_lm(
     text_model, out = Path(text_model), Path(out)
     torch_dtype = getattr(torch, dtype)
     lm = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, local_files_only=True)
+    retie(lm)
     if lm.config.model_type not in SUPPORTED:
         raise ValueError(f"{text_model}: a {lm.config.model_type} model; supported: {', '.join(SUPPORTED)}")
     total = lm.config.num_hidden_layers

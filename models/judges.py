@@ -273,8 +273,11 @@ class TransformersJudge(PromptedJudge):
         super().__init__(name, templates, parse_retries)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from models.ties import retie
+
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path)
+        retie(self.model)
         self.model.eval()
         self.temperature = temperature
         self.max_tokens = max_tokens

@@ -97,6 +97,8 @@ def mean(distributions: Sequence[Distribution]) -> Distribution:
 
 def from_mass(mass_by_value: dict[float, float], source: str, total: float | None) -> Distribution:
     total_mass = sum(mass_by_value.values())
+    if not math.isfinite(total_mass):  # NaN or inf logits: no score, never a NaN weight
+        raise JudgeFailure("non_finite_scores", f"probability on {sorted(SCORE_WORDS)} is {total_mass}")
     if total_mass <= 0:
         raise JudgeFailure("no_score_tokens", f"no probability on {sorted(SCORE_WORDS)}")
     probs = tuple((value, p / total_mass) for value, p in sorted(mass_by_value.items(), reverse=True))
@@ -214,11 +216,14 @@ class LogitScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from models.ties import retie
+
         self.torch = torch
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+            retie(self.model)
         except Exception as exc:  # noqa: BLE001 - many kinds; the message names the folder
             raise RuntimeError(f"transformers judge: cannot load {folder}: {type(exc).__name__}: {exc}") from exc
         self.token_values = self._score_token_ids()

@@ -20,6 +20,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 
 from models import families
 from models.families import Family
+from models.ties import retie
 
 
 @dataclass
@@ -63,6 +64,7 @@ def load(
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
+    retie(model)
     model = model.to(device).eval() if move else model
     # Generation appends at the right end of every row, so batches are padded on the left.
     processor.tokenizer.padding_side = "left"

@@ -22,6 +22,7 @@ CODE = code_version(
     "models.families",
     "models.progress",
     "models.trl_checks",
+    "models.ties",
     "models.vlm",
     "models.tiny",
 )

@@ -30,6 +30,7 @@ CODE = code_version(
     "models.chat",
     "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
     "models.families",
+    "models.ties",
     "models.vlm",
     "models.prompts",
 )

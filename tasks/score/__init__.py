@@ -28,6 +28,7 @@ CODE = code_version(
     "models.judges",
     "models.token_judges",
     "models.panel",
+    "models.ties",
     "models.rules_judge",
     "models.llm",
     "models.chat",

@@ -10,7 +10,7 @@ import pytest
 
 from models import panel as panels
 from models.judges import JudgeFailure, JudgeItem
-from models.token_judges import LogitScorer, example_orders, examples, messages
+from models.token_judges import LogitScorer, example_orders, examples, from_mass, messages
 from tasks.config import EndpointConfig, JudgeConfig
 from tests.support.openai_server import Reply
 from tests.support.tiny_lm import build_tiny_lm
@@ -83,6 +83,12 @@ def test_a_tokenizer_without_the_score_words_cannot_judge(tmp_path):
     LlamaForCausalLM(tiny).save_pretrained(tmp_path)
     with pytest.raises(JudgeFailure, match="no_score_tokens"):
         judge_once([JudgeConfig(name="local", kind="transformers", model_path=tmp_path)])
+
+
+def test_non_finite_probabilities_are_a_failed_verdict_not_a_nan_score():
+    with pytest.raises(JudgeFailure, match="non_finite_scores"):
+        from_mass({1.0: math.nan, 0.0: 0.2}, "logits", None)
+    assert from_mass({1.0: 0.3, 0.0: 0.1}, "logits", None).score == pytest.approx(0.75)
 
 
 def endpoint_judge(server, **fields):

@@ -32,7 +32,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from models.ties import retie
+from models import loading
 
 IMAGE = "<image>"
 SUPPORTED = ("llama", "mistral")
@@ -66,8 +66,7 @@ def build_llava_on_lm(
     """
     text_model, out = Path(text_model), Path(out)
     torch_dtype = getattr(torch, dtype)
-    lm = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, local_files_only=True)
-    retie(lm)
+    lm = loading.from_pretrained(AutoModelForCausalLM, text_model, dtype=torch_dtype, local_files_only=True)
     if lm.config.model_type not in SUPPORTED:
         raise ValueError(f"{text_model}: a {lm.config.model_type} model; supported: {', '.join(SUPPORTED)}")
     total = lm.config.num_hidden_layers
@@ -97,8 +96,7 @@ def build_llava_on_lm(
         image_seq_length=(image_size // patch_size) ** 2,
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(torch_dtype)
+    model = loading.build(LlavaForConditionalGeneration, config, seed).to(torch_dtype)
     model.model.language_model.load_state_dict(state["model"], strict=True)
     if "lm_head" in state:
         model.lm_head.weight.data.copy_(state["lm_head"])

@@ -273,11 +273,10 @@ class TransformersJudge(PromptedJudge):
         super().__init__(name, templates, parse_retries)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from models.ties import retie
+        from models import loading
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path)
-        retie(self.model)
+        self.model = loading.from_pretrained(AutoModelForCausalLM, model_path)
         self.model.eval()
         self.temperature = temperature
         self.max_tokens = max_tokens

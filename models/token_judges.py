@@ -216,14 +216,13 @@ class LogitScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from models.ties import retie
+        from models import loading
 
         self.torch = torch
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
-            retie(self.model)
+            self.model = loading.from_pretrained(AutoModelForCausalLM, folder, dtype=torch_dtype).eval()
         except Exception as exc:  # noqa: BLE001 - many kinds; the message names the folder
             raise RuntimeError(f"transformers judge: cannot load {folder}: {type(exc).__name__}: {exc}") from exc
         self.token_values = self._score_token_ids()

@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from models import families
+from models import families, loading
 from models.families import Family
-from models.ties import retie
 
 
 @dataclass
@@ -63,8 +62,7 @@ def load(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
-    retie(model)
+    model = loading.from_pretrained(AutoModelForImageTextToText, path, dtype=dtype, local_files_only=True)
     model = model.to(device).eval() if move else model
     # Generation appends at the right end of every row, so batches are padded on the left.
     processor.tokenizer.padding_side = "left"

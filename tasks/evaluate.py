@@ -21,7 +21,7 @@ from tasks.store import ArtifactStore, Manifest, code_version, stage_task_option
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE = code_version(__name__, "tasks.metrics", "models.families", "models.ties", "models.vlm")
+CODE = code_version(__name__, "tasks.metrics", "models.families", "models.loading", "models.vlm")
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its adapter
 

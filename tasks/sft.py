@@ -22,7 +22,7 @@ CODE = code_version(
     "models.families",
     "models.progress",
     "models.trl_checks",
-    "models.ties",
+    "models.loading",
     "models.vlm",
     "models.tiny",
 )

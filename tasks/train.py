@@ -33,7 +33,7 @@ CODE = code_version(
     "models.families",
     "models.trl_checks",
     "models.progress",
-    "models.ties",
+    "models.loading",
     "models.vlm",
     "models.tiny",
     "tasks.sets",

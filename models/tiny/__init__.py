@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from models import loading
 from models.tiny.gemma3 import build_gemma3
 from models.tiny.idefics3 import build_idefics3
 from models.tiny.llava import build_llava_next, build_tiny_llava
@@ -32,8 +33,9 @@ def build_tiny(family: str, out: str | Path, seed: int = 0, extra_texts: Sequenc
     """
     if family not in BUILDERS:
         raise ValueError(f"no tiny builder for {family!r}; families: {', '.join(BUILDERS)}")
-    torch.manual_seed(seed)
-    return BUILDERS[family](Path(out), list(extra_texts))
+    with loading.LOCK:  # the builders draw from the global RNG: seed and draws in one piece
+        torch.manual_seed(seed)
+        return BUILDERS[family](Path(out), list(extra_texts))
 
 
 BUILDERS: dict[str, Callable[[Path, list[str]], Path]] = {

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import torch
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -23,6 +22,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from models import loading
 from models.tiny.common import TEXT, TOWER, save, text_ids
 from models.tiny.text import (
     CHAT_TEMPLATE,
@@ -95,8 +95,7 @@ def build_tiny_llava(
         vision_feature_layer=-2,
         image_seq_length=num_patches,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = loading.build(LlavaForConditionalGeneration, config, seed).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

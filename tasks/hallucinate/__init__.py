@@ -30,7 +30,7 @@ CODE = code_version(
     "models.chat",
     "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
     "models.families",
-    "models.ties",
+    "models.loading",
     "models.vlm",
     "models.prompts",
 )

@@ -28,7 +28,7 @@ CODE = code_version(
     "models.judges",
     "models.token_judges",
     "models.panel",
-    "models.ties",
+    "models.loading",
     "models.rules_judge",
     "models.llm",
     "models.chat",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -71,15 +71,7 @@ ExperimentArm = Literal[
     "mmedpo_unweighted",
     "mmedpo_rounds",
 ]
-ALL_ARMS: list[ExperimentArm] = [
-    "sft",
-    "dpo_text",
-    "mmedpo",
-    "mmedpo_anchor",
-    "mmedpo_global",
-    "mmedpo_unweighted",
-    "mmedpo_rounds",
-]
+ALL_ARMS: list[ExperimentArm] = list(get_args(ExperimentArm))
 
 
 class MeasureConfig(StageConfig):

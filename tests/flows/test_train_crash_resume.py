@@ -10,14 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks.config import RunConfig
-from tasks.store import ArtifactStore, stage_key
+from tasks.config import RunConfig, TrainConfig
+from tasks.store import ArtifactStore, Keyed, stage_key
 from tasks.train import CODE, STAGE, checkpoint_dir, preference_snapshot, train
 from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
@@ -55,21 +56,36 @@ def mmedpo_train(config_path: Path, preferences: Path, log: Path, *extra: str) -
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+class TrainRun(NamedTuple):
+    preferences: Path
+    config_path: Path
+    snapshot: Keyed
+    store: ArtifactStore
+    key: str
+    checkpoints: Path
+
+
+def train_run(tmp_path: Path, name: str, settings: TrainConfig) -> TrainRun:
+    """A written set and a run file for `mmedpo train`, with where its artifact and checkpoints go."""
+    preferences = write_set(tmp_path)
+    config = RunConfig(name=name, store=tmp_path / "store", train=settings)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    snapshot = preference_snapshot(preferences)
+    store = ArtifactStore(config.store)
+    inputs = {"assemble": snapshot}
+    key = stage_key(STAGE, CODE, settings, inputs)
+    return TrainRun(preferences, config_path, snapshot, store, key, checkpoint_dir(store, settings, inputs))
+
+
 def finished_checkpoints(folder: Path) -> list[int]:
     return sorted(int(p.parent.name.split("-")[1]) for p in folder.glob("checkpoint-*/trainer_state.json"))
 
 
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, prefect_harness):
-    preferences = write_set(tmp_path)
     settings = small_train(max_steps=STEPS, save_steps=1)
-    config = RunConfig(name="crash", store=tmp_path / "store", train=settings)
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    snapshot = preference_snapshot(preferences)
-    store = ArtifactStore(config.store)
-    key = stage_key(STAGE, CODE, settings, {"assemble": snapshot})
-    checkpoints = checkpoint_dir(store, settings, {"assemble": snapshot})
+    preferences, config_path, snapshot, store, key, checkpoints = train_run(tmp_path, "crash", settings)
 
     first = mmedpo_train(config_path, preferences, tmp_path / "first.log")
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tasks.config import RunConfig
-from tasks.store import ArtifactStore, stage_key
-from tasks.train import CODE, STAGE, checkpoint_dir, preference_snapshot, train
-from tests.flows.test_train_crash_resume import START_TIMEOUT_S, finished_checkpoints, mmedpo_train, write_set
+from tasks.store import ArtifactStore
+from tasks.train import STAGE, train
+from tests.flows.test_train_crash_resume import START_TIMEOUT_S, finished_checkpoints, mmedpo_train, train_run
 from tests.support.configs import small_train
 
 STEPS = 8  # 8 pairs, 2 per micro-batch on each of 2 ranks: 2 steps per epoch, 4 epochs
@@ -42,15 +40,8 @@ def processes_naming(text: str) -> list[int]:
 
 @pytest.mark.slow
 def test_ddp_ranks_die_with_a_killed_run_and_resume_matches_an_uninterrupted_run(tmp_path, prefect_harness):
-    preferences = write_set(tmp_path)
     settings = small_train(num_processes=2, max_steps=STEPS, save_steps=1)
-    config = RunConfig(name="ddp", store=tmp_path / "store", train=settings)
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    snapshot = preference_snapshot(preferences)
-    store = ArtifactStore(config.store)
-    key = stage_key(STAGE, CODE, settings, {"assemble": snapshot})
-    checkpoints = checkpoint_dir(store, settings, {"assemble": snapshot})
+    preferences, config_path, snapshot, store, key, checkpoints = train_run(tmp_path, "ddp", settings)
     job = str(checkpoints / "job.json")
 
     first = mmedpo_train(config_path, preferences, tmp_path / "first.log")

@@ -10,6 +10,7 @@ from models.judges import JudgeItem, JunkReply, Turn, parse_verdict
 from models.rules_judge import rules_score
 from tasks.config import EndpointConfig, JudgeConfig
 from tests.support.openai_server import OpenAIServer, Reply
+from tests.support.tiny_lm import build_tiny_lm
 
 ITEM = JudgeItem(
     "s1", "Is there a pneumothorax?", "There is a left pneumothorax.", "There is a right pneumothorax.", "laterality"
@@ -258,26 +259,7 @@ async def _open(configs, version):
 
 
 def test_transformers_judge_with_random_weights_answers_junk_and_is_excluded(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["[UNK]", "[PAD]", "[EOS]"] + "the a lung heart left right there is no mass of and with".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
-    )
-    config = LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    build_tiny_lm(tmp_path, chat_template=False)
 
     configs = [
         JudgeConfig(

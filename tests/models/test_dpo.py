@@ -11,9 +11,8 @@ from models import vlm
 from models.dpo import WeightedDPOTrainer
 from models.families import FAMILIES
 from models.pairs import ImagePairCollator, preference_example
+from tests.support.dpo_args import BETA, sgd_step_args
 from tests.support.preference import preference_rows
-
-BETA = 0.1
 
 
 def examples(rows: list[dict]) -> list[dict]:
@@ -27,24 +26,10 @@ def examples(rows: list[dict]) -> list[dict]:
 
 def make_trainer(tiny_llava: Path, out: Path, rows: list[dict], trainer_class=WeightedDPOTrainer, **overrides):
     loaded = vlm.load(tiny_llava, device="cpu")
-    args = DPOConfig(
-        output_dir=str(out),
-        beta=BETA,
-        per_device_train_batch_size=overrides.pop("batch_size", 4),
-        gradient_accumulation_steps=overrides.pop("accumulation", 1),
-        max_steps=overrides.pop("max_steps", 1),
-        learning_rate=overrides.pop("learning_rate", 1e-2),
-        optim="sgd",
-        lr_scheduler_type="constant",
-        remove_unused_columns=False,
-        max_length=None,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,  # TRL's DPOConfig defaults to bf16 autocast, on the CPU too
-        seed=0,
-        dataloader_num_workers=0,
+    args = sgd_step_args(
+        out,
+        batch_size=overrides.pop("batch_size", 4),
+        accumulation=overrides.pop("accumulation", 1),
         **{k: overrides.pop(k) for k in list(overrides) if k in DPOConfig.__dataclass_fields__},
     )
     # Random (non-zero) adapters so the policy differs from the adapters-off reference from the start.

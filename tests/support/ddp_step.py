@@ -17,11 +17,11 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
-from trl import DPOConfig
 
 from models import ddp, vlm
 from models.dpo import ImagePairCollator, WeightedDPOTrainer, preference_example
 from models.lifetime import die_with_parent
+from tests.support.dpo_args import sgd_step_args
 
 
 class Recorder(TrainerCallback):
@@ -43,27 +43,8 @@ class Recorder(TrainerCallback):
 def one_step(tiny: Path, rows: list[dict[str, Any]], out: Path, batch_size: int, accumulation: int) -> dict[str, Any]:
     """Train one step over ``rows``; on the main process, what it did (others: None)."""
     loaded = vlm.load(tiny, device="cpu")
-    args = DPOConfig(
-        output_dir=str(out),
-        beta=0.1,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        max_steps=1,
-        learning_rate=1e-2,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,  # the raw gradient, not a clipped one
-        remove_unused_columns=False,
-        max_length=None,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    # The raw gradient, not a clipped one.
+    args = sgd_step_args(out, batch_size, accumulation, max_grad_norm=0.0, disable_tqdm=True)
     examples = [
         preference_example(
             r["prompt"], r["chosen"], r["rejected"], r["chosen_image"], r["rejected_image"], r["weight"], r["pair_type"]

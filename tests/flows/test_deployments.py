@@ -99,6 +99,9 @@ def make_ui(tmp_path: Path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # workers poll every 10 s by default
         "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+        # The server answers 500 now and then while two workers and this test poll it under a loaded
+        # CI machine (SQLite contention); clients retry those as they retry 502/503.
+        "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
     }
     # -o: the venv counts as installed (this interpreter's), make must not reinstall it.
     make = ["make", "-s", "-o", ".venv/.installed", f"BIN={BIN}", f"UI_PORT={port}", f"PREFECT_HOME={home}"]
@@ -141,11 +144,16 @@ def test_make_ui_workers_run_the_deployed_pipeline_and_train(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_RETRY_EXTRA_CODES, temporary_settings
 
     config = pipeline_config(tmp_path)
     parameters = {"config": json.loads(config.model_dump_json())}
-    with make_ui(tmp_path) as (api, env, ui), temporary_settings({PREFECT_API_URL: api}):
+    with (
+        make_ui(tmp_path) as (api, env, ui),
+        temporary_settings(
+            {PREFECT_API_URL: api, PREFECT_CLIENT_RETRY_EXTRA_CODES: env["PREFECT_CLIENT_RETRY_EXTRA_CODES"]}
+        ),
+    ):
         log = tmp_path / "make-ui.log"
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

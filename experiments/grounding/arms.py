@@ -54,6 +54,7 @@ def base_run_config(config: ExperimentConfig, source: Path) -> RunConfig:
         ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=source, name="grounding")]),
         # val needs rejections too: its pairs are the held-out margins.
         hallucinate=HallucinateConfig(splits=["train", "val"]),
+        score=config.score,
         # Train and test crops come from the same few background images: the near-duplicate
         # check would drop most of the training set as leakage.
         assemble=AssembleConfig(near_duplicate_bits=None),

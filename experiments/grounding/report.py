@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments.grounding.arms import LABELS
 from experiments.grounding.config import ExperimentConfig
+from tasks.config import JudgeConfig
 
 PERCENT = (
     "closed_accuracy",
@@ -214,6 +215,13 @@ def what_remains(
     return [text]
 
 
+def judge_label(judge: JudgeConfig) -> str:
+    if judge.kind == "rules":
+        return f"{judge.name}: error type x the finding's clinical class"
+    source = Path(judge.model_path).name if judge.model_path else judge.kind
+    return f"{judge.name}: {source}, {judge.resolved_protocol} protocol"
+
+
 def weight_histogram(weights: Sequence[tuple[str, float]]) -> list[str]:
     counts = Counter((kind, round(w, 3)) for kind, w in weights)
     lines = ["| pair type | weight | pairs |", "|---|---|---|"]
@@ -301,8 +309,10 @@ def write_report(
         "",
         "## Pair weights",
         "",
-        "The MMedPO set's training pairs (rules judge by error type and finding class, the paper's normalizer; "
-        "visual pairs: the annotation's confidence). The equal-weights arm gives every pair their mean, "
+        "The MMedPO set's training pairs. Text pairs: the judge panel "
+        f"({', '.join(judge_label(j) for j in config.score.judges)}; {config.score.mode} mode), its raw score through "
+        f"the {config.score.normalizer.kind} normalizer; visual pairs: the annotation's confidence through the same "
+        "normalizer. The equal-weights arm gives every pair their mean, "
         f"{results['mean_weight']:.3f}, so it trains with the same step size and differs only in the relative "
         "weighting.",
         "",

@@ -79,14 +79,26 @@ def test_every_arm_is_trained_evaluated_and_measured_on_both_backbones(tmp_path,
     assert by_arm["tiny", "mmedpo_anchor", 0]["text_chosen_logp"] != by_arm["tiny", "mmedpo", 0]["text_chosen_logp"]
     # Two rounds train as many steps as one round in all.
     assert by_arm["tiny", "mmedpo_rounds", 0]["steps"] == by_arm["tiny", "mmedpo", 0]["steps"] == 2
-    # The sweep tried every rate for every trained arm on the first seed, on the val split, and chose one of them.
+    # The sweep tried every rate for DPO-text, MMedPO and MMedPO + anchor on the first seed, on the val split, and
+    # chose one of them; MMedPO's one-change variants train at MMedPO's rate.
     sweep = [s for s in results["sweep"] if s["backbone"] == "tiny"]
-    assert len(sweep) == 5 * 2 and all(s["counterfactual_pairs"] > 0 for s in sweep)
-    assert set(results["chosen"]["tiny"]) == set(ALL_ARMS) - {"sft"}
-    assert results["chosen"]["tiny"]["mmedpo_rounds"] == results["chosen"]["tiny"]["mmedpo"] in (1e-4, 1e-3)
-    # Weights have a spread: text pairs by the finding's clinical class, visual pairs apart.
-    assert len({round(w, 3) for kind, w in results["weights"] if kind == "text"}) >= 2
+    assert sorted({s["arm"] for s in sweep}) == ["dpo_text", "mmedpo", "mmedpo_anchor"]
+    assert len(sweep) == 3 * 2 and all(s["counterfactual_pairs"] > 0 for s in sweep)
+    chosen = results["chosen"]["tiny"]
+    assert set(chosen) == set(ALL_ARMS) - {"sft"} and chosen["mmedpo"] in (1e-4, 1e-3)
+    assert chosen["mmedpo_rounds"] == chosen["mmedpo_global"] == chosen["mmedpo_unweighted"] == chosen["mmedpo"]
+    # Weights have a spread the rules judge alone cannot give (two values: the finding's clinical class): the
+    # SmolLM2 judge of the panel shades them.
+    text_weights = {round(w, 3) for kind, w in results["weights"] if kind == "text"}
+    assert len(text_weights) >= 3 and min(text_weights) < max(text_weights) - 0.05
     report = config.report.read_text()
     assert all(label in report for label in LABELS.values())
     assert "first 1 of 30 layers" in report and "counterfactual accuracy" in report
+    assert "smollm2-logits: smollm2-135m-instruct, yesno protocol" in report
     assert config.report.with_suffix(".png").stat().st_size > 1000
+
+
+def test_a_variant_of_mmedpo_needs_mmedpo_for_its_learning_rate():
+    tiny = toy_config(Path("unused")).backbones[0]
+    with pytest.raises(ValueError, match="mmedpo_unweighted trains at mmedpo's chosen rate"):
+        BackboneConfig(**{**tiny.model_dump(), "arms": ["sft", "mmedpo_unweighted"]})

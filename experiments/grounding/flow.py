@@ -64,11 +64,13 @@ def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
         if arm in wanted and arm not in curated:
             curated[arm] = curate(arm_config(base, arm, mean_weight))
     built = {(m.stage, m.key): m.seconds for stages in curated.values() for m in stages.values()}
-    results: dict[str, Any] = {"rows": [], "sweep": [], "chosen": {}, "seconds": {}, "steps": {}}
+    results: dict[str, Any] = {"rows": [], "sweep": [], "chosen": {}, "seconds": {}, "built": {}, "steps": {}}
     for backbone in config.backbones:
-        began = time.perf_counter()
+        began, before = time.perf_counter(), set(built)
         run_backbone(config, backbone, base, curated, results, built)
         results["seconds"][backbone.name] = time.perf_counter() - began
+        # What this backbone's artifacts took to build, whether this invocation built them or reused them.
+        results["built"][backbone.name] = sum(s for key, s in built.items() if key not in before)
     results["weights"] = weights
     results["mean_weight"] = mean_weight
     samples = catalog.rows(curated[REFERENCE_ARM]["ingest"], SAMPLES)
@@ -116,7 +118,9 @@ def run_backbone(
     for seed in backbone.seeds:
         checkpoint = model_dir(tuned[seed])
         for arm in backbone.arms:
-            trained, evaluation, steps = train_arm(config, backbone, base, curated, arm, seed, checkpoint, chosen)
+            trained, evaluation, steps = train_arm(
+                config, backbone, base, curated, arm, seed, checkpoint, chosen, built
+            )
             measured = measure_task(store, test, ingest, reference, tuned[seed], evaluation, trained)
             for manifest in (trained, evaluation, measured):
                 if manifest is not None:
@@ -142,8 +146,10 @@ def train_arm(
     seed: int,
     checkpoint: Path,
     chosen: dict[str, float],
+    built: dict[tuple[str, str], float],
 ) -> tuple[Manifest | None, Manifest, float]:
-    """(train artifact, evaluate artifact on the test split, optimizer steps) of one arm and seed."""
+    """(train artifact, evaluate artifact on the test split, optimizer steps) of one arm and seed; the
+    build seconds of the artifacts made on the way (every round's curation) go into ``built``."""
     ingest = curated[REFERENCE_ARM]["ingest"]
     if arm == "sft":
         run = train_settings(base, "mmedpo", backbone, seed, checkpoint, backbone.learning_rates[0])
@@ -152,6 +158,10 @@ def train_arm(
         run = rounds_config(base, config.rounds, backbone, seed, checkpoint, chosen[arm])
         result = iterate(run)
         steps = sum(r.train.counts.get("train.steps", 0.0) for r in result.rounds)
+        for done in result.rounds:
+            for manifest in [*done.curated.values(), done.train, done.evaluation.trained]:
+                if manifest is not None:
+                    built[(manifest.stage, manifest.key)] = manifest.seconds
         last = result.rounds[-1]
         assert last.evaluation.trained is not None
         return last.train, last.evaluation.trained, steps

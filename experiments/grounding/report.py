@@ -88,9 +88,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], backbone: str, arms: Sequence[s
     table = []
     for arm in arms:
         mine = [r for r in rows if r["backbone"] == backbone and r["arm"] == arm]
-        table.append(
-            {"arm": arm, "seeds": len(mine), **{m: interval([r[m] for r in mine]) for m in (*METRICS, "steps")}}
-        )
+        found = {m: interval([r[m] for r in mine]) for m in (*METRICS, "steps")}
+        for metric in PERCENT:  # a share's interval stops at 0 and 1, where a t interval of 3 seeds need not
+            if found[metric] is not None:
+                found[metric] |= {"lo": max(found[metric]["lo"], 0.0), "hi": min(found[metric]["hi"], 1.0)}
+        table.append({"arm": arm, "seeds": len(mine), **found})
     return table
 
 
@@ -184,7 +186,7 @@ def what_remains(
     rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]], metric: str
 ) -> list[str]:
     """Why no MMedPO arm won on ``metric``, as measured: the best one's paired gaps to both
-    baselines against the seed-to-seed spread, the room SFT left, and the side effects (answers
+    baselines against the seed-to-seed spread, the room each baseline left, and the side effects (answers
     off yes/no, the held-out chosen answers' log-prob) that cost it."""
     by_arm = {row["arm"]: row for row in table}
     candidates = [a for a in MMEDPO_ARMS if a in by_arm and by_arm[a][metric] is not None]
@@ -201,10 +203,13 @@ def what_remains(
                 f"[{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}], higher on {found['wins']} of "
                 f"{found['n']} seeds)"
             )
-    text = (
-        f"  Measured for the best MMedPO arm on it, {LABELS[best]}: {'; '.join(gaps)}. SFT alone scores "
-        f"{100 * sft[metric]['mean']:.1f}% (room left: {100 * (1 - sft[metric]['mean']):.1f} points)."
-    )
+    rooms = [
+        f"{LABELS[base]} scores {100 * by_arm[base][metric]['mean']:.1f}% (room left: "
+        f"{100 * (1 - by_arm[base][metric]['mean']):.1f} points)"
+        for base in ("sft", "dpo_text")
+        if base in by_arm and by_arm[base][metric] is not None
+    ]
+    text = f"  Measured for the best MMedPO arm on it, {LABELS[best]}: {'; '.join(gaps)}. {'; '.join(rooms)}."
     off, moved = row["off_answers"], row["text_displacement"]
     if off is not None and sft["off_answers"] is not None:
         text += (
@@ -255,7 +260,7 @@ def write_report(
         "",
         "Every arm of a backbone starts from the same SFT checkpoint per seed and goes through the real flows "
         "(curate -> sft -> train -> evaluate, `mmedpo iterate` for 2 rounds). Cells: mean ± std [95% interval of the "
-        "mean, t distribution] over the seeds.",
+        "mean, t distribution; a percentage's interval cut at 0 and 100] over the seeds.",
         "",
         "- **greedy accuracy**: greedy answers to the test split's closed questions (evaluate flow); an answer "
         "neither yes nor no is wrong (their share: **off yes/no**). **forced choice**: the right one of 'yes' and "
@@ -293,7 +298,8 @@ def write_report(
             + ", ".join(f"{lr:g}" for lr in backbone.learning_rates)
             + "; chosen: "
             + ", ".join(f"{LABELS[a]} {lr:g}" for a, lr in chosen.items())
-            + f". This backbone's part of this invocation: {spent / 60:.1f} min.",
+            + f". This backbone's artifacts took {results['built'][backbone.name] / 60:.1f} min to build (SFT, "
+            f"training, evaluation, measures; this invocation's part: {spent / 60:.1f} min).",
             "",
             "| arm | " + " | ".join(NAMES[m] for m in METRICS) + " | steps |",
             "|---|" + "---|" * (len(METRICS) + 1),
@@ -389,7 +395,7 @@ def write_plot(
                 highs = np.array([scale * row[metric]["hi"] if row[metric] else 0.0 for row in table])
                 positions = np.arange(len(table)) + (offset - (len(metrics) - 1) / 2) * width
                 ax.bar(positions, means, width, yerr=[means - lows, highs - means], capsize=3, label=NAMES[metric])
-            ax.set_xticks(np.arange(len(table)), names, fontsize=7)
+            ax.set_xticks(np.arange(len(table)), names, fontsize=7, rotation=30, ha="right")
             ax.set_title(f"{name}: {title}", fontsize=9)
             ax.axhline(0, color="black", linewidth=0.5)
             ax.legend(fontsize=6)

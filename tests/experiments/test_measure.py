@@ -121,6 +121,11 @@ def test_summary_paired_comparisons_displacement_and_verdict():
     table = summarize(rows, "tiny", ["sft", "dpo_text", "mmedpo"])
     assert table[2]["counterfactual_accuracy"]["mean"] == pytest.approx(0.72)
     assert table[2]["visual_margin"] is None  # no finite value in any seed
+    # A share's interval stops at 0 and 1; a log-prob's does not.
+    spread = [dict(r, closed_accuracy=(0.2, 1.0, 0.0)[r["seed"]], text_margin=(0.2, 1.0, 0.0)[r["seed"]]) for r in rows]
+    wide = summarize(spread, "tiny", ["sft"])[0]
+    assert (wide["closed_accuracy"]["lo"], wide["closed_accuracy"]["hi"]) == (0.0, 1.0)
+    assert wide["text_margin"]["lo"] < 0.0 and wide["text_margin"]["hi"] > 1.0
     difference = paired(rows, "tiny", "mmedpo", "sft", "counterfactual_accuracy")
     assert difference is not None
     assert difference["mean"] == pytest.approx(0.41) and difference["wins"] == 3 and difference["losses"] == 0
@@ -133,7 +138,7 @@ def test_summary_paired_comparisons_displacement_and_verdict():
     remains = [line for line in lines if line.startswith("  Measured for the best MMedPO arm")]
     assert len(remains) == 1  # the forced-choice counterfactual still wins
     assert "+11.0 points over SFT only" in remains[0] and "+1.0 points over SFT + DPO (text pairs)" in remains[0]
-    assert "SFT alone scores 31.0%" in remains[0]
+    assert "SFT only scores 31.0% (room left: 69.0 points); SFT + DPO (text pairs) scores 41.0%" in remains[0]
     assert any("SFT + MMedPO is above SFT only" in line for line in lines)
     drifted = [line for line in lines if "neither yes nor no" in line]
     assert len(drifted) == 1 and drifted[0].startswith("- SFT + DPO (text pairs): 40%")

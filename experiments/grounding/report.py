@@ -326,7 +326,9 @@ def write_report(
         "",
         "## Learning-rate sweep (validation split, first seed)",
         "",
-        "Validation score: mean of greedy accuracy and counterfactual accuracy (greedy) on the val split.",
+        "Validation score: mean of greedy accuracy and counterfactual accuracy (greedy) on the val split. MMedPO's "
+        "one-change variants (global noise, equal weights, 2 rounds) train at MMedPO's chosen rate, so the one "
+        "change is all that differs.",
         "",
         "| backbone | arm | lr | val score | val greedy accuracy | val counterfactual (greedy) | val forced choice |",
         "|---|---|---|---|---|---|---|",

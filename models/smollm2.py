@@ -112,16 +112,18 @@ def convert(source: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from models import loading
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # the conversion's own line says what happens
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    loaded = loading.from_pretrained(AutoModelForCausalLM, source.parent, gguf_file=source.name, dtype=torch.float32)
     config = loaded.config
     config.architectures = ["LlamaForCausalLM"]
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the gguf marker that makes save_pretrained refuse
     config.dtype = torch.bfloat16
-    with torch.device("meta"):
+    with loading.LOCK, torch.device("meta"):
         plain = LlamaForCausalLM(config)
     state = {name: tensor.to(torch.bfloat16) for name, tensor in loaded.state_dict().items()}
     missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)

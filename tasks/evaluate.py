@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import task
 
+from models import MODEL_CODE
 from models import vlm as vlms
 from tasks import catalog, metrics, ui
 from tasks.catalog import PREDICTIONS, SAMPLES
@@ -21,7 +22,7 @@ from tasks.store import ArtifactStore, Manifest, code_version, stage_task_option
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE = code_version(__name__, "tasks.metrics", "models.families", "models.loading", "models.vlm")
+CODE = code_version(__name__, "tasks.metrics", *MODEL_CODE)
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its adapter
 

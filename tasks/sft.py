@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import task
 
+from models import MODEL_CODE
 from tasks import catalog, counters, ui
 from tasks.catalog import SAMPLES
 from tasks.config import SFTConfig
@@ -17,13 +18,11 @@ from tasks.store import ArtifactStore, Manifest, code_version, stage_task_option
 STAGE = "sft"
 CODE = code_version(
     __name__,
+    *MODEL_CODE,
     "models.sft",
     "models.compose",
-    "models.families",
     "models.progress",
     "models.trl_checks",
-    "models.loading",
-    "models.vlm",
     "models.tiny",
 )
 MODEL = "model"

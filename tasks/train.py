@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import task
 
+from models import MODEL_CODE
 from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
@@ -26,15 +27,13 @@ from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_ver
 STAGE = "train"
 CODE = code_version(
     __name__,
+    *MODEL_CODE,
     "models.dpo",
     "models.ddp",
     "models.adapters",
     "models.pairs",
-    "models.families",
     "models.trl_checks",
     "models.progress",
-    "models.loading",
-    "models.vlm",
     "models.tiny",
     "tasks.sets",
 )

@@ -63,7 +63,8 @@ def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
     for arm in SET_ARMS:
         if arm in wanted and arm not in curated:
             curated[arm] = curate(arm_config(base, arm, mean_weight))
-    built = {(m.stage, m.key): m.seconds for stages in curated.values() for m in stages.values()}
+    built: dict[tuple[str, str], float] = {}
+    record(built, *(m for stages in curated.values() for m in stages.values()))
     results: dict[str, Any] = {"rows": [], "sweep": [], "chosen": {}, "seconds": {}, "built": {}, "steps": {}}
     for backbone in config.backbones:
         began, before = time.perf_counter(), set(built)
@@ -94,7 +95,7 @@ def run_backbone(
         seed: sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
         for seed in backbone.seeds
     }
-    built.update({("sft", m.key): m.seconds for m in tuned.values()})
+    record(built, *tuned.values())
     val = config.measure.model_copy(update={"split": "val", "margins": False})
     test = config.measure.model_copy(update={"split": "test"})
     first = backbone.seeds[0]
@@ -105,7 +106,7 @@ def run_backbone(
             run = train_settings(base, arm, backbone, first, model_dir(tuned[first]), rate)
             trained = train_flow(run, curated[SAME_SET.get(arm, arm)]["assemble"].key)
             measured = measure_task(store, val, ingest, reference, tuned[first], None, trained)
-            built.update({(m.stage, m.key): m.seconds for m in (trained, measured)})
+            record(built, trained, measured)
             score = (measured.counts["closed_accuracy"] + measured.counts["counterfactual_accuracy"]) / 2
             scored.append((score, -rate, rate))
             results["sweep"].append(
@@ -122,9 +123,7 @@ def run_backbone(
                 config, backbone, base, curated, arm, seed, checkpoint, chosen, built
             )
             measured = measure_task(store, test, ingest, reference, tuned[seed], evaluation, trained)
-            for manifest in (trained, evaluation, measured):
-                if manifest is not None:
-                    built[(manifest.stage, manifest.key)] = manifest.seconds
+            record(built, trained, evaluation, measured)
             results["rows"].append(
                 {
                     "backbone": backbone.name,
@@ -159,9 +158,7 @@ def train_arm(
         result = iterate(run)
         steps = sum(r.train.counts.get("train.steps", 0.0) for r in result.rounds)
         for done in result.rounds:
-            for manifest in [*done.curated.values(), done.train, done.evaluation.trained]:
-                if manifest is not None:
-                    built[(manifest.stage, manifest.key)] = manifest.seconds
+            record(built, *done.curated.values(), done.train, done.evaluation.trained)
         last = result.rounds[-1]
         assert last.evaluation.trained is not None
         return last.train, last.evaluation.trained, steps
@@ -170,6 +167,13 @@ def train_arm(
     evaluation = evaluate_flow(run, ingest, trained)
     assert evaluation.trained is not None
     return trained, evaluation.trained, trained.counts.get("train.steps", 0.0)
+
+
+def record(built: dict[tuple[str, str], float], *manifests: Manifest | None) -> None:
+    """Note each artifact's build seconds (a reused one's too: what an empty store would spend)."""
+    for manifest in manifests:
+        if manifest is not None:
+            built[(manifest.stage, manifest.key)] = manifest.seconds
 
 
 def set_weights(assemble: Manifest) -> list[tuple[str, float]]:

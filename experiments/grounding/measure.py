@@ -13,6 +13,7 @@ from prefect import task
 
 from experiments.grounding import scores
 from experiments.grounding.config import MeasureConfig
+from models import MODEL_CODE
 from tasks import catalog, ui
 from tasks.catalog import SAMPLES
 from tasks.evaluate import adapter_dir, load_predictions
@@ -20,9 +21,7 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, stage_task_options
 
 STAGE = "measure"
-CODE = code_version(
-    __name__, "experiments.grounding.scores", "experiments.grounding.data", "models.families", "models.vlm"
-)
+CODE = code_version(__name__, "experiments.grounding.scores", "experiments.grounding.data", *MODEL_CODE)
 
 
 def measure(

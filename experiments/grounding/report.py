@@ -223,7 +223,7 @@ def what_remains(
 def judge_label(judge: JudgeConfig) -> str:
     if judge.kind == "rules":
         return f"{judge.name}: error type x the finding's clinical class"
-    source = Path(judge.model_path).name if judge.model_path else judge.kind
+    source = Path(judge.model_path).name if judge.model_path else judge.endpoint.model if judge.endpoint else judge.kind
     return f"{judge.name}: {source}, {judge.resolved_protocol} protocol"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import task
 
+from models import MODEL_CODE
 from tasks import catalog, counters, progress, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
 from tasks.config import ConfigError, HallucinateConfig
@@ -22,6 +23,7 @@ from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_versi
 STAGE = "hallucinate"
 CODE = code_version(
     __name__,
+    *MODEL_CODE,
     "tasks.clinical_rules",
     "tasks.clinical_lexicon",
     "tasks.clinical_text",
@@ -29,9 +31,6 @@ CODE = code_version(
     "models.llm",
     "models.chat",
     "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
-    "models.families",
-    "models.loading",
-    "models.vlm",
     "models.prompts",
 )
 

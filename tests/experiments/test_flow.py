@@ -17,6 +17,7 @@ from experiments.grounding.config import (
     RoundsConfig,
     scaled_train,
     smollm2_backbone,
+    tiny_backbone,
 )
 from experiments.grounding.flow import experiment_flow
 from tasks.config import SFTConfig
@@ -99,6 +100,5 @@ def test_every_arm_is_trained_evaluated_and_measured_on_both_backbones(tmp_path,
 
 
 def test_a_variant_of_mmedpo_needs_mmedpo_for_its_learning_rate():
-    tiny = toy_config(Path("unused")).backbones[0]
     with pytest.raises(ValueError, match="mmedpo_unweighted trains at mmedpo's chosen rate"):
-        BackboneConfig(**{**tiny.model_dump(), "arms": ["sft", "mmedpo_unweighted"]})
+        BackboneConfig(**{**tiny_backbone().model_dump(), "arms": ["sft", "mmedpo_unweighted"]})

@@ -15,13 +15,13 @@ Every model is built from a config with random weights (nothing is downloaded):
   ``models/tiny/`` (token ids stay inside the big vocabulary).
 * **SAM**: segment_anything's ``build_sam_vit_b(checkpoint=None)``, image encoder only, 1024 px, fp32
   and bf16 autocast: images/s (the localize stage's cost per image).
-* **Noise**: the noise stage's arithmetic (``tasks.diffusion.noise_array``, NumPy, one CPU thread,
+* **Noise**: the noise stage's arithmetic (``tasks.noise.diffusion.noise_array``, NumPy, one CPU thread,
   what a shard runs) against the same arithmetic in torch on the GPU, batched, with the host <->
   device copies. Throughput only: torch's RNG is not NumPy's, so moving the stage to the GPU would
   change every noised image (and so every set version).
 
 The GPU machine has torch but not this project's pure-Python dependencies: they travel as wheels
-(bench/README.md). It has no Prefect either, which ``tasks.store`` imports; ``tasks.diffusion``
+(bench/README.md). It has no Prefect either, which ``tasks.store`` imports; ``tasks.noise.diffusion``
 needs only its ``content_hash``, so when Prefect is missing that one module is loaded on its own.
 A section that fails prints its error as a row and the others still run.
 """
@@ -344,7 +344,7 @@ def bench_sam(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
 
 
 def stage_noise():
-    """``tasks.diffusion`` (feather, noise_array); without Prefect, its one ``tasks.store`` need
+    """``tasks.noise.diffusion`` (feather, noise_array); without Prefect, its one ``tasks.store`` need
     (``content_hash``) is loaded from ``tasks/store/keys.py`` alone."""
     try:
         import prefect  # noqa: F401
@@ -356,7 +356,11 @@ def stage_noise():
         store = types.ModuleType("tasks.store")
         store.content_hash = keys.content_hash
         sys.modules["tasks.store"] = store
-    from tasks.diffusion import feather, noise_array
+        # The stage package's __init__ imports Prefect: only its diffusion module is needed.
+        stage = types.ModuleType("tasks.noise")
+        stage.__path__ = [str(ROOT / "tasks/noise")]
+        sys.modules["tasks.noise"] = stage
+    from tasks.noise.diffusion import feather, noise_array
 
     return feather, noise_array
 

@@ -228,8 +228,8 @@ def demo_config(fast: bool = False) -> RunConfig:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
-    from tasks.comparison import comparison_text
     from tasks.demo_data import build_demo_data
+    from tasks.evaluate.comparison import comparison_text
     from tasks.store import write_text_atomic
 
     samples = DATA / "samples"

@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
-from tasks.comparison import comparison_text
 from tasks.config import RunConfig, load_run_config
 from tasks.evaluate import EvaluateError, check_model, compare_task, evaluate_task, resolve_model
+from tasks.evaluate.comparison import comparison_text
 from tasks.store import ArtifactStore, Manifest
 
 

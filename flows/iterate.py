@@ -28,9 +28,9 @@ from flows.curate import curate
 from flows.evaluate import Evaluation, evaluate_after_training
 from flows.train import train_flow
 from tasks import ui
-from tasks.comparison import rounds_rows, rounds_text
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
 from tasks.evaluate import load_metrics
+from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.rounds import chain, chain_markdown
 from tasks.store import ArtifactStore, Manifest
 from tasks.train import ADAPTER

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from models.judges import JudgeItem, Turn, Verdict
 
 # Base relevance of each error type the rules hallucination backend records
-# (tasks/clinical_rules.py ERROR_TYPES).
+# (tasks/hallucinate/clinical_rules.py ERROR_TYPES).
 ERROR_TYPE_WEIGHTS: dict[str, float] = {
     "negation": 0.90,
     "yes_no_flip": 0.90,

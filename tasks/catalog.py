@@ -140,7 +140,7 @@ HALLUCINATIONS = Artifact(
             pa.field("backend", pa.string(), nullable=False),  # rules | llm | target
             pa.field(
                 "error_type", pa.string()
-            ),  # negation, laterality, ... (tasks.clinical_rules.ERROR_TYPES, or "other")
+            ),  # negation, laterality, ... (tasks.hallucinate.clinical_rules.ERROR_TYPES, or "other")
             pa.field("candidates", pa.list_(pa.string())),  # the target model's sampled answers (target backend only)
             pa.field("attempts", pa.int32(), nullable=False),  # LLM answers tried / rules candidates tried
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed

@@ -17,7 +17,7 @@ SCHEDULE_BETAS = {"sigmoid": (1e-5, 5e-3), "linear": (1e-4, 0.02)}
 
 class NoiseConfig(StageConfig):
     """Forward-diffusion noise x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps on the lesion region
-    (tasks.diffusion; the defaults reproduce the paper's release, ``add_diffusion_noise``)."""
+    (tasks.noise.diffusion; the defaults reproduce the paper's release, ``add_diffusion_noise``)."""
 
     mode: Literal["local", "global"] = Field(
         default="local",

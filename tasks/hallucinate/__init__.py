@@ -24,9 +24,9 @@ STAGE = "hallucinate"
 CODE = code_version(
     __name__,
     *MODEL_CODE,
-    "tasks.clinical_rules",
-    "tasks.clinical_lexicon",
-    "tasks.clinical_text",
+    "tasks.hallucinate.clinical_rules",
+    "tasks.hallucinate.clinical_lexicon",
+    "tasks.hallucinate.clinical_text",
     "tasks.metrics",  # the target backend reads closed answers as evaluation does
     "models.llm",
     "models.chat",
@@ -41,7 +41,7 @@ def hallucinate(
     """A clinically plausible wrong answer (the rejected side of a text pair) per sample.
 
     Three backends write the same rows: ``rules`` (offline, deterministic, the demo's fast
-    path: clinical perturbations of the ground truth, tasks.clinical_rules, one picked per
+    path: clinical perturbations of the ground truth, tasks.hallucinate.clinical_rules, one picked per
     sample from a seed and the sample id); ``llm`` (an OpenAI-compatible endpoint injects one
     error into the ground truth, prompt templates in models/prompts/: JSON where the endpoint
     declares structured output, else a few-shot plain-text protocol, tasks/hallucinate/

@@ -19,8 +19,8 @@ from typing import Any
 from models import llm as llm_api
 from models import prompts
 from models.rules_judge import term_class, tokens
-from tasks.clinical_rules import normalized
 from tasks.config import HallucinateConfig
+from tasks.hallucinate.clinical_rules import normalized
 from tasks.hallucinate.rows import rejection_problem
 
 LABELS = ("wrong answer:", "answer:", "a:")

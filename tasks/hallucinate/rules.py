@@ -1,4 +1,4 @@
-"""The ``rules`` backend: offline clinical perturbations of the ground truth (tasks.clinical_rules)."""
+"""The ``rules`` backend: offline clinical perturbations of the ground truth (tasks.hallucinate.clinical_rules)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from models import llm as llm_api
 from models import prompts
-from tasks.clinical_text import match_case
 from tasks.config import HallucinateConfig, TargetSamplingConfig
+from tasks.hallucinate.clinical_text import match_case
 from tasks.hallucinate.llm import OnRow, check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
 from tasks.hallucinate.rules import rules_row

@@ -9,8 +9,8 @@ import yaml
 
 from flows.cli import main
 from flows.iterate import check_iterate, round_config
-from tasks.comparison import rounds_rows, rounds_text
 from tasks.config import ConfigError, RunConfig, load_run_config
+from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.store import Manifest
 
 

@@ -1,6 +1,6 @@
 """A curation run that serves a model folder: the server is started for the run and is gone
 after it, also when the run fails (a stand-in command plays the server here; the real
-``transformers serve`` on the real model: tests/test_smollm2_served.py)."""
+``transformers serve`` on the real model: tests/models/test_smollm2_served.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 folder path out of every key, a clear error when it never comes up, nothing left running.
 
 A stand-in command (the scripted test server as a process) plays the model server here; the
-real ``transformers serve`` on the real model: tests/test_smollm2_served.py."""
+real ``transformers serve`` on the real model: tests/models/test_smollm2_served.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A tiny random-weight causal LM folder with a word-level tokenizer and a chat template: enough
 for the in-process judges' plumbing (the numbers mean nothing; the real model:
-tests/test_smollm2_served.py)."""
+tests/models/test_smollm2_served.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The few-shot plain-text hallucination protocol (endpoints without structured output) and the
 fallback chain ``backend: [llm, rules]``, against the scripted server; the real model:
-tests/test_smollm2_served.py."""
+tests/models/test_smollm2_served.py."""
 
 from __future__ import annotations
 

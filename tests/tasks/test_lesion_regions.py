@@ -24,8 +24,8 @@ from tasks.hallucinate import hallucinate
 from tasks.imaging import load_array
 from tasks.ingest import ingest
 from tasks.localize import localize
+from tasks.localize.regions import LesionLabels
 from tasks.noise import noise
-from tasks.regions import LesionLabels
 from tasks.score import score
 from tasks.store import ArtifactStore
 from tests.support.samples import ingest_manifest, sample_row, write_image

@@ -9,7 +9,7 @@ from tasks import catalog, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig
 from tasks.imaging import load_array
 from tasks.localize import localize, region_grid, region_rows
-from tasks.regions import HeatmapLocalizer, boxes_mask, clip_boxes
+from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes
 from tasks.store import ArtifactStore, safe_stem
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
 from tests.support.samples import ingest_manifest, sample_row, write_image
@@ -328,7 +328,7 @@ def test_image_grid_places_each_panel():
 
 
 def test_heatmap_peaks_give_one_point_per_hot_spot(tmp_path):
-    from tasks.regions import HeatmapLocalizer
+    from tasks.localize.regions import HeatmapLocalizer
 
     maps = tmp_path / "maps"
     maps.mkdir()

@@ -14,17 +14,17 @@ from tasks import catalog, ui
 from tasks.catalog import NOISED, REGIONS, SAMPLES
 from tasks.config import NoiseConfig
 from tasks.counters import Counters
-from tasks.diffusion import feather, noise_array, sample_seed
 from tasks.imaging import load_array, save_array
+from tasks.noise.diffusion import feather, noise_array, sample_seed
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, safe_stem, stage_task_options
 
 STAGE = "noise"
-CODE = code_version(__name__, "tasks.diffusion", "tasks.imaging")
+CODE = code_version(__name__, "tasks.noise.diffusion", "tasks.imaging")
 GRID_SAMPLES = 8
 
 
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
-    """Each localized sample's image, forward-diffused inside its region (tasks.diffusion).
+    """Each localized sample's image, forward-diffused inside its region (tasks.noise.diffusion).
 
     By default as the paper's release noises (POVID's sigmoid schedule at k = 500, on CLIP's
     normalized values), stored as pixels, with one noise field for a grey image's channels.

@@ -14,9 +14,9 @@ from models import MODEL_CODE
 from models import vlm as vlms
 from tasks import catalog, metrics, ui
 from tasks.catalog import PREDICTIONS, SAMPLES
-from tasks.comparison import comparison_rows, example_rows, examples_markdown
 from tasks.config import EvaluateConfig
 from tasks.counters import Counters
+from tasks.evaluate.comparison import comparison_rows, example_rows, examples_markdown
 from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def evaluate(
     """Evaluate ``config.model`` (+ the adapter of ``train``) on the ingest artifact's samples.
 
     The base model's evaluation has no ``train`` input, so it is computed once and reused by
-    every training run that compares against it (tasks.comparison builds the before/after
+    every training run that compares against it (tasks.evaluate.comparison builds the before/after
     views from two evaluations).
 
     Inputs: ``ingest`` (SAMPLES), the model folder's content (``config.model`` is identified by

@@ -31,7 +31,7 @@ from tests.support.samples import ingest_manifest, sample_row, write_random_imag
 pytestmark = pytest.mark.slow
 
 # Where `make demo` builds it: built here once when missing (about 30 s), reused after.
-MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "smollm2-135m-instruct"
+MODEL = Path(__file__).resolve().parents[2] / "data" / "models" / "smollm2-135m-instruct"
 # 13 demo questions: closed, open and reports (chest-4 is the one the model got wrong in every attempt).
 PICKED = "chest-1 chest-2 chest-3 chest-4 chest-5 tibia-2 tibia-3 liver-2 liver-4 liver-5 node-1 ma-2 retina-3".split()
 

@@ -15,8 +15,8 @@ import random
 import re
 from collections.abc import Callable
 
-from tasks import clinical_lexicon as lexicon
-from tasks.clinical_text import (
+from tasks.hallucinate import clinical_lexicon as lexicon
+from tasks.hallucinate.clinical_text import (
     Candidate,
     in_negated_scope,
     match_case,

@@ -16,17 +16,17 @@ from tasks.catalog import REGIONS, SAMPLES
 from tasks.config import LocalizeConfig
 from tasks.counters import Counters
 from tasks.imaging import load_array, save_array
-from tasks.regions import Localizer, Region, finish, make_localizer
+from tasks.localize.regions import Localizer, Region, finish, make_localizer
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
 
 STAGE = "localize"
-CODE = code_version(__name__, "tasks.regions", "tasks.imaging", "models.sam")
+CODE = code_version(__name__, "tasks.localize.regions", "tasks.imaging", "models.sam")
 CHUNK_ROWS = 64
 GRID_SAMPLES = 8
 
 
 def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> Manifest:
-    """A lesion region per sample from the configured source (tasks.regions).
+    """A lesion region per sample from the configured source (tasks.localize.regions).
 
     Inputs: ``ingest`` (SAMPLES). Output: ``regions.parquet`` (REGIONS: status, reason, mask
     path, boxes, confidence - the visual pair's clinical-relevance score - and area) and

@@ -30,7 +30,7 @@ from tasks.store import (
 )
 
 STAGE = "assemble"
-CODE = code_version(__name__, "tasks.catalog", "tasks.sets", "tasks.rounds")
+CODE = code_version(__name__)
 
 
 def assemble(

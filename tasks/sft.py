@@ -8,7 +8,6 @@ from typing import Any
 
 from prefect import task
 
-from models import MODEL_CODE
 from tasks import catalog, counters, ui
 from tasks.catalog import SAMPLES
 from tasks.config import SFTConfig
@@ -16,15 +15,7 @@ from tasks.counters import Counters
 from tasks.store import ArtifactStore, Manifest, code_version, stage_task_options
 
 STAGE = "sft"
-CODE = code_version(
-    __name__,
-    *MODEL_CODE,
-    "models.sft",
-    "models.compose",
-    "models.progress",
-    "models.trl_checks",
-    "models.tiny",
-)
+CODE = code_version(__name__)
 MODEL = "model"
 
 

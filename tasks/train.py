@@ -15,7 +15,6 @@ from typing import Any
 
 from prefect import task
 
-from models import MODEL_CODE
 from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
@@ -25,18 +24,8 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
 
 STAGE = "train"
-CODE = code_version(
-    __name__,
-    *MODEL_CODE,
-    "models.dpo",
-    "models.ddp",
-    "models.adapters",
-    "models.pairs",
-    "models.trl_checks",
-    "models.progress",
-    "models.tiny",
-    "tasks.sets",
-)
+# The data-parallel launch settings decide how a run trains, so they count as its code.
+CODE = code_version(__name__, data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
 ADAPTER = "adapter"
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.

@@ -13,7 +13,6 @@ from prefect import task
 
 from experiments.grounding import scores
 from experiments.grounding.config import MeasureConfig
-from models import MODEL_CODE
 from tasks import catalog, ui
 from tasks.catalog import SAMPLES
 from tasks.evaluate import adapter_dir, load_predictions
@@ -21,7 +20,7 @@ from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, stage_task_options
 
 STAGE = "measure"
-CODE = code_version(__name__, "experiments.grounding.scores", "experiments.grounding.data", *MODEL_CODE)
+CODE = code_version(__name__)
 
 
 def measure(

@@ -1,6 +1,6 @@
 """Every prompt template, in this one folder: ``<purpose>_<part>_<version>.txt``, filled with
 ``string.Template`` ($name). Their text is part of the code version of every stage that
-sends them (tasks.store.code_version hashes a package's .txt files with its .py files)."""
+sends them (tasks.store.code hashes the .txt files beside every package a stage imports)."""
 
 from __future__ import annotations
 

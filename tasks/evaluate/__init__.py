@@ -10,7 +10,6 @@ from typing import Any
 
 from prefect import task
 
-from models import MODEL_CODE
 from models import vlm as vlms
 from tasks import catalog, metrics, ui
 from tasks.catalog import PREDICTIONS, SAMPLES
@@ -22,7 +21,7 @@ from tasks.store import ArtifactStore, Manifest, code_version, stage_task_option
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-CODE = code_version(__name__, "tasks.metrics", *MODEL_CODE)
+CODE = code_version(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_FILE = "base_model.txt"  # written by the train stage next to its adapter
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from prefect import task
 
-from models import MODEL_CODE
 from tasks import catalog, counters, progress, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
 from tasks.config import ConfigError, HallucinateConfig
@@ -21,18 +20,7 @@ from tasks.hallucinate.target import target_rows
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "hallucinate"
-CODE = code_version(
-    __name__,
-    *MODEL_CODE,
-    "tasks.hallucinate.clinical_rules",
-    "tasks.hallucinate.clinical_lexicon",
-    "tasks.hallucinate.clinical_text",
-    "tasks.metrics",  # the target backend reads closed answers as evaluation does
-    "models.llm",
-    "models.chat",
-    "models.rules_judge",  # the few-shot protocol reads a rewrite's error type from what changed
-    "models.prompts",
-)
+CODE = code_version(__name__)
 
 
 def hallucinate(

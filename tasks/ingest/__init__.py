@@ -27,7 +27,7 @@ from tasks.store import (
 )
 
 STAGE = "ingest"
-CODE = code_version(__name__, "tasks.imaging", "tasks.catalog")
+CODE = code_version(__name__)
 
 
 def ingest(store: ArtifactStore, config: IngestConfig) -> Manifest:

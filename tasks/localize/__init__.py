@@ -20,7 +20,7 @@ from tasks.localize.regions import Localizer, Region, finish, make_localizer
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
 
 STAGE = "localize"
-CODE = code_version(__name__, "tasks.localize.regions", "tasks.imaging", "models.sam")
+CODE = code_version(__name__)
 CHUNK_ROWS = 64
 GRID_SAMPLES = 8
 

@@ -19,7 +19,7 @@ from tasks.noise.diffusion import feather, noise_array, sample_seed
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, safe_stem, stage_task_options
 
 STAGE = "noise"
-CODE = code_version(__name__, "tasks.noise.diffusion", "tasks.imaging")
+CODE = code_version(__name__)
 GRID_SAMPLES = 8
 
 

@@ -23,17 +23,7 @@ from tasks.score.weighting import PAIR_TYPES, apply_weights, distribution
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "score"
-CODE = code_version(
-    __name__,
-    "models.judges",
-    "models.token_judges",
-    "models.panel",
-    "models.loading",
-    "models.rules_judge",
-    "models.llm",
-    "models.chat",
-    "models.prompts",
-)
+CODE = code_version(__name__)
 LLM_CACHE = "llm-cache"
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")

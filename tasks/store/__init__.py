@@ -1,6 +1,7 @@
 """The artifact store, one concern a module:
 
-- ``keys``: canonical JSON, content hashes, code versions, file digests;
+- ``keys``: canonical JSON, content hashes, file digests;
+- ``code``: code versions, derived from the import graph;
 - ``files``: atomic writes, temporary folders, links;
 - ``manifest``: what a stage hands on, and the key that names it;
 - ``items``: the per-item cache under per-sample stages, and its shards;
@@ -9,9 +10,10 @@
 """
 
 from tasks.store.artifacts import ArtifactStore
+from tasks.store.code import code_version
 from tasks.store.files import link_or_copy, replacing, write_bytes_atomic, write_if_changed, write_text_atomic
 from tasks.store.items import LLM_TAG, SHARDS, Compute, Item, ShardJob, StageFailed, by_content, compute_items
-from tasks.store.keys import DigestMemo, canonical_json, code_version, content_hash, file_digest, safe_stem
+from tasks.store.keys import DigestMemo, canonical_json, content_hash, file_digest, safe_stem
 from tasks.store.manifest import MANIFEST, Keyed, Manifest, SourceSnapshot, identity_of, stage_key
 from tasks.store.policy import StageCachePolicy, stage_task_options
 

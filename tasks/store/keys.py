@@ -1,4 +1,4 @@
-"""Identities: canonical JSON, content hashes, code versions, file digests.
+"""Identities: canonical JSON, content hashes, file digests (code versions: tasks.store.code).
 
 Everything the store names is named by a hash of what defines it, so equal definitions
 share a name and a changed one never reuses an old result.
@@ -7,7 +7,6 @@ share a name and a changed one never reuses an old result.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -19,8 +18,6 @@ from typing import Any
 from pydantic import BaseModel
 
 KEY_LENGTH = 16
-# Data files a package's behaviour depends on (prompt templates) count as its code.
-CODE_SUFFIXES = (".py", ".txt")
 
 
 def canonical_json(value: Any) -> str:
@@ -36,30 +33,6 @@ def content_hash(*parts: Any, length: int = KEY_LENGTH) -> str:
         digest.update(canonical_json(part).encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:length]
-
-
-def code_version(*modules: str) -> str:
-    """Hash of the source of the named modules (a package: every .py and .txt file in it).
-
-    Hashing the source rather than trusting a hand-bumped number means an edited stage can
-    never serve results computed by its older self.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"code_version: no module named {name!r}")
-        origin = Path(spec.origin)
-        if origin.name == "__init__.py":
-            files = sorted(
-                p for p in origin.parent.rglob("*") if p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts
-            )
-        else:
-            files = [origin]
-        for path in files:
-            digest.update(str(path.relative_to(origin.parent)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 _DIGESTS: dict[tuple[int, int, int, int], str] = {}

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks import assemble, evaluate, hallucinate, ingest, localize, noise, score, sft, train
+from flows.dag import DAG
+from tasks import evaluate, sft, train
 from tasks.config import RunConfig, load_run_config
 from tasks.store import ArtifactStore, Keyed, Manifest
 from tasks.store.manifest import config_identity, identity_of
@@ -31,27 +32,15 @@ class Verdict:
     why: str
 
 
-# The pipeline's DAG: stage module, the run config section it reads, the stages it takes as inputs.
-DAG: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
-    (ingest, "ingest", ()),
-    (localize, "localize", ("ingest",)),
-    (noise, "noise", ("ingest", "localize")),
-    (hallucinate, "hallucinate", ("ingest",)),
-    (score, "score", ("ingest", "hallucinate", "localize")),
-    (assemble, "assemble", ("ingest", "localize", "noise", "hallucinate", "score")),
-    (sft, "sft", ("ingest",)),
-)
-
-
 def explain(config: RunConfig) -> list[Verdict]:
     store = ArtifactStore(config.store)
     found: dict[str, Manifest | None] = {}
     verdicts = []
-    for module, section, upstream in DAG:
-        settings = getattr(config, section)
+    for step in DAG:
+        settings = step.settings(config)
         if settings is None:
             continue
-        verdict, found[section] = judge(store, module.STAGE, module.CODE, settings, upstream, found)
+        verdict, found[step.name] = judge(store, step.name, step.code, settings, step.inputs, found)
         verdicts.append(verdict)
     assembled, tuned = found.get("assemble"), found.get("sft")
     train_config = config.train if tuned is None else config.train.model_copy(update={"model": sft.model_dir(tuned)})

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.dag import CURATION, SFT
 from tasks.config import ConfigError, RunConfig, load_run_config
-from tasks.ingest import ingest_task
-from tasks.sft import model_dir, sft_task
+from tasks.sft import model_dir
 from tasks.store import Manifest
 
 
@@ -24,8 +24,8 @@ def sft_flow(config: RunConfig, ingest: Manifest | None = None) -> Manifest:
     if config.sft is None:
         raise ConfigError("the run config has no sft: section")
     if ingest is None:
-        ingest = ingest_task(str(config.store), config.ingest)
-    return sft_task(str(config.store), config.sft, ingest)
+        ingest = CURATION[0].run(config, {})
+    return SFT.run(config, {"ingest": ingest})
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ UI_API := http://127.0.0.1:$(UI_PORT)/api
 UI_POOLS := local gpu
 UI_WORKERS := $(PREFECT_HOME)/ui-workers.pid
 
-.PHONY: demo test lint bench experiment venv clean-artifacts ui ui-stop
+.PHONY: demo test check lint bench experiment venv clean-artifacts ui ui-stop
 
 # The [ray] extra too: the Ray runner's test runs a local Ray cluster.
 $(STAMP): pyproject.toml
@@ -39,8 +39,13 @@ demo: $(STAMP)
 	$(BIN)/mmedpo models smollm2
 	$(BIN)/mmedpo demo
 
+# Every test, then the 15 slowest (what to mark slow, or speed up, next).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+
+# The fast loop: lint and the tests not marked slow (under 3 minutes on a 2-core machine).
+check: lint
+	$(BIN)/pytest -q -m "not slow"
 
 # ruff's linter and formatter, configured in pyproject.toml (line length 120, import order).
 lint: $(STAMP)

@@ -137,8 +137,8 @@ def bench_llm(n: int, concurrency: int = 16, latency_s: float = 0.2) -> dict:
 def bench_served(concurrency: int = 4) -> dict:
     """The demo's train questions through SmolLM2-135M-Instruct behind transformers serve."""
     from flows.cli import SMOLLM2
-    from models.smollm2 import ensure
     from tasks.demo_data import QUESTIONS
+    from tasks.smollm2 import ensure
 
     root = Path(__file__).resolve().parents[1]
     model = root / SMOLLM2

@@ -128,7 +128,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_models_smollm2(args: argparse.Namespace) -> int:
-    from models.smollm2 import ensure
+    from tasks.smollm2 import ensure
 
     record = ensure(args.out)
     print(f"{args.out.resolve()}  (content digest {record['digest'][:16]}; record {args.out.name}.json beside it)")
@@ -234,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     samples = DATA / "samples"
     if not args.fast:
-        from models.smollm2 import ensure
+        from tasks.smollm2 import ensure
 
         ensure(SMOLLM2)
     build_demo_data(samples)

@@ -13,7 +13,7 @@ from models.serve import serving
 from tasks.assemble import publish_task
 from tasks.config import RunConfig
 from tasks.runners import shard_runner
-from tasks.store import Manifest
+from tasks.store import ArtifactStore, Manifest
 
 
 @flow(name="curate", flow_run_name="curate-{config.name}")
@@ -21,7 +21,7 @@ def curate(config: RunConfig, policy: Manifest | None = None) -> dict[str, Manif
     """``policy``: the train artifact whose adapter ``hallucinate.target.adapter`` names (a round of
     `mmedpo iterate`), so the set's lineage names the model that wrote its rejections."""
     done: dict[str, Manifest] = {}
-    with serving(config.store), shard_runner(config.runner):
+    with serving(ArtifactStore(config.store).digests), shard_runner(config.runner):
         for step in CURATION:
             done[step.name] = step.run(config, done, policy=policy)
         publish_task(done["assemble"], str(config.sets), config.name)

@@ -36,8 +36,8 @@ from models.adapters import adapter_to_train, base_model_reference
 from models.families import Family
 from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
 from models.progress import quiet_progress
+from models.settings import TrainSettings
 from models.trl_checks import check_forwards, check_fused_output, check_weighting, score_labelled_positions_only
-from tasks.config import TrainConfig
 
 UNWEIGHTABLE_LOSSES = {"aot", "aot_unpaired", "sft"}
 # log of a zero weight: exp(-1e4) is exactly 0 in float32 and bfloat16, yet finite, so a mask
@@ -237,7 +237,7 @@ def dropout_in_adapters_only(policy: torch.nn.Module, reference: torch.nn.Module
 # --- construction from the train stage's settings ------------------------------------------------
 
 
-def dpo_arguments(settings: TrainConfig, checkpoints: str, processes: int = 1) -> DPOConfig:
+def dpo_arguments(settings: TrainSettings, checkpoints: str, processes: int = 1) -> DPOConfig:
     """TRL's DPOConfig from the train stage's settings (the paper's defaults live there), for a
     run of ``processes`` data-parallel processes (they set the gradient accumulation that keeps
     the global batch at ``settings.global_batch_size``).
@@ -276,7 +276,7 @@ def dpo_arguments(settings: TrainConfig, checkpoints: str, processes: int = 1) -
     )
 
 
-def lora_config(settings: TrainConfig, family: Family) -> LoraConfig:
+def lora_config(settings: TrainSettings, family: Family) -> LoraConfig:
     """Adapters on the family's language model (unless ``lora_target`` names other modules), and a
     fully trained copy of its projector, saved with the adapter, when ``projector_lr`` is set."""
     return LoraConfig(
@@ -289,7 +289,7 @@ def lora_config(settings: TrainConfig, family: Family) -> LoraConfig:
 
 
 def make_trainer(
-    settings: TrainConfig,
+    settings: TrainSettings,
     args: DPOConfig,
     policy: Any,
     reference: Any | None,

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import json
 import logging
 import os
 import random
@@ -58,8 +60,7 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     user,
 )
 from models.llm_cache import RateLimiter, ResponseCache
-from tasks.config import EndpointConfig
-from tasks.store import content_hash
+from models.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ChatReply:
     top_logprobs: TopLogprobs | None = None  # per reply token, when asked for and given
 
 
-def resolve_api_key(endpoint: EndpointConfig) -> str:
+def resolve_api_key(endpoint: EndpointSettings) -> str:
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
         if not key:
@@ -131,7 +132,7 @@ class RequestRefused(LLMError):
 
 
 class LLMClient:
-    def __init__(self, endpoint: EndpointConfig, cache_dir: str | os.PathLike[str] | None = None):
+    def __init__(self, endpoint: EndpointSettings, cache_dir: str | os.PathLike[str] | None = None):
         self.endpoint = endpoint
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
@@ -189,7 +190,8 @@ class LLMClient:
     def request_key(self, request: Mapping[str, Any]) -> str:
         if self.endpoint.serve is not None:
             request = {**request, "model": "served"}  # the folder path: named by _cache_scope's digest
-        return content_hash(self._cache_scope, request, length=64)
+        body = json.dumps([self._cache_scope, request], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
 
     async def chat(
         self,
@@ -365,7 +367,7 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def run_with_client(
-    endpoint: EndpointConfig, cache_dir: str | os.PathLike[str] | None, work: Callable[[LLMClient], Awaitable[T]]
+    endpoint: EndpointSettings, cache_dir: str | os.PathLike[str] | None, work: Callable[[LLMClient], Awaitable[T]]
 ) -> T:
     """Run ``await work(client)`` from synchronous code (stages are synchronous functions)."""
 

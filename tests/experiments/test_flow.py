@@ -58,7 +58,7 @@ def toy_config(tmp_path: Path) -> ExperimentConfig:
 
 @pytest.mark.slow
 def test_every_arm_is_trained_evaluated_and_measured_on_both_backbones(tmp_path, prefect_harness):
-    from models.smollm2 import ensure
+    from tasks.smollm2 import ensure
 
     ensure(SMOLLM2)
     config = toy_config(tmp_path)

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from models.compose import build_llava_on_lm
-from models.smollm2 import ensure
+from tasks.smollm2 import ensure
 
 SMOLLM2 = Path(__file__).resolve().parents[2] / "data" / "models" / "smollm2-135m-instruct"
 

@@ -17,6 +17,7 @@ import pytest
 from models import serve
 from models.llm import LLMClient, user
 from tasks.config import EndpointConfig, HallucinateConfig, ServeConfig, identity
+from tasks.store import ArtifactStore
 
 STAND_IN = [sys.executable, "-m", "tests.support.openai_server", "--port", "{port}", "{model}"]
 
@@ -56,7 +57,7 @@ def test_a_run_serves_the_folder_once_and_stops_it_when_it_ends(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     endpoint = served_endpoint(model)
-    with serve.serving(tmp_path / "store") as pool:
+    with serve.serving(ArtifactStore(tmp_path / "store").digests) as pool:
         first, used, key = asyncio.run(chat_once(endpoint, tmp_path / "cache"))
         second, again, key2 = asyncio.run(chat_once(endpoint, tmp_path / "cache"))
         (server,) = pool.servers
@@ -66,7 +67,7 @@ def test_a_run_serves_the_folder_once_and_stops_it_when_it_ends(tmp_path):
         assert key == key2 and alive(pid)
     assert not alive(pid) and pool.closed
     # Another run, another port: the cache key is the same (the folder's content, not the URL).
-    with serve.serving(tmp_path / "store") as pool:
+    with serve.serving(ArtifactStore(tmp_path / "store").digests) as pool:
         third, used3, key3 = asyncio.run(chat_once(endpoint, tmp_path / "cache"))
     assert third.cached and key3 == key
     (model / "weights.bin").write_bytes(b"new")  # new content: a new key

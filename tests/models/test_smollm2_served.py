@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from models import serve
-from models.smollm2 import ensure
 from tasks import catalog
 from tasks.config import EndpointConfig, HallucinateConfig, JudgeConfig, LocalizeConfig, ScoreConfig
 from tasks.demo_data import QUESTIONS
@@ -24,6 +23,7 @@ from tasks.hallucinate import hallucinate
 from tasks.hallucinate.rows import rejection_problem
 from tasks.localize import localize
 from tasks.score import score
+from tasks.smollm2 import ensure
 from tasks.store import ArtifactStore
 from tests.models.test_serve import alive
 from tests.support.samples import ingest_manifest, sample_row, write_random_image
@@ -63,7 +63,7 @@ def run(model, tmp_path_factory):
                     answer_type=answer_type,
                 )
             )
-    with serve.serving(store.root) as pool:
+    with serve.serving(store.digests) as pool:
         yield store, ingest_manifest(store, rows), pool
 
 
@@ -85,7 +85,7 @@ def test_the_real_server_is_stopped_after_a_failing_run(model, tmp_path):
     image = write_random_image(tmp_path / "x.png", seed=0)
     ingest = ingest_manifest(store, [sample_row("demo:train:x", image, question="Is there a mass?", answer="yes")])
     pids = []
-    with pytest.raises(RuntimeError, match="boom"), serve.serving(store.root) as pool:
+    with pytest.raises(RuntimeError, match="boom"), serve.serving(store.digests) as pool:
         hallucinate(store, HallucinateConfig(backend="llm", llm=served()), ingest)
         pids = [server.process.pid for server in pool.servers]
         raise RuntimeError("boom")  # a later stage fails

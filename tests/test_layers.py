@@ -1,0 +1,56 @@
+"""Imports point one way: flows -> tasks -> models. No module under models/ imports tasks/ or
+flows/ (function-level and type-checking imports included), none under tasks/ imports flows/,
+and nothing in the product imports experiments/; no module in flows/, tasks/, models/ is over
+400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A layer and the packages it must not import.
+FORBIDDEN = {
+    "models": ("tasks", "flows", "experiments"),
+    "tasks": ("flows", "experiments"),
+    "flows": ("experiments",),
+}
+
+
+def imported(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def modules(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_imports_point_down(layer):
+    upward = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in modules(layer)
+        for line, name in imported(path)
+        if name.split(".")[0] in FORBIDDEN[layer]
+    ]
+    assert upward == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from tasks.config import TrainConfig\n    import flows.cli\n")
+    assert [name for _, name in imported(module)] == ["tasks.config", "flows.cli"]
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_no_module_is_over_400_lines(layer):
+    long = [f"{p.relative_to(ROOT)}: {n}" for p in modules(layer) if (n := len(p.read_text().splitlines())) > 400]
+    assert long == []

@@ -26,11 +26,12 @@ from tasks.counters import headline
 from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
+from tasks.store.lookup import ArtifactMissing
 
 DATA = Path("data")
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
-USER_ERRORS = (ConfigError, EndpointConfigError, IngestError, EvaluateError, FileNotFoundError)
+USER_ERRORS = (ConfigError, EndpointConfigError, IngestError, EvaluateError, ArtifactMissing, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

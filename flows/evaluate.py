@@ -20,6 +20,7 @@ from tasks.config import RunConfig, load_run_config
 from tasks.evaluate import EvaluateError, check_model, compare_task, evaluate_task, resolve_model
 from tasks.evaluate.comparison import comparison_text
 from tasks.store import ArtifactStore, Manifest
+from tasks.store.lookup import trained_and_samples, upstream_artifact
 
 
 class Evaluation(BaseModel):
@@ -39,25 +40,6 @@ def evaluate_flow(config: RunConfig, ingest: Manifest, train: Manifest | None = 
     trained = evaluate_task(store, settings, ingest, train) if train is not None else None
     rows = compare_task(base, trained, settings.examples)
     return Evaluation(base=base, trained=trained, comparison=rows)
-
-
-def find_artifact(store: ArtifactStore, stage: str, key: str | None) -> Manifest | None:
-    """The artifact with ``key``, or the newest of its stage when no key is given."""
-    if key is not None:
-        found = store.get(stage, key)
-        if found is None:
-            raise EvaluateError(f"no {stage} artifact {key!r} in {store.root}")
-        return found
-    existing = store.list(stage)
-    return existing[-1] if existing else None
-
-
-def upstream_artifact(store: ArtifactStore, manifest: Manifest, stage: str) -> Manifest | None:
-    """The one ``stage`` artifact in ``manifest``'s lineage (e.g. the ingest a train run's
-    preference set was curated from); None when there is none or several."""
-    keys = sorted({entry.split("/", 1)[1] for entry in manifest.lineage if entry.startswith(f"{stage}/")})
-    found = [m for m in (store.get(stage, key) for key in keys) if m is not None]
-    return found[0] if len(keys) == 1 and found else None
 
 
 def evaluate_after_training(config: RunConfig, train: Manifest, ingest: Manifest | None = None) -> Evaluation:
@@ -94,10 +76,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 def run_cli(args: argparse.Namespace) -> int:
     config = load_run_config(args.config)
     store = ArtifactStore(config.store)
-    train = None if args.base_only else find_artifact(store, "train", args.train)
-    ingest = find_artifact(store, "ingest", args.ingest)
-    if args.ingest is None and train is not None:
-        ingest = upstream_artifact(store, train, "ingest") or ingest
+    train, ingest = trained_and_samples(store, args.train, args.ingest, args.base_only)
     if ingest is None:
         raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
     settings = resolve_model(config.evaluate, train)

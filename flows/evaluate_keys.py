@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.evaluate import Evaluation, evaluate_flow, find_artifact, upstream_artifact
+from flows.evaluate import Evaluation, evaluate_flow
 from tasks.config import RunConfig
 from tasks.evaluate import EvaluateError
 from tasks.store import ArtifactStore
+from tasks.store.lookup import trained_and_samples
 
 
 @flow(name="evaluate-keys", flow_run_name="evaluate-{config.name}")
@@ -19,10 +20,7 @@ def evaluate_keys(
     config: RunConfig, train: str | None = None, ingest: str | None = None, base_only: bool = False
 ) -> Evaluation:
     store = ArtifactStore(config.store)
-    trained = None if base_only else find_artifact(store, "train", train)
-    samples = find_artifact(store, "ingest", ingest)
-    if ingest is None and trained is not None:
-        samples = upstream_artifact(store, trained, "ingest") or samples
+    trained, samples = trained_and_samples(store, train, ingest, base_only)
     if samples is None:
         raise EvaluateError(f"no ingest artifact in {store.root}: run the curation flow first")
     return evaluate_flow(config, samples, trained)

@@ -12,6 +12,7 @@ from flows import evaluate as flow
 from flows.cli import main
 from tasks.config import EvaluateConfig, RunConfig
 from tasks.store import ArtifactStore
+from tasks.store.lookup import upstream_artifact
 from tests.support.adapter import train_artifact
 from tests.support.samples import ingest_artifact, write_random_image
 
@@ -99,5 +100,5 @@ def test_upstream_ingest_is_found_through_lineage(tmp_path: Path) -> None:
     ingest_artifact(store, tmp_path / "images2", SPECS[1:2])  # newer, unrelated
     assemble = store.run("assemble", "x", StageConfig(), {"ingest": ingest}, lambda out: {})
     train = store.run("train", "x", StageConfig(), {"assemble": assemble}, lambda out: {})
-    assert flow.upstream_artifact(store, train, "ingest") == ingest
-    assert flow.upstream_artifact(store, ingest, "train") is None
+    assert upstream_artifact(store, train, "ingest") == ingest
+    assert upstream_artifact(store, ingest, "train") is None

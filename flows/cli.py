@@ -21,7 +21,7 @@ from flows.iterate import add_cli as iterate_cli
 from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
 from models.llm import EndpointConfigError
-from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, changed_fields, load_run_config
+from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, load_run_config
 from tasks.counters import headline
 from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
@@ -30,6 +30,7 @@ from tasks.store.lookup import ArtifactMissing
 
 DATA = Path("data")
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
+DEMO_RUN = Path(__file__).resolve().parents[1] / "configs" / "demo-run.yaml"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
 USER_ERRORS = (ConfigError, EndpointConfigError, IngestError, EvaluateError, ArtifactMissing, FileNotFoundError)
 
@@ -186,45 +187,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(fast: bool = False) -> RunConfig:
-    """The demo's run config, as it is written to data/samples/demo-run.yaml: the sample set,
-    SmolLM2-135M-Instruct (a real pretrained LLM) for the text pairs - hallucinations through a
-    `transformers serve` the run starts, the rules where it gives no usable answer, and a panel
-    of two judges (in-process from the logits, and through the server) - and a short CPU
-    training run of a tiny random-weight LLaVA (the real model is a config away). ``fast``:
-    offline rules for hallucination and scoring instead. Paths are relative to the file."""
-    smollm2 = Path("..") / SMOLLM2.relative_to(DATA)
-    served = {"serve": str(smollm2), "timeout_s": 180, "max_concurrency": 4}
-    text_pairs = {
-        "hallucinate": {"backend": ["llm", "rules"], "llm": served},
-        "score": {
-            "judges": [
-                {"name": "smollm2-logits", "kind": "transformers", "model_path": str(smollm2), "orders": 2},
-                {"name": "smollm2-served", "kind": "endpoint", "endpoint": served},
-            ],
-            "agreement_tolerance": 0.5,
-        },
-    }
-    return RunConfig(
-        **({} if fast else text_pairs),
-        name="demo",
-        store=Path("../artifacts"),
-        sets=Path("../preference_sets"),
-        ingest={"sources": [{"format": "jsonl", "root": "demo.jsonl", "name": "demo"}]},
-        train={
-            "lora_r": 8,
-            "lora_alpha": 16,
-            "learning_rate": 5e-4,
-            "epochs": 2,
-            "batch_size": 2,
-            "gradient_accumulation": 1,
-            "max_length": 256,
-            "gradient_checkpointing": False,
-            "logging_steps": 1,
-            "save_steps": 1000,
-        },
-        evaluate={"max_new_tokens": 8, "report_max_new_tokens": 24},
-    )
+def demo_run_text(fast: bool = False) -> str:
+    """The demo's run config (configs/demo-run.yaml) as ``mmedpo demo`` writes it beside the
+    sample set; ``fast``: without its hallucinate and score sections (the offline rules)."""
+    text = DEMO_RUN.read_text()
+    if not fast:
+        return text
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    fields = {k: v for k, v in yaml.safe_load(text).items() if k not in ("hallucinate", "score")}
+    return header + yaml.safe_dump(fields, sort_keys=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -240,10 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ensure(SMOLLM2)
     build_demo_data(samples)
     config_path = samples / ("demo-run-fast.yaml" if args.fast else "demo-run.yaml")
-    header = (
-        "# The demo's run config: only what differs from the defaults (mmedpo config show --defaults lists them all).\n"
-    )
-    write_text_atomic(config_path, header + yaml.safe_dump(changed_fields(demo_config(args.fast)), sort_keys=False))
+    write_text_atomic(config_path, demo_run_text(args.fast))
     config = load_run_config(config_path)
     result = pipeline(config)
     print("\n== curation")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import demo_config, main
+from flows.cli import demo_run_text, main
 from tasks.config import ConfigError, RunConfig, changed_fields, load_run_config
 
 
@@ -62,13 +62,15 @@ def test_config_show_prints_the_full_resolved_config(tmp_path, capsys):
 
 
 def test_the_demo_file_holds_only_what_differs_from_the_defaults():
-    written = changed_fields(demo_config())
+    written = yaml.safe_load(demo_run_text())
+    assert changed_fields(RunConfig.model_validate(written)) == written  # nothing in it is a default
     assert set(written) == {"name", "store", "sets", "ingest", "hallucinate", "score", "train", "evaluate"}
     assert "localize" not in written and "beta" not in written["train"] and written["train"]["lora_r"] == 8
-    assert RunConfig.model_validate(written) == demo_config()
     # The real model: served for hallucination (the rules where it gives nothing usable), two judges.
     assert written["hallucinate"]["backend"] == ["llm", "rules"]
     assert written["hallucinate"]["llm"]["serve"] == {"model": "../models/smollm2-135m-instruct"}
     assert [j["kind"] for j in written["score"]["judges"]] == ["transformers", "endpoint"]
-    fast = changed_fields(demo_config(fast=True))
+    fast = yaml.safe_load(demo_run_text(fast=True))
     assert set(fast) == {"name", "store", "sets", "ingest", "train", "evaluate"}  # rules only, as before
+    assert {k: v for k, v in written.items() if k in fast} == fast
+    assert demo_run_text(fast=True).startswith("# The demo's run config")

@@ -21,8 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STAGES = ("ingest", "localize", "noise", "hallucinate", "score", "assemble")
-
 
 def stage_seconds(flow_run_id) -> dict[str, float]:
     from prefect.client.orchestration import get_client
@@ -105,7 +103,9 @@ def main() -> None:
     )
     header = f"{'stage':<14}" + "".join(f"{label:>22}" for label in results)
     print(header)
-    for stage in STAGES:
+    from flows.dag import CURATION
+
+    for stage in (step.name for step in CURATION):
         print(f"{stage:<14}" + "".join(f"{seconds.get(stage, 0.0):>21.2f}s" for _, seconds, _ in results.values()))
     print(f"{'flow (wall)':<14}" + "".join(f"{wall:>21.2f}s" for wall, _, _ in results.values()))
     print(f"{'vs first run':<14}" + "".join(f"{wall / first_wall:>21.1%} " for wall, _, _ in results.values()))

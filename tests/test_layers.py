@@ -1,6 +1,7 @@
 """Imports point one way: flows -> tasks -> models. No module under models/ imports tasks/ or
 flows/ (function-level and type-checking imports included), none under tasks/ imports flows/,
-and nothing in the product imports experiments/; no module in flows/, tasks/, models/ is over
+and nothing in the product imports experiments/; no stage imports another stage (what two share
+lives in a shared module, which imports no stage); no module in flows/, tasks/, models/ is over
 400 lines."""
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def imported(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from tasks import evaluate` imports the module tasks.evaluate.
             found.append((node.lineno, node.module))
+            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
     return found
 
 
@@ -44,10 +47,24 @@ def test_imports_point_down(layer):
     assert upward == []
 
 
+STAGES = ("ingest", "localize", "noise", "hallucinate", "score", "assemble", "sft", "train", "evaluate")
+
+
+def test_no_stage_imports_another():
+    crossing = []
+    for path in modules("tasks"):
+        own = path.relative_to(ROOT / "tasks").parts[0].removesuffix(".py")
+        for line, name in imported(path):
+            parts = name.split(".")
+            if parts[0] == "tasks" and len(parts) > 1 and parts[1] in STAGES and parts[1] != own:
+                crossing.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert crossing == []
+
+
 def test_the_check_sees_an_upward_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from tasks.config import TrainConfig\n    import flows.cli\n")
-    assert [name for _, name in imported(module)] == ["tasks.config", "flows.cli"]
+    assert [name for _, name in imported(module)] == ["tasks.config", "tasks.config.TrainConfig", "flows.cli"]
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.store.code import module_file
+
 ROOT = Path(__file__).resolve().parents[1]
 # A layer and the packages it must not import.
 FORBIDDEN = {
@@ -59,6 +61,44 @@ def test_no_stage_imports_another():
             if parts[0] == "tasks" and len(parts) > 1 and parts[1] in STAGES and parts[1] != own:
                 crossing.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     assert crossing == []
+
+
+def defined_names(package_init: Path) -> set[str]:
+    """The names a package's ``__init__.py`` binds at its top level."""
+    names: set[str] = set()
+    for node in ast.parse(package_init.read_bytes()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_every_first_party_import_resolves_in_this_checkout():
+    """A module moved without its importers updated must fail here: an editable install of
+    another checkout would otherwise serve the old module from there, and the tests pass."""
+    unresolved = []
+    for path in [
+        p for top in (*FORBIDDEN, "experiments", "tests", "bench") for p in sorted((ROOT / top).rglob("*.py"))
+    ]:
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                wanted = [node.module]
+                package = module_file(node.module)
+                if package is not None and package.name == "__init__.py":
+                    bound = defined_names(package)
+                    wanted += [f"{node.module}.{a.name}" for a in node.names if a.name not in bound]
+            else:
+                continue
+            for name in wanted:
+                if name.split(".")[0] in (*FORBIDDEN, "experiments") and module_file(name) is None:
+                    unresolved.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert unresolved == []
 
 
 def test_the_check_sees_an_upward_import(tmp_path):

@@ -193,7 +193,10 @@ def backend_rows(
         return rows, {}
     if backend == "llm":
         return llm_rows(samples, config, Path(cache_dir), on_row)
-    return target_rows(samples, config, Path(cache_dir), on_row)
+    if backend == "target":
+        return target_rows(samples, config, Path(cache_dir), on_row)
+    # Never a fall-through to some backend: a name no branch knows is the config's mistake.
+    raise ConfigError(f"hallucinate.backend: unknown backend {backend!r} (known: rules, llm, target)")
 
 
 @task(**stage_task_options(STAGE, CODE))

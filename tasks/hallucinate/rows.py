@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tasks import clinical_rules
 from tasks.config import HallucinateConfig
+from tasks.hallucinate import clinical_rules
 
 ERROR_TYPES = (*clinical_rules.ERROR_TYPES, "other")
 # Where an ok rejection's text came from: the target model's own sampled answer (on-policy, the

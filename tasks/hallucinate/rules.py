@@ -6,8 +6,8 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from tasks import clinical_rules
 from tasks.config import HallucinateConfig
+from tasks.hallucinate import clinical_rules
 from tasks.hallucinate.rows import empty_answer_row, rejection_problem, row
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import catalog, comparison
+from tasks import catalog
 from tasks import evaluate as ev
 from tasks.config import EvaluateConfig
+from tasks.evaluate import comparison
 from tasks.store import ArtifactStore
 from tests.support.adapter import train_artifact
 from tests.support.configs import small_train

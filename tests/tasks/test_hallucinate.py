@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import catalog, clinical_rules
+from tasks import catalog
 from tasks.config import EndpointConfig, HallucinateConfig, TargetSamplingConfig
-from tasks.hallucinate import hallucinate
+from tasks.hallucinate import clinical_rules, hallucinate
 from tasks.hallucinate.rows import rejection_problem
 from tasks.store import ArtifactStore
 from tests.support.openai_server import LoggedRequest, Reply
@@ -346,3 +346,11 @@ def test_target_rejections_of_closed_questions_come_from_the_model(openai_server
             "target model %": 50.0,
         }
     ]
+
+
+def test_an_unknown_backend_is_a_config_error_not_a_fall_through(tmp_path):
+    from tasks.config import ConfigError
+    from tasks.hallucinate import backend_rows
+
+    with pytest.raises(ConfigError, match="unknown backend 'nope'"):
+        backend_rows("nope", [{"sample_id": "s"}], HallucinateConfig(), str(tmp_path), lambda index, row: None)

@@ -249,6 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = pipeline(config)
     print("\n== curation")
     print_manifests(result.curated)
+    print_alerts(result.curated)
     if not args.fast:
         print(text_pair_summary(result.curated))
     assembled = result.curated["assemble"]

@@ -127,7 +127,10 @@ class LesionVocabulary:
     def __init__(self, terms: Iterable[str] = LESION_TERMS):
         self.terms = [[word_forms(word) for word in label_words(term)] for term in terms]
         self.terms = [term for term in self.terms if term]
-        self.single = set().union(*(term[0] for term in self.terms if len(term) == 1))
+        # Longest first, so a compound splits the same way every run ("lymphoedema": lymph + oedema).
+        forms = set().union(*(term[0] for term in self.terms if len(term) == 1))
+        self.single = sorted(forms, key=lambda form: (-len(form), form))
+        self.known = frozenset(forms)
 
     def is_lesion(self, label: str) -> bool:
         words = self._split_compounds(label_words(label))
@@ -138,7 +141,7 @@ class LesionVocabulary:
         out: list[str] = []
         for word in words:
             for form in self.single:
-                if word not in self.single and word.endswith(form) and len(word) - len(form) >= 2:
+                if word not in self.known and word.endswith(form) and len(word) - len(form) >= 2:
                     prefix = word[: -len(form)]
                     if prefix == "no" or len(prefix) >= COMPOUND_MIN:
                         out += [prefix, form]

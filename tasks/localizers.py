@@ -89,9 +89,10 @@ class AttentionLocalizer:
             try:
                 questions, answers = [r["question"] for r in chunk], [r["answer"] for r in chunk]
                 maps = attention.relevance_maps(self.model, questions, answers, [r["image_path"] for r in chunk])
-            except (OSError, ValueError, SyntaxError):
-                # One bad file fails the whole batch's call: retry one by one so only it fails.
-                maps = [self.one(attention, row) for row in chunk] if len(chunk) > 1 else [failed("unreadable_image")]
+            except (OSError, ValueError, SyntaxError, RuntimeError):
+                # One bad file (or one sample too long for memory) fails the batch's call: retry one
+                # by one so only it fails.
+                maps = [self.one(attention, row) for row in chunk]
             regions += [self.region(m, row) for m, row in zip(maps, chunk)]
         return regions
 
@@ -100,6 +101,8 @@ class AttentionLocalizer:
             return attention.relevance_maps(self.model, [row["question"]], [row["answer"]], [row["image_path"]])[0]
         except (OSError, ValueError, SyntaxError):
             return failed("unreadable_image")
+        except RuntimeError:  # e.g. out of memory: this sample fails, the stage goes on
+            return failed("attention_error")
 
     def region(self, relevance: Any, row: Mapping[str, Any]) -> Region:
         if isinstance(relevance, Region):

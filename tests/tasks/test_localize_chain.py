@@ -74,3 +74,11 @@ def torch_attention():
 
     weights = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(0)).tril()
     return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def test_an_unreadable_image_fails_alone_in_its_attention_batch(rows, tiny_llava, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    batch = [rows[2], sample_row("rad-3", broken, dataset="vqa-rad"), rows[2]]
+    regions = make_localizer(LocalizeConfig(source="attention", attention={"model_path": tiny_llava})).locate(batch)
+    assert [(r.status, r.reason) for r in regions] == [("ok", None), ("failed", "unreadable_image"), ("ok", None)]

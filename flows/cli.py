@@ -140,7 +140,9 @@ def cmd_models_smollm2(args: argparse.Namespace) -> int:
 def cmd_curate(args: argparse.Namespace) -> int:
     from flows.curate import curate
 
-    print_manifests(curate(load_run_config(args.config)))
+    manifests = curate(load_run_config(args.config))
+    print_manifests(manifests)
+    print_alerts(manifests)
     return 0
 
 
@@ -216,6 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = pipeline(config)
     print("\n== curation")
     print_manifests(result.curated)
+    print_alerts(result.curated)
     if not args.fast:
         print(text_pair_summary(result.curated))
     assembled = result.curated["assemble"]
@@ -261,6 +264,17 @@ def print_manifests(manifests: dict, max_counters: int = 6) -> None:
     for stage, manifest in manifests.items():
         shown = [f"{k}={v:g}" for k, v in headline(manifest.counts).items()][:max_counters]
         print(f"{stage:<12} {manifest.path}  ({', '.join(shown)})")
+
+
+def print_alerts(manifests: dict) -> None:
+    """What the run must not pass over: data sets left without visual pairs, collapsed weights."""
+    from tasks.localize import coverage_alerts
+    from tasks.score.weighting import collapse_alerts
+
+    lines = coverage_alerts(manifests["localize"]) if "localize" in manifests else []
+    lines += collapse_alerts(manifests["score"].counts) if "score" in manifests else []
+    for line in lines:
+        print(f"ALERT {line}")
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def make_trainer(
         )
         for p in pairs
     ]
-    check_lengths(processor, examples, settings.max_length)
+    check_lengths(processor, examples, settings.max_length, family=family)
     score_labelled_positions_only()
     policy, peft_config = adapter_to_train(policy, settings.init_adapter, lora_config(settings, family))
     trainer = WeightedDPOTrainer(
@@ -325,7 +325,7 @@ def make_trainer(
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=processor,
-        data_collator=ImagePairCollator(processor, max_length=settings.max_length),
+        data_collator=ImagePairCollator(processor, max_length=settings.max_length, family=family),
         peft_config=peft_config,
         anchor_coef=settings.anchor_coef,
         anchor_margin=settings.anchor_margin,

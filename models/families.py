@@ -45,6 +45,26 @@ class Family:
     # Projector parameters outside its module (LLaVA-NeXT's row-end embedding): sft trains them with
     # it; peft's modules_to_save takes modules only, so DPO leaves them frozen.
     projector_params: tuple[str, ...] = ()
+    # How an image is prepared before the processor (``prepare``): pad (LLaVA-Med's
+    # image_aspect_ratio: pad) or as the processor takes it (its own resize / crop / tiling).
+    image_preparation: str = "processor"
+
+    def prepare(self, image: Image.Image, processor: Any) -> Image.Image:
+        """``image`` as this family's training saw it; every path that hands an image to the
+        processor (generation, answer scoring, SFT, DPO pairs, the attention localizer) calls this.
+
+        ``pad``: LLaVA's ``expand2square``: the image centred on a square of its longer side filled
+        with the processor's mean colour (``int(255 * mean)``), so a centre-cropping CLIP processor
+        keeps the borders of a non-square radiograph.
+        """
+        width, height = image.size
+        if self.image_preparation != "pad" or width == height:
+            return image
+        mean = getattr(getattr(processor, "image_processor", processor), "image_mean", None) or (0.5, 0.5, 0.5)
+        side = max(width, height)
+        square = Image.new(image.mode, (side, side), tuple(int(255 * m) for m in mean))
+        square.paste(image, ((side - width) // 2, (side - height) // 2))
+        return square
 
     @property
     def lora_target(self) -> str:
@@ -79,7 +99,16 @@ class Family:
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("llava", "LlavaForConditionalGeneration", "model.vision_tower", PROJECTOR, LANGUAGE_MODEL),
+        # LLaVA-Med v1.5 trained with image_aspect_ratio: pad. LLaVA-NeXT's anyres tiling keeps the
+        # aspect ratio itself (it pads to the best grid), so it takes images as they are.
+        Family(
+            "llava",
+            "LlavaForConditionalGeneration",
+            "model.vision_tower",
+            PROJECTOR,
+            LANGUAGE_MODEL,
+            image_preparation="pad",
+        ),
         Family(
             "llava_next",
             "LlavaNextForConditionalGeneration",

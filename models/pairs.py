@@ -64,8 +64,15 @@ class ImagePairCollator(DataCollatorForVisionPreference):
     ``image_grid_thw`` row each, Idefics3's and LLaVA-NeXT's tiles, and a rejected image of
     another size than its chosen one with its own number of image tokens. The wrapper renders
     templates with BOS exactly once, too, which TRL's ``add_special_tokens=False`` drops for
-    templates that leave BOS to the tokenizer.
+    templates that leave BOS to the tokenizer. ``family``: images are prepared as its training saw
+    them (``Family.prepare``: LLaVA pads to square), as generation and evaluation prepare them.
     """
+
+    family: families.Family | None = None
+
+    def image(self, path: str | Path | Image.Image) -> Image.Image:
+        image = open_image(path)
+        return image if self.family is None else self.family.prepare(image, self.processor)
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         examples = [dict(example) for example in examples]  # TRL's collator edits its input
@@ -73,9 +80,9 @@ class ImagePairCollator(DataCollatorForVisionPreference):
         for example in examples:
             chosen_path = example.pop("image")
             rejected_path = example.pop("rejected_image", chosen_path)
-            chosen = open_image(chosen_path)
+            chosen = self.image(chosen_path)
             chosen_images.append([chosen])
-            rejected_images.append([chosen if rejected_path == chosen_path else open_image(rejected_path)])
+            rejected_images.append([chosen if rejected_path == chosen_path else self.image(rejected_path)])
             example["images"] = [chosen]
         weights = torch.tensor([float(e.pop("weight", 1.0)) for e in examples], dtype=torch.float32)
         pair_types = torch.tensor([PAIR_TYPES.index(e.pop("pair_type", "text")) for e in examples], dtype=torch.long)
@@ -113,7 +120,13 @@ class PairProcessor(families.TemplateProcessor):
         return super().__call__(*args, images=images, **kwargs)
 
 
-def check_lengths(processor: Any, examples: list[dict[str, Any]], max_length: int | None, chunk: int = 16) -> None:
+def check_lengths(
+    processor: Any,
+    examples: list[dict[str, Any]],
+    max_length: int | None,
+    chunk: int = 16,
+    family: families.Family | None = None,
+) -> None:
     """Fail before training when a pair's prompt - with its images expanded into image tokens, on
     either side - leaves no answer token under ``max_length``; log how many answers it truncates.
 
@@ -121,7 +134,7 @@ def check_lengths(processor: Any, examples: list[dict[str, Any]], max_length: in
     """
     if max_length is None:
         return
-    collator = ImagePairCollator(processor)
+    collator = ImagePairCollator(processor, family=family)
     longest_prompt, too_long, truncated = 0, 0, 0
     for start in range(0, len(examples), chunk):
         batch = collator(examples[start : start + chunk])

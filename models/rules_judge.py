@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from models.judges import JudgeItem, Turn, Verdict
+from models.lesions import finding_words
 
 # Base relevance of each error type the rules hallucination backend records
 # (tasks/hallucinate/clinical_rules.py ERROR_TYPES).
@@ -31,26 +32,16 @@ UNKNOWN_ERROR_TYPE_WEIGHT = 0.60  # LLM-selected or rewritten hallucinations car
 TYPE_SHARE = 0.5  # score = TYPE_SHARE * type weight + (1 - TYPE_SHARE) * change weight
 
 TERM_CLASSES: dict[str, tuple[float, frozenset[str]]] = {
-    "critical_finding": (
-        1.00,
-        frozenset(
-            """
-    pneumothorax hemorrhage haemorrhage hematoma haematoma bleed bleeding fracture fractures mass masses
-    tumor tumors tumour tumours malignancy malignant cancer carcinoma metastasis metastases metastatic
-    pneumonia effusion effusions embolism embolus infarct infarction ischemia ischaemia stroke aneurysm
-    dissection obstruction perforation pneumoperitoneum edema oedema cardiomegaly nodule nodules lesion
-    lesions consolidation abscess thrombus thrombosis herniation appendicitis cholecystitis tuberculosis
-    lymphoma""".split()
-        ),
-    ),
+    # Lesion words from the one vocabulary the localizer uses too (models.lesions), and words that
+    # describe a finding without naming a lesion.
+    "critical_finding": (1.00, finding_words("critical")),
     "finding": (
         0.80,
-        frozenset(
+        finding_words("finding")
+        | frozenset(
             """
-    atelectasis opacity opacities infiltrate infiltrates scarring scar granuloma granulomas calcification
-    calcified emphysema fibrosis cyst cysts stone stones calculus calculi spondylosis degenerative
-    osteophytes hyperinflation thickening enlargement enlarged widened hyperinflated hyperexpanded collapse
-    congestion fluid air gas dilation dilated stenosis atrophy""".split()
+    calcified scar spondylosis degenerative osteophytes hyperinflation enlargement enlarged widened hyperinflated
+    hyperexpanded collapse congestion fluid air gas dilation dilated atrophy""".split()
         ),
     ),
     "laterality": (

@@ -58,12 +58,13 @@ def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def example(question: str, answer: str, image: str) -> dict[str, Any]:
-    """One conversational prompt-completion row with its image, as TRL's vision collator expects."""
+def example(model: vlm.VLM, question: str, answer: str, image: str) -> dict[str, Any]:
+    """One conversational prompt-completion row with its image (prepared as the family's training
+    prepares it: the same image DPO and evaluation will show), as TRL's vision collator expects."""
     return {
         "prompt": [{"role": "user", "content": question}],
         "completion": [{"role": "assistant", "content": answer}],
-        "images": [vlm.open_image(image)],
+        "images": [model.image(image)],
     }
 
 
@@ -106,7 +107,7 @@ def fit_sft(
         trainer = SFTTrainer(
             model=loaded.model,
             args=args,
-            train_dataset=Dataset.from_list([example(*sample) for sample in samples]),
+            train_dataset=Dataset.from_list([example(loaded, *sample) for sample in samples]),
             processing_class=loaded.processor,
         )
         result = quiet_progress(trainer, "sft").train()

@@ -37,6 +37,10 @@ class VLM:
     def device(self) -> torch.device:
         return self.model.device
 
+    def image(self, image: str | Path | Image.Image) -> Image.Image:
+        """An image file (or PIL image) as RGB, prepared as the family's training saw it."""
+        return self.family.prepare(open_image(image), self.processor)
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +73,17 @@ def load(
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return VLM(model=model, processor=processor, path=path, family=family)
+
+
+def image_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(image_mean, image_std) of a checkpoint's image processor, read without loading weights."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    mean, std = processor.image_mean, processor.image_std
+    if isinstance(mean, (int, float)):  # one value for every channel
+        mean, std = [mean] * 3, [std] * 3
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def messages(question: str, answer: str | None = None, with_image: bool = True) -> list[dict[str, Any]]:
@@ -125,7 +140,7 @@ def generate(
     answers: list[list[str]] = []
     for start in range(0, len(questions), settings.batch_size):
         batch_questions = questions[start : start + settings.batch_size]
-        batch_images = [open_image(i) for i in images[start : start + settings.batch_size]]
+        batch_images = [vlm.image(i) for i in images[start : start + settings.batch_size]]
         texts = [prompt(vlm.processor, q) for q in batch_questions]
         inputs = families.to_model(families.encode(vlm.processor, texts, batch_images), vlm.model)
         options: dict[str, Any] = {
@@ -170,7 +185,7 @@ def answer_logprob(vlm: VLM, question: str, answer: str, image: str | Path | Ima
 
 def answer_logprobs(vlm: VLM, question: str, answers: Sequence[str], image: str | Path | Image.Image) -> list[float]:
     """``answer_logprob`` of each candidate answer, in one batch."""
-    picture = open_image(image)
+    picture = vlm.image(image)
     return score_answers(vlm, [question] * len(answers), list(answers), [picture] * len(answers))
 
 
@@ -203,7 +218,7 @@ def score_answers(
             {
                 "prompt": [{"role": "user", "content": question}],
                 "completion": [{"role": "assistant", "content": answer}],
-                "images": [open_image(image)],
+                "images": [vlm.image(image)],
             }
             for question, answer, image in zip(
                 questions[start : start + batch_size],

@@ -3,8 +3,9 @@
 Closed questions: ``closed_correct`` (normalized match; the project's headline number) and
 ``substring_correct`` (the released MMedPO/LLaVA-Med rule, reported beside it for
 comparison with the paper: "no" inside "not sure" counts there, not here).
-Open questions: ``token_recall`` (the paper's open-question "recall") and normalized exact
-match. Reports: as the R2Gen line of papers (and MMedPO's table) computes them, all from
+Open questions: ``token_recall`` (the paper's open-question "recall", number words read as
+digits as LLaVA-Med's scorer reads them) and normalized exact match.
+Reports: as the R2Gen line of papers (and MMedPO's table) computes them, all from
 pycocoevalcap: its PTB tokenizer (Stanford CoreNLP's, punctuation dropped), then BLEU-1..4,
 METEOR 1.5 and ROUGE-L (its ``Rouge``: LCS F-measure with beta = 1.2, averaged over reports).
 The tokenizer and METEOR run Java; without it the report metrics are reported missing, with
@@ -26,6 +27,22 @@ from pathlib import Path
 YES = frozenset({"yes", "yeah", "yep", "true", "correct"})
 NO = frozenset({"no", "nope", "false", "incorrect"})
 ARTICLES = frozenset({"a", "an", "the"})
+# LLaVA-Med's open-question scorer (llava/eval/eval_metrics/glossary.py, normalize_word, after the
+# VQA v2 evaluation's manualMap) reads these words as digits: "two" and "2" are the same answer.
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 
 
 def words(text: str) -> list[str]:
@@ -68,11 +85,12 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 
 def token_recall(prediction: str, reference: str) -> float:
-    """Share of the reference's distinct words (articles kept out) that the prediction contains."""
-    ref = {t for t in words(reference) if t not in ARTICLES}
+    """Share of the reference's distinct words (articles kept out) that the prediction contains,
+    number words read as digits on both sides (``NUMBER_WORDS``, as LLaVA-Med's scorer does)."""
+    ref = {NUMBER_WORDS.get(t, t) for t in words(reference) if t not in ARTICLES}
     if not ref:
         return 0.0
-    return len(ref & set(words(prediction))) / len(ref)
+    return len(ref & {NUMBER_WORDS.get(t, t) for t in words(prediction)}) / len(ref)
 
 
 class MetricUnavailable(RuntimeError):

@@ -40,6 +40,19 @@ def markdown(key: str, text: str, description: str) -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
 
 
+def alert(stage: str, lines: Sequence[str]) -> None:
+    """Things a run must not pass over in silence: logged as warnings (the terminal) and shown as
+    the stage's alerts artifact (the UI). Nothing when there are none."""
+    if not lines:
+        return
+    from prefect.logging import get_run_logger
+
+    logger = get_run_logger()
+    for line in lines:
+        logger.warning(line)
+    markdown(f"{stage}-alerts", "\n".join(f"- **{line}**" for line in lines), f"{stage}: alerts")
+
+
 def manifest_markdown(manifest: Manifest) -> None:
     counts = "\n".join(f"| {name} | {value:g} |" for name, value in sorted(manifest.counts.items()))
     inputs = "\n".join(f"- `{name}`: `{key}`" for name, key in sorted(manifest.inputs.items())) or "- (none)"

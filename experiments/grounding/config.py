@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from tasks.config import JudgeConfig, ScoreConfig, SFTConfig, StageConfig, TrainConfig
+from tasks.config import JudgeConfig, NormalizerConfig, ScoreConfig, SFTConfig, StageConfig, TrainConfig
 
 SMOLLM2 = Path("data/models/smollm2-135m-instruct")
 
@@ -181,6 +181,8 @@ def judge_panel() -> ScoreConfig:
             JudgeConfig(name="smollm2-logits", kind="transformers", model_path=SMOLLM2, protocol="yesno", orders=2),
         ],
         mode="mean",
+        # Stated, not defaulted: the experiment's recorded runs used the paper's fixed mapping.
+        normalizer=NormalizerConfig(kind="paper"),
     )
 
 

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import DATA_ROOT, StageConfig
+from tasks.config.base import DATA_ROOT, OPERATIONAL, StageConfig
+from tasks.config.localize import LocalizeSource
 
 SourceFormat = Literal["slake", "vqa-rad", "r2gen", "pathvqa", "jsonl"]
 
@@ -24,6 +25,24 @@ class SourceConfig(StageConfig):
     )
     name: str | None = Field(default=None, description="Data set name recorded per sample; defaults by format")
     splits: list[str] | None = Field(default=None, description="Keep only these splits; all when unset")
+    # Not ingest's output: the run config copies it into localize.per_source (its key counts it there).
+    localize: list[LocalizeSource] | None = Field(
+        json_schema_extra=OPERATIONAL,
+        default=None,
+        min_length=1,
+        description="This data set's localize chain (e.g. [annotation] for SLAKE, [attention] for VQA-RAD)",
+    )
+
+    @property
+    def dataset(self) -> str:
+        """The name its samples carry (``dataset``): ``name``, else one from its format and root."""
+        if self.name:
+            return self.name
+        if self.format == "r2gen":  # iu_xray / mimic_cxr share the layout
+            return self.root.name.lower().replace("_", "-")
+        if self.format == "jsonl":
+            return self.root.stem.lower() if self.root.is_file() else self.root.name.lower()
+        return self.format
 
 
 class IngestConfig(StageConfig):

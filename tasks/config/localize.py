@@ -7,58 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from models.lesions import LESION_TERMS
 from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
-
-# Words (and phrases) that make a box label a lesion: diseases and findings, never organs. A label
-# matches when it contains one of them as whole words, a plural ("nodules", "masses") included.
-LESION_TERMS = (
-    "lesion",
-    "tumor",
-    "tumour",
-    "cancer",
-    "carcinoma",
-    "neoplasm",
-    "malignancy",
-    "metastasis",
-    "metastases",
-    "mass",
-    "nodule",
-    "cyst",
-    "polyp",
-    "edema",
-    "oedema",
-    "effusion",
-    "pneumonia",
-    "pneumothorax",
-    "atelectasis",
-    "cardiomegaly",
-    "consolidation",
-    "infiltration",
-    "infiltrate",
-    "opacity",
-    "fibrosis",
-    "emphysema",
-    "fracture",
-    "hemorrhage",
-    "haemorrhage",
-    "abscess",
-    "infarct",
-    "infarction",
-    "calcification",
-    "stone",
-    "calculus",
-    "aneurysm",
-    "thrombus",
-    "embolism",
-    "stenosis",
-    "hernia",
-    "ulcer",
-    "granuloma",
-    "lymphadenopathy",
-    "hydronephrosis",
-    "ascites",
-    "necrosis",
-)
 
 
 class AnnotationConfig(StageConfig):
@@ -199,17 +149,56 @@ class SamConfig(StageConfig):
         return self.preprocess
 
 
+LocalizeSource = Literal["annotation", "sam", "heatmap", "attention"]
+
+
+class AttentionConfig(StageConfig):
+    """A lesion map from the model being aligned: attention rollout (Abnar & Zuidema 2020) from the
+    ground-truth answer's tokens to the image's tokens (models/attention.py), thresholded by the
+    ``heatmap`` rules (blur, statistic); the confidence is the map's contrast."""
+
+    model_path: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="The VLM folder (by content); set from the run's top-level model when unset",
+    )
+    device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
+    batch_size: int = Field(json_schema_extra=OPERATIONAL, default=4, ge=1, description="Samples per forward pass")
+
+
 class LocalizeConfig(StageConfig):
     """Lesion region per sample: a binary mask, the boxes used and a confidence in [0, 1]."""
 
-    source: Literal["annotation", "sam", "heatmap"] = Field(default="annotation", description="Where regions come from")
+    source: LocalizeSource = Field(default="annotation", description="Where regions come from (first of the chain)")
+    chain: list[LocalizeSource] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Sources tried in order per sample; a sample without a region from one goes to the next. Unset: "
+            "[source, attention] when attention.model_path is set (box-less data sets get regions without more "
+            "config), else [source]"
+        ),
+    )
+    per_source: dict[str, list[LocalizeSource]] = Field(
+        default_factory=dict,
+        description="Chains per data set (the samples' dataset name); ingest.sources[].localize fills it",
+    )
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    min_visual_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A data set whose share of samples with a region falls below this is named in the run's alerts",
+    )
     lesion_terms: list[str] = Field(
         default=list(LESION_TERMS),
         min_length=1,
         description=(
             "A box is a lesion (an annotation region or a SAM prompt) when its label contains one of these as whole "
-            "words, case-insensitive, plurals included ('Brain Tumor', 'Lung Nodules'); organ labels ('Liver') are "
-            "not. A box ingested without a label (the generic JSONL's boxes without box_labels; labelled "
+            "words, case-insensitive, plurals and unspaced labels included ('Brain Tumor', 'Lung Nodules', "
+            "'LiverCancer'), and does not negate it ('No Tumor', 'Stone Free Kidney'); organ labels ('Liver') are "
+            "not (models/lesions.py, shared with the rules judge). "
+            "A box ingested without a label (the generic JSONL's boxes without box_labels; labelled "
             "'lesion') is the user's declared lesion and always counts"
         ),
     )
@@ -220,3 +209,31 @@ class LocalizeConfig(StageConfig):
     max_area_fraction: float = Field(
         default=0.95, le=1.0, description="Larger regions count as no region (a whole-image mask localizes nothing)"
     )
+
+    @model_validator(mode="after")
+    def _chains(self) -> LocalizeConfig:
+        for name, chain in self.per_source.items():
+            if not chain:
+                raise ValueError(f"per_source.{name}: a chain names at least one source")
+        needs_model = "attention" in self.default_chain or any("attention" in c for c in self.per_source.values())
+        if needs_model and self.attention.model_path is None:
+            raise ValueError("source attention needs a model: set the run's model or localize.attention.model_path")
+        return self
+
+    @property
+    def default_chain(self) -> list[str]:
+        """The chain of data sets without their own (``chain``, module rules when unset)."""
+        if self.chain is not None:
+            return list(self.chain)
+        if self.attention.model_path is not None and self.source != "attention":
+            return [self.source, "attention"]
+        return [self.source]
+
+    def chain_for(self, dataset: str) -> list[str]:
+        return list(self.per_source.get(dataset, self.default_chain))
+
+    @property
+    def sources(self) -> list[str]:
+        """Every source some chain uses, in first-use order."""
+        every = [s for chain in [self.default_chain, *self.per_source.values()] for s in chain]
+        return list(dict.fromkeys(every))

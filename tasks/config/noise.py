@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
 
 # OpenAI CLIP's image normalization (LLaVA-Med v1.5's vision tower, the paper's model).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -17,7 +18,9 @@ SCHEDULE_BETAS = {"sigmoid": (1e-5, 5e-3), "linear": (1e-4, 0.02)}
 
 class NoiseConfig(StageConfig):
     """Forward-diffusion noise x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps on the lesion region
-    (tasks.noise.diffusion; the defaults reproduce the paper's release, ``add_diffusion_noise``)."""
+    (tasks.noise.diffusion). The defaults follow the paper's text and POVID (``add_diffusion_noise``'s
+    schedule on the model's normalized input); the release's own curation script instead
+    overwrote the heatmap region with N(0, 10) pixel noise (docs/visual-pairs.md)."""
 
     mode: Literal["local", "global"] = Field(
         default="local",
@@ -42,14 +45,21 @@ class NoiseConfig(StageConfig):
         lt=1.0,
         description="beta of the last step; unset: the schedule's (sigmoid 5e-3, linear 0.02)",
     )
-    space: Literal["clip", "unit", "minmax"] = Field(
-        default="clip",
+    space: Literal["auto", "clip", "unit", "minmax"] = Field(
+        default="auto",
         description=(
-            "Values the formula runs on. clip: the model's normalized input, (v - clip_mean) / clip_std per channel "
+            "Values the formula runs on. auto: the normalized input of the model the pairs are for (model_path: its "
+            "processor's image_mean / image_std; SigLIP towers 0.5 / 0.5), CLIP's without one; "
+            "clip: the model's normalized input, (v - clip_mean) / clip_std per channel "
             "with v the pixel in [0, 1] (the paper: LLaVA-Med's CLIP tower); unit: 2v - 1 (towers normalizing with "
             "mean = std = 0.5, e.g. SigLIP); minmax: 2v - 1 with v scaled by the image's own min..max. v is pixel/255 "
             "for 8-bit images and the image's own min..max for 16-bit ones (how they are rendered for a model)"
         ),
+    )
+    model_path: Path | None = Field(
+        json_schema_extra=BY_CONTENT,
+        default=None,
+        description="space=auto: the VLM the pairs are for (by content); set from the run's top-level model",
     )
     clip_mean: tuple[float, float, float] = Field(
         default=CLIP_MEAN, description="Per-channel (R, G, B) mean of space=clip; a grey image uses their average"

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tasks.config.assemble import AssembleConfig
 from tasks.config.base import ConfigError, StageConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig
-from tasks.config.ingest import IngestConfig
+from tasks.config.ingest import IngestConfig, SourceConfig
 from tasks.config.iterate import IterateConfig
 from tasks.config.localize import LocalizeConfig
 from tasks.config.noise import NoiseConfig
@@ -33,6 +33,13 @@ class RunConfig(StageConfig):
     """Everything one run needs; echoed into every stage's manifest (its own section)."""
 
     name: str = "mmedpo"
+    model: Path | None = Field(
+        default=None,
+        description=(
+            "The VLM the pairs are for (a local folder): fills localize.attention.model_path (box-less data sets "
+            "get regions from its attention) and noise.model_path (noise in its normalization) where unset"
+        ),
+    )
     store: Path = Field(default=Path("data/artifacts"), description="Artifact store root")
     sets: Path = Field(
         default=Path("data/preference_sets"),
@@ -57,6 +64,44 @@ class RunConfig(StageConfig):
     runner: RunnerConfig = Field(
         default_factory=RunnerConfig, description="Where per-sample shards run (threads, Dask, Ray)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_model(cls, raw: Any) -> Any:
+        """The top-level model and each source's localize chain, copied into the stages that use them
+        (before validation, so those stages validate - and key - the copies like their own fields)."""
+        mappings = (dict, BaseModel, type(None))
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), mappings) for k in ("localize", "noise")):
+            return raw  # validation proper names the malformed section
+        raw = dict(raw)
+        localize, noise = section(raw.get("localize")), section(raw.get("noise"))
+        if raw.get("model") is not None:
+            attention = section(localize.get("attention"))
+            attention.setdefault("model_path", raw["model"])
+            localize["attention"] = attention
+            noise.setdefault("model_path", raw["model"])
+        ingest = raw.get("ingest")
+        sources = ingest.get("sources") if isinstance(ingest, dict) else None
+        per_source = dict(localize.get("per_source") or {})
+        for entry in sources if isinstance(sources, list) else []:
+            entry = section(entry)
+            if entry.get("localize") is not None:
+                try:
+                    name = SourceConfig.model_validate(entry).dataset
+                except ValidationError:
+                    continue  # validation proper names the bad field
+                per_source.setdefault(name, entry["localize"])
+        if per_source:
+            localize["per_source"] = per_source
+        raw["localize"], raw["noise"] = localize, noise
+        return raw
+
+
+def section(value: Any) -> dict[str, Any]:
+    """A config section as a dict, whether given as one (a file) or as a model (code)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -95,13 +95,15 @@ NormalizerKind = Literal["paper", "zscore", "none"]
 class NormalizerConfig(StageConfig):
     """Raw clinical-relevance score -> DPO weight, computed per pair type (text / visual).
 
-    ``paper``: ``z = (s - mu) / sqrt(sigma2)`` with the paper's fixed mu and sigma^2, then
-    ``weight = clip(anchor + gain * z, lo, hi)``; ``zscore``: z from the batch's own mean and
-    std, ``weight = mid + (hi - lo) / 2 * clip(z, -span, span) / span``; ``none``: the raw score
-    (the released code's behaviour: a 0 score silently drops its pair).
+    ``zscore`` (default): z from the batch's own mean and std (the paper states z-normalization
+    then clipping), ``weight = mid + (hi - lo) / 2 * clip(z, -span, span) / span``: weights spread
+    over [lo, hi] whatever scale a judge's scores sit on. ``paper``: ``z = (s - mu) / sqrt(sigma2)``
+    with the appendix's fixed mu = 1 and sigma^2 = 0.1, then ``weight = clip(anchor + gain * z, lo,
+    hi)``: judges whose scores sit far below 1 all land on ``lo``. ``none``: the raw score (the
+    released code's behaviour: a 0 score silently drops its pair).
     """
 
-    kind: NormalizerKind = Field(default="paper", description="paper | zscore | none")
+    kind: NormalizerKind = Field(default="zscore", description="zscore | paper | none")
     mu: float = Field(default=1.0, description="paper: centre of the z-score (appendix: mu = 1)")
     sigma2: float = Field(default=0.1, gt=0.0, description="paper: variance of the z-score (appendix: sigma^2 = 0.1)")
     anchor: float = Field(default=1.25, description="paper: weight of a score equal to mu (a fully relevant error)")
@@ -151,6 +153,13 @@ class ScoreConfig(StageConfig):
         description="Samples judged at once (endpoints add their own request limits)",
     )
     normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
+    visual_normalizer: NormalizerConfig | None = Field(
+        default=None,
+        description=(
+            "Localizer confidence -> visual-pair weight; unset: the same mapping as text pairs (zscore: equal "
+            "confidences, as annotated regions all have, give every visual pair the middle weight 1.0)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _panel(self) -> ScoreConfig:

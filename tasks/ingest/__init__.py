@@ -102,13 +102,7 @@ def read_source(
 
 
 def dataset_name(source: SourceConfig) -> str:
-    if source.name:
-        return source.name
-    if source.format == "r2gen":  # iu_xray / mimic_cxr share the layout
-        return source.root.name.lower().replace("_", "-")
-    if source.format == "jsonl":
-        return source.root.stem.lower() if source.root.is_file() else source.root.name.lower()
-    return source.format
+    return source.dataset
 
 
 def ingest_to_file(source: SourceConfig, config: IngestConfig, out_file: Path) -> dict[str, float]:

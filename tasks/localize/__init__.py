@@ -14,10 +14,12 @@ from prefect import task
 from tasks import catalog, ui
 from tasks.catalog import REGIONS, SAMPLES
 from tasks.config import LocalizeConfig
-from tasks.counters import Counters
+from tasks.counters import Counters, qualified, reasons
 from tasks.imaging import load_array, save_array
-from tasks.localize.regions import Localizer, Region, finish, make_localizer
+from tasks.localize.localizers import ChainLocalizer, make_localizer
+from tasks.localize.regions import Region, finish
 from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
+from tasks.ui import alert
 
 STAGE = "localize"
 CODE = code_version(__name__)
@@ -38,7 +40,7 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
 
 
 # What a sample's region depends on (box labels: which boxes are lesions); its image by content, never by path.
-ITEM_FIELDS = ("sample_id", "image_sha256", "width", "height", "boxes", "box_labels")
+ITEM_FIELDS = ("sample_id", "dataset", "image_sha256", "width", "height", "boxes", "box_labels", "question", "answer")
 
 
 def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:
@@ -51,16 +53,16 @@ def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: Ar
     by_id = dict(zip((s["sample_id"] for s in order), items.build(out, work, compute)))
     records = [by_id[s["sample_id"]] for s in samples]
     catalog.write(out, REGIONS, records)
-    return region_counts(records)
+    return region_counts(records, [s["dataset"] for s in samples])
 
 
 # One localizer (one SAM load) per process, however many shards it runs: the last one made, keyed
 # by the config and the content of the files it names (new weights under the same name: a new one).
-_LOCALIZER: dict[str, Localizer] = {}
+_LOCALIZER: dict[str, ChainLocalizer] = {}
 _LOCALIZER_LOCK = threading.Lock()
 
 
-def localizer_for(config: LocalizeConfig, key: str) -> Localizer:
+def localizer_for(config: LocalizeConfig, key: str) -> ChainLocalizer:
     with _LOCALIZER_LOCK:
         if key not in _LOCALIZER:
             _LOCALIZER.clear()
@@ -79,7 +81,8 @@ def locate_items(
         chunk = samples[start : start + CHUNK_ROWS]
         regions = localizer.locate(chunk)
         for sample, folder, region in zip(chunk, folders[start : start + CHUNK_ROWS], regions):
-            records.append(record(folder, sample["sample_id"], localizer.source, *finish(region, config)))
+            source = region.source or localizer.source
+            records.append(record(folder, sample["sample_id"], source, *finish(region, config)))
     return records, {}
 
 
@@ -100,12 +103,42 @@ def record(out: Path, sample_id: str, source: str, region: Region, area: float |
     }
 
 
-def region_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def region_counts(records: Sequence[Mapping[str, Any]], datasets: Sequence[str]) -> dict[str, float]:
     counts = Counters()
     counts.add("samples", "seen", n=len(records))
-    for row in records:
+    for row, dataset in zip(records, datasets):
         counts.add("regions", row["status"], row["reason"])
+        counts.add(qualified("samples", dataset), "seen")
+        # Per data set: ok regions by the source that found them, the others by reason.
+        ok = row["status"] == "ok"
+        counts.add(qualified("regions", dataset), row["status"], f"by_{row['source']}" if ok else row["reason"])
     return counts.as_dict()
+
+
+def coverage_alerts(manifest: Manifest) -> list[str]:
+    """A line per data set whose share of samples with a region (hence of visual pairs) is below
+    ``min_visual_share``: its share and why the others got none."""
+    share_floor = float(manifest.config.get("min_visual_share", 0.5))
+    counts = manifest.counts
+    alerts = []
+    for key, seen in sorted(counts.items()):
+        if not (key.startswith("samples[") and key.endswith("].seen")) or not seen:
+            continue
+        dataset = key[len("samples[") : -len("].seen")]
+        share = counts.get(f"regions[{dataset}].ok", 0.0) / seen
+        if share < share_floor:
+            why = {
+                f"{outcome}.{reason}": n
+                for outcome in ("no_region", "failed")
+                for reason, n in reasons(counts, f"regions[{dataset}]", outcome).items()
+            }
+            detail = ", ".join(f"{reason} {n:g}" for reason, n in sorted(why.items(), key=lambda kv: -kv[1]))
+            alerts.append(
+                f"localize: data set {dataset!r} has a region (a visual pair) for {share:.0%} of its {seen:g} samples "
+                f"(below min_visual_share {share_floor:g}); the others: {detail or 'none'}. Name a model (run-level "
+                f"`model:`) for attention regions, or set ingest.sources[].localize / localize.chain"
+            )
+    return alerts
 
 
 def region_rows(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -136,7 +169,9 @@ def region_grid(ingest: Manifest, localize_manifest: Manifest, limit: int = GRID
 def localize_task(store_root: str, config: LocalizeConfig, ingest: Manifest) -> Manifest:
     manifest = localize(ArtifactStore(store_root), config, ingest)
     ui.manifest_markdown(manifest)
-    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS)), f"{config.source} regions per sample")
+    alert(STAGE, coverage_alerts(manifest))
+    sources = "+".join(config.default_chain)
+    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS)), f"{sources} regions per sample")
     grid = region_grid(ingest, manifest)
     if grid is not None:
         ui.image(f"{STAGE}-grid", grid, f"first {GRID_SAMPLES} regions (original | mask)")

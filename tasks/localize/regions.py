@@ -13,7 +13,6 @@ prompts. A box ingested without a label is the user's declared lesion (``UNLABEL
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from models.lesions import LesionVocabulary, label_words
 from tasks.catalog import UNLABELED_BOX
 from tasks.config import AnnotationConfig, ConfigError, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
@@ -39,6 +39,7 @@ class Region:
     mask: np.ndarray | None = None  # (H, W) bool when ok
     boxes: list[list[float]] = field(default_factory=list)
     confidence: float | None = None
+    source: str | None = None  # the localizer that made it, where a chain tried several
 
 
 def no_region(reason: str) -> Region:
@@ -61,31 +62,20 @@ class Localizer(Protocol):
 
 
 class LesionLabels:
-    """Tells a lesion's box label from an organ's: a label is a lesion when it holds one of the
-    terms as whole words (a plural too: "Lung Nodules"), or is the label of an unlabeled box."""
+    """Tells a lesion's box label from an organ's (models.lesions: whole words, plurals, negation),
+    or is the label of an unlabeled box."""
 
     def __init__(self, terms: Sequence[str]):
-        self.terms = [_label_words(term) for term in terms]
+        self.vocabulary = LesionVocabulary(terms)
 
     def __call__(self, label: str) -> bool:
-        words = _label_words(label)
-        if words == [UNLABELED_BOX]:
-            return True
-        return any(
-            all(word in (t, t + "s", t + "es") for word, t in zip(words[i : i + len(term)], term))
-            for term in self.terms
-            for i in range(len(words) - len(term) + 1)
-        )
+        return label_words(label) == [UNLABELED_BOX] or self.vocabulary.is_lesion(label)
 
     def boxes(self, row: Mapping[str, Any]) -> list[Sequence[float]] | None:
         """The row's lesion boxes; None when its labels do not pair up with its boxes."""
         if len(row["box_labels"]) != len(row["boxes"]):
             return None
         return [box for box, label in zip(row["boxes"], row["box_labels"]) if self(label)]
-
-
-def _label_words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 # --- shared geometry ---------------------------------------------------------------------
@@ -226,30 +216,7 @@ class HeatmapLocalizer:
             raw = raw.mean(axis=2)
         if raw.ndim != 2:
             raise ValueError(f"{path}: a heatmap must be 2-D, got shape {raw.shape}")
-        resized = np.asarray(Image.fromarray(raw, mode="F").resize((width, height), Image.BILINEAR))
-        kernel = self.config.blur_kernel_px
-        if kernel is None:
-            blurred = ndimage.gaussian_filter(resized, sigma=self.config.blur_sigma * min(height, width))
-        else:
-            # OpenCV's GaussianBlur((n, n), 0): its sigma for the side, cut at the kernel's radius, mirrored edges.
-            sigma = 0.3 * ((kernel - 1) / 2 - 1) + 0.8
-            blurred = ndimage.gaussian_filter(resized, sigma=sigma, truncate=(kernel // 2) / sigma, mode="mirror")
-        low, high = float(blurred.min()), float(blurred.max())
-        if high - low <= 1e-12 * max(abs(high), 1.0):
-            return None
-        return (blurred - low) / (high - low)
-
-    def threshold(self, saliency: np.ndarray) -> np.ndarray:
-        statistic = self.config.statistic
-        if statistic == "mean":
-            cut = float(saliency.mean())
-        elif statistic == "mean_minus_std":
-            cut = float(saliency.mean() - saliency.std())
-        elif statistic == "quantile":
-            cut = float(np.quantile(saliency, self.config.quantile))
-        else:
-            cut = self.config.max_fraction * float(saliency.max())
-        return saliency > cut
+        return smooth(raw, height, width, self.config)
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         return [self.locate_one(row) for row in rows]
@@ -266,14 +233,8 @@ class HeatmapLocalizer:
             return failed("bad_heatmap")
         if saliency is None:
             return no_region("flat_heatmap")
-        mask = self.threshold(saliency)
-        if not mask.any() or mask.all():
-            return no_region("flat_heatmap")
-        if path.stem in self.confidences:
-            confidence = float(np.clip(float(self.confidences[path.stem]), 0.0, 1.0))
-        else:
-            confidence = float(saliency[mask].mean() - saliency[~mask].mean())
-        return Region("ok", mask=mask, boxes=component_boxes(mask), confidence=confidence)
+        given = self.confidences.get(path.stem)
+        return map_region(saliency, self.config, None if given is None else float(given), "flat_heatmap")
 
     def peaks(self, row: Mapping[str, Any], count: int) -> np.ndarray | None:
         """Up to ``count`` (x, y) maxima of the saliency map, spread apart, for SAM point prompts."""
@@ -295,6 +256,46 @@ class HeatmapLocalizer:
             points.append([float(x), float(y)])
             remaining[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = 0.0
         return np.asarray(points)
+
+
+def smooth(raw: np.ndarray, height: int, width: int, config: HeatmapConfig) -> np.ndarray | None:
+    """A 2-D map resized to the image, blurred, scaled to [0, 1]; None when it is flat."""
+    resized = np.asarray(Image.fromarray(raw.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    kernel = config.blur_kernel_px
+    if kernel is None:
+        blurred = ndimage.gaussian_filter(resized, sigma=config.blur_sigma * min(height, width))
+    else:
+        # OpenCV's GaussianBlur((n, n), 0): its sigma for the side, cut at the kernel's radius, mirrored edges.
+        sigma = 0.3 * ((kernel - 1) / 2 - 1) + 0.8
+        blurred = ndimage.gaussian_filter(resized, sigma=sigma, truncate=(kernel // 2) / sigma, mode="mirror")
+    low, high = float(blurred.min()), float(blurred.max())
+    if high - low <= 1e-12 * max(abs(high), 1.0):
+        return None
+    return (blurred - low) / (high - low)
+
+
+def threshold(saliency: np.ndarray, config: HeatmapConfig) -> np.ndarray:
+    statistic = config.statistic
+    if statistic == "mean":
+        cut = float(saliency.mean())
+    elif statistic == "mean_minus_std":
+        cut = float(saliency.mean() - saliency.std())
+    elif statistic == "quantile":
+        cut = float(np.quantile(saliency, config.quantile))
+    else:
+        cut = config.max_fraction * float(saliency.max())
+    return saliency > cut
+
+
+def map_region(saliency: np.ndarray, config: HeatmapConfig, confidence: float | None, flat: str) -> Region:
+    """A smoothed map thresholded into a region; its confidence the given probability, else the
+    map's contrast (mean inside minus mean outside)."""
+    mask = threshold(saliency, config)
+    if not mask.any() or mask.all():
+        return no_region(flat)
+    if confidence is None:
+        confidence = float(saliency[mask].mean() - saliency[~mask].mean())
+    return Region("ok", mask=mask, boxes=component_boxes(mask), confidence=float(np.clip(confidence, 0.0, 1.0)))
 
 
 # --- segment-anything ------------------------------------------------------------------------
@@ -375,12 +376,3 @@ class SamLocalizer:
             mask = mask & boxes_mask(boxes, shape[0], shape[1], self.config.box_margin)
         confidence = float(np.clip(np.mean(seg.predicted_iou), 0.0, 1.0))
         return Region("ok", mask=mask, boxes=boxes, confidence=confidence)
-
-
-def make_localizer(config: LocalizeConfig) -> Localizer:
-    lesions = LesionLabels(config.lesion_terms)
-    if config.source == "annotation":
-        return AnnotationLocalizer(config.annotation, lesions)
-    if config.source == "heatmap":
-        return HeatmapLocalizer(config.heatmap)
-    return SamLocalizer(config.sam, config.heatmap, lesions)

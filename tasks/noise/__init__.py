@@ -26,8 +26,9 @@ GRID_SAMPLES = 8
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
     """Each localized sample's image, forward-diffused inside its region (tasks.noise.diffusion).
 
-    By default as the paper's release noises (POVID's sigmoid schedule at k = 500, on CLIP's
-    normalized values), stored as pixels, with one noise field for a grey image's channels.
+    By default as the paper's text and POVID noise (the sigmoid schedule at k = 500, on the
+    normalized values of the model the pairs are for: ``space: auto``), stored as pixels, with one
+    noise field for a grey image's channels.
     Outside the region the pixels are the original ones, bit for bit; the noise ramps up over
     ``feather_px`` inside the region's edge. ``mode=global`` noises the whole image instead
     (the paper's ablation) for the same samples, so the two compare pair for pair. A sample's
@@ -69,13 +70,26 @@ def build_noised(
             "region": by_content(region, REGION_FIELDS, {"mask_path": region_dir}),
         }
         work.append(items.item(content, (region, sample, str(region_dir))))
-    records = items.build(out, work, partial(noise_items, config))
+    records = items.build(out, work, partial(noise_items, resolved(config)))
     catalog.write(out, NOISED, records)
     counts = Counters()
     counts.add("samples", "seen", n=len(records))
     for row in records:
         counts.add("images", "noised" if row["status"] == "ok" else row["status"], row["reason"])
     return counts.as_dict()
+
+
+def resolved(config: NoiseConfig) -> NoiseConfig:
+    """``space: auto`` made concrete: the normalization of ``model_path``'s processor (a SigLIP tower's
+    0.5 / 0.5 gives ~1.8x CLIP's noise in grey levels), CLIP's when no model is named."""
+    if config.space != "auto":
+        return config
+    if config.model_path is None:
+        return config.model_copy(update={"space": "clip"})
+    from models.vlm import image_normalization
+
+    mean, std = image_normalization(config.model_path)
+    return config.model_copy(update={"space": "clip", "clip_mean": mean, "clip_std": std})
 
 
 def noise_items(

@@ -91,8 +91,9 @@ def pixel_range(pixels: np.ndarray, space: str) -> tuple[float, float]:
 
 
 def normalization(config: NoiseConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) with x0 = (v - mean) / std; a grey image averages CLIP's three."""
-    if config.space != "clip":
+    """Per-channel (mean, std) with x0 = (v - mean) / std; a grey image averages the three. ``auto``
+    here is CLIP's: the stage resolves a named model's own statistics first (tasks.noise.resolved)."""
+    if config.space not in ("clip", "auto"):
         return np.full(channels, 0.5, dtype=np.float32), np.full(channels, 0.5, dtype=np.float32)
     mean, std = np.asarray(config.clip_mean, dtype=np.float32), np.asarray(config.clip_std, dtype=np.float32)
     if channels == 1:

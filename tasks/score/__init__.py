@@ -19,7 +19,7 @@ from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
 from tasks.config import ScoreConfig
 from tasks.counters import Counters, qualified
 from tasks.score.views import STATISTICS, extremes, histogram_png, judge_agreement, rounds_used, stats_rows
-from tasks.score.weighting import PAIR_TYPES, apply_weights, distribution
+from tasks.score.weighting import PAIR_TYPES, apply_weights, bound_shares, collapse_alerts, distribution
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "score"
@@ -72,7 +72,7 @@ def build_scores(
     hallucinations = catalog.rows(hallucinate, HALLUCINATIONS)
     regions = catalog.rows(localize, REGIONS, REGION_COLUMNS)
 
-    items = store.items(STAGE, CODE, config, ignore=("normalizer",))
+    items = store.items(STAGE, CODE, config, ignore=("normalizer", "visual_normalizer"))
     work = []
     for h in hallucinations:
         sample = samples.get(h["sample_id"])
@@ -83,9 +83,9 @@ def build_scores(
         out, work, partial(score_items, config, None if cache_dir is None else str(cache_dir)), tags=tags
     )
     all_rows = text_rows + [visual_row(r) for r in regions]
-    apply_weights(all_rows, config.normalizer)
+    apply_weights(all_rows, config.normalizer, config.visual_normalizer)
     catalog.write(out, SCORES, all_rows)
-    return counters(all_rows) | items.counts
+    return counters(all_rows, config) | items.counts
 
 
 def score_items(
@@ -229,7 +229,7 @@ def empty_row(sample_id: str, pair_type: str, error_type: str | None = None) -> 
     }
 
 
-def counters(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def counters(rows: Sequence[Mapping[str, Any]], config: ScoreConfig) -> dict[str, float]:
     counts = Counters()
     for row in rows:
         # ok rows count how the score was reached; others why there is none (before any ': detail').
@@ -242,6 +242,9 @@ def counters(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         for column in STATISTICS:
             for stat, value in distribution(row[column] for row in ok).items():
                 counts.set(pair_type, column, stat, round(value, 6))
+        mapping = config.visual_normalizer if pair_type == "visual" and config.visual_normalizer else config.normalizer
+        for bound, share in bound_shares([row["weight"] for row in ok], mapping).items():
+            counts.set(pair_type, "weight", bound, round(share, 6))
     return counts.as_dict()
 
 
@@ -252,6 +255,7 @@ def score_task(
     manifest = score(ArtifactStore(store_root), config, ingest, hallucinate, localize)
     data = catalog.read(manifest, SCORES)
     ui.manifest_markdown(manifest)
+    ui.alert(STAGE, collapse_alerts(manifest.counts))
     ui.table("score-distribution", stats_rows(manifest.counts), "Raw scores and weights per pair type")
     ui.image("score-histogram", histogram_png(data), "Raw clinical-relevance scores and DPO weights")
     ui.table("score-judges", judge_agreement(data), "Judge agreement: mean score, adoptions, exclusions, pairwise r")

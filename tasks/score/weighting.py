@@ -30,8 +30,11 @@ def normalize(scores: Sequence[float], config: NormalizerConfig) -> np.ndarray:
     return mid + half * np.clip(z, -config.span, config.span) / config.span
 
 
-def apply_weights(rows: list[dict[str, Any]], config: NormalizerConfig) -> None:
+def apply_weights(rows: list[dict[str, Any]], text: NormalizerConfig, visual: NormalizerConfig | None = None) -> None:
+    """Each pair type's ok rows get weights from their raw scores; visual pairs by ``visual``
+    (None: by ``text``'s mapping)."""
     for pair_type in PAIR_TYPES:
+        config = visual if pair_type == "visual" and visual is not None else text
         scored = [row for row in rows if row["pair_type"] == pair_type and row["status"] == "ok"]
         weights = normalize([row["raw_score"] for row in scored], config)
         for row, weight in zip(scored, weights):
@@ -52,3 +55,40 @@ def distribution(values: Iterable[float]) -> dict[str, float]:
         "p75": float(q75),
         "max": float(v.max()),
     }
+
+
+COLLAPSE_SHARE = 0.5  # this share of a pair type's weights on one bound...
+COLLAPSE_STD = 0.01  # ...or a std below this: the weighting does (almost) nothing
+COLLAPSE_MIN_PAIRS = 5
+
+
+def bound_shares(weights: Sequence[float], config: NormalizerConfig) -> dict[str, float]:
+    """Share of weights sitting on the lower and on the upper bound of the mapping."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        return {}
+    return {"at_lo": float(np.isclose(w, config.lo).mean()), "at_hi": float(np.isclose(w, config.hi).mean())}
+
+
+def collapse_alerts(counts: dict[str, float], setting: str = "score.normalizer") -> list[str]:
+    """A line per pair type whose weights collapsed: >= half on one bound, or std < 0.01 (from the
+    score stage's counters, so a cached run says it too), with the raw-score range and the setting."""
+    alerts = []
+    for pair_type in PAIR_TYPES:
+        n = counts.get(f"{pair_type}.ok", 0.0)
+        if n < COLLAPSE_MIN_PAIRS:
+            continue
+        std = counts.get(f"{pair_type}.weight.std", 0.0)
+        lo, hi = counts.get(f"{pair_type}.weight.at_lo", 0.0), counts.get(f"{pair_type}.weight.at_hi", 0.0)
+        if max(lo, hi) < COLLAPSE_SHARE and std >= COLLAPSE_STD:
+            continue
+        side = "lower" if lo >= hi else "upper"
+        where = f"{max(lo, hi):.0%} on the {side} bound" if max(lo, hi) >= COLLAPSE_SHARE else ""
+        raw = [counts.get(f"{pair_type}.raw_score.{stat}", float("nan")) for stat in ("min", "max")]
+        name = "visual_normalizer" if pair_type == "visual" else "normalizer"
+        alerts.append(
+            f"score: {pair_type} weights collapsed ({', '.join(filter(None, [where, f'std {std:.3f}']))} over "
+            f"{n:g} pairs; raw scores {raw[0]:.3f}-{raw[1]:.3f}): the clinical weighting barely changes the loss. "
+            f"Change score.{name} (kind: zscore spreads any score range; paper fixes mu = 1, sigma^2 = 0.1)"
+        )
+    return alerts

@@ -71,7 +71,7 @@ def test_rerun_hits_every_key_and_a_change_recomputes_only_downstream(tmp_path, 
 
     # A weighting change: scoring and assembly only; every upstream key stays.
     weighted = config.model_copy(
-        update={"score": config.score.model_copy(update={"normalizer": NormalizerConfig(kind="zscore")})}
+        update={"score": config.score.model_copy(update={"normalizer": NormalizerConfig(kind="paper")})}
     )
     before = stored_dirs(config.store)
     fourth = curate(weighted)

@@ -62,11 +62,12 @@ def trainer_for(checkpoint: Path, out: Path, rows: list[dict], **overrides):
 def test_the_rejected_side_of_a_visual_pair_is_computed_on_the_noised_image(loaded_family, tmp_path):
     rows = mixed_size_rows(tmp_path)  # text, visual, text, visual, visual with a noised image of another size
     processor, pairs = loaded_family.processor, len(rows)
-    batch = ImagePairCollator(processor)(examples(rows))
+    # Both sides prepared as the family's generation and scoring prepare them (LLaVA: padded to square).
+    batch = ImagePairCollator(processor, family=loaded_family.family)(examples(rows))
     images = per_image(batch, 2 * pairs)
     for index, row in enumerate(rows):
         chosen, rejected = images[index], images[pairs + index]
-        noised = vlm.open_image(row["rejected_image"])
+        noised = loaded_family.image(row["rejected_image"])
         alone = per_image(families.encode(processor, [vlm.prompt(processor, row["prompt"])], [noised]), 1)[0]
         if row["pair_type"] == "visual":
             assert not torch.equal(chosen, rejected)

@@ -23,6 +23,7 @@ from tasks.hallucinate import hallucinate
 from tasks.hallucinate.rows import rejection_problem
 from tasks.localize import localize
 from tasks.score import score
+from tasks.score.weighting import collapse_alerts
 from tasks.smollm2 import ensure
 from tasks.store import ArtifactStore
 from tests.models.test_serve import alive
@@ -144,3 +145,22 @@ def test_the_judge_panel_gives_informative_weights(run, hallucinated):
     assert served_rounds and all(t["source"] == "parsed" and t["error"] is None for t in served_rounds)
     (server,) = pool.servers  # the same server for both stages
     assert server.alive
+
+
+def test_every_score_setting_at_its_default_still_spreads_the_weights(run, hallucinated):
+    """The same two judges with nothing tuned (one order, no agreement tolerance, the default
+    normalizer): their raw scores sit far below the paper's mu = 1, and the weights still spread."""
+    store, ingest, _ = run
+    _, halluc, _ = hallucinated
+    regions = localize(store, LocalizeConfig(), ingest)
+    config = ScoreConfig(
+        judges=[
+            JudgeConfig(name="smollm2-logits", kind="transformers", model_path=MODEL),
+            JudgeConfig(name="smollm2-served", kind="endpoint", endpoint=served()),
+        ]
+    )
+    manifest = score(store, config, ingest, halluc, regions)
+    text = [r for r in catalog.rows(manifest, catalog.SCORES) if r["pair_type"] == "text" and r["status"] == "ok"]
+    weights = [r["weight"] for r in text]
+    assert len({round(w, 4) for w in weights}) >= 5 and statistics.pstdev(weights) > 0.03
+    assert not [line for line in collapse_alerts(manifest.counts) if line.startswith("score: text")]

@@ -84,8 +84,9 @@ def test_scoring_rows_together_equals_one_by_one_and_sums_the_answer_tokens(load
             {"role": "assistant", "content": [{"type": "text", "text": answers[2]}]},
         ]
     )
-    short = processor(text=[prompt], images=[pictures[2]], return_tensors="pt")
-    batch = processor(text=[full], images=[pictures[2]], return_tensors="pt")
+    picture = loaded.image(pictures[2])  # as the family prepares it (LLaVA: padded to square)
+    short = processor(text=[prompt], images=[picture], return_tensors="pt")
+    batch = processor(text=[full], images=[picture], return_tensors="pt")
     with torch.no_grad():
         logps = torch.log_softmax(model(**batch).logits[0, :-1].float(), dim=-1)
     ids = batch["input_ids"][0]

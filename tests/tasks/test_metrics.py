@@ -49,6 +49,10 @@ def test_open_recall_and_exact_match() -> None:
     assert metrics.token_recall("liver", "The liver") == 1.0
     assert metrics.token_recall("kidney", "liver") == 0.0
     assert metrics.token_recall("anything", "") == 0.0
+    # Number words are digits, as LLaVA-Med's scorer reads them, on either side.
+    assert metrics.token_recall("two lesions", "2") == 1.0
+    assert metrics.token_recall("There are 3 nodules", "three nodules") == 1.0
+    assert metrics.token_recall("twenty", "2") == 0.0
     assert metrics.exact_match("The Liver.", "liver")
     assert not metrics.exact_match("liver lesion", "liver")
 

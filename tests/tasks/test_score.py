@@ -376,7 +376,8 @@ def test_run_config_has_offline_score_defaults():
 
     config = RunConfig().score
     assert [j.kind for j in config.judges] == ["rules"] and config.mode == "debate" and config.max_rounds == 5
-    assert config.normalizer.kind == "paper" and (config.normalizer.lo, config.normalizer.hi) == (0.75, 1.25)
+    assert config.normalizer.kind == "zscore" and (config.normalizer.lo, config.normalizer.hi) == (0.75, 1.25)
+    assert config.visual_normalizer is None  # visual pairs: the same mapping
     with pytest.raises(ValueError, match="unique"):
         ScoreConfig(judges=[JudgeConfig(), JudgeConfig()])
 

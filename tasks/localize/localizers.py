@@ -1,0 +1,115 @@
+"""Which localizer a sample gets: a chain of sources per data set, and the attention source.
+
+``make_localizer`` builds one localizer per source the config's chains name (SAM, a model, a
+maps folder: each loaded once) and a ``ChainLocalizer`` that hands every sample to the first
+source of its data set's chain, and a sample that got no region there to the next one. A
+failure (an unreadable image) is final: the next source would fail on the same file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from tasks.config import HeatmapConfig, LocalizeConfig
+from tasks.localize.regions import (
+    AnnotationLocalizer,
+    HeatmapLocalizer,
+    LesionLabels,
+    Localizer,
+    Region,
+    SamLocalizer,
+    failed,
+    map_region,
+    no_region,
+    smooth,
+)
+
+
+def make_localizer(config: LocalizeConfig) -> ChainLocalizer:
+    lesions = LesionLabels(config.lesion_terms)
+    built: dict[str, Localizer] = {}
+    for source in config.sources:
+        if source == "annotation":
+            built[source] = AnnotationLocalizer(config.annotation, lesions)
+        elif source == "heatmap":
+            built[source] = HeatmapLocalizer(config.heatmap)
+        elif source == "sam":
+            built[source] = SamLocalizer(config.sam, config.heatmap, lesions)
+        else:
+            built[source] = AttentionLocalizer(config)
+    return ChainLocalizer(config, built)
+
+
+class ChainLocalizer:
+    """Every sample through its data set's chain (``LocalizeConfig.chain_for``)."""
+
+    def __init__(self, config: LocalizeConfig, localizers: Mapping[str, Localizer]):
+        self.config = config
+        self.localizers = localizers
+        self.source = "+".join(config.default_chain)
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        chains = [self.config.chain_for(row["dataset"]) for row in rows]
+        regions: list[Region | None] = [None] * len(rows)
+        pending = list(range(len(rows)))
+        for step in range(max(len(chain) for chain in chains) if chains else 0):
+            by_source: dict[str, list[int]] = {}
+            for i in pending:
+                if step < len(chains[i]):
+                    by_source.setdefault(chains[i][step], []).append(i)
+            for source, indices in by_source.items():
+                found = self.localizers[source].locate([rows[i] for i in indices])
+                for i, region in zip(indices, found):
+                    regions[i] = replace(region, source=source)
+            pending = [i for i in pending if regions[i].status == "no_region" and step + 1 < len(chains[i])]
+        return regions
+
+
+class AttentionLocalizer:
+    """A region from the aligned model's attention rollout (models/attention.py), thresholded by
+    the ``heatmap`` rules; its confidence is the map's contrast."""
+
+    source = "attention"
+
+    def __init__(self, config: LocalizeConfig):
+        from models import attention
+
+        self.settings = config.attention
+        self.heatmap: HeatmapConfig = config.heatmap
+        self.model = attention.load(self.settings.model_path, self.settings.device)
+
+    def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
+        from models import attention
+
+        regions: list[Region] = []
+        for start in range(0, len(rows), self.settings.batch_size):
+            chunk = rows[start : start + self.settings.batch_size]
+            try:
+                questions, answers = [r["question"] for r in chunk], [r["answer"] for r in chunk]
+                maps = attention.relevance_maps(self.model, questions, answers, [r["image_path"] for r in chunk])
+            except (OSError, ValueError, SyntaxError, RuntimeError):
+                # One bad file (or one sample too long for memory) fails the batch's call: retry one
+                # by one so only it fails.
+                maps = [self.one(attention, row) for row in chunk]
+            regions += [self.region(m, row) for m, row in zip(maps, chunk)]
+        return regions
+
+    def one(self, attention: Any, row: Mapping[str, Any]) -> Any:
+        try:
+            return attention.relevance_maps(self.model, [row["question"]], [row["answer"]], [row["image_path"]])[0]
+        except (OSError, ValueError, SyntaxError):
+            return failed("unreadable_image")
+        except RuntimeError:  # e.g. out of memory: this sample fails, the stage goes on
+            return failed("attention_error")
+
+    def region(self, relevance: Any, row: Mapping[str, Any]) -> Region:
+        if isinstance(relevance, Region):
+            return relevance
+        if relevance is None:
+            return no_region("attention_grid_unknown")
+        saliency = smooth(relevance, int(row["height"]), int(row["width"]), self.heatmap)
+        if saliency is None:
+            return no_region("flat_attention")
+        return map_region(saliency, self.heatmap, None, "flat_attention")

@@ -1,0 +1,62 @@
+"""Weights that mean something with the defaults: judges whose scores sit far below the paper's fixed
+mu = 1 still spread over [0.75, 1.25], and a run whose weights collapse says so."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.config import NormalizerConfig, ScoreConfig
+from tasks.score import counters
+from tasks.score.weighting import apply_weights, collapse_alerts
+
+# Raw text scores as SmolLM2 judges gave them with every setting at its default (0.06-0.20, std ~0.047).
+SMOLLM2_SCORES = [0.06, 0.07, 0.09, 0.11, 0.12, 0.14, 0.15, 0.17, 0.19, 0.20]
+
+
+def rows(scores, pair_type="text"):
+    return [
+        {"sample_id": f"s{i}", "pair_type": pair_type, "status": "ok", "reason": "x", "raw_score": s, "rounds": []}
+        for i, s in enumerate(scores)
+    ]
+
+
+def weighted(scores, config: ScoreConfig, pair_type="text"):
+    data = rows(scores, pair_type)
+    apply_weights(data, config.normalizer, config.visual_normalizer)
+    return data
+
+
+def test_default_weights_spread_low_judge_scores():
+    weights = [r["weight"] for r in weighted(SMOLLM2_SCORES, ScoreConfig())]
+    assert len(set(weights)) >= 5 and np.std(weights) > 0.03
+    assert 0.75 <= min(weights) < 1.0 < max(weights) <= 1.25
+    # Order kept: a more relevant error weighs more.
+    assert weights == sorted(weights)
+
+
+def test_the_papers_fixed_mapping_collapses_them_and_the_run_says_so():
+    paper = ScoreConfig(normalizer=NormalizerConfig(kind="paper"))
+    data = weighted(SMOLLM2_SCORES, paper)
+    assert {r["weight"] for r in data} == {0.75}
+    alerts = collapse_alerts(counters(data, paper))
+    assert len(alerts) == 1
+    assert "text weights collapsed (100% on the lower bound" in alerts[0]
+    assert "raw scores 0.060-0.200" in alerts[0] and "score.normalizer" in alerts[0]
+    # The default mapping of the same scores raises nothing.
+    assert collapse_alerts(counters(weighted(SMOLLM2_SCORES, ScoreConfig()), ScoreConfig())) == []
+
+
+def test_equal_visual_confidences_get_the_middle_weight_and_a_std_alert():
+    """Annotated regions all have confidence 1.0: no ranking, so weight 1.0 (not the paper's top 1.25)."""
+    config = ScoreConfig()
+    data = weighted([1.0] * 6, config, "visual")
+    assert {r["weight"] for r in data} == {1.0}
+    (alert,) = collapse_alerts(counters(data, config))
+    assert alert.startswith("score: visual weights collapsed (std 0.000") and "score.visual_normalizer" in alert
+
+
+def test_the_visual_mapping_is_its_own_setting():
+    config = ScoreConfig(visual_normalizer=NormalizerConfig(kind="paper"))
+    assert {r["weight"] for r in weighted([1.0] * 3, config, "visual")} == {1.25}
+    # Text pairs keep the batch-calibrated default: z = -1.22, 0, 1.22 over span 2.
+    assert [r["weight"] for r in weighted([0.2, 0.4, 0.6], config)] == [0.846907, 1.0, 1.153093]

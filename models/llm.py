@@ -4,7 +4,8 @@ What every caller of an LLM in this project needs, in one place:
 
 - bounded concurrency (``max_concurrency`` requests in flight) and a client-side
   requests-per-minute limit, so a large curation run neither floods a local server nor
-  trips a provider's rate limiter;
+  trips a provider's rate limiter; both hold for the whole worker process: every client of
+  one endpoint (one per shard) draws on the same limits (models/llm_limits.py);
 - retries with exponential backoff on 429, 5xx, timeouts, connection errors and malformed
   response bodies (a ``Retry-After`` header wins; one longer than ``max_backoff_s`` ends the
   retries at once: a provider rate-limiting for minutes would otherwise hold every sample for
@@ -57,7 +58,8 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     top_logprobs,
     user,
 )
-from models.llm_cache import RateLimiter, ResponseCache
+from models.llm_cache import ResponseCache
+from models.llm_limits import limits_for
 from tasks.config import EndpointConfig
 from tasks.store import content_hash
 
@@ -135,16 +137,18 @@ class LLMClient:
         self.endpoint = endpoint
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self._semaphore = asyncio.Semaphore(endpoint.max_concurrency)
-        self._limiter = RateLimiter(endpoint.rpm)
+        self._limits = limits_for(endpoint)
         self._client: openai.AsyncOpenAI | None = None
         self._own_servers: serve.ServerPool | None = None
         # What identifies the endpoint in the response cache: its URL, or for a served model the
         # folder's content digest (the port and the path change from run to run, the model does not).
         self._cache_scope: Any = endpoint.base_url
-        # Optional fields (OPTIONAL_FIELDS) this endpoint refused or ignored: never sent again.
-        self.refused: set[str] = set()
         self.counts: dict[str, int] = {"requests": 0, "cache_hits": 0, "retries": 0, "errors": 0}
+
+    @property
+    def refused(self) -> set[str]:
+        """Optional fields (OPTIONAL_FIELDS) this endpoint refused or ignored: never sent again."""
+        return self._limits.refused
 
     def __repr__(self) -> str:
         return f"LLMClient({self.endpoint.base_url!r}, model={self.endpoint.model!r})"
@@ -170,6 +174,7 @@ class LLMClient:
             pool = self._own_servers = serve.ServerPool()
         served = pool.served(self.endpoint.serve)
         self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
+        self._limits = limits_for(self.endpoint)
         self._cache_scope = ("served", served.digest)
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -287,8 +292,8 @@ class LLMClient:
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
             retry_after: float | None = None
-            async with self._semaphore:
-                await self._limiter.wait()
+            async with self._limits.slots.held():
+                await self._limits.rate.wait()
                 self.counts["requests"] += 1
                 try:
                     completion = await self._client.chat.completions.create(**request)
@@ -313,7 +318,7 @@ class LLMClient:
                             f"max_backoff_s={self.endpoint.max_backoff_s:g}",
                         ) from None
                     if retry_after is not None:
-                        self._limiter.pause(retry_after)
+                        self._limits.rate.pause(retry_after)
                 except (openai.APIResponseValidationError, ValueError, LLMError) as exc:
                     last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
             if attempt < self.endpoint.max_retries:

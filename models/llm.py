@@ -66,6 +66,7 @@ from tasks.store import content_hash
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Choices = tuple[str, ...]
 
 # Keyless local servers (vLLM, llama.cpp) accept any bearer token; the SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
@@ -92,6 +93,7 @@ class ChatReply:
     cached: bool
     attempts: int  # HTTP requests this reply cost: 0 when it came from the cache
     top_logprobs: TopLogprobs | None = None  # per reply token, when asked for and given
+    choices: tuple[str, ...] = ()  # every choice's text when n > 1 was asked for (text is the first)
 
 
 def resolve_api_key(endpoint: EndpointConfig) -> str:
@@ -121,6 +123,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "response_format": ("response_format",),
     "logprobs": ("logprobs", "top_logprobs"),
     "seed": ("seed",),
+    "n": ("n",),
 }
 REFUSAL_STATUSES = frozenset({400, 422})
 
@@ -205,12 +208,16 @@ class LLMClient:
         seed: int | None = None,
         json_mode: bool = False,
         logprobs: int | None = None,
+        top_p: float | None = None,
+        n: int = 1,
     ) -> ChatReply:
         """One chat completion; raises LLMError (with a countable reason) when none is usable.
 
         ``json_mode``: ask for response_format=json_object; ``logprobs``: ask for that many top
         log-probabilities per reply token (``ChatReply.top_logprobs``; None when the endpoint
-        gives none). Either is dropped for good once the endpoint refuses or ignores it.
+        gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``:
+        that many choices (``ChatReply.choices``); an endpoint may give fewer (``transformers
+        serve`` gives one), so a caller that needs n asks again with another seed.
         """
         if self._client is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
@@ -231,25 +238,33 @@ class LLMClient:
         if logprobs:
             request["logprobs"] = True
             request["top_logprobs"] = logprobs
+        if top_p is not None:
+            request["top_p"] = top_p
+        if n > 1:
+            request["n"] = n
         # Keyed by what was asked, not what was sent: a re-run hits the cache without first
         # learning again which fields the endpoint refuses.
         key = self.request_key(request)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.counts["cache_hits"] += 1
             tops = hit.get("top_logprobs")
-            return ChatReply(hit["text"], hit.get("finish_reason"), cached=True, attempts=0, top_logprobs=_tops(tops))
+            choices = tuple(hit.get("choices") or (hit["text"],))
+            reason = hit.get("finish_reason")
+            return ChatReply(hit["text"], reason, cached=True, attempts=0, top_logprobs=_tops(tops), choices=choices)
         try:
-            text, finish_reason, tops, attempts = await self._negotiate(request)
+            text, finish_reason, tops, attempts, choices = await self._negotiate(request)
         except LLMError as exc:
             self.counts["errors"] += 1
             raise LLMError(exc.reason, self._redact(exc.detail)) from None
         if logprobs and tops is None and "logprobs" not in self.refused:
             self._refuse("logprobs", "ignored: the reply carried none")
         if self._cache is not None:
-            self._cache.put(key, {"text": text, "finish_reason": finish_reason, "top_logprobs": tops})
-        return ChatReply(text, finish_reason, cached=False, attempts=attempts, top_logprobs=tops)
+            self._cache.put(
+                key, {"text": text, "finish_reason": finish_reason, "top_logprobs": tops, "choices": list(choices)}
+            )
+        return ChatReply(text, finish_reason, cached=False, attempts=attempts, top_logprobs=tops, choices=choices)
 
-    async def _negotiate(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
+    async def _negotiate(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
         """Send ``request`` less the fields this endpoint refused. A refusal (400/422) drops an
         optional field for good and sends again: the field the error names or, when it names
         none, the one whose removal lets the request pass."""
@@ -257,8 +272,8 @@ class LLMClient:
         while True:
             sent = self._without(request, self.refused)
             try:
-                text, finish_reason, tops, attempts = await self._send(sent)
-                return text, finish_reason, tops, attempts + spent
+                text, finish_reason, tops, attempts, choices = await self._send(sent)
+                return text, finish_reason, tops, attempts + spent, choices
             except RequestRefused as refusal:
                 spent += 1
                 present = [group for group in OPTIONAL_FIELDS if group not in self.refused and _has(sent, group)]
@@ -269,12 +284,12 @@ class LLMClient:
                     continue
                 for group in present:
                     try:
-                        text, finish_reason, tops, attempts = await self._send(self._without(sent, {group}))
+                        text, finish_reason, tops, attempts, choices = await self._send(self._without(sent, {group}))
                     except RequestRefused:
                         spent += 1
                         continue
                     self._refuse(group, f"refused ({refusal.reason}; the request passed without it)")
-                    return text, finish_reason, tops, attempts + spent
+                    return text, finish_reason, tops, attempts + spent, choices
                 raise refusal from None
 
     def _refuse(self, group: str, why: str) -> None:
@@ -287,7 +302,7 @@ class LLMClient:
         drop = {name for group in groups for name in OPTIONAL_FIELDS[group]}
         return {k: v for k, v in request.items() if k not in drop} if drop else request
 
-    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
+    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
         assert self._client is not None
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
@@ -297,7 +312,8 @@ class LLMClient:
                 self.counts["requests"] += 1
                 try:
                     completion = await self._client.chat.completions.create(**request)
-                    return (*_reply_text(completion), attempt + 1)
+                    text, finish_reason, tops, choices = _reply_text(completion)
+                    return text, finish_reason, tops, attempt + 1, choices
                 except openai.APITimeoutError:
                     last = LLMError("timeout", f"no reply within {self.endpoint.timeout_s:g} s")
                 except openai.APIConnectionError as exc:
@@ -346,15 +362,14 @@ def _tops(value: Any) -> TopLogprobs | None:
     return tuple(tuple((str(token), float(logprob)) for token, logprob in position) for position in value)
 
 
-def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None]:
+def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None, Choices]:
     choices = getattr(completion, "choices", None)
     if not choices:
         raise LLMError("malformed_response", "no choices in the reply")
-    message = getattr(choices[0], "message", None)
-    text = getattr(message, "content", None)
-    if not isinstance(text, str):
+    texts = tuple(getattr(getattr(choice, "message", None), "content", None) for choice in choices)
+    if not all(isinstance(text, str) for text in texts):
         raise LLMError("malformed_response", "reply has no text content")
-    return text, getattr(choices[0], "finish_reason", None), top_logprobs(choices[0])
+    return texts[0], getattr(choices[0], "finish_reason", None), top_logprobs(choices[0]), texts
 
 
 def _retry_after(value: str | None) -> float | None:

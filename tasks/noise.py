@@ -16,11 +16,12 @@ from tasks.config import NoiseConfig
 from tasks.counters import Counters
 from tasks.diffusion import feather, noise_array, sample_seed
 from tasks.imaging import load_array, save_array
-from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "noise"
 CODE = code_version(__name__, "tasks.diffusion", "tasks.imaging")
 GRID_SAMPLES = 8
+NOISED_FILE = "noised.png"
 
 
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
@@ -77,8 +78,7 @@ def build_noised(
         if per_sample:
             content["sample_id"] = sample_id
         seed = sample_seed(sample_id if per_sample else f"sha256:{sample['image_sha256']}", config.seed)
-        stem = safe_stem(sample_id) if per_sample else content_hash(content)
-        work.append(items.item(content, (region, sample, str(region_dir), seed, f"images/{stem}.png")))
+        work.append(items.item(content, (region, sample, str(region_dir), seed)))
     # Samples that share an item share its row and its one image: each row is re-labelled with its own sample.
     records = [
         {**row, "sample_id": region["sample_id"]}
@@ -99,7 +99,7 @@ def noise_items(
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         rows = list(
             pool.map(
-                lambda job: noise_one(job[1], *job[0][:2], Path(job[0][2]), config, *job[0][3:]),
+                lambda job: noise_one(job[1], *job[0][:2], Path(job[0][2]), config, job[0][3]),
                 zip(payloads, folders),
             )
         )
@@ -113,10 +113,9 @@ def noise_one(
     region_dir: Path,
     config: NoiseConfig,
     seed: int,
-    noised_path: str,
 ) -> dict[str, Any]:
-    """Noise one image given its localize row and seed, writing ``noised_path`` under ``out``;
-    always returns a NOISED row."""
+    """Noise one image given its localize row and seed, into the item folder ``out`` (the shard
+    stores it once by content); always returns a NOISED row."""
     row = {
         "sample_id": region["sample_id"],
         "status": "ok",
@@ -143,8 +142,8 @@ def noise_one(
         if mask.shape != pixels.shape[:2]:
             return {**row, "status": "failed", "reason": "mask_size_mismatch"}
         weight = feather(mask, config.feather_px)
-    save_array(noise_array(pixels, weight, config, seed), out / noised_path)
-    return {**row, "noised_path": noised_path}
+    save_array(noise_array(pixels, weight, config, seed), out / NOISED_FILE)
+    return {**row, "noised_path": NOISED_FILE}
 
 
 def noise_rows(regions: Sequence[Mapping[str, Any]], noised: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -156,3 +156,15 @@ def test_migrating_a_missing_store_is_one_line_on_the_command_line(tmp_path, cap
 
     assert main(["store", "migrate", "--root", str(tmp_path / "absent")]) == 2
     assert capsys.readouterr().err.strip() == f"mmedpo: error: {tmp_path / 'absent'}: no store there"
+
+
+def test_an_unreadable_rows_file_costs_its_items_a_recompute_not_the_run(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    rows_files = list((tmp_path / "double" / ".items" / "rows").glob("*.parquet"))
+    assert len(rows_files) == 1
+    rows_files[0].write_bytes(b"PAR1 truncated by a full disk")
+    (rows_files[0].parent / "other.parquet").write_text("not parquet either")
+    again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
+    assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]

@@ -13,7 +13,6 @@ killed shard leaves the finished shards' items behind and never a partial one.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -176,4 +175,4 @@ class StageItems:
         if absent:
             raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")
         # Items several samples share (one noised image for every question on it) share a row.
-        return [json.loads(index[item.key]) for item in items]
+        return [dict(index[item.key]) for item in items]

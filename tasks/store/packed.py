@@ -69,17 +69,21 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
     return sorted(item for prefix in folder.iterdir() if OLD_ITEM.match(prefix.name) for item in prefix.iterdir())
 
 
-def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, str]:
-    """Every packed row of ``stage`` by item key (the row as JSON). A rows file that cannot be
-    read is skipped with a warning: its items are computed again, never half-read."""
-    index: dict[str, str] = {}
+def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
+    """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
+    Parquet, another schema, a row that is no JSON object) is skipped with a warning: its items
+    are computed again, never half-read."""
+    index: dict[str, dict[str, Any]] = {}
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
         try:
             table = pq.read_table(path, schema=ROW_SCHEMA)
-        except (OSError, pa.ArrowException) as exc:
+            rows = [json.loads(row) for row in table.column("row").to_pylist()]
+            if not all(isinstance(row, dict) for row in rows):
+                raise ValueError("a row is no JSON object")
+        except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
             continue
-        index.update(zip(table.column("key").to_pylist(), table.column("row").to_pylist()))
+        index.update(zip(table.column("key").to_pylist(), rows))
     return index
 
 

@@ -168,3 +168,14 @@ def test_an_unreadable_rows_file_costs_its_items_a_recompute_not_the_run(tmp_pat
     (rows_files[0].parent / "other.parquet").write_text("not parquet either")
     again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
     assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
+
+
+def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    first = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v1", calls)
+    gone = json.loads(first.file("rows.json").read_text())[0]["path"]
+    first.file(gone).unlink()
+    again = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v2", calls)
+    assert calls == ["r1", "r2", "r1"] and again.work == {"computed": 1, "reused": 1}
+    assert outputs(again) == ["2", "4"]

@@ -71,9 +71,10 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
 
 def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
     """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
-    Parquet, another schema, a row that is no JSON object) is skipped with a warning: its items
-    are computed again, never half-read."""
+    Parquet, another schema, a row that is no JSON object) is skipped with a warning, and so is
+    a row naming a blob that is gone: their items are computed again, never half-read."""
     index: dict[str, dict[str, Any]] = {}
+    blobs = Path(root) / BLOBS
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
         try:
             table = pq.read_table(path, schema=ROW_SCHEMA)
@@ -83,7 +84,14 @@ def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, 
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
             continue
-        index.update(zip(table.column("key").to_pylist(), rows))
+        for key, row in zip(table.column("key").to_pylist(), rows):
+            named = [
+                v.removeprefix(f"{FROM_ARTIFACT}/") for v in row.values() if isinstance(v, str) and is_blob_path(v)
+            ]
+            if all((blobs / name).is_file() for name in named):
+                index[key] = row
+            else:
+                log.warning("%s: item %s names a blob that is gone; it is computed again", path, key)
     return index
 
 

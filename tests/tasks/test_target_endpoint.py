@@ -88,3 +88,28 @@ def test_a_target_endpoint_must_read_images_and_be_allowed_them(openai_server, t
                 model_path=tmp_path, endpoint={"base_url": openai_server.base_url, "capabilities": {"images": True}}
             ),
         )
+
+
+@pytest.mark.slow
+def test_a_real_transformers_serve_of_a_tiny_vlm_answers_with_the_image(tmp_path, tiny_llava):
+    """The run starts `transformers serve` on the tiny LLaVA folder: it reads the image part and
+    gives one choice per request (it ignores n), so each sample's answers come from topped-up requests."""
+    rows = closed_samples(tmp_path, count=2)
+    config = HallucinateConfig(
+        backend="target",
+        llm={"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout_s": 1},
+        cache_dir=tmp_path / "cache",
+        target=TargetSamplingConfig(
+            endpoint={"serve": {"model": tiny_llava}, "capabilities": {"images": True}, "timeout_s": 120},
+            selector="first",
+            fallback="rules",
+            num_samples=2,
+            max_new_tokens=4,
+        ),
+    )
+    store = ArtifactStore(tmp_path / "store")
+    manifest = hallucinate(store, config, ingest_manifest(store, rows))
+    out = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.HALLUCINATIONS)}
+    assert all(len(out[s]["candidates"]) == 2 for s in ("s0", "s1"))
+    assert all(isinstance(c, str) for s in ("s0", "s1") for c in out[s]["candidates"])
+    assert {out[s]["status"] for s in ("s0", "s1")} == {"ok"}  # the model's answer, or the rules' flip

@@ -188,12 +188,12 @@ def report(results: list[dict], per_image: int, size: int) -> None:
     )
 
     last = results[-1]
-    stage_total = sum(last["stage_seconds"].get(stage, 0.0) for stage in STAGES) / last["samples"]
+    seconds = sum(last["stage_seconds"].get(stage, 0.0) for stage in STAGES) / last["samples"]
     cores = os.cpu_count() or 1
-    print(f"\nMIMIC-CXR projection ({MIMIC_SAMPLES:,} report samples) from the {last['samples']:,}-sample run:")
-    print(f"  stage CPU time {stage_total * MIMIC_SAMPLES / 3600:.1f} h in all")
+    print(f"\nMIMIC-CXR projection ({MIMIC_SAMPLES:,} report samples) from the {last['samples']:,}-sample run,")
+    print("linear in samples (the per-sample rows above) and in shard workers (one per core):")
     for label, workers in ((f"this machine ({cores} cores)", cores), ("a 64-core node", 64)):
-        print(f"  {label}: ~{stage_total * MIMIC_SAMPLES / workers / 3600:.2f} h with one shard worker per core")
+        print(f"  {label}: ~{seconds * MIMIC_SAMPLES * cores / workers / 3600:.2f} h of stage time")
     print(
         f"  store: ~{last['files'] / last['samples'] * MIMIC_SAMPLES:,.0f} files, "
         f"~{last['bytes'] / last['samples'] * MIMIC_SAMPLES / 1e9:.1f} GB at this image size"

@@ -54,6 +54,8 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     data_url,
     has_images,
     parse_json_reply,
+    retry_after_seconds,
+    shorten,
     system,
     top_logprobs,
     user,
@@ -141,17 +143,13 @@ class LLMClient:
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._limits = limits_for(endpoint)
+        self.refused = self._limits.refused  # optional fields the endpoint refused or ignored: never sent again
         self._client: openai.AsyncOpenAI | None = None
         self._own_servers: serve.ServerPool | None = None
         # What identifies the endpoint in the response cache: its URL, or for a served model the
         # folder's content digest (the port and the path change from run to run, the model does not).
         self._cache_scope: Any = endpoint.base_url
         self.counts: dict[str, int] = {"requests": 0, "cache_hits": 0, "retries": 0, "errors": 0}
-
-    @property
-    def refused(self) -> set[str]:
-        """Optional fields (OPTIONAL_FIELDS) this endpoint refused or ignored: never sent again."""
-        return self._limits.refused
 
     def __repr__(self) -> str:
         return f"LLMClient({self.endpoint.base_url!r}, model={self.endpoint.model!r})"
@@ -178,6 +176,7 @@ class LLMClient:
         served = pool.served(self.endpoint.serve)
         self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
         self._limits = limits_for(self.endpoint)
+        self.refused = self._limits.refused
         self._cache_scope = ("served", served.digest)
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -215,9 +214,8 @@ class LLMClient:
 
         ``json_mode``: ask for response_format=json_object; ``logprobs``: ask for that many top
         log-probabilities per reply token (``ChatReply.top_logprobs``; None when the endpoint
-        gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``:
-        that many choices (``ChatReply.choices``); an endpoint may give fewer (``transformers
-        serve`` gives one), so a caller that needs n asks again with another seed.
+        gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``: that
+        many choices (``ChatReply.choices``), or fewer (``transformers serve`` gives one).
         """
         if self._client is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
@@ -320,13 +318,13 @@ class LLMClient:
                     last = LLMError("connection", type(exc.__cause__ or exc).__name__)
                 except openai.APIStatusError as exc:
                     if exc.status_code in REFUSAL_STATUSES:
-                        raise RequestRefused(exc.status_code, _short(exc.message)) from None
+                        raise RequestRefused(exc.status_code, shorten(exc.message)) from None
                     last = LLMError(
-                        "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", _short(exc.message)
+                        "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", shorten(exc.message)
                     )
                     if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                         raise last from None
-                    retry_after = _retry_after(exc.response.headers.get("retry-after"))
+                    retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
                     if retry_after is not None and retry_after > self.endpoint.max_backoff_s:
                         raise LLMError(
                             last.reason,
@@ -336,7 +334,7 @@ class LLMClient:
                     if retry_after is not None:
                         self._limits.rate.pause(retry_after)
                 except (openai.APIResponseValidationError, ValueError, LLMError) as exc:
-                    last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
+                    last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", shorten(str(exc)))
             if attempt < self.endpoint.max_retries:
                 self.counts["retries"] += 1
                 delay = (
@@ -370,18 +368,6 @@ def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None, C
     if not all(isinstance(text, str) for text in texts):
         raise LLMError("malformed_response", "reply has no text content")
     return texts[0], getattr(choices[0], "finish_reason", None), top_logprobs(choices[0]), texts
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare from LLM servers; the exponential backoff applies
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_with_client(

@@ -17,8 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-from tasks.config import EndpointConfig
+from typing import Protocol
 
 
 class Slots:
@@ -98,8 +97,17 @@ class RateLimiter:
             await asyncio.sleep(start - now)
 
 
+class Limited(Protocol):
+    """What names an endpoint's limits (an endpoint's settings; models/ knows no config class)."""
+
+    base_url: str
+    model: str
+    max_concurrency: int
+    rpm: float | None
+
+
 class EndpointLimits:
-    def __init__(self, endpoint: EndpointConfig):
+    def __init__(self, endpoint: Limited):
         self.slots = Slots(endpoint.max_concurrency)
         self.rate = RateLimiter(endpoint.rpm)
         self.refused: set[str] = set()
@@ -109,7 +117,7 @@ _LIMITS: dict[tuple[str, str, int, float | None], EndpointLimits] = {}
 _LIMITS_LOCK = threading.Lock()
 
 
-def limits_for(endpoint: EndpointConfig) -> EndpointLimits:
+def limits_for(endpoint: Limited) -> EndpointLimits:
     """This process's limits of ``endpoint`` (its URL and model, as resolved for a served one,
     and the limits it asks for)."""
     key = (endpoint.base_url, endpoint.model, endpoint.max_concurrency, endpoint.rpm)

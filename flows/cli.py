@@ -27,12 +27,21 @@ from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 from tasks.store.lookup import ArtifactMissing
+from tasks.store.packed import OldStoreLayout
 
 DATA = Path("data")
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
 DEMO_RUN = Path(__file__).resolve().parents[1] / "configs" / "demo-run.yaml"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
-USER_ERRORS = (ConfigError, EndpointConfigError, IngestError, EvaluateError, ArtifactMissing, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    EndpointConfigError,
+    IngestError,
+    EvaluateError,
+    ArtifactMissing,
+    FileNotFoundError,
+    OldStoreLayout,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     smollm2.add_argument("--out", type=Path, default=SMOLLM2)
     smollm2.set_defaults(handler=cmd_models_smollm2)
 
+    store = commands.add_parser("store", help="maintain an artifact store").add_subparsers(
+        dest="store_command", required=True
+    )
+    migrate = store.add_parser("migrate", help="pack an item cache written by the previous layout (docs/scale.md)")
+    migrate.add_argument("--root", required=True, type=Path, help="the store (run config's `store`)")
+    migrate.set_defaults(handler=cmd_store_migrate)
+
     sft_cli(commands)
     train_cli(commands)
     evaluate_cli(commands)
@@ -143,6 +159,16 @@ def cmd_curate(args: argparse.Namespace) -> int:
     manifests = curate(load_run_config(args.config))
     print_manifests(manifests)
     print_alerts(manifests)
+    return 0
+
+
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    from tasks.store.migrate import migrate
+
+    packed = migrate(args.root)
+    for stage, count in packed.items():
+        print(f"{stage}: {count} items packed")
+    print(f"{args.root}: in the packed layout" + ("" if packed else " already"))
     return 0
 
 

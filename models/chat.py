@@ -1,5 +1,6 @@
 """What a chat request is made of and what comes back, apart from sending it: messages (images
-as data URLs), JSON inside a reply, and the top log-probabilities of a reply's tokens."""
+as data URLs), JSON inside a reply, the top log-probabilities of a reply's tokens, and the
+text of what a server answered (an error message, a Retry-After header)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,15 @@ def top_logprobs(choice: Any, positions: int = 3) -> TopLogprobs | None:
         tops = getattr(token, "top_logprobs", None) or []
         found.append(tuple((str(t.token), float(t.logprob)) for t in tops))
     return tuple(found) if any(found) else None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare from LLM servers; the exponential backoff applies
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,7 +4,8 @@ What every caller of an LLM in this project needs, in one place:
 
 - bounded concurrency (``max_concurrency`` requests in flight) and a client-side
   requests-per-minute limit, so a large curation run neither floods a local server nor
-  trips a provider's rate limiter;
+  trips a provider's rate limiter; both hold for the whole worker process: every client of
+  one endpoint (one per shard) draws on the same limits (models/llm_limits.py);
 - retries with exponential backoff on 429, 5xx, timeouts, connection errors and malformed
   response bodies (a ``Retry-After`` header wins; one longer than ``max_backoff_s`` ends the
   retries at once: a provider rate-limiting for minutes would otherwise hold every sample for
@@ -55,16 +56,20 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     data_url,
     has_images,
     parse_json_reply,
+    retry_after_seconds,
+    shorten,
     system,
     top_logprobs,
     user,
 )
-from models.llm_cache import RateLimiter, ResponseCache
+from models.llm_cache import ResponseCache
+from models.llm_limits import limits_for
 from models.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Choices = tuple[str, ...]
 
 # Keyless local servers (vLLM, llama.cpp) accept any bearer token; the SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
@@ -91,6 +96,7 @@ class ChatReply:
     cached: bool
     attempts: int  # HTTP requests this reply cost: 0 when it came from the cache
     top_logprobs: TopLogprobs | None = None  # per reply token, when asked for and given
+    choices: tuple[str, ...] = ()  # every choice's text when n > 1 was asked for (text is the first)
 
 
 def resolve_api_key(endpoint: EndpointSettings) -> str:
@@ -120,6 +126,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "response_format": ("response_format",),
     "logprobs": ("logprobs", "top_logprobs"),
     "seed": ("seed",),
+    "n": ("n",),
 }
 REFUSAL_STATUSES = frozenset({400, 422})
 
@@ -136,15 +143,13 @@ class LLMClient:
         self.endpoint = endpoint
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self._semaphore = asyncio.Semaphore(endpoint.max_concurrency)
-        self._limiter = RateLimiter(endpoint.rpm)
+        self._limits = limits_for(endpoint)
+        self.refused = self._limits.refused  # optional fields the endpoint refused or ignored: never sent again
         self._client: openai.AsyncOpenAI | None = None
         self._own_servers: serve.ServerPool | None = None
         # What identifies the endpoint in the response cache: its URL, or for a served model the
         # folder's content digest (the port and the path change from run to run, the model does not).
         self._cache_scope: Any = endpoint.base_url
-        # Optional fields (OPTIONAL_FIELDS) this endpoint refused or ignored: never sent again.
-        self.refused: set[str] = set()
         self.counts: dict[str, int] = {"requests": 0, "cache_hits": 0, "retries": 0, "errors": 0}
 
     def __repr__(self) -> str:
@@ -171,6 +176,8 @@ class LLMClient:
             pool = self._own_servers = serve.ServerPool()
         served = pool.served(self.endpoint.serve)
         self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
+        self._limits = limits_for(self.endpoint)
+        self.refused = self._limits.refused
         self._cache_scope = ("served", served.digest)
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -202,12 +209,15 @@ class LLMClient:
         seed: int | None = None,
         json_mode: bool = False,
         logprobs: int | None = None,
+        top_p: float | None = None,
+        n: int = 1,
     ) -> ChatReply:
         """One chat completion; raises LLMError (with a countable reason) when none is usable.
 
         ``json_mode``: ask for response_format=json_object; ``logprobs``: ask for that many top
         log-probabilities per reply token (``ChatReply.top_logprobs``; None when the endpoint
-        gives none). Either is dropped for good once the endpoint refuses or ignores it.
+        gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``: that
+        many choices (``ChatReply.choices``), or fewer (``transformers serve`` gives one).
         """
         if self._client is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
@@ -228,25 +238,33 @@ class LLMClient:
         if logprobs:
             request["logprobs"] = True
             request["top_logprobs"] = logprobs
+        if top_p is not None:
+            request["top_p"] = top_p
+        if n > 1:
+            request["n"] = n
         # Keyed by what was asked, not what was sent: a re-run hits the cache without first
         # learning again which fields the endpoint refuses.
         key = self.request_key(request)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.counts["cache_hits"] += 1
             tops = hit.get("top_logprobs")
-            return ChatReply(hit["text"], hit.get("finish_reason"), cached=True, attempts=0, top_logprobs=_tops(tops))
+            choices = tuple(hit.get("choices") or (hit["text"],))
+            reason = hit.get("finish_reason")
+            return ChatReply(hit["text"], reason, cached=True, attempts=0, top_logprobs=_tops(tops), choices=choices)
         try:
-            text, finish_reason, tops, attempts = await self._negotiate(request)
+            text, finish_reason, tops, attempts, choices = await self._negotiate(request)
         except LLMError as exc:
             self.counts["errors"] += 1
             raise LLMError(exc.reason, self._redact(exc.detail)) from None
         if logprobs and tops is None and "logprobs" not in self.refused:
             self._refuse("logprobs", "ignored: the reply carried none")
         if self._cache is not None:
-            self._cache.put(key, {"text": text, "finish_reason": finish_reason, "top_logprobs": tops})
-        return ChatReply(text, finish_reason, cached=False, attempts=attempts, top_logprobs=tops)
+            self._cache.put(
+                key, {"text": text, "finish_reason": finish_reason, "top_logprobs": tops, "choices": list(choices)}
+            )
+        return ChatReply(text, finish_reason, cached=False, attempts=attempts, top_logprobs=tops, choices=choices)
 
-    async def _negotiate(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
+    async def _negotiate(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
         """Send ``request`` less the fields this endpoint refused. A refusal (400/422) drops an
         optional field for good and sends again: the field the error names or, when it names
         none, the one whose removal lets the request pass."""
@@ -254,8 +272,8 @@ class LLMClient:
         while True:
             sent = self._without(request, self.refused)
             try:
-                text, finish_reason, tops, attempts = await self._send(sent)
-                return text, finish_reason, tops, attempts + spent
+                text, finish_reason, tops, attempts, choices = await self._send(sent)
+                return text, finish_reason, tops, attempts + spent, choices
             except RequestRefused as refusal:
                 spent += 1
                 present = [group for group in OPTIONAL_FIELDS if group not in self.refused and _has(sent, group)]
@@ -266,12 +284,12 @@ class LLMClient:
                     continue
                 for group in present:
                     try:
-                        text, finish_reason, tops, attempts = await self._send(self._without(sent, {group}))
+                        text, finish_reason, tops, attempts, choices = await self._send(self._without(sent, {group}))
                     except RequestRefused:
                         spent += 1
                         continue
                     self._refuse(group, f"refused ({refusal.reason}; the request passed without it)")
-                    return text, finish_reason, tops, attempts + spent
+                    return text, finish_reason, tops, attempts + spent, choices
                 raise refusal from None
 
     def _refuse(self, group: str, why: str) -> None:
@@ -284,30 +302,31 @@ class LLMClient:
         drop = {name for group in groups for name in OPTIONAL_FIELDS[group]}
         return {k: v for k, v in request.items() if k not in drop} if drop else request
 
-    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int]:
+    async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
         assert self._client is not None
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
             retry_after: float | None = None
-            async with self._semaphore:
-                await self._limiter.wait()
+            async with self._limits.slots.held():
+                await self._limits.rate.wait()
                 self.counts["requests"] += 1
                 try:
                     completion = await self._client.chat.completions.create(**request)
-                    return (*_reply_text(completion), attempt + 1)
+                    text, finish_reason, tops, choices = _reply_text(completion)
+                    return text, finish_reason, tops, attempt + 1, choices
                 except openai.APITimeoutError:
                     last = LLMError("timeout", f"no reply within {self.endpoint.timeout_s:g} s")
                 except openai.APIConnectionError as exc:
                     last = LLMError("connection", type(exc.__cause__ or exc).__name__)
                 except openai.APIStatusError as exc:
                     if exc.status_code in REFUSAL_STATUSES:
-                        raise RequestRefused(exc.status_code, _short(exc.message)) from None
+                        raise RequestRefused(exc.status_code, shorten(exc.message)) from None
                     last = LLMError(
-                        "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", _short(exc.message)
+                        "rate_limited" if exc.status_code == 429 else f"http_{exc.status_code}", shorten(exc.message)
                     )
                     if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                         raise last from None
-                    retry_after = _retry_after(exc.response.headers.get("retry-after"))
+                    retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
                     if retry_after is not None and retry_after > self.endpoint.max_backoff_s:
                         raise LLMError(
                             last.reason,
@@ -315,9 +334,9 @@ class LLMClient:
                             f"max_backoff_s={self.endpoint.max_backoff_s:g}",
                         ) from None
                     if retry_after is not None:
-                        self._limiter.pause(retry_after)
+                        self._limits.rate.pause(retry_after)
                 except (openai.APIResponseValidationError, ValueError, LLMError) as exc:
-                    last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", _short(str(exc)))
+                    last = exc if isinstance(exc, LLMError) else LLMError("malformed_response", shorten(str(exc)))
             if attempt < self.endpoint.max_retries:
                 self.counts["retries"] += 1
                 delay = (
@@ -343,27 +362,14 @@ def _tops(value: Any) -> TopLogprobs | None:
     return tuple(tuple((str(token), float(logprob)) for token, logprob in position) for position in value)
 
 
-def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None]:
+def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None, Choices]:
     choices = getattr(completion, "choices", None)
     if not choices:
         raise LLMError("malformed_response", "no choices in the reply")
-    message = getattr(choices[0], "message", None)
-    text = getattr(message, "content", None)
-    if not isinstance(text, str):
+    texts = tuple(getattr(getattr(choice, "message", None), "content", None) for choice in choices)
+    if not all(isinstance(text, str) for text in texts):
         raise LLMError("malformed_response", "reply has no text content")
-    return text, getattr(choices[0], "finish_reason", None), top_logprobs(choices[0])
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare from LLM servers; the exponential backoff applies
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return texts[0], getattr(choices[0], "finish_reason", None), top_logprobs(choices[0]), texts
 
 
 def run_with_client(

@@ -1,9 +1,7 @@
-"""The LLM client's bookkeeping: replies cached on disk by request, and request starts spaced
-for a requests-per-minute limit."""
+"""The LLM client's response cache: replies on disk by request."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -36,23 +34,3 @@ class ResponseCache:
 
     def close(self) -> None:
         self._db.close()
-
-
-class RateLimiter:
-    """Spaces request starts at least 60/rpm seconds apart (no bursts: servers see a steady rate),
-    and holds every start while the server has asked the client to back off (Retry-After):
-    one 429 pauses the whole client, not only the request that met it."""
-
-    def __init__(self, rpm: float | None):
-        self.interval = 60.0 / rpm if rpm else 0.0
-        self._next = 0.0
-
-    def pause(self, seconds: float) -> None:
-        self._next = max(self._next, time.monotonic() + seconds)
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)

@@ -98,7 +98,7 @@ REGIONS = Artifact(
             pa.field("status", pa.string(), nullable=False),  # ok | no_region | failed
             pa.field("reason", pa.string()),  # short, countable; null when ok
             pa.field("source", pa.string(), nullable=False),  # annotation | sam | heatmap | attention
-            pa.field("mask_path", pa.string()),  # masks/<stem>.png, 0/255, image size; null unless ok
+            pa.field("mask_path", pa.string()),  # a store blob (a PNG, 0/255, image size); null unless ok
             pa.field("boxes", pa.list_(BOX), nullable=False),  # boxes used (prompts, or the region's components)
             pa.field("confidence", pa.float32()),  # [0, 1]: the visual pair's clinical-relevance score
             pa.field("area_fraction", pa.float32()),  # region pixels / image pixels
@@ -116,7 +116,7 @@ NOISED = Artifact(
             pa.field("sample_id", pa.string(), nullable=False),
             pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
             pa.field("reason", pa.string()),
-            pa.field("noised_path", pa.string()),  # images/<stem>.png, same size/dtype/channels as the original
+            pa.field("noised_path", pa.string()),  # a store blob (a PNG), same size/dtype/channels as the original
             pa.field("mode", pa.string(), nullable=False),  # local | global
             pa.field("k", pa.int32(), nullable=False),
             pa.field("seed", pa.int64(), nullable=False),

@@ -51,6 +51,15 @@ class TargetSamplingConfig(StageConfig):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
     seed: int = Field(default=0, description="Sampling seed")
     device: str | None = Field(default=None, description="torch device; unset: cuda when available, else cpu")
+    endpoint: EndpointConfig | None = Field(
+        default=None,
+        description=(
+            "Sample the target model through an OpenAI-compatible VLM server instead of in-process (vLLM: n answers "
+            "per request, LoRA adapters by model name; docs/scale.md): the question with its image, num_samples "
+            "answers at temperature and top_p. Needs capabilities.images and, for a non-local server, allow_images. "
+            "model_path and adapter then stay unset: the server holds the model"
+        ),
+    )
 
     @property
     def uses_llm(self) -> bool:
@@ -150,8 +159,14 @@ class HallucinateConfig(StageConfig):
             raise ValueError("min_length_ratio must be below max_length_ratio")
         if not self.chain or len(set(self.chain)) != len(self.chain):
             raise ValueError(f"backend: a non-empty chain of distinct backends ({', '.join(get_args(Backend))})")
-        if "target" in self.chain and self.target.model_path is None:
-            raise ValueError("backend 'target' needs target.model_path")
+        if "target" in self.chain and (self.target.model_path is None) == (self.target.endpoint is None):
+            raise ValueError("backend 'target' needs one of target.model_path and target.endpoint")
+        endpoint = self.target.endpoint
+        if endpoint is not None and not (endpoint.capabilities.images and endpoint.images_allowed):
+            raise ValueError(
+                "target.endpoint receives each question's image: set its capabilities.images (the model reads "
+                "images) and, for a non-local server, allow_images"
+            )
         if self.target.adapter is not None and self.target.model_path is None:
             raise ValueError("target.adapter needs target.model_path (the base model it was trained on)")
         if self.send_images and self.uses_llm and not self.llm.capabilities.images:

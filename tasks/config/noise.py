@@ -78,7 +78,15 @@ class NoiseConfig(StageConfig):
     feather_px: float = Field(
         default=4.0, ge=0.0, description="Noise ramps up over this many pixels inside the region edge"
     )
-    seed: int = Field(default=0, description="Mixed with each sample_id into that sample's noise seed")
+    seed: int = Field(default=0, description="Mixed into every noise seed (see seed_per)")
+    seed_per: Literal["image", "sample"] = Field(
+        default="image",
+        description=(
+            "image: one noised image per distinct (image content, region mask content, noise settings), seeded by "
+            "the image's content digest and shared by every question on that image (SLAKE and VQA-RAD ask many "
+            "per image); sample: each sample its own noise, seeded by its sample_id"
+        ),
+    )
     workers: int = Field(
         json_schema_extra=OPERATIONAL,
         default=2,

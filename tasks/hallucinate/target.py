@@ -8,9 +8,11 @@ is no effusion." never fits 0.5-2x of "Yes", so without the reduction short answ
 almost always rewritten, not taken from the model (rows record ``origin``).
 
 The sampled model is ``target.model_path``, with ``target.adapter`` merged in when set (the model
-a round of `mmedpo iterate` trained). Without an LLM, ``selector: first`` takes the first sampled
-answer that passes the guard and ``fallback: rules`` (or ``skip``) replaces the LLM's rewrite, so
-rejections stay on-policy and nothing calls an endpoint. Each batch's sampling seed is derived
+a round of `mmedpo iterate` trained), or the model behind ``target.endpoint``, an OpenAI-compatible
+VLM server (vLLM) asked for n answers per question with its image attached. Without an LLM,
+``selector: first`` takes the first sampled answer that passes the guard and ``fallback: rules``
+(or ``skip``) replaces the LLM's rewrite, so rejections stay on-policy and nothing calls an
+endpoint. Each batch's sampling seed is derived
 from its samples' ids, not their position in a shard: with ``batch_size: 1`` a sample's answers
 depend on the sample and the model alone (a resumed run, another shard size, the same)."""
 
@@ -93,6 +95,43 @@ def sample_target(samples: Sequence[Mapping[str, Any]], config: HallucinateConfi
             except Exception as exc:  # noqa: BLE001
                 results.append(exc)
     return results
+
+
+async def sample_endpoint(
+    client: llm_api.LLMClient, samples: Sequence[Mapping[str, Any]], target: TargetSamplingConfig
+) -> list[list[str] | Exception]:
+    """``num_samples`` answers per sample from the endpoint, each sample's seeded by its id alone;
+    a failed request costs its sample's row (an LLMError in its place)."""
+
+    async def one(sample: Mapping[str, Any]) -> list[str] | Exception:
+        try:
+            return await endpoint_answers(client, sample, target)
+        except llm_api.LLMError as exc:
+            return exc
+
+    return list(await asyncio.gather(*(one(sample) for sample in samples)))
+
+
+async def endpoint_answers(
+    client: llm_api.LLMClient, sample: Mapping[str, Any], target: TargetSamplingConfig
+) -> list[str]:
+    """One request for all n answers (vLLM gives n choices); a server that gives fewer (transformers
+    serve gives one) is asked again, with the next seed, until there are n."""
+    messages = [llm_api.user(str(sample["question"]), [sample["image_path"]])]
+    seed = batch_seed(target.seed, [sample])
+    answers: list[str] = []
+    while len(answers) < target.num_samples:
+        reply = await client.chat(
+            messages,
+            temperature=target.temperature,
+            top_p=target.top_p,
+            max_tokens=target.max_new_tokens,
+            seed=seed,
+            n=target.num_samples - len(answers),
+        )
+        answers.extend(reply.choices or (reply.text,))
+        seed += 1
+    return answers[: target.num_samples]
 
 
 def closed_answer(candidate: str, question: str, answer: str) -> str:
@@ -246,7 +285,16 @@ def target_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     if config.target.uses_llm:
         check_images_allowed(config)
-    sampled = sample_target(samples, config) if samples else []
+    if not samples:
+        sampled: list[list[str] | Exception] = []
+    elif config.target.endpoint is not None:
+        target = config.target
+        assert target.endpoint is not None
+        sampled = llm_api.run_with_client(
+            target.endpoint, cache_dir, lambda client: sample_endpoint(client, samples, target)
+        )
+    else:
+        sampled = sample_target(samples, config)
 
     async def one(
         client: llm_api.LLMClient | None, index: int, sample: Mapping[str, Any], candidates: Any

@@ -31,8 +31,8 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
     """A lesion region per sample from the configured source (tasks.localize.regions).
 
     Inputs: ``ingest`` (SAMPLES). Output: ``regions.parquet`` (REGIONS: status, reason, mask
-    path, boxes, confidence - the visual pair's clinical-relevance score - and area) and
-    ``masks/`` (binary PNGs, image size). Per-sample items, computed in shards.
+    path, boxes, confidence - the visual pair's clinical-relevance score - and area); the masks
+    (binary PNGs, image size) are store blobs the rows name. Per-sample items, computed in shards.
     Counters: ``samples.seen``, ``regions.ok``, ``regions.no_region.<reason>``,
     ``regions.failed.<reason>``.
     """

@@ -16,11 +16,12 @@ from tasks.config import NoiseConfig
 from tasks.counters import Counters
 from tasks.imaging import load_array, save_array
 from tasks.noise.diffusion import feather, noise_array, sample_seed
-from tasks.store import ArtifactStore, Manifest, by_content, code_version, safe_stem, stage_task_options
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "noise"
 CODE = code_version(__name__)
 GRID_SAMPLES = 8
+NOISED_FILE = "noised.png"
 
 
 def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
@@ -31,12 +32,15 @@ def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize:
     noise field for a grey image's channels.
     Outside the region the pixels are the original ones, bit for bit; the noise ramps up over
     ``feather_px`` inside the region's edge. ``mode=global`` noises the whole image instead
-    (the paper's ablation) for the same samples, so the two compare pair for pair. A sample's
-    noise depends only on its sample_id and ``config.seed``: runs with different ``k`` use the
-    same eps at different strengths.
+    (the paper's ablation) for the same samples, so the two compare pair for pair. With
+    ``seed_per=image`` (the default) an image is noised once per distinct region and shared by
+    every question on it, its eps seeded by the image's content digest; with ``seed_per=sample``
+    each sample is noised on its own, seeded by its sample_id. Either way runs with different
+    ``k`` use the same eps at different strengths.
 
     Inputs: ``ingest`` (SAMPLES), ``localize`` (REGIONS and masks). Output:
-    ``noised.parquet`` (NOISED) and ``images/`` (noised PNGs, same size, dtype and channels).
+    ``noised.parquet`` (NOISED); the noised PNGs (same size, dtype and channels) are store blobs
+    the rows name.
     Counters: ``samples.seen``, ``images.noised``, ``images.skipped.<reason>``,
     ``images.failed.<reason>``.
     """
@@ -49,10 +53,11 @@ def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize:
     )
 
 
-# What a sample's noised image depends on: its image by content, its region row with the mask
-# by content (never the localize artifact's folder), and the config less the thread count.
-SAMPLE_FIELDS = ("sample_id", "image_sha256")
-REGION_FIELDS = ("sample_id", "status", "reason")
+# What a noised image depends on: its image by content, its region row with the mask by content
+# (never the localize artifact's folder), the config less the thread count, and with
+# seed_per=sample the sample_id (then no two samples share one).
+SAMPLE_FIELDS = ("image_sha256",)
+REGION_FIELDS = ("status", "reason")
 
 
 def build_noised(
@@ -64,13 +69,22 @@ def build_noised(
     items = store.items(STAGE, CODE, config)
     work = []
     for region in regions:
-        sample = samples.get(region["sample_id"])
+        sample_id = region["sample_id"]
+        sample = samples.get(sample_id)
         content = {
             "sample": None if sample is None else by_content(sample, SAMPLE_FIELDS),
             "region": by_content(region, REGION_FIELDS, {"mask_path": region_dir}),
         }
-        work.append(items.item(content, (region, sample, str(region_dir))))
-    records = items.build(out, work, partial(noise_items, resolved(config)))
+        per_sample = config.seed_per == "sample" or sample is None
+        if per_sample:
+            content["sample_id"] = sample_id
+        seed = sample_seed(sample_id if per_sample else f"sha256:{sample['image_sha256']}", config.seed)
+        work.append(items.item(content, (region, sample, str(region_dir), seed)))
+    # Samples that share an item share its row and its one image: each row is re-labelled with its own sample.
+    records = [
+        {**row, "sample_id": region["sample_id"]}
+        for row, region in zip(items.build(out, work, partial(noise_items, resolved(config))), regions)
+    ]
     catalog.write(out, NOISED, records)
     counts = Counters()
     counts.add("samples", "seen", n=len(records))
@@ -99,7 +113,7 @@ def noise_items(
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         rows = list(
             pool.map(
-                lambda job: noise_one(job[1], job[0][0], job[0][1], Path(job[0][2]), config),
+                lambda job: noise_one(job[1], *job[0][:2], Path(job[0][2]), config, job[0][3]),
                 zip(payloads, folders),
             )
         )
@@ -112,9 +126,10 @@ def noise_one(
     sample: Mapping[str, Any] | None,
     region_dir: Path,
     config: NoiseConfig,
+    seed: int,
 ) -> dict[str, Any]:
-    """Noise one sample's image given its localize row; always returns a NOISED row."""
-    seed = sample_seed(region["sample_id"], config.seed)
+    """Noise one image given its localize row and seed, into the item folder ``out`` (the shard
+    stores it once by content); always returns a NOISED row."""
     row = {
         "sample_id": region["sample_id"],
         "status": "ok",
@@ -141,9 +156,8 @@ def noise_one(
         if mask.shape != pixels.shape[:2]:
             return {**row, "status": "failed", "reason": "mask_size_mismatch"}
         weight = feather(mask, config.feather_px)
-    noised_path = f"images/{safe_stem(region['sample_id'])}.png"
-    save_array(noise_array(pixels, weight, config, seed), out / noised_path)
-    return {**row, "noised_path": noised_path}
+    save_array(noise_array(pixels, weight, config, seed), out / NOISED_FILE)
+    return {**row, "noised_path": NOISED_FILE}
 
 
 def noise_rows(regions: Sequence[Mapping[str, Any]], noised: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@
 - ``files``: atomic writes, temporary folders, links;
 - ``manifest``: what a stage hands on, and the key that names it;
 - ``items``: the per-item cache under per-sample stages, and its shards;
+- ``packed``: how items lie on disk (rows per shard in Parquet, files once by content);
+- ``migrate``: converting an item cache of the previous layout;
 - ``artifacts``: building and publishing stage artifacts;
 - ``policy``: Prefect's cache key = the store key.
 """

@@ -5,14 +5,14 @@ a new key. Underneath, each sample's result is cached as an *item* keyed by its 
 (stage, code, the item-relevant config, the sample's fields and upstream rows, with files
 named by their content hash, never by their location inside an artifact folder, which moves
 whenever an upstream key changes). A build then computes only the items it has never seen,
-shard by shard, on whatever runs shards (``SHARDS``), and links the cached results into the
-new artifact. Items are published like artifacts (temp folder, rename): a killed shard
-leaves finished items behind and never a partial one.
+shard by shard, on whatever runs shards (``SHARDS``), and gathers the cached rows into the new
+artifact. Items are stored packed (tasks/store/packed.py): a shard's rows in one Parquet file
+written once the shard is done, their files once by content in the store's blob folder. A
+killed shard leaves the finished shards' items behind and never a partial one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from tasks import counters, progress
-from tasks.store.files import link_or_copy, temp_folder
+from tasks.store.files import temp_folder
 from tasks.store.keys import content_hash, file_digest
+from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, write_rows
 
-ITEMS = ".items"
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
 # (`make ui` creates one) caps how many of them run at once across every flow run.
 LLM_TAG = "llm-api"
-ITEM_ROW = "row.json"
 ITEM_KEY_LENGTH = 32
 
 
@@ -46,14 +45,10 @@ class Item:
 
 
 # compute(payloads, folders) -> (one result row per payload in order, counters of the work
-# done, e.g. LLM requests). A row names its files by their path relative to the artifact
-# (e.g. ``masks/<stem>.png``); compute writes each file at that path under the item's folder,
-# and the build links it to the same path in the artifact.
+# done, e.g. LLM requests). A row names each file it made by a path (e.g. ``masks/<stem>.png``);
+# compute writes the file at that path under the item's folder, and the shard stores it as a blob
+# and puts the blob's path from the artifact into the row in its place.
 Compute = Callable[[Sequence[Any], Sequence[Path]], tuple[Sequence[Mapping[str, Any]], Mapping[str, float]]]
-
-
-def item_folder(root: str | os.PathLike[str], stage: str, key: str) -> Path:
-    return Path(root) / stage / ITEMS / key[:2] / key
 
 
 def by_content(row: Mapping[str, Any], fields: Sequence[str], files: Mapping[str, Path | None] = {}) -> dict[str, Any]:
@@ -73,47 +68,32 @@ def by_content(row: Mapping[str, Any], fields: Sequence[str], files: Mapping[str
 def compute_items(
     store_root: str | os.PathLike[str], stage: str, items: Sequence[Item], compute: Compute
 ) -> dict[str, float]:
-    """Compute and publish the items of one shard that are not cached yet; returns the
-    compute function's counters.
+    """Compute the items of one shard (the build's missing ones) and publish them together: their
+    files as blobs, then their rows in one atomic Parquet file; returns the compute function's
+    counters.
 
     Runs wherever the shard runner puts it (a thread, a Dask or Ray worker): it needs only the
-    store's file system.
+    store's file system. Another run computing the same item at once publishes equal content.
     """
-    todo = [item for item in items if not (item_folder(store_root, stage, item.key) / ITEM_ROW).is_file()]
-    if not todo:
+    if not items:
         return {}
     scratch = Path(store_root) / stage / ITEMS / ".tmp"
-    folders = [temp_folder(scratch, item.key) for item in todo]
+    folders = [temp_folder(scratch, item.key) for item in items]
     try:
-        rows, counts = compute([item.payload for item in todo], folders)
+        rows, counts = compute([item.payload for item in items], folders)
         rows = list(rows)
         progress.shard_done(stage, len(rows))
-        if len(rows) != len(todo):
-            raise StageFailed(f"{stage}: compute returned {len(rows)} rows for {len(todo)} items")
-        for item, folder, row in zip(todo, folders, rows):
-            (folder / ITEM_ROW).write_text(json.dumps(dict(row), default=_json_value, ensure_ascii=False))
-            final = item_folder(store_root, stage, item.key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(folder, final)
-            except OSError:
-                if not (final / ITEM_ROW).is_file():
-                    raise
-                # Another shard published this item first; equal content by construction.
+        if len(rows) != len(items):
+            raise StageFailed(f"{stage}: compute returned {len(rows)} rows for {len(items)} items")
+        try:
+            packed = [(item.key, pack_item(store_root, folder, row)) for item, folder, row in zip(items, folders, rows)]
+        except ValueError as exc:
+            raise StageFailed(f"{stage}: {exc}") from None
+        write_rows(store_root, stage, packed)
     finally:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
     return dict(counts)
-
-
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"item rows hold JSON values, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -164,10 +144,12 @@ class StageItems:
     def build(
         self, out: Path, items: Sequence[Item], compute: Compute, tags: Sequence[str] = (), unit: str = "samples"
     ) -> list[dict[str, Any]]:
-        """Result rows of ``items`` in order: cached ones reused, the rest computed in shards;
-        every item's files linked into ``out`` at their artifact-relative paths. Progress lines
-        in the terminal count ``unit`` (tasks.progress)."""
-        missing = list({item.key: item for item in items if not self._done(item)}.values())
+        """Result rows of ``items`` in order: cached ones reused, the rest computed in shards.
+        A row names its files by their blob paths from ``out`` (tasks/store/packed.py). Progress
+        lines in the terminal count ``unit`` (tasks.progress)."""
+        refuse_old_layout(self.root, self.stage)
+        index = read_index(self.root, self.stage)
+        missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
         size = max(1, int(runner.shard_size))
         job = ShardJob(
@@ -185,24 +167,12 @@ class StageItems:
                 counters.merge(self.counts, runner.run(job))
             finally:
                 progress.finish(self.stage)
+            index = read_index(self.root, self.stage)
         work = BUILD_WORK.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
-        return [self._gather(out, item) for item in items]
-
-    def _done(self, item: Item) -> bool:
-        return (item_folder(self.root, self.stage, item.key) / ITEM_ROW).is_file()
-
-    def _gather(self, out: Path, item: Item) -> dict[str, Any]:
-        folder = item_folder(self.root, self.stage, item.key)
-        row_file = folder / ITEM_ROW
-        if not row_file.is_file():
-            raise StageFailed(f"{self.stage}: item {item.key} was not computed (its shard failed)")
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path != row_file:
-                target = out / path.relative_to(folder)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():
-                    raise StageFailed(f"{self.stage}: two items write {target.relative_to(out)}")
-                link_or_copy(path, target)
-        return json.loads(row_file.read_text())
+        absent = sorted({item.key for item in items if item.key not in index})
+        if absent:
+            raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")
+        # Items several samples share (one noised image for every question on it) share a row.
+        return [dict(index[item.key]) for item in items]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.config import StageConfig, identity, marker
 from tasks.store.keys import DigestMemo, content_hash, file_digest
+from tasks.store.packed import is_blob_path
 
 MANIFEST = "manifest.json"
 
@@ -61,7 +62,8 @@ class Manifest(BaseModel):
     work: dict[str, float] = {}
 
     def file(self, name: str) -> Path:
-        if name not in self.files:
+        """One of the artifact's files, or a blob its rows name (tasks/store/packed.py)."""
+        if name not in self.files and not is_blob_path(name):
             raise FileNotFoundError(f"artifact {self.stage}/{self.key} has no file {name!r} (has {self.files})")
         return Path(self.path) / name
 

@@ -33,7 +33,8 @@ def small_source(root: Path) -> SourceConfig:
 
 
 def stored_dirs(store: Path) -> set[str]:
-    return {str(p.relative_to(store)) for p in store.glob("*/*")}
+    """Stage folders' entries; the store-wide blob folder (.blobs) is no stage."""
+    return {str(p.relative_to(store)) for p in store.glob("[!.]*/*")}
 
 
 def new_dirs(store: Path, before: set[str]) -> set[str]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -20,7 +21,7 @@ from PIL import Image
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig, SourceConfig
 from tasks.store import MANIFEST
-from tasks.store.items import ITEM_ROW
+from tasks.store.packed import finished_items
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = 40
@@ -49,19 +50,15 @@ def data_root(root: Path) -> SourceConfig:
     return SourceConfig(format="jsonl", root=root / "data.jsonl", name="crash")
 
 
-def finished_items(store: Path, stage: str) -> int:
-    return len(list((store / stage / ".items").glob(f"??/*/{ITEM_ROW}")))
-
-
 def visible_state_is_complete(store: Path) -> None:
-    """Every artifact folder has its manifest, every item folder its row: partial work hides in
-    dot-named temporary folders only."""
+    """Every artifact folder has its manifest, every packed rows file reads whole: partial work
+    hides in dot-named temporary folders only."""
     for stage_dir in (p for p in store.iterdir() if not p.name.startswith(".")):
         for artifact in stage_dir.iterdir():
             if not artifact.name.startswith("."):
                 assert (artifact / MANIFEST).is_file(), artifact
-        for item in (stage_dir / ".items").glob("??/*"):
-            assert (item / ITEM_ROW).is_file(), item
+        for rows in (stage_dir / ".items" / "rows").glob("*.parquet"):
+            assert pq.read_table(rows).num_rows > 0, rows
 
 
 @pytest.mark.slow

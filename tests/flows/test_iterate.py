@@ -32,7 +32,7 @@ from tasks.config import (
     TargetSamplingConfig,
 )
 from tasks.store import MANIFEST, ArtifactStore
-from tasks.store.items import ITEM_ROW
+from tasks.store.packed import finished_items
 from tests.support.configs import small_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def run_config(tmp_path: Path, model: Path) -> RunConfig:
 
 
 def item_count(store: Path, stage: str) -> int:
-    return len(list((store / stage / ".items").glob(f"??/*/{ITEM_ROW}")))
+    return finished_items(store, stage)
 
 
 def artifacts(store: Path) -> set[str]:

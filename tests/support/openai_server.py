@@ -38,6 +38,8 @@ class Reply:
     finish_reason: str = "stop"
     # Per reply token, the top (token, logprob) pairs; sent when the request asks for logprobs.
     top_logprobs: list[list[tuple[str, float]]] | None = None
+    # Several choices in one reply (vLLM's answer to n > 1); unset: one choice, ``content``.
+    choices: list[str] | None = None
 
 
 @dataclass
@@ -160,11 +162,12 @@ class _Handler(BaseHTTPRequestHandler):
             "model": model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.content},
+                    "index": index,
+                    "message": {"role": "assistant", "content": content},
                     "finish_reason": reply.finish_reason,
                     "logprobs": logprobs,
                 }
+                for index, content in enumerate(reply.choices or [reply.content])
             ],
             "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words},
         }

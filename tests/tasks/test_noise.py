@@ -227,7 +227,41 @@ def test_noise_stage_writes_pairs_and_skips_samples_without_region(tmp_path):
     box[10:40, 30:70] = True
     assert np.array_equal(noised[~box], original[~box])
     assert (noised[box] != original[box]).mean() > 0.9
-    assert rows["s:rgb"]["seed"] == sample_seed("s:rgb", 0) and rows["s:rgb"]["k"] == 500
+    image_digest = ingest_rows(ingest)["s:rgb"]["image_sha256"]
+    assert rows["s:rgb"]["seed"] == sample_seed(f"sha256:{image_digest}", 0) and rows["s:rgb"]["k"] == 500
+
+
+def ingest_rows(ingest):
+    return {r["sample_id"]: r for r in catalog.rows(ingest, catalog.SAMPLES)}
+
+
+def _questions_on_one_image(tmp_path):
+    """Three questions on one image with one box, and a fourth with a box elsewhere."""
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)
+    scan = write_image(tmp_path / "scan.png", pixels)
+    store = ArtifactStore(tmp_path / "store")
+    rows = [sample_row(f"q:{i}", scan, boxes=[[8, 8, 40, 32]], question=f"question {i}?") for i in range(3)]
+    rows.append(sample_row("q:other-box", scan, boxes=[[30, 30, 60, 60]]))
+    return store, ingest_manifest(store, rows), pixels
+
+
+def test_questions_on_one_image_share_one_noised_image(tmp_path):
+    store, ingest, pixels = _questions_on_one_image(tmp_path)
+    manifest = noise(store, NoiseConfig(), ingest, localize(store, LocalizeConfig(), ingest))
+    rows = {r["sample_id"]: r for r in catalog.rows(manifest, catalog.NOISED)}
+    assert [rows[f"q:{i}"]["status"] for i in range(3)] == ["ok"] * 3
+    shared = {rows[f"q:{i}"]["noised_path"] for i in range(3)}
+    assert len(shared) == 1 and rows["q:other-box"]["noised_path"] not in shared
+    one, other = (load_array(manifest.file(rows[s]["noised_path"])) for s in ("q:0", "q:other-box"))
+    assert not np.array_equal(one, other) and not np.array_equal(one, pixels)
+    assert manifest.work["computed"] == 2 and manifest.counts["images.noised"] == 4
+    # The per-sample seed stays an option: then each question has its own noise.
+    apart = noise(store, NoiseConfig(seed_per="sample"), ingest, localize(store, LocalizeConfig(), ingest))
+    own = {r["sample_id"]: r for r in catalog.rows(apart, catalog.NOISED)}
+    assert len({own[f"q:{i}"]["noised_path"] for i in range(3)}) == 3
+    assert own["q:0"]["seed"] == sample_seed("q:0", 0) != own["q:1"]["seed"]
+    first, second = (load_array(apart.file(own[f"q:{i}"]["noised_path"])) for i in range(2))
+    assert not np.array_equal(first, second) and not np.array_equal(first, pixels)
 
 
 def test_changing_k_recomputes_noise_only(tmp_path):

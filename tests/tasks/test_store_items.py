@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tasks.config import StageConfig
 from tasks.store import SHARDS, ArtifactStore, SourceSnapshot, by_content
-from tasks.store.items import InlineShards, item_folder
+from tasks.store.items import InlineShards
+from tasks.store.packed import BLOBS, OldStoreLayout, read_index
 
 
 class Options(StageConfig):
@@ -34,6 +36,7 @@ def build(store: ArtifactStore, records: list[dict], version: str, calls: list, 
     def run(out: Path) -> dict:
         items = store.items("double", "c1", options)
         rows = items.build(out, [items.item(by_content(r, ("id", "x")), r) for r in records], doubler(calls))
+        (out / "rows.json").write_text(json.dumps(rows))
         return {"rows": len(rows), **items.counts}
 
     return store.run("double", "c1", options, {"sources": SourceSnapshot(name="raw", key=version)}, run)
@@ -44,15 +47,23 @@ def test_a_new_artifact_key_computes_only_new_items(tmp_path):
     records = [{"id": f"r{i}", "x": i} for i in range(4)]
     calls: list = []
     first = build(store, records, "v1", calls)
-    assert first.work == {"computed": 4, "reused": 0} and first.file("out/r3.txt").read_text() == "6"
+    assert first.work == {"computed": 4, "reused": 0} and outputs(first) == ["0", "2", "4", "6"]
     grown = build(store, records + [{"id": "r9", "x": 9}], "v2", calls)
     assert calls == ["r0", "r1", "r2", "r3", "r9"]
     assert grown.work == {"computed": 1, "reused": 4} and grown.counts == {"rows": 5, "calls": 1}
-    assert grown.files == sorted([f"out/r{i}.txt" for i in (0, 1, 2, 3, 9)])
+    # The artifact holds its manifest alone: the items' files are blobs of the store, named by content.
+    assert grown.files == ["rows.json"] and outputs(grown) == ["0", "2", "4", "6", "18"]
     edited = build(store, [{"id": "r0", "x": 100}], "v3", calls)  # same id, new content: a new item
-    assert edited.work == {"computed": 1, "reused": 0} and edited.file("out/r0.txt").read_text() == "200"
+    assert edited.work == {"computed": 1, "reused": 0} and outputs(edited) == ["200"]
     other = build(store, records, "v4", calls, Options(k=2))  # the item config is part of the key
     assert other.work == {"computed": 4, "reused": 0}
+
+
+def outputs(manifest) -> list[str]:
+    """What each row's file holds, read through the artifact folder as a downstream stage reads it."""
+    rows = json.loads(manifest.file("rows.json").read_text())
+    assert all(row["path"].startswith(f"../../{BLOBS}/") for row in rows)
+    return [manifest.file(row["path"]).read_text() for row in rows]
 
 
 def test_files_are_keyed_by_content_not_location(tmp_path):
@@ -77,7 +88,7 @@ def test_a_failing_shard_keeps_finished_items_and_publishes_no_partial_one(tmp_p
             (folder / "half.txt").write_text("partial")
         if any(p["x"] is None for p in payloads):
             raise RuntimeError("killed mid-shard")
-        return [{"id": p["id"]} for p in payloads], {}
+        return [{"id": p["id"], "path": "half.txt"} for p in payloads], {}
 
     token = SHARDS.set(type("One", (InlineShards,), {"shard_size": 1})())
     try:
@@ -85,8 +96,7 @@ def test_a_failing_shard_keeps_finished_items_and_publishes_no_partial_one(tmp_p
             store.run("double", "c1", Options(), {}, lambda out: {"rows": len(items.build(out, good + bad, compute))})
     finally:
         SHARDS.reset(token)
-    assert (item_folder(tmp_path, "double", good[0].key) / "row.json").is_file()
-    assert not item_folder(tmp_path, "double", bad[0].key).exists()
+    assert set(read_index(tmp_path, "double")) == {good[0].key}
     assert list((tmp_path / "double" / ".items" / ".tmp").iterdir()) == []
     assert store.list("double") == []
 
@@ -103,4 +113,69 @@ def test_rows_do_not_depend_on_the_shard_size(tmp_path, shard_size):
         manifest.key
         == build(ArtifactStore(tmp_path / "other"), [{"id": f"r{i}", "x": i} for i in range(7)], "v1", []).key
     )
-    assert [manifest.file(f"out/r{i}.txt").read_text() for i in range(7)] == [str(2 * i) for i in range(7)]
+    assert outputs(manifest) == [str(2 * i) for i in range(7)]
+
+
+def write_previous_layout(root: Path, stage: str, key: str, row: dict, files: dict[str, bytes]) -> Path:
+    """An item as the previous layout stored it: ``<stage>/.items/<2>/<key>/row.json`` beside its files."""
+    folder = root / stage / ".items" / key[:2] / key
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "row.json").write_text(json.dumps(row))
+    return folder
+
+
+def test_a_store_of_the_previous_layout_is_refused_then_migrated_by_one_command(tmp_path, capsys):
+    from flows.cli import main
+
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    old = items.item(by_content({"id": "r1", "x": 1}, ("id", "x")), {"id": "r1", "x": 1})
+    write_previous_layout(tmp_path, "double", old.key, {"id": "r1", "path": "out/r1.txt"}, {"out/r1.txt": b"2"})
+    killed = write_previous_layout(tmp_path, "double", "ab" + "0" * 30, {}, {"out/x.txt": b"partial"})
+    (killed / "row.json").unlink()  # a shard killed under the previous layout: never an item
+    calls: list = []
+    with pytest.raises(OldStoreLayout, match=r"mmedpo store migrate --root .*"):
+        build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    assert calls == []
+
+    assert main(["store", "migrate", "--root", str(tmp_path)]) == 0
+    assert "double: 1 items packed" in capsys.readouterr().out
+    assert not any((tmp_path / "double" / ".items").glob("??"))
+    manifest = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v1", calls)
+    assert calls == ["r2"] and manifest.work == {"computed": 1, "reused": 1}
+    assert outputs(manifest) == ["2", "4"]
+    assert main(["store", "migrate", "--root", str(tmp_path)]) == 0  # again: nothing left to do
+    assert "already" in capsys.readouterr().out
+
+
+def test_migrating_a_missing_store_is_one_line_on_the_command_line(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["store", "migrate", "--root", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err.strip() == f"mmedpo: error: {tmp_path / 'absent'}: no store there"
+
+
+def test_an_unreadable_rows_file_costs_its_items_a_recompute_not_the_run(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    rows_files = list((tmp_path / "double" / ".items" / "rows").glob("*.parquet"))
+    assert len(rows_files) == 1
+    rows_files[0].write_bytes(b"PAR1 truncated by a full disk")
+    (rows_files[0].parent / "other.parquet").write_text("not parquet either")
+    again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
+    assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
+
+
+def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    first = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v1", calls)
+    gone = json.loads(first.file("rows.json").read_text())[0]["path"]
+    first.file(gone).unlink()
+    again = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v2", calls)
+    assert calls == ["r1", "r2", "r1"] and again.work == {"computed": 1, "reused": 1}
+    assert outputs(again) == ["2", "4"]

@@ -1,0 +1,158 @@
+"""The packed layout of the per-item cache: a few files per shard, not a folder per item.
+
+A store holding MIMIC-CXR (370k images) in a folder per item, with every file linked again
+into every artifact, is millions of files: slow on network and parallel file systems,
+unworkable on object storage. So:
+
+- a shard's item rows go into one Parquet file, ``<stage>/.items/rows/<hash>.parquet``
+  (columns ``key`` and ``row``, the row as JSON), written atomically once the shard's items are
+  all computed: a killed shard leaves no row behind, and no partial item;
+- an item's files (masks, noised images) go once into the store-wide blob folder,
+  ``.blobs/<2>/<sha256><suffix>``, named by content; equal images are stored once;
+- a row names its files by their path from the artifact folder it is gathered into
+  (``<root>/<stage>/<key>/`` is always two levels under the root), so readers join an
+  artifact's folder and a row's path as they always did, and an artifact is its Parquet
+  files and manifest alone.
+
+A store written by the previous layout (``<stage>/.items/<2>/<key>/row.json``) is refused by
+name with the command that converts it (tasks/store/migrate.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence, Set
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.store.files import link_or_copy, replacing
+from tasks.store.keys import content_hash, file_digest
+
+log = logging.getLogger(__name__)
+
+ITEMS = ".items"
+ROWS = "rows"
+BLOBS = ".blobs"
+# From an artifact folder <root>/<stage>/<key>/ (or its temporary sibling) to <root>/.blobs.
+FROM_ARTIFACT = f"../../{BLOBS}"
+ROW_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("row", pa.string(), nullable=False)])
+MIGRATE_COMMAND = "mmedpo store migrate --root {root}"
+OLD_ITEM = re.compile(r"^[0-9a-f]{2}$")
+
+
+class OldStoreLayout(RuntimeError):
+    """The store holds items in the previous layout: one command converts it."""
+
+
+def rows_folder(root: str | os.PathLike[str], stage: str) -> Path:
+    return Path(root) / stage / ITEMS / ROWS
+
+
+def refuse_old_layout(root: str | os.PathLike[str], stage: str) -> None:
+    if old_item_folders(Path(root) / stage):
+        raise OldStoreLayout(
+            f"{Path(root)}: the {stage} stage's item cache is in the previous layout (a folder per item); "
+            f"run `{MIGRATE_COMMAND.format(root=Path(root))}` once to pack it"
+        )
+
+
+def old_item_folders(stage_dir: Path) -> list[Path]:
+    folder = stage_dir / ITEMS
+    if not folder.is_dir():
+        return []
+    return sorted(item for prefix in folder.iterdir() if OLD_ITEM.match(prefix.name) for item in prefix.iterdir())
+
+
+def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
+    """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
+    Parquet, another schema, a row that is no JSON object) is skipped with a warning, and so is
+    a row naming a blob that is gone: their items are computed again, never half-read."""
+    index: dict[str, dict[str, Any]] = {}
+    blobs = Path(root) / BLOBS
+    for path in sorted(rows_folder(root, stage).glob("*.parquet")):
+        try:
+            table = pq.read_table(path, schema=ROW_SCHEMA)
+            rows = [json.loads(row) for row in table.column("row").to_pylist()]
+            if not all(isinstance(row, dict) for row in rows):
+                raise ValueError("a row is no JSON object")
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
+            continue
+        for key, row in zip(table.column("key").to_pylist(), rows):
+            named = [
+                v.removeprefix(f"{FROM_ARTIFACT}/") for v in row.values() if isinstance(v, str) and is_blob_path(v)
+            ]
+            if all((blobs / name).is_file() for name in named):
+                index[key] = row
+            else:
+                log.warning("%s: item %s names a blob that is gone; it is computed again", path, key)
+    return index
+
+
+def write_rows(root: str | os.PathLike[str], stage: str, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> Path:
+    """One atomic Parquet file of (key, row) pairs, named by its keys (equal shards, one name)."""
+    keys = [key for key, _ in rows]
+    table = pa.table(
+        {"key": keys, "row": [json.dumps(dict(row), default=json_value, ensure_ascii=False) for _, row in rows]},
+        schema=ROW_SCHEMA,
+    )
+    path = rows_folder(root, stage) / f"{content_hash(keys)}.parquet"
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def pack_item(
+    root: str | os.PathLike[str], folder: Path, row: Mapping[str, Any], ignore: Set[str] = frozenset()
+) -> dict[str, Any]:
+    """``row`` with each path of a file under ``folder`` (less the names in ``ignore``) replaced
+    by its blob's path (the files are put into the blob folder, the item folder is left as it was)."""
+    blobs = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name not in ignore:
+            blobs[name] = put_blob(root, path)
+    named = {value for value in row.values() if isinstance(value, str)}
+    unnamed = sorted(set(blobs) - named)
+    if unnamed:
+        raise ValueError(f"item files {unnamed} are named by no column of their row")
+    return {name: blobs.get(value, value) if isinstance(value, str) else value for name, value in row.items()}
+
+
+def put_blob(root: str | os.PathLike[str], path: Path) -> str:
+    """Store a file once by content; its path from an artifact folder."""
+    digest = file_digest(path)
+    relative = f"{digest[:2]}/{digest}{path.suffix.lower()}"
+    target = Path(root) / BLOBS / relative
+    if not target.is_file():
+        with replacing(target) as tmp:
+            os.unlink(tmp)
+            link_or_copy(path, tmp)
+    return f"{FROM_ARTIFACT}/{relative}"
+
+
+def is_blob_path(path: str) -> bool:
+    """A row's path of a blob: under the blob folder, without a way out of it."""
+    rest = path.removeprefix(f"{FROM_ARTIFACT}/")
+    return rest != path and ".." not in Path(rest).parts
+
+
+def finished_items(root: str | os.PathLike[str], stage: str) -> int:
+    """How many items of ``stage`` are packed (tests and tools count finished work with it)."""
+    return len(read_index(root, stage))
+
+
+def json_value(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"item rows hold JSON values, got {type(value).__name__}")

@@ -7,9 +7,11 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,36 +194,112 @@ def build_adapter(
         "checkpoints": str(checkpoints),
         "resume": resume,
     }
-    if config.accelerate_config is None and (config.num_processes or 1) == 1:
+    plan = launch_plan(config)
+    if plan.in_process:
         metrics = fit(**job)
     else:
-        metrics = launch(job, config, checkpoints)
+        metrics = launch(job, plan, checkpoints)
     return {**counts, **metrics}
 
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
-# What `train.num_processes: N` launches without a `train.accelerate_config`.
+# What `train.num_processes` launches without a `train.accelerate_config`.
 DATA_PARALLEL = {"gpu": CODE_ROOT / "configs/accelerate/ddp.yaml", "cpu": CODE_ROOT / "configs/accelerate/cpu-ddp.yaml"}
 
 
-def launch(job: dict[str, Any], config: TrainConfig, checkpoints: Path) -> dict[str, float]:
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How the train stage runs ``fit``: in this process, or under ``accelerate launch`` with
+    ``processes`` ranks of ``accelerate_config`` (``port``: this run's rendezvous port, on one machine)."""
+
+    in_process: bool
+    processes: int
+    accelerate_config: Path | None = None
+    port: int | None = None
+    visible_devices: str | None = None
+
+
+def launch_plan(config: TrainConfig) -> LaunchPlan:
+    """Where ``fit`` runs, checked before any process starts.
+
+    ``num_processes: auto`` is one rank per visible GPU (1 on the CPU), so an 8-GPU node trains
+    DDP on all 8: in-process training there would meet TRL's refusal of ``nn.DataParallel``.
+    One process on a node of several GPUs runs under the launcher on the first GPU alone, for the
+    same reason. The global batch must divide over the ranks: a one-line ConfigError otherwise.
+    """
+    from models.precision import check, gpu_usable
+
+    gpus = torch_gpu_count() if check(config.device) != "cpu" else 0
+    machines, declared = accelerate_shape(config.accelerate_config)
+    if config.num_processes == "auto":
+        processes = declared if machines > 1 else max(1, gpus)
+    else:
+        processes = config.num_processes or declared
+    config.accumulation_steps(processes)  # raises ConfigError when the global batch does not divide
+    if config.accelerate_config is None and processes == 1 and gpus <= 1:
+        return LaunchPlan(in_process=True, processes=1)
+    # Without a usable GPU the ranks are gloo processes on the CPU.
+    accelerate_config = config.accelerate_config or DATA_PARALLEL["gpu" if gpu_usable() else "cpu"]
+    return LaunchPlan(
+        in_process=False,
+        processes=processes,
+        accelerate_config=accelerate_config,
+        port=free_port() if machines == 1 else None,
+        visible_devices=first_visible_gpu() if processes == 1 and gpus > 1 else None,
+    )
+
+
+def torch_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def accelerate_shape(accelerate_config: Path | None) -> tuple[int, int]:
+    """(machines, processes) an accelerate config declares; (1, 1) without one."""
+    if accelerate_config is None:
+        return 1, 1
+    import yaml
+
+    try:
+        declared = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+        return int(declared.get("num_machines", 1)), int(declared.get("num_processes", 1))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"train.accelerate_config: {accelerate_config}: not a readable accelerate config ({exc})"
+        ) from exc
+
+
+def free_port() -> int:
+    """A port free now: two runs on one node must not meet at accelerate's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def first_visible_gpu() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[0] if visible else "0"
+
+
+def launch(job: dict[str, Any], plan: LaunchPlan, checkpoints: Path) -> dict[str, float]:
     """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...).
 
-    ``train.accelerate_config`` names the launch; without one, ``train.num_processes`` data-parallel
-    processes on this machine: one per GPU, or gloo processes on the CPU
+    The plan names the launch (``launch_plan``): ``train.accelerate_config``, else data parallel
+    on this machine - one process per GPU, or gloo processes on the CPU
     (``configs/accelerate/cpu-ddp.yaml``). The ranks import this checkout's code, and die with
     the launcher, which dies with this process.
     """
-    import torch
-
     job_file = checkpoints / "job.json"
     job_file.write_text(json.dumps(job))
-    accelerate_config = config.accelerate_config or DATA_PARALLEL["gpu" if torch.cuda.is_available() else "cpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
-    if config.num_processes is not None:
-        command += ["--num_processes", str(config.num_processes)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(plan.accelerate_config)]
+    command += ["--num_processes", str(plan.processes)]
+    if plan.port is not None:
+        command += ["--main_process_port", str(plan.port)]
     command += ["-m", "tasks.train", str(job_file)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
+    if plan.visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
     # Killed with this process (SIGKILL included), the launcher gets SIGTERM and stops the ranks.
     subprocess.run(tied_to_this_process(command), check=True, env=env)
     return json.loads((Path(job["out"]) / "metrics.json").read_text())
@@ -231,16 +309,15 @@ def fit(
     config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoints: str, resume: bool
 ) -> dict[str, float]:
     """Train the adapter and write it, with its metrics and log history, under ``out``."""
-    import torch
-
-    from models import vlm
+    from models import precision, vlm
     from models.dpo import dpo_arguments, make_trainer
     from models.tiny import build_tiny_llava
 
     settings = TrainConfig.model_validate(config)
-    on_gpu = torch.cuda.is_available()
+    device = precision.resolve(settings.device, "train")
+    dtype = precision.dtype_for(device, settings.precision)
     # accelerate launch (DDP, ZeRO-3) runs WORLD_SIZE copies of this function; one without it.
-    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")))
+    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")), device=device)
     model_path = settings.model
     if model_path is None:
         # Inside the artifact, so the adapter ships with the base model it was trained on. Under accelerate
@@ -249,8 +326,11 @@ def fit(
         with args.main_process_first(local=True, desc="tiny model"):
             if not (model_path / "config.json").is_file():
                 build_tiny_llava(model_path, seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
-    policy = vlm.load(model_path, device="cpu" if not on_gpu else None, move=False)
-    reference = vlm.load(settings.ref_model, move=False).model if settings.ref_model is not None else None
+    # Not moved: the Trainer places the weights (on this rank's GPU), or DeepSpeed shards them.
+    policy = vlm.load(model_path, device=device, dtype=dtype, move=False)
+    reference = None
+    if settings.ref_model is not None:
+        reference = vlm.load(settings.ref_model, device=device, dtype=dtype, move=False).model
     trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs)
     start = last_complete_checkpoint(Path(checkpoints)) if resume else None
     result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
@@ -264,6 +344,9 @@ def fit(
     for key, value in last.items():
         if "/" in key or key == "loss":
             metrics.set("train", "last", key, value)
+    # On every rank: under ZeRO-3 each holds a shard of the adapter, gathered here (rank 0 alone would
+    # save empty tensors); under DDP and in one process it is the model's own state dict.
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.accelerator.is_main_process:
         out_dir = Path(out)
         # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing
@@ -272,7 +355,7 @@ def fit(
         recorded = str(base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base)
         for adapter in trainer.model.peft_config.values():
             adapter.base_model_name_or_path = recorded
-        trainer.model.save_pretrained(out_dir / ADAPTER)
+        trainer.model.save_pretrained(out_dir / ADAPTER, state_dict=state)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=1, sort_keys=True))
         (out_dir / "base_model.txt").write_text(f"{recorded}\n")

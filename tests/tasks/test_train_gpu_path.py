@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.config import ConfigError
+from tasks.launching import launch_plan
 from tasks.store import ArtifactStore
-from tasks.train import launch_plan, preference_snapshot, train
+from tasks.train import preference_snapshot, train
 from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import task
 
-from models import MODEL_CODE
+from models import MODEL_CODE, resident
 from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
@@ -195,6 +195,8 @@ def build_adapter(
         "resume": resume,
     }
     plan = launch_plan(config)
+    # What sampling, judging or SAM left on the GPU in this process goes before training needs it.
+    resident.release()
     if plan.in_process:
         metrics = fit(**job)
     else:

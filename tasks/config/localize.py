@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field
 
 # Words (and phrases) that make a box label a lesion: diseases and findings, never organs. A label
 # matches when it contains one of them as whole words, a plural ("nodules", "masses") included.
@@ -172,7 +172,7 @@ class SamConfig(StageConfig):
             "file name says medsam (medsam_vit_b.pth), else sam"
         ),
     )
-    device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
+    device: Device = device_field("SAM")
     batch_size: int = Field(
         json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
     )

@@ -249,7 +249,7 @@ def fit(
             if not (model_path / "config.json").is_file():
                 build_tiny_llava(model_path, seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
     # Not moved: the Trainer places the weights (on this rank's GPU), or DeepSpeed shards them.
-    policy = vlm.load(model_path, device=device, dtype=dtype, move=False)
+    policy = vlm.load(model_path, device=device, dtype=dtype, move=False, max_pixels=settings.max_pixels)
     reference = None
     if settings.ref_model is not None:
         reference = vlm.load(settings.ref_model, device=device, dtype=dtype, move=False).model

@@ -50,10 +50,10 @@ def _resident(target: TargetSamplingConfig) -> tuple[tuple, Any]:
     assert target.model_path is not None
     device = precision.resolve(target.device, "hallucinate.target")
     adapter = tree_digest(target.adapter) if target.adapter is not None else None
-    key = ("target", tree_digest(target.model_path), adapter, str(device))
+    key = ("target", tree_digest(target.model_path), adapter, str(device), target.max_pixels)
 
     def build() -> Any:
-        model = vlm_api.load(target.model_path, device=device)
+        model = vlm_api.load(target.model_path, device=device, max_pixels=target.max_pixels)
         return vlm_api.apply_adapter(model, target.adapter) if target.adapter is not None else model
 
     return key, build

@@ -59,3 +59,15 @@ def test_the_length_check_of_200_pairs_decodes_no_image(tiny_checkpoint, tmp_pat
     assert decodes == []
     prompt_longest = int(re.search(r"the longest is (\d+)", str(failure.value)).group(1))
     assert 0 < prompt_longest < longest
+
+
+def test_max_pixels_bounds_a_qwen_processor_and_never_loosens_it(tiny_checkpoint):
+    folder = tiny_checkpoint("qwen2_vl")
+    own = vlm.load(folder, device="cpu").processor.image_processor.size.longest_edge
+    bounded = vlm.load(folder, device="cpu", max_pixels=28 * 28 * 4).processor
+    assert bounded.image_processor.size.longest_edge == 28 * 28 * 4 < own
+    assert vlm.load(folder, device="cpu", max_pixels=10 * own).processor.image_processor.size.longest_edge == own
+    from PIL import Image
+
+    tokens = bounded(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (600, 900))])
+    assert int(tokens["image_grid_thw"].prod()) // 4 <= 4  # at most 4 image tokens (2 x 2 merge)

@@ -5,14 +5,21 @@
 
 Every model is built from a config with random weights (nothing is downloaded):
 
-* **DPO step**: a ~0.5B LLaVA - a Qwen2-0.5B-shaped text model (hidden 896, 24 layers, 14 heads /
-  2 KV heads, vocabulary 151,936, tied embeddings) behind a CLIP ViT-B/16 tower at 224 px (196
-  image tokens) - in bf16, LoRA r128 on the language model, gradient checkpointing (the paper's
-  settings). ``WeightedDPOTrainer`` (half of the pairs visual: the rejected side on a noised image)
-  against TRL's ``DPOTrainer`` (text pairs, the chosen image), each in its own process (peak memory
-  is per process), alternating; step time = median over the steps after warm-up; tokens/s = TRL's
-  own count of attention-mask tokens (chosen + rejected rows). Tokenizer and processor come from
-  ``models/tiny/`` (token ids stay inside the big vocabulary).
+* **Projector under bf16**: the product's trainer (``models.dpo.make_trainer``) on a tiny LLaVA
+  loaded in bf16, 2 steps at the paper's projector lr (2e-5): the share of projector weights that
+  moved (fp32 master weights; fails below 0.9).
+* **DPO step**: a ~0.8B LLaVA shaped like LLaVA-Med v1.5 - a Qwen2-0.5B-shaped text model (hidden
+  896, 24 layers, 14 heads / 2 KV heads, vocabulary 151,936, tied embeddings) behind a CLIP
+  ViT-L/14 tower at 336 px (576 image tokens) - in bf16, LoRA r128 on the language model,
+  gradient checkpointing (the paper's settings), 16 pairs a step (~21k tokens). ``WeightedDPOTrainer``
+  (half of the pairs visual: the rejected side on a noised image) against TRL's ``DPOTrainer``
+  (text pairs, the chosen image), each in its own process (peak memory is per process),
+  alternating; step time = median over the steps after warm-up; tokens/s = TRL's own count of
+  attention-mask tokens (chosen + rejected rows). MFU = 6N FLOPs per token (policy forward 2N,
+  backward through the frozen base 2N, reference forward 2N; N = the language model's
+  non-embedding weights) x tokens/s over the card's dense bf16 peak; HFU adds the recomputed
+  forward of gradient checkpointing (8N). Tokenizer and processor come from ``models/tiny/``
+  (token ids stay inside the big vocabulary).
 * **SAM**: segment_anything's ``build_sam_vit_b(checkpoint=None)``, image encoder only, 1024 px, fp32
   and bf16 autocast: images/s (the localize stage's cost per image).
 * **Noise**: the noise stage's arithmetic (``tasks.diffusion.noise_array``, NumPy, one CPU thread,
@@ -329,6 +336,50 @@ def bench_dpo(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
     return rows
 
 
+# --- projector under bf16 ------------------------------------------------------------------------
+
+
+def bench_projector(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
+    """The product's trainer on a tiny LLaVA loaded in bf16: 2 steps at the paper's projector lr
+    (2e-5). Without fp32 master weights most projector weights would not move (half a bf16 ulp)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from models import vlm
+    from models.dpo import dpo_arguments, make_trainer
+    from models.tiny import build_tiny_llava
+    from tasks.config import TrainConfig
+    from tests.support.preference import preference_rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = build_tiny_llava(work / "tiny", seed=0)
+        settings = TrainConfig(
+            precision="bf16", learning_rate=1e-7, projector_lr=2e-5, scheduler="constant", warmup_ratio=0.0,
+            max_steps=2, batch_size=2, gradient_accumulation=1, lora_r=4, lora_alpha=8, max_length=None,
+            gradient_checkpointing=False, logging_steps=1, save_steps=100,
+        )  # fmt: skip
+        args = dpo_arguments(settings, str(work / "out"))
+        place = torch.device(device())
+        policy = vlm.load(folder, device=place, dtype=torch.bfloat16, move=False)
+        start = {k: v.float() for k, v in policy.model.state_dict().items() if "multi_modal_projector" in k}
+        rows = preference_rows(work / "img")
+        trainer = make_trainer(settings, args, policy.model, None, policy.processor, rows)
+        trainer.train()
+        trainer.model.save_pretrained(work / "adapter")
+        saved = load_file(work / "adapter/adapter_model.safetensors")
+    moved = total = 0
+    for name, value in saved.items():
+        if "multi_modal_projector" in name:
+            before = next(v for k, v in start.items() if k.endswith(name.split("multi_modal_projector")[1]))
+            moved += int((value.float().cpu() != before.cpu()).sum())
+            total += value.numel()
+    share = moved / total
+    if share < 0.9:
+        raise AssertionError(f"only {share:.2%} of the projector's weights moved in 2 bf16 steps at lr 2e-5")
+    return [("projector, bf16 + fp32 masters", f"2 steps at lr 2e-5, {total} weights", share, "share moved")]
+
+
 # --- SAM -----------------------------------------------------------------------------------------
 
 
@@ -486,7 +537,7 @@ def environment() -> str:
     return f"{gpu}; Python {sys.version.split()[0]}, torch {torch.__version__}; " + ", ".join(versions)
 
 
-SECTIONS = {"dpo": bench_dpo, "sam": bench_sam, "noise": bench_noise}
+SECTIONS = {"projector": bench_projector, "dpo": bench_dpo, "sam": bench_sam, "noise": bench_noise}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ def test_smoke_runs_every_section_to_its_table() -> None:
     assert {unit for _, _, unit in rows["weighted / plain"]} >= {"x (goal <= 1.10)", "x"}
     assert [unit for _, _, unit in rows["SAM-shaped encoder (smoke)"]] == ["images/s", "images/s"]
     assert rows["noise: noise_array (the stage)"][0][1] > 0
+    assert rows["projector, bf16 + fp32 masters"][0][1] >= 0.9
     drift = rows["noise: torch vs NumPy inside the lesion"][0][1]
     assert math.isfinite(drift) and drift < 5.0  # the same arithmetic, another RNG
 
@@ -69,3 +70,10 @@ def test_mfu_counts_six_n_per_token_and_hfu_the_recomputed_forward() -> None:
     mfu, hfu = bench.utilization(flop_params=500_000_000, tokens_per_s=100_000.0, peak_flops=989e12)
     assert mfu == pytest.approx(6 * 5e8 * 1e5 / 989e12)
     assert hfu == pytest.approx(8 / 6 * mfu)
+
+
+def test_the_device_check_is_one_short_script_that_runs_the_benchmark() -> None:
+    script = SCRIPT.parent / "devcheck.sh"
+    assert len(script.read_bytes()) < 2000
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "bench/gpu.py" in script.read_text() and 'exit "${PIPESTATUS[0]}"' in script.read_text()

@@ -54,6 +54,18 @@ def device_field(what: str) -> Any:
     )
 
 
+def max_pixels_field() -> Any:
+    return Field(
+        default=28 * 28 * 1280,
+        ge=28 * 28,
+        description=(
+            "Qwen2-VL / Qwen2.5-VL: resize images to at most this many pixels (28 x 28 per image token; the default "
+            "is Qwen's documented 1280 tokens; checkpoints ship 12.8 M, ~10k tokens for a full-resolution "
+            "radiograph); a lower bound in the checkpoint wins; None: the checkpoint's. Other families: unused"
+        ),
+    )
+
+
 def marker(field: Any, name: str) -> Any:
     extra = field.json_schema_extra
     return extra.get(name) if isinstance(extra, dict) else None

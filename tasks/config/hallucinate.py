@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field, max_pixels_field
 from tasks.config.endpoint import EndpointConfig
 from tasks.config.window import SampleWindow
 
@@ -51,15 +51,7 @@ class TargetSamplingConfig(StageConfig):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
     seed: int = Field(default=0, description="Sampling seed")
     device: Device = device_field("the target model")
-    max_pixels: int | None = Field(
-        default=28 * 28 * 1280,
-        ge=28 * 28,
-        description=(
-            "Qwen2-VL / Qwen2.5-VL: resize images to at most this many pixels (28 x 28 per image token; the default "
-            "is Qwen's documented 1280 tokens; checkpoints ship 12.8 M, ~10k tokens for a full-resolution "
-            "radiograph); a lower bound in the checkpoint wins; None: the checkpoint's. Other families: unused"
-        ),
-    )
+    max_pixels: int | None = max_pixels_field()
 
     @property
     def uses_llm(self) -> bool:

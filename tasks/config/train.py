@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, ConfigError, Device, StageConfig, device_field
+from tasks.config.base import BY_CONTENT, OPERATIONAL, ConfigError, Device, StageConfig, device_field, max_pixels_field
 
 
 class TrainConfig(StageConfig):
@@ -81,15 +81,7 @@ class TrainConfig(StageConfig):
     warmup_ratio: float = Field(default=0.03, description="Share of steps spent warming up")
     scheduler: str = Field(default="cosine", description="Learning-rate schedule")
     max_length: int | None = Field(default=1024, description="Truncate prompt+answer to this many tokens")
-    max_pixels: int | None = Field(
-        default=28 * 28 * 1280,
-        ge=28 * 28,
-        description=(
-            "Qwen2-VL / Qwen2.5-VL: resize images to at most this many pixels (28 x 28 per image token; the default "
-            "is Qwen's documented 1280 tokens; checkpoints ship 12.8 M, ~10k tokens for a full-resolution "
-            "radiograph); a lower bound in the checkpoint wins; None: the checkpoint's. Other families: unused"
-        ),
-    )
+    max_pixels: int | None = max_pixels_field()
     gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory")
     save_steps: int = Field(default=200, description="Checkpoint every this many steps (for --resume)")
     keep_checkpoints: bool = Field(

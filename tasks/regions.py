@@ -316,7 +316,8 @@ class SamLocalizer:
         weights = tree_digest(config.checkpoint) if config.checkpoint is not None else None
         key = ("sam", config.model_type, weights, content_hash(architecture), device)
         sam = resident.held(key, lambda: load_sam(config.model_type, config.checkpoint, architecture, device)).value
-        self.segmenter = SamSegmenter(sam, config.preprocessing)
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and device == "cuda")
+        self.segmenter = SamSegmenter(sam, config.preprocessing, encoder_bf16=bf16)
 
     def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
         from models.sam import Prompt

@@ -173,6 +173,10 @@ class SamConfig(StageConfig):
         ),
     )
     device: Device = device_field("SAM")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="The image encoder's arithmetic: auto = bf16 autocast on a GPU, fp32 on the CPU",
+    )
     batch_size: int = Field(
         json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
     )

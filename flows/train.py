@@ -2,9 +2,10 @@
 
 The train task is tagged ``gpu`` so a deployment can route it to a GPU work pool; run
 locally it trains on whatever the machine has (CPU included). Several processes train through
-``accelerate launch`` when the run config sets ``train.num_processes`` above 1 (data parallel on
-this machine's GPUs or CPUs) or ``train.accelerate_config`` (configs/accelerate/zero3.yaml is the
-paper's DeepSpeed ZeRO-3 setup).
+``accelerate launch`` on a node of several GPUs (``train.num_processes: auto``, one rank per GPU),
+when ``train.num_processes`` is above 1 (GPUs or gloo CPU processes), or with
+``train.accelerate_config`` (configs/accelerate/zero3.yaml is the paper's DeepSpeed ZeRO-3 setup);
+docs/gpu.md.
 """
 
 from __future__ import annotations

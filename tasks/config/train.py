@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -98,7 +98,7 @@ class TrainConfig(StageConfig):
         description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU; identified by "
         "its content (its process count sets the global batch)",
     )
-    num_processes: int | Literal["auto"] | None = Field(
+    num_processes: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         default="auto",
         description=(
             "Data-parallel processes (DDP; accelerate launch, a free rendezvous port per run). auto: one per visible "
@@ -113,7 +113,7 @@ class TrainConfig(StageConfig):
             "fp32 master weights (models/precision.py)"
         ),
     )
-    dataloader_workers: int | Literal["auto"] = Field(
+    dataloader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         json_schema_extra=OPERATIONAL,
         default="auto",
         description="Processes decoding images for the trainer; auto: 4 on a GPU, 0 (in the training loop) on the CPU",

@@ -5,14 +5,21 @@
 
 Every model is built from a config with random weights (nothing is downloaded):
 
-* **DPO step**: a ~0.5B LLaVA - a Qwen2-0.5B-shaped text model (hidden 896, 24 layers, 14 heads /
-  2 KV heads, vocabulary 151,936, tied embeddings) behind a CLIP ViT-B/16 tower at 224 px (196
-  image tokens) - in bf16, LoRA r128 on the language model, gradient checkpointing (the paper's
-  settings). ``WeightedDPOTrainer`` (half of the pairs visual: the rejected side on a noised image)
-  against TRL's ``DPOTrainer`` (text pairs, the chosen image), each in its own process (peak memory
-  is per process), alternating; step time = median over the steps after warm-up; tokens/s = TRL's
-  own count of attention-mask tokens (chosen + rejected rows). Tokenizer and processor come from
-  ``models/tiny/`` (token ids stay inside the big vocabulary).
+* **Projector under bf16**: the product's trainer (``models.dpo.make_trainer``) on a tiny LLaVA
+  loaded in bf16, 2 steps at the paper's projector lr (2e-5): the share of projector weights that
+  moved (fp32 master weights; fails below 0.9).
+* **DPO step**: a ~0.8B LLaVA shaped like LLaVA-Med v1.5 - a Qwen2-0.5B-shaped text model (hidden
+  896, 24 layers, 14 heads / 2 KV heads, vocabulary 151,936, tied embeddings) behind a CLIP
+  ViT-L/14 tower at 336 px (576 image tokens) - in bf16, LoRA r128 on the language model,
+  gradient checkpointing (the paper's settings), 16 pairs a step (~21k tokens). ``WeightedDPOTrainer``
+  (half of the pairs visual: the rejected side on a noised image) against TRL's ``DPOTrainer``
+  (text pairs, the chosen image), each in its own process (peak memory is per process),
+  alternating; step time = median over the steps after warm-up; tokens/s = TRL's own count of
+  attention-mask tokens (chosen + rejected rows). MFU = 6N FLOPs per token (policy forward 2N,
+  backward through the frozen base 2N, reference forward 2N; N = the language model's
+  non-embedding weights) x tokens/s over the card's dense bf16 peak; HFU adds the recomputed
+  forward of gradient checkpointing (8N). Tokenizer and processor come from ``models/tiny/``
+  (token ids stay inside the big vocabulary).
 * **SAM**: segment_anything's ``build_sam_vit_b(checkpoint=None)``, image encoder only, 1024 px, fp32
   and bf16 autocast: images/s (the localize stage's cost per image).
 * **Noise**: the noise stage's arithmetic (``tasks.noise.diffusion.noise_array``, NumPy, one CPU thread,
@@ -56,13 +63,14 @@ class Sizes:
     kv_heads: int = 2
     intermediate: int = 4864
     vocab: int = 151_936
-    v_hidden: int = 768
-    v_layers: int = 12
-    v_heads: int = 12
-    v_intermediate: int = 3072
-    image: int = 224
-    patch: int = 16
-    pairs: int = 8  # per optimizer step (one micro-batch)
+    # CLIP ViT-L/14 at 336 px, LLaVA-Med v1.5's tower: 576 image tokens a row.
+    v_hidden: int = 1024
+    v_layers: int = 24
+    v_heads: int = 16
+    v_intermediate: int = 4096
+    image: int = 336
+    patch: int = 14
+    pairs: int = 16  # per optimizer step (one micro-batch): ~21k tokens, enough to keep an H100 busy
     answer_repeat: int = 6  # answers repeated to report-sentence lengths (~60-100 tokens)
     steps: int = 14
     warmup: int = 4
@@ -180,13 +188,17 @@ def run_trainer(variant: str, sizes: Sizes, work: Path) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from models.dpo import ImagePairCollator, WeightedDPOTrainer, open_image, preference_example
+    from models.dpo import WeightedDPOTrainer
+    from models.pairs import ImagePairCollator, open_image, preference_example
     from tests.support.preference import preference_rows
 
     started = time.perf_counter()
     model, processor = build_llava(sizes, work)
     build_s = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
+    # MFU's N: the language model's weights a token passes through (embeddings are a lookup).
+    text = model.model.language_model
+    flop_params = sum(p.numel() for p in text.parameters()) - text.embed_tokens.weight.numel()
     rows = preference_rows(work / "img", [1.25, 0.8, 1.0, 0.9, 1.1, 0.75, 1.2, 0.95])
     for row in rows:  # report-length answers; the images are resized by the processor
         row["chosen"] = " ".join([row["chosen"]] * sizes.answer_repeat)
@@ -259,6 +271,7 @@ def run_trainer(variant: str, sizes: Sizes, work: Path) -> dict:
     return {
         "variant": variant,
         "params_m": params / 1e6,
+        "flop_params": flop_params,
         "build_s": build_s,
         "step_s": statistics.median(timed),
         "tokens_per_s": sum(counted) / sum(timed),
@@ -266,7 +279,31 @@ def run_trainer(variant: str, sizes: Sizes, work: Path) -> dict:
     }
 
 
+def utilization(flop_params: int, tokens_per_s: float, peak_flops: float) -> tuple[float, float]:
+    """(MFU, HFU) of a LoRA-DPO step. Model FLOPs per token: the policy's forward (2N), its backward
+    through the frozen base - activation gradients only, no weight gradients (2N) - and the
+    reference forward (2N): 6N, with N the non-embedding weights. Gradient checkpointing runs the
+    policy forward again (2N more): counted as hardware FLOPs only."""
+    return 6 * flop_params * tokens_per_s / peak_flops, 8 * flop_params * tokens_per_s / peak_flops
+
+
+# Dense bf16 peak of the cards this runs on (NVIDIA's datasheets, SXM); --peak-tflops for others.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def card_peak() -> tuple[float, str]:
+    """The card's peak FLOP/s and where the number comes from (NaN on an unknown card or the CPU)."""
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    for card, tflops in PEAK_TFLOPS.items():
+        if card in name:
+            return tflops * 1e12, f"{card} peak {tflops:.0f} TFLOP/s"
+    return float("nan"), f"no peak known for {name}"
+
+
 def bench_dpo(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
+    peak_flops, peak_name = card_peak()
     runs: dict[str, list[dict]] = {"plain": [], "weighted": []}
     for _ in range(sizes.repeats):
         for variant in runs:
@@ -289,11 +326,58 @@ def bench_dpo(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
         dtype = "bf16" if device() == "cuda" else "fp32"
         setting = f"{results[0]['params_m']:.0f}M params {dtype}, {sizes.pairs} pairs/step, LoRA r128, grad ckpt"
         rows += [(name, setting, step, "s/step (median)"), (name, "", speed, "tokens/s"), (name, "", peak, "GiB peak")]
+        mfu, hfu = utilization(results[0]["flop_params"], speed, peak_flops)
+        rows += [(name, f"6N per token, N = {results[0]['flop_params'] / 1e6:.0f}M; {peak_name}", mfu, "MFU")]
+        rows += [(name, "8N per token (recomputed policy forward)", hfu, "HFU")]
     (plain_step, plain_speed, plain_peak), (ours_step, ours_speed, ours_peak) = summary["plain"], summary["weighted"]
     rows.append(("weighted / plain", "step time", ours_step / plain_step, "x (goal <= 1.10)"))
     rows.append(("weighted / plain", "tokens/s", ours_speed / plain_speed, "x"))
     rows.append(("weighted / plain", "peak memory", ours_peak / plain_peak, "x (goal <= 1.05)"))
     return rows
+
+
+# --- projector under bf16 ------------------------------------------------------------------------
+
+
+def bench_projector(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
+    """The product's trainer on a tiny LLaVA loaded in bf16: 2 steps at the paper's projector lr
+    (2e-5). Without fp32 master weights most projector weights would not move (half a bf16 ulp)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from models import vlm
+    from models.dpo import dpo_arguments, make_trainer
+    from models.tiny import build_tiny_llava
+    from tasks.config import TrainConfig
+    from tests.support.preference import preference_rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = build_tiny_llava(work / "tiny", seed=0)
+        settings = TrainConfig(
+            precision="bf16", learning_rate=1e-7, projector_lr=2e-5, scheduler="constant", warmup_ratio=0.0,
+            max_steps=2, batch_size=2, gradient_accumulation=1, lora_r=4, lora_alpha=8, max_length=None,
+            gradient_checkpointing=False, logging_steps=1, save_steps=100,
+        )  # fmt: skip
+        args = dpo_arguments(settings, str(work / "out"))
+        place = torch.device(device())
+        policy = vlm.load(folder, device=place, dtype=torch.bfloat16, move=False)
+        start = {k: v.float() for k, v in policy.model.state_dict().items() if "multi_modal_projector" in k}
+        rows = preference_rows(work / "img")
+        trainer = make_trainer(settings, args, policy.model, None, policy.processor, rows)
+        trainer.train()
+        trainer.model.save_pretrained(work / "adapter")
+        saved = load_file(work / "adapter/adapter_model.safetensors")
+    moved = total = 0
+    for name, value in saved.items():
+        if "multi_modal_projector" in name:
+            before = next(v for k, v in start.items() if k.endswith(name.split("multi_modal_projector")[1]))
+            moved += int((value.float().cpu() != before.cpu()).sum())
+            total += value.numel()
+    share = moved / total
+    if share < 0.9:
+        raise AssertionError(f"only {share:.2%} of the projector's weights moved in 2 bf16 steps at lr 2e-5")
+    return [("projector, bf16 + fp32 masters", f"2 steps at lr 2e-5, {total} weights", share, "share moved")]
 
 
 # --- SAM -----------------------------------------------------------------------------------------
@@ -360,9 +444,10 @@ def stage_noise():
         stage = types.ModuleType("tasks.noise")
         stage.__path__ = [str(ROOT / "tasks/noise")]
         sys.modules["tasks.noise"] = stage
-    from tasks.noise.diffusion import feather, noise_array
+    from tasks.config import NoiseConfig
+    from tasks.noise.diffusion import alpha_bar, feather, noise_array
 
-    return feather, noise_array
+    return feather, noise_array, NoiseConfig, alpha_bar
 
 
 def noise_torch(batch, weights, abar: float, generator):
@@ -387,8 +472,10 @@ def noise_torch(batch, weights, abar: float, generator):
 def bench_noise(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
     import torch
 
-    feather, noise_array = stage_noise()
-    n, side, abar = sizes.noise_images, sizes.noise_side, 0.5
+    feather, noise_array, NoiseConfig, alpha_bar = stage_noise()
+    # minmax: 2v - 1 over the image's own range, the arithmetic noise_torch ports.
+    config = NoiseConfig(space="minmax")
+    n, side, abar = sizes.noise_images, sizes.noise_side, alpha_bar(config)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:side, :side]
     images, masks = [], []
@@ -403,7 +490,7 @@ def bench_noise(sizes: Sizes, smoke: bool, deadline: float) -> list[Row]:
     weights = [feather(mask, 8.0) for mask in masks]
     feather_s = time.perf_counter() - started
     started = time.perf_counter()
-    reference = [noise_array(image, weight, abar, i) for i, (image, weight) in enumerate(zip(images, weights))]
+    reference = [noise_array(image, weight, config, i) for i, (image, weight) in enumerate(zip(images, weights))]
     numpy_s = time.perf_counter() - started
     rows: list[Row] = [
         ("noise: feather (scipy EDT)", f"NumPy, 1 CPU thread, {side} px", n / feather_s, "images/s"),
@@ -454,30 +541,33 @@ def environment() -> str:
     return f"{gpu}; Python {sys.version.split()[0]}, torch {torch.__version__}; " + ", ".join(versions)
 
 
-def main() -> None:
+SECTIONS = {"projector": bench_projector, "dpo": bench_dpo, "sam": bench_sam, "noise": bench_noise}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; 1 when a section failed (its row says why), so a caller cannot miss it."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU): checks the script, not the numbers")
-    parser.add_argument("--only", nargs="*", default=["dpo", "sam", "noise"], choices=["dpo", "sam", "noise"])
+    parser.add_argument("--only", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--json", type=Path, help="also write the table here")
     parser.add_argument("--budget", type=float, default=420, help="seconds the whole run may take (about)")
     parser.add_argument("--one", choices=["weighted", "plain"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             print("RESULT " + json.dumps(run_trainer(args.one, sizes, Path(tmp))), flush=True)
-        return
+        return 0
 
     started = time.perf_counter()
     deadline = time.monotonic() + args.budget
     about = environment()
     print(about, flush=True)
-    sections = {"dpo": bench_dpo, "sam": bench_sam, "noise": bench_noise}
     rows: list[Row] = []
     for name in args.only:
         section_start = time.perf_counter()
         try:
-            rows += sections[name](sizes, args.smoke, deadline)
+            rows += SECTIONS[name](sizes, args.smoke, deadline)
         except Exception as exc:  # noqa: BLE001 - one section's failure must not lose the others' numbers
             traceback.print_exc()
             rows.append((f"{name}: FAILED", f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}", float("nan"), ""))
@@ -490,7 +580,11 @@ def main() -> None:
         print(f"| {what:<42} | {setting:<62} | {value:>10.4g} | {unit} |")
     if args.json:
         args.json.write_text(json.dumps({"environment": about, "sizes": asdict(sizes), "rows": rows}, indent=1))
+    failed = [what for what, *_ in rows if what.endswith("FAILED")]
+    if failed:
+        print(f"\n{len(failed)} section(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.curate import curate
 from flows.evaluate import Evaluation, evaluate_after_training
-from flows.train import train_flow
+from flows.train import train_on_gpu_pool
 from tasks import ui
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
 from tasks.evaluate import load_metrics
@@ -65,7 +65,7 @@ def iterate(config: RunConfig, rounds: int | None = None) -> IterateResult:
         if config.iterate.train_from == "base":
             sets += [d.curated["assemble"] for d in done]
         init = policy if config.iterate.train_from == "previous" else None
-        trained = train_flow(settings, [s.key for s in sets], init=init)
+        trained = train_on_gpu_pool(settings, [s.key for s in sets], init=init)
         evaluation = evaluate_after_training(settings, trained, curated["ingest"])
         done.append(
             RoundResult(round=number, name=settings.name, curated=curated, train=trained, evaluation=evaluation)

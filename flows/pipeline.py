@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.curate import curate
 from flows.evaluate import Evaluation, evaluate_after_training
 from flows.sft import sft_flow
-from flows.train import train_flow
+from flows.train import train_on_gpu_pool
 from tasks.config import RunConfig
 from tasks.store import Manifest
 
@@ -29,6 +29,6 @@ class PipelineResult(BaseModel):
 def pipeline(config: RunConfig) -> PipelineResult:
     curated = curate(config)
     tuned = sft_flow(config, curated["ingest"]) if config.sft is not None else None
-    trained = train_flow(config, curated["assemble"].key, sft=tuned)
+    trained = train_on_gpu_pool(config, curated["assemble"].key, sft=tuned)
     evaluation = evaluate_after_training(config, trained, curated["ingest"])
     return PipelineResult(curated=curated, sft=tuned, train=trained, evaluation=evaluation)

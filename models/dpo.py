@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
-from models import ddp, families
+from models import ddp, families, precision
 from models.adapters import adapter_to_train, base_model_reference
 from models.families import Family
 from models.pairs import PAIR_KEYS, PAIR_TYPES, ImagePairCollator, check_lengths, preference_example
@@ -237,7 +237,9 @@ def dropout_in_adapters_only(policy: torch.nn.Module, reference: torch.nn.Module
 # --- construction from the train stage's settings ------------------------------------------------
 
 
-def dpo_arguments(settings: TrainSettings, checkpoints: str, processes: int = 1) -> DPOConfig:
+def dpo_arguments(
+    settings: TrainSettings, checkpoints: str, processes: int = 1, device: torch.device | None = None
+) -> DPOConfig:
     """TRL's DPOConfig from the train stage's settings (the paper's defaults live there), for a
     run of ``processes`` data-parallel processes (they set the gradient accumulation that keeps
     the global batch at ``settings.global_batch_size``).
@@ -245,7 +247,8 @@ def dpo_arguments(settings: TrainSettings, checkpoints: str, processes: int = 1)
     Built before the model is loaded: under DeepSpeed ZeRO-3 the arguments make
     ``from_pretrained`` shard while loading.
     """
-    on_gpu = torch.cuda.is_available()
+    device = device or precision.resolve(settings.device, "train")
+    on_gpu = device.type == "cuda"
     return DPOConfig(
         output_dir=checkpoints,
         beta=settings.beta,
@@ -272,8 +275,17 @@ def dpo_arguments(settings: TrainSettings, checkpoints: str, processes: int = 1)
         disable_dropout=False,
         report_to=[],
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=loader_workers(settings, on_gpu),
+        dataloader_persistent_workers=loader_workers(settings, on_gpu) > 0,
     )
+
+
+def loader_workers(settings: TrainSettings, on_gpu: bool) -> int:
+    """Processes that decode the pairs' images: on a GPU full-resolution PNGs decode beside the
+    training step, not inside it; on the CPU the step already has every core."""
+    if settings.dataloader_workers == "auto":
+        return 4 if on_gpu else 0
+    return settings.dataloader_workers
 
 
 def lora_config(settings: TrainSettings, family: Family) -> LoraConfig:
@@ -334,4 +346,6 @@ def make_trainer(
     )
     if settings.init_adapter is not None:
         base_model_reference(trainer.model)
+    if not trainer.is_deepspeed_enabled:  # DeepSpeed keeps fp32 masters of its own
+        precision.fp32_masters(trainer.model)
     return quiet_progress(trainer, "dpo")

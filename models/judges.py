@@ -23,8 +23,8 @@ import asyncio
 import math
 import re
 import string
-import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from models import prompts
@@ -269,19 +269,18 @@ class TransformersJudge(PromptedJudge):
         temperature: float,
         max_tokens: int,
         parse_retries: int,
+        device: str = "cpu",
     ):
         super().__init__(name, templates, parse_retries)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from models import precision, resident
 
-        from models import loading
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = loading.from_pretrained(AutoModelForCausalLM, model_path)
-        self.model.eval()
+        chosen = precision.resolve(device, f"judge {name}")
+        # Once per worker process (every shard's panel shares it), in bf16 on a GPU; one generation at a time.
+        held = resident.held(("judge", str(Path(model_path).resolve()), str(chosen)), lambda: _load(model_path, chosen))
+        self.tokenizer, self.model = held.value
         self.temperature = temperature
         self.max_tokens = max_tokens
-        # One model instance serves every concurrent sample: generate one at a time.
-        self._lock = threading.Lock()
+        self._lock = held.lock
 
     async def complete(self, messages: list[dict[str, Any]]) -> str:
         return await asyncio.to_thread(self._generate, messages)
@@ -305,3 +304,13 @@ class TransformersJudge(PromptedJudge):
         with self._lock, torch.no_grad():
             output = self.model.generate(**encoded, max_new_tokens=self.max_tokens, pad_token_id=pad, **sampling)
         return self.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _load(model_path: str, device: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models import loading, precision
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = loading.from_pretrained(AutoModelForCausalLM, model_path, dtype=precision.dtype_for(device))
+    return tokenizer, model.to(device).eval()

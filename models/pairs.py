@@ -10,7 +10,9 @@ tensors, so the model family's own processor code lays them out (``models/famili
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,21 @@ def open_image(image: str | Path | Image.Image) -> Image.Image:
         return handle.convert("RGB")
 
 
+def stand_in(image: str | Path | Image.Image) -> Image.Image:
+    """A blank image of the file's size, read from its header alone: every supported processor's
+    image-token count depends on the size only (fixed for LLaVA and Gemma 3, the resized grid for
+    Qwen, the tiles for LLaVA-NeXT and Idefics3), so lengths come out as training sees them."""
+    if isinstance(image, Image.Image):
+        return blank(image.size)
+    with Image.open(image) as handle:  # reads the header; the pixels are decoded on load(), never here
+        return blank(handle.size)
+
+
+@functools.lru_cache(maxsize=32)
+def blank(size: tuple[int, int]) -> Image.Image:
+    return Image.new("RGB", size)
+
+
 @dataclass
 class ImagePairCollator(DataCollatorForVisionPreference):
     """TRL's vision preference collator, with each side of a pair seeing its own image.
@@ -66,12 +83,14 @@ class ImagePairCollator(DataCollatorForVisionPreference):
     templates with BOS exactly once, too, which TRL's ``add_special_tokens=False`` drops for
     templates that leave BOS to the tokenizer. ``family``: images are prepared as its training saw
     them (``Family.prepare``: LLaVA pads to square), as generation and evaluation prepare them.
+    ``load_image`` reads a row's image (``stand_in``: its size alone, for counting tokens).
     """
 
     family: families.Family | None = None
+    load_image: Callable[[str | Path | Image.Image], Image.Image] = open_image
 
     def image(self, path: str | Path | Image.Image) -> Image.Image:
-        image = open_image(path)
+        image = self.load_image(path)
         return image if self.family is None else self.family.prepare(image, self.processor)
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,11 +149,12 @@ def check_lengths(
     """Fail before training when a pair's prompt - with its images expanded into image tokens, on
     either side - leaves no answer token under ``max_length``; log how many answers it truncates.
 
-    One pass of the pair collator over the set: the lengths are exactly those training sees.
+    One pass of the pair collator over the set, each image replaced by a blank one of its size
+    (``stand_in``: no image is decoded): the lengths are exactly those training sees.
     """
     if max_length is None:
         return
-    collator = ImagePairCollator(processor, family=family)
+    collator = ImagePairCollator(processor, family=family, load_image=stand_in)
     longest_prompt, too_long, truncated = 0, 0, 0
     for start in range(0, len(examples), chunk):
         batch = collator(examples[start : start + chunk])

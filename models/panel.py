@@ -162,6 +162,7 @@ async def open_panel(
                         temperature=config.temperature,
                         max_tokens=config.max_tokens,
                         parse_retries=config.parse_retries,
+                        device=config.device,
                     )
                 )
         yield panel

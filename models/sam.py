@@ -153,11 +153,15 @@ class Segmentation:
 
 
 class SamSegmenter:
-    def __init__(self, sam: Sam, preprocess: Preprocess = "sam"):
+    """``encoder_bf16``: the image encoder (nearly all of SAM's compute) under bf16 autocast; its
+    embeddings return to fp32 for the prompt decoder."""
+
+    def __init__(self, sam: Sam, preprocess: Preprocess = "sam", encoder_bf16: bool = False):
         if preprocess not in ("sam", "medsam"):
             raise ValueError(f"unknown SAM preprocessing {preprocess!r}; expected sam or medsam")
         self.sam = sam
         self.preprocess = preprocess
+        self.encoder_bf16 = encoder_bf16
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     @torch.no_grad()
@@ -173,7 +177,8 @@ class SamSegmenter:
         if not images:
             return []
         inputs, sizes = zip(*(self._model_input(to_rgb8(image)) for image in images))
-        embeddings = self.sam.image_encoder(torch.stack(inputs))
+        with torch.autocast(self.sam.device.type, dtype=torch.bfloat16, enabled=self.encoder_bf16):
+            embeddings = self.sam.image_encoder(torch.stack(inputs)).float()
         return [
             [self._decode(embedding[None], size, tuple(image.shape[:2]), prompt) for prompt in image_prompts]
             for image, image_prompts, size, embedding in zip(images, prompts, sizes, embeddings)

@@ -38,6 +38,8 @@ class TrainSettings(Protocol):
     save_steps: int
     logging_steps: int
     seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    dataloader_workers: int | Literal["auto"]
 
     def accumulation_steps(self, processes: int) -> int: ...
 
@@ -62,6 +64,8 @@ class SFTSettings(Protocol):
     scheduler: str
     max_length: int | None
     seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "bf16", "fp32"]
 
 
 class ServeSettings(Protocol):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models import families, vlm
+from models import families, precision, vlm
 from models.progress import quiet_progress
 from models.settings import SFTSettings
 from models.tiny import build_tiny_llava
@@ -76,12 +76,14 @@ def fit_sft(
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    on_gpu = torch.cuda.is_available()
+    device = precision.resolve(config.device, "sft")
+    on_gpu = device.type == "cuda"
     scratch = Path(tempfile.mkdtemp(prefix="sft-", dir=work.parent if work is not None else None))
     try:
         start = base_model(config, scratch, [answer for _, answer, _ in samples] + [q for q, _, _ in samples])
-        loaded = vlm.load(start, device="cpu" if not on_gpu else None, move=False)
+        loaded = vlm.load(start, device=device, dtype=precision.dtype_for(device, config.precision), move=False)
         trainable = set_trainable(loaded.model, config.trainable)
+        precision.fp32_masters(loaded.model)  # the unfrozen modules: bf16 weights would not take small updates
         # Training pads on the right (the answer follows the prompt); generation needs the left.
         loaded.processor.tokenizer.padding_side = "right"
         args = TRLSFTConfig(

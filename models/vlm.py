@@ -51,13 +51,22 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+BOUNDED_BY_PIXELS = ("qwen2_vl", "qwen2_5_vl")
+
+
 def load(
-    path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None, move: bool = True
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    move: bool = True,
+    max_pixels: int | None = None,
 ) -> VLM:
     """Load model + processor from a local folder; never reaches for the hub.
 
     ``move=False`` leaves the weights where loading put them, for a trainer (or DeepSpeed) to place.
     A checkpoint of a family not in ``models.families`` fails before any weight is read.
+    ``max_pixels`` bounds the image size the Qwen families resize to (the checkpoint's own bound
+    when lower; None: the checkpoint's); other families have a fixed image-token count.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -66,6 +75,10 @@ def load(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if family.name in BOUNDED_BY_PIXELS and max_pixels is not None:
+        size = processor.image_processor.size
+        if size.longest_edge is None or size.longest_edge > max_pixels:
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True, max_pixels=max_pixels)
     model = loading.from_pretrained(AutoModelForImageTextToText, path, dtype=dtype, local_files_only=True)
     model = model.to(device).eval() if move else model
     # Generation appends at the right end of every row, so batches are padded on the left.

@@ -15,17 +15,20 @@ from typing import Any
 
 from prefect import task
 
+from models import resident
 from models.lifetime import die_with_parent, tied_to_this_process
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
 from tasks.config import ConfigError, TrainConfig
 from tasks.counters import Counters
+from tasks.launching import CODE_ROOT, LaunchPlan, launch_plan
 from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
 
 STAGE = "train"
 # The data-parallel launch settings decide how a run trains, so they count as its code.
-CODE = code_version(__name__, data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
+# Named, not __name__: accelerate runs this module as __main__ on every rank.
+CODE = code_version("tasks.train", data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
 ADAPTER = "adapter"
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.
@@ -181,36 +184,34 @@ def build_adapter(
         "checkpoints": str(checkpoints),
         "resume": resume,
     }
-    if config.accelerate_config is None and (config.num_processes or 1) == 1:
+    plan = launch_plan(config)
+    # What sampling, judging or SAM left on the GPU in this process goes before training needs it.
+    resident.release()
+    if plan.in_process:
         metrics = fit(**job)
     else:
-        metrics = launch(job, config, checkpoints)
+        metrics = launch(job, plan, checkpoints)
     return {**counts, **metrics}
 
 
-CODE_ROOT = Path(__file__).resolve().parents[1]
-# What `train.num_processes: N` launches without a `train.accelerate_config`.
-DATA_PARALLEL = {"gpu": CODE_ROOT / "configs/accelerate/ddp.yaml", "cpu": CODE_ROOT / "configs/accelerate/cpu-ddp.yaml"}
-
-
-def launch(job: dict[str, Any], config: TrainConfig, checkpoints: Path) -> dict[str, float]:
+def launch(job: dict[str, Any], plan: LaunchPlan, checkpoints: Path) -> dict[str, float]:
     """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...).
 
-    ``train.accelerate_config`` names the launch; without one, ``train.num_processes`` data-parallel
-    processes on this machine: one per GPU, or gloo processes on the CPU
+    The plan names the launch (``launch_plan``): ``train.accelerate_config``, else data parallel
+    on this machine - one process per GPU, or gloo processes on the CPU
     (``configs/accelerate/cpu-ddp.yaml``). The ranks import this checkout's code, and die with
     the launcher, which dies with this process.
     """
-    import torch
-
     job_file = checkpoints / "job.json"
     job_file.write_text(json.dumps(job))
-    accelerate_config = config.accelerate_config or DATA_PARALLEL["gpu" if torch.cuda.is_available() else "cpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
-    if config.num_processes is not None:
-        command += ["--num_processes", str(config.num_processes)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(plan.accelerate_config)]
+    command += ["--num_processes", str(plan.processes)]
+    if plan.port is not None:
+        command += ["--main_process_port", str(plan.port)]
     command += ["-m", "tasks.train", str(job_file)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
+    if plan.visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
     # Killed with this process (SIGKILL included), the launcher gets SIGTERM and stops the ranks.
     subprocess.run(tied_to_this_process(command), check=True, env=env)
     return json.loads((Path(job["out"]) / "metrics.json").read_text())
@@ -220,16 +221,15 @@ def fit(
     config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoints: str, resume: bool
 ) -> dict[str, float]:
     """Train the adapter and write it, with its metrics and log history, under ``out``."""
-    import torch
-
-    from models import vlm
+    from models import precision, vlm
     from models.dpo import dpo_arguments, make_trainer
     from models.tiny import build_tiny_llava
 
     settings = TrainConfig.model_validate(config)
-    on_gpu = torch.cuda.is_available()
+    device = precision.resolve(settings.device, "train")
+    dtype = precision.dtype_for(device, settings.precision)
     # accelerate launch (DDP, ZeRO-3) runs WORLD_SIZE copies of this function; one without it.
-    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")))
+    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")), device=device)
     model_path = settings.model
     if model_path is None:
         # Inside the artifact, so the adapter ships with the base model it was trained on. Under accelerate
@@ -238,8 +238,11 @@ def fit(
         with args.main_process_first(local=True, desc="tiny model"):
             if not (model_path / "config.json").is_file():
                 build_tiny_llava(model_path, seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
-    policy = vlm.load(model_path, device="cpu" if not on_gpu else None, move=False)
-    reference = vlm.load(settings.ref_model, move=False).model if settings.ref_model is not None else None
+    # Not moved: the Trainer places the weights (on this rank's GPU), or DeepSpeed shards them.
+    policy = vlm.load(model_path, device=device, dtype=dtype, move=False, max_pixels=settings.max_pixels)
+    reference = None
+    if settings.ref_model is not None:
+        reference = vlm.load(settings.ref_model, device=device, dtype=dtype, move=False).model
     trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs)
     start = last_complete_checkpoint(Path(checkpoints)) if resume else None
     result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
@@ -253,6 +256,9 @@ def fit(
     for key, value in last.items():
         if "/" in key or key == "loss":
             metrics.set("train", "last", key, value)
+    # On every rank: under ZeRO-3 each holds a shard of the adapter, gathered here (rank 0 alone would
+    # save empty tensors); under DDP and in one process it is the model's own state dict.
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.accelerator.is_main_process:
         out_dir = Path(out)
         # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing
@@ -261,7 +267,7 @@ def fit(
         recorded = str(base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base)
         for adapter in trainer.model.peft_config.values():
             adapter.base_model_name_or_path = recorded
-        trainer.model.save_pretrained(out_dir / ADAPTER)
+        trainer.model.save_pretrained(out_dir / ADAPTER, state_dict=state)
         (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=1, sort_keys=True))
         (out_dir / "base_model.txt").write_text(f"{recorded}\n")

@@ -8,9 +8,9 @@ cache key).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class StageConfig(BaseModel):
@@ -32,6 +32,38 @@ OPERATIONAL_WHEN_SERVED = {"operational_when": "serve"}
 # A data root: a folder, or a file whose folder holds what it refers to (a JSONL's images). Its
 # whole content is an input, and the path stays part of the key (rows record its files' paths).
 DATA_ROOT = {"content": "data_root"}
+
+
+def _usable(setting: str) -> str:
+    from models import precision  # torch loads only where a device is asked for
+
+    return precision.check(setting) if setting == "cuda" else setting
+
+
+# Where a stage's model runs: auto (the GPU when torch can use one, logged), cpu, or cuda (an error
+# at load time where no GPU is usable, not days on the CPU).
+Device = Annotated[Literal["auto", "cpu", "cuda"], AfterValidator(_usable)]
+
+
+def device_field(what: str) -> Any:
+    return Field(
+        json_schema_extra=OPERATIONAL,
+        default="auto",
+        description=f"Where {what} runs: auto (a usable GPU, else the CPU; the log says which), cpu, or cuda "
+        "(refused at config load where torch sees no usable GPU)",
+    )
+
+
+def max_pixels_field() -> Any:
+    return Field(
+        default=28 * 28 * 1280,
+        ge=28 * 28,
+        description=(
+            "Qwen2-VL / Qwen2.5-VL: resize images to at most this many pixels (28 x 28 per image token; the default "
+            "is Qwen's documented 1280 tokens; checkpoints ship 12.8 M, ~10k tokens for a full-resolution "
+            "radiograph); a lower bound in the checkpoint wins; None: the checkpoint's. Other families: unused"
+        ),
+    )
 
 
 def marker(field: Any, name: str) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from tasks.config.base import BY_CONTENT, StageConfig
+from tasks.config.base import BY_CONTENT, Device, StageConfig, device_field, max_pixels_field
 
 
 class EvaluateConfig(StageConfig):
@@ -32,4 +32,6 @@ class EvaluateConfig(StageConfig):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when temperature > 0")
     seed: int = Field(default=0, description="Sampling seed (used when temperature > 0)")
     meteor: bool = Field(default=True, description="Score METEOR (runs pycocoevalcap's jar: needs Java)")
+    device: Device = device_field("the evaluated model")
+    max_pixels: int | None = max_pixels_field()
     examples: int = Field(default=10, ge=0, description="Example predictions shown side by side in the UI")

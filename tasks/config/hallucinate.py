@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field, max_pixels_field
 from tasks.config.endpoint import EndpointConfig
 from tasks.config.window import SampleWindow
 
@@ -50,7 +50,8 @@ class TargetSamplingConfig(StageConfig):
     max_new_tokens: int = Field(default=128, ge=1, description="Longest sampled answer, tokens")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call")
     seed: int = Field(default=0, description="Sampling seed")
-    device: str | None = Field(default=None, description="torch device; unset: cuda when available, else cpu")
+    device: Device = device_field("the target model")
+    max_pixels: int | None = max_pixels_field()
     endpoint: EndpointConfig | None = Field(
         default=None,
         description=(

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from models.lesions import LESION_TERMS
-from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field
 
 
 class AnnotationConfig(StageConfig):
@@ -122,7 +122,11 @@ class SamConfig(StageConfig):
             "file name says medsam (medsam_vit_b.pth), else sam"
         ),
     )
-    device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
+    device: Device = device_field("SAM")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="The image encoder's arithmetic: auto = bf16 autocast on a GPU, fp32 on the CPU",
+    )
     batch_size: int = Field(
         json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
     )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field
 from tasks.config.endpoint import EndpointConfig
 
 JudgeKind = Literal["rules", "endpoint", "transformers"]
@@ -54,6 +54,7 @@ class JudgeConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "auto"] = Field(
         default="float32", description="transformers judges: the dtype the model is loaded in"
     )
+    device: Device = device_field("a transformers json judge")
     threads: int | None = Field(
         json_schema_extra=OPERATIONAL,
         default=1,

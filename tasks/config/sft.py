@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, StageConfig
+from tasks.config.base import BY_CONTENT, Device, StageConfig, device_field
 
 SFTPart = Literal["vision_tower", "projector", "language_model"]
 
@@ -70,6 +70,11 @@ class SFTConfig(StageConfig):
     scheduler: str = Field(default="cosine", description="Learning-rate schedule")
     max_length: int | None = Field(default=256, description="Truncate prompt+answer to this many tokens")
     seed: int = Field(default=0, description="Seed of data order and dropout")
+    device: Device = device_field("SFT")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Weights' dtype: auto = bf16 on a GPU, fp32 on the CPU; trained modules keep fp32 master weights",
+    )
 
     @model_validator(mode="after")
     def _one_start(self) -> SFTConfig:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
+from tasks.config.base import BY_CONTENT, OPERATIONAL, ConfigError, Device, StageConfig, device_field, max_pixels_field
 
 
 class TrainConfig(StageConfig):
@@ -81,6 +81,7 @@ class TrainConfig(StageConfig):
     warmup_ratio: float = Field(default=0.03, description="Share of steps spent warming up")
     scheduler: str = Field(default="cosine", description="Learning-rate schedule")
     max_length: int | None = Field(default=1024, description="Truncate prompt+answer to this many tokens")
+    max_pixels: int | None = max_pixels_field()
     gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory")
     save_steps: int = Field(default=200, description="Checkpoint every this many steps (for --resume)")
     keep_checkpoints: bool = Field(
@@ -97,7 +98,26 @@ class TrainConfig(StageConfig):
         description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU; identified by "
         "its content (its process count sets the global batch)",
     )
-    num_processes: int | None = Field(default=None, description="Processes for accelerate launch; None = the config's")
+    num_processes: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default="auto",
+        description=(
+            "Data-parallel processes (DDP; accelerate launch, a free rendezvous port per run). auto: one per visible "
+            "GPU, in this process on a one-GPU or CPU machine; None: accelerate_config's count"
+        ),
+    )
+    device: Device = device_field("training")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description=(
+            "Weights' dtype: auto = bf16 on a GPU, fp32 on the CPU. Under bf16 the fully trained projector keeps "
+            "fp32 master weights (models/precision.py)"
+        ),
+    )
+    dataloader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        json_schema_extra=OPERATIONAL,
+        default="auto",
+        description="Processes decoding images for the trainer; auto: 4 on a GPU, 0 (in the training loop) on the CPU",
+    )
 
     def accumulation_steps(self, processes: int) -> int:
         """Micro-batches per optimizer step on ``processes`` data-parallel processes: the given
@@ -106,7 +126,7 @@ class TrainConfig(StageConfig):
             return self.gradient_accumulation
         per_micro_batch = processes * self.batch_size
         if self.global_batch_size % per_micro_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"train.global_batch_size {self.global_batch_size} is not a multiple of {processes} processes x "
                 f"batch_size {self.batch_size}: change one of them or set train.gradient_accumulation"
             )

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import task
 
+from models import precision
 from models import vlm as vlms
 from tasks import catalog, metrics, ui
 from tasks.catalog import PREDICTIONS, SAMPLES
@@ -120,7 +121,9 @@ def build_evaluation(
     adapter = train.key if train is not None else None
     answers = skipped(samples)
     if any(generated(s) for s in samples):
-        model = vlms.load(config.model)
+        model = vlms.load(
+            config.model, device=precision.resolve(config.device, "evaluate"), max_pixels=config.max_pixels
+        )
         if train is not None:
             model = vlms.apply_adapter(model, adapter_dir(train))
         answers = generate_answers(model, samples, config, progress)

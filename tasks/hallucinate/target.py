@@ -27,24 +27,38 @@ from pathlib import Path
 from typing import Any
 
 from models import llm as llm_api
-from models import prompts
+from models import prompts, resident
 from tasks.config import HallucinateConfig, TargetSamplingConfig
 from tasks.hallucinate.clinical_text import match_case
 from tasks.hallucinate.llm import OnRow, check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
 from tasks.hallucinate.rules import rules_row
 from tasks.metrics import ARTICLES, normalize_answer, words
+from tasks.store import tree_digest
 
 log = logging.getLogger(__name__)
 
 
 def sampling_model(target: TargetSamplingConfig) -> Any:
-    """The sampled VLM: ``model_path``, with ``adapter`` merged in when one is set."""
+    """The sampled VLM: ``model_path``, with ``adapter`` merged in when one is set; loaded once per
+    worker process (``models.resident``), keyed by the folders' content and the device."""
+    return resident.held(*_resident(target)).value
+
+
+def _resident(target: TargetSamplingConfig) -> tuple[tuple, Any]:
+    from models import precision
     from models import vlm as vlm_api  # torch + transformers load only for this backend
 
     assert target.model_path is not None
-    model = vlm_api.load(target.model_path, device=target.device)
-    return vlm_api.apply_adapter(model, target.adapter) if target.adapter is not None else model
+    device = precision.resolve(target.device, "hallucinate.target")
+    adapter = tree_digest(target.adapter) if target.adapter is not None else None
+    key = ("target", tree_digest(target.model_path), adapter, str(device), target.max_pixels)
+
+    def build() -> Any:
+        model = vlm_api.load(target.model_path, device=device, max_pixels=target.max_pixels)
+        return vlm_api.apply_adapter(model, target.adapter) if target.adapter is not None else model
+
+    return key, build
 
 
 def generation_settings(target: TargetSamplingConfig, samples: Sequence[Mapping[str, Any]]) -> Any:
@@ -69,10 +83,14 @@ def batch_seed(seed: int, samples: Sequence[Mapping[str, Any]]) -> int:
 def sample_target(samples: Sequence[Mapping[str, Any]], config: HallucinateConfig) -> list[list[str] | Exception]:
     """``num_samples`` answers of the target VLM per sample; a batch that fails is retried per
     sample, so one unreadable image costs one row, not the batch."""
+    target = config.target
+    with resident.using(*_resident(target)) as model:  # one shard at a time on the one copy
+        return _sample(model, samples, target)
+
+
+def _sample(model: Any, samples: Sequence[Mapping[str, Any]], target: TargetSamplingConfig) -> list[Any]:
     from models import vlm as vlm_api
 
-    target = config.target
-    model = sampling_model(target)
     results: list[list[str] | Exception] = []
     for start in range(0, len(samples), target.batch_size):
         batch = samples[start : start + target.batch_size]

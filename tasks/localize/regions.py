@@ -26,7 +26,7 @@ from models.lesions import LesionVocabulary, label_words
 from tasks.catalog import UNLABELED_BOX
 from tasks.config import AnnotationConfig, ConfigError, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
-from tasks.store import safe_stem
+from tasks.store import content_hash, safe_stem, tree_digest
 
 PEAK_SUPPRESSION = 0.1  # peaks picked for SAM points lie at least this fraction of the shorter side apart
 PEAK_FLOOR = 0.5  # a further peak must reach half the (0-1 scaled) map's maximum, or it is background
@@ -305,13 +305,20 @@ class SamLocalizer:
     source = "sam"
 
     def __init__(self, config: SamConfig, heatmap: HeatmapConfig, lesions: LesionLabels):
+        from models import precision, resident
         from models.sam import SamSegmenter, load_sam
 
         self.config = config
         self.lesions = lesions
         self.heatmap = HeatmapLocalizer(heatmap) if heatmap.maps is not None else None
-        sam = load_sam(config.model_type, config.checkpoint, config.architecture.model_dump(), config.device)
-        self.segmenter = SamSegmenter(sam, config.preprocessing)
+        device = str(precision.resolve(config.device, "localize.sam"))
+        architecture = config.architecture.model_dump()
+        # Once per worker process, not per shard (read-only inference: the threads share the copy).
+        weights = tree_digest(config.checkpoint) if config.checkpoint is not None else None
+        key = ("sam", config.model_type, weights, content_hash(architecture), device)
+        sam = resident.held(key, lambda: load_sam(config.model_type, config.checkpoint, architecture, device)).value
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and device == "cuda")
+        self.segmenter = SamSegmenter(sam, config.preprocessing, encoder_bf16=bf16)
 
     def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
         from models.sam import Prompt

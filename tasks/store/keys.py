@@ -90,25 +90,32 @@ class DigestMemo:
         return digest
 
     def tree(self, root: Path) -> str:
-        """A file's digest, or a folder's: a hash over its files' relative paths and digests
-        (names and bytes matter, times and places do not); ``missing`` when nothing is there."""
-        root = Path(root)
-        if root.is_file():
-            return content_hash("file", self.file(root), length=64)
-        if not root.is_dir():
-            return "missing"
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                try:
-                    entries.append((str(path.relative_to(root)), self.file(path)))
-                except OSError:
-                    # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
-                    # ingestion rejects the rows that name it.
-                    entries.append((str(path.relative_to(root)), "unreadable"))
-        return content_hash("tree", entries, length=64)
+        """``tree_digest`` with this memo's file digests."""
+        return tree_digest(root, self.file)
+
+
+def tree_digest(root: str | os.PathLike[str], file: Any = None) -> str:
+    """A file's digest, or a folder's: a hash over its files' relative paths and digests
+    (names and bytes matter, times and places do not); ``missing`` when nothing is there.
+    ``file`` digests one file (default ``file_digest``, remembered within the process)."""
+    digest_file = file or file_digest
+    root = Path(root)
+    if root.is_file():
+        return content_hash("file", digest_file(root), length=64)
+    if not root.is_dir():
+        return "missing"
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                entries.append((str(path.relative_to(root)), digest_file(path)))
+            except OSError:
+                # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
+                # ingestion rejects the rows that name it.
+                entries.append((str(path.relative_to(root)), "unreadable"))
+    return content_hash("tree", entries, length=64)
 
 
 _MEMOS: dict[Path, DigestMemo] = {}

@@ -142,3 +142,17 @@ def test_preprocessing_follows_the_checkpoint_kind(tmp_path):
     assert SamConfig(model_type="custom", preprocess="medsam").preprocessing == "medsam"
     with pytest.raises(ValueError, match="unknown SAM preprocessing"):
         SamSegmenter(tiny_sam(), "clip")
+
+
+def test_a_bf16_encoder_segments_as_the_fp32_one():
+    sam = tiny_sam()
+    gray, rgb = _images()
+    prompts = [[Prompt(boxes=np.array([[8.0, 6.0, 40.0, 30.0]]))], [Prompt(points=np.array([[20.0, 35.0]]))]]
+    exact = SamSegmenter(sam).segment([gray, rgb], prompts)
+    calls = []
+    sam.image_encoder.patch_embed.register_forward_hook(lambda module, args, out: calls.append(out.dtype))
+    fast = SamSegmenter(sam, encoder_bf16=True).segment([gray, rgb], prompts)
+    assert calls == [torch.bfloat16]  # the encoder's convolution and blocks ran in bf16
+    for (a,), (b,) in zip(exact, fast):
+        assert a.mask.shape == b.mask.shape and (a.mask == b.mask).mean() > 0.95
+        assert b.predicted_iou == pytest.approx(a.predicted_iou, abs=0.05)

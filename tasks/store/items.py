@@ -24,12 +24,14 @@ from typing import Any
 from tasks import counters, progress
 from tasks.store.files import link_or_copy, temp_folder
 from tasks.store.keys import content_hash, file_digest
+from tasks.store.verify import damage, file_index, set_aside
 
 ITEMS = ".items"
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
 # (`make ui` creates one) caps how many of them run at once across every flow run.
 LLM_TAG = "llm-api"
 ITEM_ROW = "row.json"
+ITEM_INDEX = "index.json"  # the item's files as built (tasks.store.verify)
 ITEM_KEY_LENGTH = 32
 
 
@@ -92,6 +94,7 @@ def compute_items(
             raise StageFailed(f"{stage}: compute returned {len(rows)} rows for {len(todo)} items")
         for item, folder, row in zip(todo, folders, rows):
             (folder / ITEM_ROW).write_text(json.dumps(dict(row), default=_json_value, ensure_ascii=False))
+            (folder / ITEM_INDEX).write_text(json.dumps(file_index(folder, skip=(ITEM_INDEX,))))
             final = item_folder(store_root, stage, item.key)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -104,6 +107,26 @@ def compute_items(
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
     return dict(counts)
+
+
+def inspect_item(folder: Path, deep: bool = False) -> list[str]:
+    """What is wrong with a cached item (nothing: it is whole). An item without an index (cached
+    before the store verified) is whole when its row reads."""
+    try:
+        index = json.loads((folder / ITEM_INDEX).read_bytes())
+    except FileNotFoundError:
+        index = None
+    except (OSError, ValueError):
+        return [f"{ITEM_INDEX}: unreadable"]
+    if index is not None:
+        return damage(folder, index, deep)
+    try:
+        json.loads((folder / ITEM_ROW).read_bytes())
+    except FileNotFoundError:
+        return [f"{ITEM_ROW}: missing"]
+    except (OSError, ValueError):
+        return [f"{ITEM_ROW}: unreadable"]
+    return []
 
 
 def _json_value(value: Any) -> Any:
@@ -167,7 +190,8 @@ class StageItems:
         """Result rows of ``items`` in order: cached ones reused, the rest computed in shards;
         every item's files linked into ``out`` at their artifact-relative paths. Progress lines
         in the terminal count ``unit`` (tasks.progress)."""
-        missing = list({item.key: item for item in items if not self._done(item)}.values())
+        damaged: list[str] = []
+        missing = list({item.key: item for item in items if not self._done(item, damaged)}.values())
         runner = SHARDS.get()
         size = max(1, int(runner.shard_size))
         job = ShardJob(
@@ -188,10 +212,21 @@ class StageItems:
         work = BUILD_WORK.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
+            if damaged:
+                counters.merge(work, {"damaged": len(damaged)})
         return [self._gather(out, item) for item in items]
 
-    def _done(self, item: Item) -> bool:
-        return (item_folder(self.root, self.stage, item.key) / ITEM_ROW).is_file()
+    def _done(self, item: Item, damaged: list[str]) -> bool:
+        """Whether the item is cached and whole; a damaged one is set aside (and listed in
+        ``damaged``) to be computed again."""
+        folder = item_folder(self.root, self.stage, item.key)
+        if not folder.exists():
+            return False
+        problems = inspect_item(folder)
+        if problems:
+            set_aside(folder, f"{self.stage} item {item.key}", problems)
+            damaged.append(item.key)
+        return not problems
 
     def _gather(self, out: Path, item: Item) -> dict[str, Any]:
         folder = item_folder(self.root, self.stage, item.key)
@@ -199,7 +234,7 @@ class StageItems:
         if not row_file.is_file():
             raise StageFailed(f"{self.stage}: item {item.key} was not computed (its shard failed)")
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and path != row_file:
+            if path.is_file() and path not in (row_file, folder / ITEM_INDEX):
                 target = out / path.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if target.exists():

@@ -62,14 +62,15 @@ def code_version(*modules: str) -> str:
     return digest.hexdigest()[:12]
 
 
-_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, remembered within the process by (device, inode, size, mtime):
-    a hard link of a file already read is not read again."""
+    """sha256 of a file's bytes, remembered within the process by (device, inode, size, mtime,
+    ctime): a hard link of a file already read is not read again; a write is, also one whose
+    old mtime was put back (nothing can set a ctime back)."""
     stat = os.stat(path)
-    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if memo not in _DIGESTS:
         _DIGESTS[memo] = _read_digest(path)
     return _DIGESTS[memo]

@@ -77,6 +77,13 @@ CASES = [
     ({"id": "symlink", "image": "link_out.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
     ({"id": "symdir", "image": "linked_dir/secret.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
     ({"id": "dangling", "image": "dangling.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
+    ({"id": "splitout", "split": "../../../../ESCAPED", "image": "good.png", "question": "Is there a lesion?", "answer": "yes"}, "bad_split"),
+    ({"id": "splithidden", "split": ".hidden", "image": "good.png", "question": "Is there a lesion?", "answer": "yes"}, "bad_split"),
+    ({"id": "nan", "image": "good.png", "question": "How large is it?", "answer": float("nan")}, "non_finite_answer"),
+    ({"id": "inf", "image": "good.png", "question": "How large is it?", "answer": float("inf")}, "non_finite_answer"),
+    ({"id": "nul", "image": "good.png", "question": "Is there\u0000 a lesion?", "answer": "yes"}, "control_characters"),
+    ({"id": "escape_code", "image": "good.png", "question": "Is there a lesion?", "answer": "\u001b[2Jyes"}, "control_characters"),
+    ({"id": "longq", "image": "good.png", "question": "Is there a lesion " * 300 + "?", "answer": "yes"}, "question_too_long"),
 ]
 NOT_UTF8_LINE = b'{"id": "latin1", "image": "good.png", "question": "L\xe9sion?", "answer": "oui"}'
 

@@ -47,7 +47,12 @@ USER_ERRORS = (
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"mmedpo: warning: {one_line(message)}\n"
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except USER_ERRORS as exc:
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mmedpo: error: {type(exc).__name__}: {one_line(exc)} (MMEDPO_DEBUG=1 shows where)", file=sys.stderr)
         return 2
+
+
+def _warning_line(message: Warning | str, *_: object, **__: object) -> None:
+    print(f"mmedpo: warning: {one_line(message)}", file=sys.stderr)
 
 
 def one_line(message: object, limit: int = 2000) -> str:

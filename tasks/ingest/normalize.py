@@ -232,6 +232,8 @@ def _image_file(item: RawRecord, root: Path, image_dir: Path, config: IngestConf
             path.write_bytes(item.image)
         return path
     path = _inside(root, item.image, item.source_ref)
+    if path.exists() and not path.is_file():  # a folder, FIFO, device: never opened
+        raise RecordError("not_a_regular_file", f"{item.source_ref}: image {item.image} is not a regular file")
     if not path.is_file():
         raise RecordError("missing_image", f"{item.source_ref}: image {item.image} not found under {root}")
     if is_dicom(path):

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -128,15 +129,24 @@ class DigestMemo:
         entries = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
-            for name in sorted(filenames):
+            for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
                 path = Path(dirpath) / name
-                try:
-                    entries.append((str(path.relative_to(root)), self.file(path)))
-                except OSError:
-                    # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
-                    # ingestion rejects the rows that name it.
-                    entries.append((str(path.relative_to(root)), "unreadable"))
+                entries.append((str(path.relative_to(root)), self._entry(path)))
         return content_hash("tree", entries, length=64)
+
+    def _entry(self, path: Path) -> str:
+        """What a folder entry contributes. A link counts by where it points, never followed (it
+        may leave the root, or be a FIFO's): ingestion resolves and refuses links that leave.
+        Only regular files are read; a FIFO, socket or device is an entry by its kind."""
+        try:
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                return f"link:{os.readlink(path)}"
+            if not stat.S_ISREG(mode):
+                return f"special:{stat.S_IFMT(mode):o}"
+            return self.file(path)
+        except OSError:
+            return "unreadable"  # deleted meanwhile: an entry too, not a crash
 
 
 _MEMOS: dict[Path, DigestMemo] = {}

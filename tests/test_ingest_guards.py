@@ -18,39 +18,14 @@ from tasks.counters import NothingKept
 from tasks.imaging import ImageError, dicom_to_png
 from tasks.ingest import ingest, ingest_to_file
 from tasks.store import ArtifactStore
-
-
-def dicom_bytes(rows: int, columns: int, pixels: bytes, syntax=None, frames: int = 1, **extra) -> bytes:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mmedpo-guards", str(rows), str(frames)])
-    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
-    dataset = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\x00" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "OT"
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
-    if frames > 1:
-        dataset.NumberOfFrames = frames
-    for name, value in extra.items():
-        setattr(dataset, name, value)
-    dataset.PixelData = pixels
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from tests.support.bad_inputs import write_dicom
 
 
 def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
     import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    path = tmp_path / "bomb.dcm"
-    path.write_bytes(dicom_bytes(4000, 4000, b"\x00" * 16_000_000, DeflatedExplicitVRLittleEndian))
+    path = write_dicom(tmp_path / "bomb.dcm", 4000, 4000, b"\x00" * 16_000_000, syntax=DeflatedExplicitVRLittleEndian)
     assert path.stat().st_size < 100_000  # a few KB declare 16 M pixels
 
     def no_parse(*args, **kwargs):
@@ -65,9 +40,8 @@ def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path, monkey
 def test_a_small_deflated_dicom_still_renders(tmp_path):
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    path = tmp_path / "small.dcm"
     pixels = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
-    path.write_bytes(dicom_bytes(64, 64, pixels.tobytes(), DeflatedExplicitVRLittleEndian))
+    path = write_dicom(tmp_path / "small.dcm", 64, 64, pixels.tobytes(), syntax=DeflatedExplicitVRLittleEndian)
     out = dicom_to_png(path, tmp_path / "out.png", max_pixels=1_000_000)
     assert out.is_file()
 
@@ -77,8 +51,7 @@ def test_a_multi_frame_dicom_decodes_only_its_first_frame(tmp_path, monkeypatch)
 
     frames = np.stack([np.full((32, 32), 10 + 4 * i, dtype=np.uint8) for i in range(48)])
     frames[0, :16] = 200
-    path = tmp_path / "cine.dcm"
-    path.write_bytes(dicom_bytes(32, 32, frames.tobytes(), frames=48))
+    path = write_dicom(tmp_path / "cine.dcm", 32, 32, frames.tobytes(), frames=48)
     asked = []
     real = pydicom.pixels.pixel_array
 
@@ -115,7 +88,8 @@ def test_a_compressed_dicom_without_its_decoder_is_named_as_such(tmp_path):
 def test_a_rejected_embedded_dicom_is_never_stored(tmp_path):
     root = tmp_path / "pathvqa"
     root.mkdir()
-    phi = dicom_bytes(32, 32, b"\x05" * 1024, PatientName="DOE^JANE", PatientID="PHI-123456")
+    phi = write_dicom(tmp_path / "phi.dcm", 32, 32, b"\x05" * 1024, PatientName="DOE^JANE", PatientID="PHI-123456")
+    phi = phi.read_bytes()
     good = io.BytesIO()
     from PIL import Image
 

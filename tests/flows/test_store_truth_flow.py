@@ -20,13 +20,13 @@ from tests.support.harness import task_states
 STAGES = ("ingest", "localize", "noise", "hallucinate", "score", "assemble")
 
 
+def small_run(tmp_path: Path) -> RunConfig:
+    sources = [small_source(tmp_path / "raw")]
+    return RunConfig(name="t", store=tmp_path / "store", sets=tmp_path / "sets", ingest=IngestConfig(sources=sources))
+
+
 def test_a_deleted_store_or_a_flipped_byte_is_recomputed_never_reused(tmp_path, prefect_harness):
-    config = RunConfig(
-        name="t",
-        store=tmp_path / "store",
-        sets=tmp_path / "sets",
-        ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]),
-    )
+    config = small_run(tmp_path)
     first = curate(config)
     # The store deleted (Prefect still holds records of every stage): everything is rebuilt and published.
     shutil.rmtree(config.store)
@@ -56,12 +56,7 @@ def test_a_deleted_store_or_a_flipped_byte_is_recomputed_never_reused(tmp_path, 
 
 
 def test_a_curation_that_keeps_no_sample_fails_and_publishes_nothing(tmp_path, prefect_harness):
-    good = RunConfig(
-        name="t",
-        store=tmp_path / "store",
-        sets=tmp_path / "sets",
-        ingest=IngestConfig(sources=[small_source(tmp_path / "raw")]),
-    )
+    good = small_run(tmp_path)
     curate(good)
     latest = (tmp_path / "sets" / "t" / LATEST).read_text()
     bad_root = tmp_path / "bad"

@@ -233,7 +233,7 @@ def cmd_sets_show(args: argparse.Namespace) -> int:
     print((folder / "CARD.md").read_text())
     manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
     store = store_of(manifest)
-    links = chain(store, manifest) if store.get("assemble", manifest.key) is not None else []
+    links = chain(store, manifest) if store.peek("assemble", manifest.key) is not None else []
     if len(links) > 1:
         print(f"## Rounds (mmedpo iterate; store {store.root})\n\n{chain_markdown(links, manifest.digest)}\n")
     print("## manifest.json\n")

@@ -445,7 +445,8 @@ def stage_noise():
         stage.__path__ = [str(ROOT / "tasks/noise")]
         sys.modules["tasks.noise"] = stage
     from tasks.config import NoiseConfig
-    from tasks.noise.diffusion import alpha_bar, feather, noise_array
+    from tasks.config.noise import alpha_bar
+    from tasks.noise.diffusion import feather, noise_array
 
     return feather, noise_array, NoiseConfig, alpha_bar
 

@@ -22,10 +22,11 @@ import torch
 
 from tasks import catalog
 from tasks.config import IngestConfig, LocalizeConfig, NoiseConfig
+from tasks.config.noise import alpha_bar
 from tasks.imaging import load_array, save_array
 from tasks.localize import localize
 from tasks.noise import noise
-from tasks.noise.diffusion import alpha_bar, feather, noise_array
+from tasks.noise.diffusion import feather, noise_array
 from tasks.store import ArtifactStore, Manifest
 
 SIDE = 512

@@ -1,15 +1,18 @@
 """The `mmedpo` command: parse, load the run config, call a flow or a stage function.
 
-Every command reports a bad input the same way: one line on stderr naming the file and the
-field (or the artifact) at fault, exit status 2. Commands of research built on the product
-(under experiments/) join through the ``mmedpo.commands`` entry point group, so this module
-knows none of them.
+Every command reports a failure the same way: one line on stderr, exit status 2 - a bad input
+names the file and the field (or the artifact) at fault; anything else names its exception
+(``MMEDPO_DEBUG=1`` shows the traceback instead). Warnings are one line each too. Commands of
+research built on the product (under experiments/) join through the ``mmedpo.commands`` entry
+point group, so this module knows none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -22,10 +25,11 @@ from flows.sft import add_cli as sft_cli
 from flows.train import add_cli as train_cli
 from models.llm import EndpointConfigError
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, load_run_config
-from tasks.counters import headline
+from tasks.counters import NothingKept, headline
 from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
+from tasks.store import StageFailed
 from tasks.store.lookup import ArtifactMissing
 from tasks.store.packed import OldStoreLayout
 
@@ -40,17 +44,42 @@ USER_ERRORS = (
     EvaluateError,
     ArtifactMissing,
     FileNotFoundError,
+    NothingKept,
     OldStoreLayout,
+    StageFailed,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except USER_ERRORS as exc:
-        print(f"mmedpo: error: {exc}", file=sys.stderr)
+        print(f"mmedpo: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("mmedpo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("MMEDPO_DEBUG"):
+            raise
+        print(f"mmedpo: error: {type(exc).__name__}: {one_line(exc)} (MMEDPO_DEBUG=1 shows where)", file=sys.stderr)
+        return 2
+
+
+def _warning_line(message: Warning | str, *_: object, **__: object) -> None:
+    print(f"mmedpo: warning: {one_line(message)}", file=sys.stderr)
+
+
+def one_line(message: object, limit: int = 2000) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = store.add_parser("migrate", help="pack an item cache written by the previous layout (docs/scale.md)")
     migrate.add_argument("--root", required=True, type=Path, help="the store (run config's `store`)")
     migrate.set_defaults(handler=cmd_store_migrate)
+    verify = commands.add_parser("verify", help="check every artifact, item and published set against its manifest")
+    verify.add_argument("--config", type=Path, help="run config YAML: its store and sets")
+    verify.add_argument("--store", type=Path, default=DATA / "artifacts")
+    verify.add_argument("--sets", type=Path, default=DATA / "preference_sets")
+    verify.add_argument("--repair", action="store_true", help="set damaged ones aside: the next run recomputes them")
+    verify.set_defaults(handler=cmd_verify)
 
     sft_cli(commands)
     train_cli(commands)
@@ -172,6 +207,26 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when everything is whole (or was repaired), 1 when damage is left in place."""
+    from tasks.store.audit import audit, audit_sets
+
+    store, sets = args.store, args.sets
+    if args.config is not None:
+        config = load_run_config(args.config)
+        store, sets = config.store, config.sets
+    checked, found = audit(store.resolve(), args.repair)
+    set_checked, set_found = audit_sets(sets.resolve(), args.repair) if sets.is_dir() else (0, [])
+    for finding in found + set_found:
+        print(f"damaged: {finding.what}: {'; '.join(finding.problems)}")
+    outcome = "set aside (the next run recomputes them)" if args.repair else "left in place (--repair sets them aside)"
+    print(
+        f"checked {checked} artifacts and items in {store}, {set_checked} set versions in {sets}: "
+        f"{len(found) + len(set_found)} damaged" + (f", {outcome}" if found or set_found else "")
+    )
+    return 1 if (found or set_found) and not args.repair else 0
+
+
 def cmd_sets_list(args: argparse.Namespace) -> int:
     from tasks.sets import list_sets
 
@@ -201,7 +256,7 @@ def cmd_sets_show(args: argparse.Namespace) -> int:
     print((folder / "CARD.md").read_text())
     manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
     store = store_of(manifest)
-    links = chain(store, manifest) if store.get("assemble", manifest.key) is not None else []
+    links = chain(store, manifest) if store.peek("assemble", manifest.key) is not None else []
     if len(links) > 1:
         print(f"## Rounds (mmedpo iterate; store {store.root})\n\n{chain_markdown(links, manifest.digest)}\n")
     print("## manifest.json\n")

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import catalog, counters, ui
 from tasks.catalog import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES
 from tasks.config import AssembleConfig
-from tasks.counters import Counters
+from tasks.counters import Counters, require_some
 from tasks.rounds import origin_table, rejection_source
 from tasks.sets import publish
 from tasks.store import (
@@ -60,6 +60,7 @@ def assemble(
     Counters: ``pairs.built.<text|visual>``, ``<text|visual>.dropped.<reason>``,
     ``samples.dropped.<leak reason>``, ``samples.held_out.test``, ``samples.out_of_scope.window``,
     ``images.linked``, ``policy.round`` (target backend: the round whose model wrote the rejections).
+    Fails (NothingKept) when no pair is built: an empty set is never published.
     """
     inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
     # The card documents the version (lineage, who wrote the rejections); the pairs, weights and
@@ -143,6 +144,8 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     for pair in pairs:
         counts.add("pairs", "built", pair["pair_type"])
     counts.add("images", "linked", n=linker.count)
+    losses = [("text", "dropped"), ("visual", "dropped"), ("samples", "dropped"), ("samples", "held_out")]
+    require_some(STAGE, counts.as_dict(), "pairs.built", losses + [("samples", "out_of_scope")])
     source = rejection_source(inputs["hallucinate"])
     if source.backend == "target" and source.round is not None:
         counts.set("policy", "round", value=source.round)

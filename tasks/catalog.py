@@ -295,7 +295,10 @@ def table(rows: Iterable[Mapping[str, Any]], artifact: Artifact) -> pa.Table:
 
 def write(out: Path, artifact: Artifact, rows: Iterable[Mapping[str, Any]], **fields: str) -> Path:
     """``rows`` as ``artifact``'s file under ``out`` (``fields`` fill its name, e.g. split)."""
-    return write_file(out / artifact.file.format(**fields), artifact, rows)
+    path = out / artifact.file.format(**fields)
+    if not os.path.normpath(path).startswith(os.path.join(os.path.normpath(out), "")):
+        raise ValueError(f"{artifact.name}: file name {artifact.file!r} with {fields} leaves the artifact folder")
+    return write_file(path, artifact, rows)
 
 
 def write_file(path: str | os.PathLike[str], artifact: Artifact, rows: Iterable[Mapping[str, Any]]) -> Path:

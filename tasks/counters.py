@@ -14,7 +14,7 @@ two-part counters: ``samples.kept``, not ``samples.rejected.missing_image`` nor
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-/\[\]]+")
 
@@ -77,6 +77,25 @@ def reasons(counts: Mapping[str, float], what: str, outcome: str) -> dict[str, f
     """``reason -> count`` under one ``<what>.<outcome>``."""
     prefix = f"{what}.{outcome}."
     return {key[len(prefix) :]: value for key, value in counts.items() if key.startswith(prefix)}
+
+
+class NothingKept(RuntimeError):
+    """A stage kept nothing: the run fails, naming why, and nothing after it is stored or published."""
+
+
+def require_some(stage: str, counts: Mapping[str, float], kept: str, losses: Sequence[tuple[str, str]]) -> None:
+    """Raise NothingKept when counter ``kept`` is 0, naming the top reasons under ``losses``
+    (``(what, outcome)`` pairs, e.g. ``("samples", "rejected")``)."""
+    if counts.get(kept, 0) > 0:
+        return
+    found = {
+        f"{what}.{outcome}.{reason}": n
+        for what, outcome in losses
+        for reason, n in reasons(counts, what, outcome).items()
+    }
+    top = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:3]
+    why = ", ".join(f"{name} {n:g}" for name, n in top) or "no input at all"
+    raise NothingKept(f"{stage}: 0 {kept.partition('.')[0]} kept ({why}); nothing is published")
 
 
 def rows(counts: Mapping[str, float]) -> list[dict[str, object]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,10 @@ def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True, max_pixe
     pixel is decoded, as Pillow does for PNG/JPEG.
     """
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
+    if max_pixels is not None:
+        _bounded_inflate(path, max_pixels)
     try:
         dataset = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises a zoo of types for bad files
@@ -106,20 +109,17 @@ def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True, max_pixe
     rows, columns = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
     if max_pixels is not None and rows * columns > max_pixels:
         raise ImageError("image_too_large", f"{path}: {columns}x{rows} exceeds {max_pixels} pixels")
+    _decoder_available(path, dataset)
     try:
-        pixels = dataset.pixel_array
+        pixels = pixel_array(dataset, index=0)  # the first frame only: one image is rendered
     except Exception as exc:
         raise ImageError("corrupt_dicom", f"{path}: cannot decode pixels: {exc}") from None
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
-    if frames > 1:
-        pixels = pixels[0]
     if photometric.startswith("MONOCHROME"):
         values = apply_modality_lut(pixels, dataset).astype(np.float64)
         if apply_window and "WindowCenter" in dataset:
             values = apply_voi_lut(values, dataset).astype(np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        scaled = _unit_range(values)
         if photometric == "MONOCHROME1":
             scaled = 1.0 - scaled
         image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L")
@@ -128,6 +128,77 @@ def dicom_to_png(path: Path, out_path: Path, apply_window: bool = True, max_pixe
         image = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path, format="PNG")
+    return out_path
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# A deflated data set may inflate to at most this many bytes a pixel allowed (3 samples of 16
+# bits), plus room for its header elements.
+INFLATE_BYTES_PER_PIXEL = 6
+INFLATE_HEADER_BYTES = 1 << 20
+
+
+def _bounded_inflate(path: Path, max_pixels: int) -> None:
+    """Refuse a deflated DICOM that inflates past what ``max_pixels`` allows, before pydicom
+    inflates it whole (a few KB can declare gigabytes)."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        if str(read_file_meta_info(path).get("TransferSyntaxUID", "")) != DEFLATED:
+            return
+        data = path.read_bytes()
+    except Exception:  # noqa: BLE001 - not a readable meta header: dcmread reports it
+        return
+    # The file meta group (explicit VR little endian) ends at 132 + 12 + its group length.
+    start = (
+        DICOM_MAGIC_OFFSET + 4 + 12 + int.from_bytes(data[DICOM_MAGIC_OFFSET + 12 : DICOM_MAGIC_OFFSET + 16], "little")
+    )
+    limit = max_pixels * INFLATE_BYTES_PER_PIXEL + INFLATE_HEADER_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[start:], limit)
+    except zlib.error as exc:
+        raise ImageError("corrupt_dicom", f"{path}: deflated data set: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise ImageError("image_too_large", f"{path}: deflated data set inflates past {limit} bytes")
+
+
+def _decoder_available(path: Path, dataset) -> None:
+    """A compressed transfer syntax this machine cannot decode is named as such, not 'corrupt'."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+    if syntax is None or not syntax.is_compressed:
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise ImageError("unsupported_dicom_compression", f"{path}: no decoder installed for {syntax.name} ({syntax})")
+
+
+def _unit_range(values: np.ndarray) -> np.ndarray:
+    """Values scaled by their own min..max into [0, 1] (all zeros when flat or not finite)."""
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0.0, 1.0)
+
+
+# Modes with more than 8 bits a grey value: rendered to 8 bits once, at ingest (``to_8bit``).
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def to_8bit(path: Path, out_path: Path) -> Path:
+    """A 16-bit or float grey image as an 8-bit PNG, windowed to its own min..max - the way a
+    DICOM is rendered - so every consumer (noise, training's convert('RGB'), evaluation) sees the
+    same picture rather than Pillow's clip to 255."""
+    with Image.open(path) as image:
+        values = np.asarray(image, dtype=np.float64)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(_unit_range(values) * 255).astype(np.uint8), mode="L").save(out_path, format="PNG")
     return out_path
 
 

@@ -113,8 +113,8 @@ def chain(store: ArtifactStore, assembled: Manifest) -> list[Link]:
     while current is not None and len(back) < 1000:
         link = _link(store, current, trains)
         back.append(link)
-        policy = store.get("train", link.source.policy) if link.source.policy else None
-        current = store.get("assemble", policy.inputs["assemble"]) if policy and "assemble" in policy.inputs else None
+        policy = store.peek("train", link.source.policy) if link.source.policy else None
+        current = store.peek("assemble", policy.inputs["assemble"]) if policy and "assemble" in policy.inputs else None
     links = back[::-1]
     while links[-1].trained and len(links) < 1000:
         sampled = {h.key for h in hallucinations if h.inputs.get("policy") in links[-1].trained}
@@ -126,7 +126,7 @@ def chain(store: ArtifactStore, assembled: Manifest) -> list[Link]:
 
 
 def _link(store: ArtifactStore, assembled: Manifest, trains: Sequence[Manifest]) -> Link:
-    hallucinate = store.get("hallucinate", assembled.inputs.get("hallucinate", ""))
+    hallucinate = store.peek("hallucinate", assembled.inputs.get("hallucinate", ""))
     source = rejection_source(hallucinate) if hallucinate is not None else RejectionSource("unknown")
     trained = tuple(t.key for t in trains if t.inputs.get("assemble") == assembled.key)
     return Link(assembled.key, assembled.digest, source, trained)

@@ -23,7 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.catalog import PAIRS, read_file
+from tasks.config import plain_name
 from tasks.store import Manifest, link_or_copy, write_text_atomic
+from tasks.store.artifacts import inspect_artifact
+from tasks.store.verify import set_aside
 
 LATEST = "LATEST"  # <sets>/<name>/LATEST: the version the name's last curation published
 
@@ -31,8 +34,14 @@ LATEST = "LATEST"  # <sets>/<name>/LATEST: the version the name's last curation 
 def publish(manifest: Manifest, sets_root: Path, name: str) -> Path:
     """Hard-link the assemble artifact to <sets_root>/<name>/<version>/ (atomic, idempotent) and
     make it the name's latest version, also when that version was published before (a curation
-    that came back to an earlier content)."""
+    that came back to an earlier content). A published version that is no longer whole (a file
+    edited or deleted) is replaced by the artifact's files."""
+    plain_name(name)
     final = sets_root / name / version(manifest)
+    if final.is_dir():
+        problems = inspect_artifact(final)[1]
+        if problems:
+            set_aside(final, f"set {name}@{final.name}", problems)
     if not final.is_dir():
         link_version(manifest, final)
     write_text_atomic(final.parent / LATEST, f"{final.name}\n")

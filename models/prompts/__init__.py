@@ -5,6 +5,7 @@ sends them (tasks.store.code hashes the .txt files beside every package a stage 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from string import Template
 
 SYSTEM_SEPARATOR = "\n---\n"
@@ -14,7 +15,8 @@ def template(name: str) -> Template:
     """The template file ``<name>.txt``; a clear error naming the ones there are."""
     folder = resources.files(__name__)
     path = folder / f"{name}.txt"
-    if not path.is_file():
+    # A name is a file in this folder, never a path: '../x' would read (and send) any file.
+    if not name or Path(name).name != name or name.startswith(".") or not path.is_file():
         have = sorted(p.name.removesuffix(".txt") for p in folder.iterdir() if p.name.endswith(".txt"))
         raise FileNotFoundError(f"prompt template models/prompts/{name}.txt not found (have: {', '.join(have)})")
     return Template(path.read_text())

@@ -2,7 +2,18 @@
 DAG order. Every model is importable from here."""
 
 from tasks.config.assemble import AssembleConfig
-from tasks.config.base import BY_CONTENT, DATA_ROOT, OPERATIONAL, ConfigError, StageConfig, identity, marker
+from tasks.config.base import (
+    BY_CONTENT,
+    DATA_ROOT,
+    OPERATIONAL,
+    PLAIN_NAME,
+    ConfigError,
+    Name,
+    StageConfig,
+    identity,
+    marker,
+    plain_name,
+)
 from tasks.config.endpoint import LOCAL_HOSTS, EndpointCapabilities, EndpointConfig, ServeConfig
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig, TargetSamplingConfig
@@ -37,6 +48,9 @@ __all__ = [
     "OPERATIONAL",
     "BY_CONTENT",
     "DATA_ROOT",
+    "PLAIN_NAME",
+    "plain_name",
+    "Name",
     "marker",
     "ConfigError",
     "StageConfig",

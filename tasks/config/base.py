@@ -8,6 +8,7 @@ cache key).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -98,3 +99,19 @@ def _set(config: BaseModel, name: str | None) -> bool:
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
+
+
+# A name that becomes part of a file or folder name (a set, a data set, a split, a prompt): letters,
+# digits, '.', '_' and '-', not starting with '.' - never a path, never '..', never hidden.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def plain_name(value: str) -> str:
+    if not PLAIN_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value[:80]!r} is not a plain name (1-128 letters, digits, '.', '_', '-'; first a letter or digit)"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(plain_name)]

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field, max_pixels_field
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, Name, StageConfig, device_field, max_pixels_field
 from tasks.config.endpoint import EndpointConfig
 from tasks.config.window import SampleWindow
 
@@ -119,22 +119,22 @@ class HallucinateConfig(StageConfig):
     cache_dir: Path | None = Field(
         json_schema_extra=OPERATIONAL, default=None, description="LLM response cache; unset: <store>/llm-cache"
     )
-    inject_prompt: str = Field(
+    inject_prompt: Name = Field(
         default="hallucinate_inject_v1",
         description="Template in models/prompts/ for error injection / rewriting by JSON (structured-output endpoints)",
     )
-    fewshot_prompt: str = Field(
+    fewshot_prompt: Name = Field(
         default="hallucinate_fewshot_v1",
         description=(
             "Template in models/prompts/ for error injection by the few-shot plain-text protocol (endpoints without "
             "structured output): system message, then the turn each example and the sample fill"
         ),
     )
-    fewshot_examples: str = Field(
+    fewshot_examples: Name = Field(
         default="hallucinate_examples_v1",
         description="Examples in models/prompts/ for the few-shot protocol, by answer kind (closed, open, report)",
     )
-    select_prompt: str = Field(
+    select_prompt: Name = Field(
         default="hallucinate_select_v1", description="Template in models/prompts/ for choosing among sampled answers"
     )
     target: TargetSamplingConfig = Field(default_factory=TargetSamplingConfig)
@@ -172,4 +172,10 @@ class HallucinateConfig(StageConfig):
             raise ValueError("target.adapter needs target.model_path (the base model it was trained on)")
         if self.send_images and self.uses_llm and not self.llm.capabilities.images:
             raise ValueError("send_images: the endpoint does not read images (set llm.capabilities.images: true)")
+        if self.send_images and self.uses_llm and self.llm.serve is None and not self.llm.images_allowed:
+            # Known from the file alone: refused before ingest runs, not after three stages.
+            raise ValueError(
+                f"send_images: {self.llm.base_url} is not local and may not receive images "
+                "(set llm.allow_images: true to allow it)"
+            )
         return self

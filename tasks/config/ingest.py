@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.config.base import DATA_ROOT, OPERATIONAL, StageConfig
+from tasks.config.base import DATA_ROOT, OPERATIONAL, Name, StageConfig
 from tasks.config.localize import LocalizeSource
 
 SourceFormat = Literal["slake", "vqa-rad", "r2gen", "pathvqa", "jsonl"]
@@ -23,8 +23,8 @@ class SourceConfig(StageConfig):
             "The data set's folder (for jsonl: the .jsonl file or a folder of them); its files' content is an input"
         ),
     )
-    name: str | None = Field(default=None, description="Data set name recorded per sample; defaults by format")
-    splits: list[str] | None = Field(default=None, description="Keep only these splits; all when unset")
+    name: Name | None = Field(default=None, description="Data set name recorded per sample; defaults by format")
+    splits: list[Name] | None = Field(default=None, description="Keep only these splits; all when unset")
     # Not ingest's output: the run config copies it into localize.per_source (its key counts it there).
     localize: list[LocalizeSource] | None = Field(
         json_schema_extra=OPERATIONAL,
@@ -50,4 +50,10 @@ class IngestConfig(StageConfig):
     languages: list[str] = Field(default=["en"], description="Question languages kept; other rows go to rejects")
     max_image_pixels: int = Field(default=50_000_000, description="Larger images are rejected (decompression bombs)")
     min_image_side: int = Field(default=16, description="Images with a smaller side are rejected as unusable")
+    max_question_chars: int = Field(
+        default=4_000, ge=1, description="Longer questions are rejected (question_too_long)"
+    )
+    max_answer_chars: int = Field(
+        default=20_000, ge=1, description="Longer answers (reports included) are rejected (answer_too_long)"
+    )
     dicom_window: bool = Field(default=True, description="Apply the VOI window stored in a DICOM file")

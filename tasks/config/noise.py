@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from tasks.config.base import BY_CONTENT, OPERATIONAL, StageConfig
@@ -113,3 +114,20 @@ class NoiseConfig(StageConfig):
             default_start if self.beta_start is None else self.beta_start,
             default_end if self.beta_end is None else self.beta_end,
         )
+
+
+# The schedule lives beside its settings: load-time checks (tasks.config.checks) weigh the noise
+# a config asks for without importing the noise stage.
+def alphas_cumprod(config: NoiseConfig) -> np.ndarray:
+    """abar_k for k = 0..T-1 (abar_k = prod_{i <= k} (1 - beta_i)), in float64."""
+    start, end = config.betas
+    if config.schedule == "sigmoid":
+        ramp = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, config.timesteps, dtype=np.float64)))
+        betas = ramp * (end - start) + start
+    else:
+        betas = np.linspace(start, end, config.timesteps, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+
+def alpha_bar(config: NoiseConfig) -> float:
+    return float(alphas_cumprod(config)[config.k])

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tasks.config.assemble import AssembleConfig
-from tasks.config.base import ConfigError, StageConfig
+from tasks.config.base import ConfigError, Name, StageConfig
+from tasks.config.checks import run_problems, warn_noise
 from tasks.config.evaluate import EvaluateConfig
 from tasks.config.hallucinate import HallucinateConfig
 from tasks.config.ingest import IngestConfig, SourceConfig
@@ -32,7 +33,7 @@ Config = TypeVar("Config", bound=StageConfig)
 class RunConfig(StageConfig):
     """Everything one run needs; echoed into every stage's manifest (its own section)."""
 
-    name: str = "mmedpo"
+    name: Name = Field(default="mmedpo", description="The preference set's name: <sets>/<name>/<version>/")
     model: Path | None = Field(
         default=None,
         description=(
@@ -105,16 +106,27 @@ def section(value: Any) -> dict[str, Any]:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    return load_config(path, RunConfig)
+    """A run file as a RunConfig, also checked as a whole (tasks.config.checks): everything
+    knowable from the file fails here, before any stage runs."""
+    config = load_config(path, RunConfig)
+    problems = run_problems(config)
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    warn_noise(config.noise, str(path))
+    return config
 
 
 def load_config(path: str | Path, model: type[Config]) -> Config:
     """Read a config file; relative paths in it are taken relative to the file's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot read config: nested too deep") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        raise ConfigError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(raw).__name__}")
     return validate(raw, model, str(path), base=path.parent)
@@ -124,6 +136,8 @@ def validate(raw: Any, model: type[Config], origin: str, base: Path | None = Non
     """``raw`` as a ``model``; ``origin`` names where it came from in the error."""
     try:
         config = model.model_validate(raw)
+    except RecursionError:
+        raise ConfigError(f"{origin}: nested too deep") from None
     except ValidationError as exc:
         raise ConfigError(f"{origin}: {field_errors(exc)}") from exc
     return config if base is None else resolve_paths(config, base)

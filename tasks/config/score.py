@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, StageConfig, device_field
+from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, Name, StageConfig, device_field
 from tasks.config.endpoint import EndpointConfig
 
 JudgeKind = Literal["rules", "endpoint", "transformers"]
@@ -141,7 +141,7 @@ class ScoreConfig(StageConfig):
         le=1.0,
         description="debate: a re-score this close to the previous score counts as adopting it",
     )
-    prompt_version: str = Field(
+    prompt_version: Name = Field(
         default="v1",
         description=(
             "Judge prompt templates models/prompts/judge_{first,followup,repair,yesno,examples}_<version>.txt"

@@ -37,7 +37,9 @@ class TrainConfig(StageConfig):
     tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
     splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")
     pair_types: list[Literal["text", "visual"]] = Field(default=["text", "visual"], description="Pair kinds trained on")
-    beta: float = Field(default=0.1, description="DPO temperature")
+    beta: float = Field(
+        default=0.1, gt=0, description="DPO temperature (> 0: 0 makes the loss constant, < 0 trains toward rejections)"
+    )
     loss_type: list[str] = Field(
         default=["sigmoid"], description="TRL loss types (pairwise ones); sigmoid = the paper's"
     )

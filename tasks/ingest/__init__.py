@@ -10,7 +10,7 @@ from prefect import task
 from tasks import catalog, ui
 from tasks.catalog import REJECTS, SAMPLES
 from tasks.config import IngestConfig, SourceConfig
-from tasks.counters import Counters
+from tasks.counters import Counters, require_some
 from tasks.ingest.checks import Checker, cached_checker, inspect_all
 from tasks.ingest.jsonl import read_jsonl
 from tasks.ingest.normalize import Normalized, normalize
@@ -38,6 +38,7 @@ def ingest(store: ArtifactStore, config: IngestConfig) -> Manifest:
     or freshly copied ones do not).
     Output: ``samples.parquet`` (SAMPLES), ``rejects.parquet`` (REJECTS: row + reason) and
     ``images/`` (PNGs rendered from DICOM and from images embedded in Parquet).
+    Fails (NothingKept) when no sample is kept.
     Counters: ``samples.kept``, ``samples.rejected.<reason>``, ``samples.skipped.split``,
     ``boxes.dropped.degenerate``, each also per data set (``samples[slake].kept``).
     """
@@ -73,6 +74,7 @@ def build_samples(out: Path, config: IngestConfig, published: Path, check: Check
         rows += result.rows
         rejects += result.rejects
         counts.update(result.counts.as_dict())
+    require_some(STAGE, counts.as_dict(), "samples.kept", [("samples", "rejected"), ("samples", "skipped")])
     catalog.write(out, SAMPLES, rows)
     catalog.write(out, REJECTS, rejects)
     return counts.as_dict()

@@ -14,6 +14,7 @@ from tasks.ingest.records import (
     Reject,
     guarded,
     optional,
+    read_regular,
     require,
 )
 
@@ -25,10 +26,9 @@ def read_jsonl(root: Path) -> ReaderOutput:
     if not files:
         raise IngestError(f"{root}: no .jsonl files")
     for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise IngestError(f"{path}: cannot read: {exc}") from exc
+        if root.is_dir() and not path.resolve().is_relative_to(root.resolve()):
+            raise IngestError(f"{path}: resolves outside the data root {root}")
+        data = read_regular(path)
         # Decoded line by line: one line in another encoding costs that row, not the file.
         lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
         # Image paths are relative to the file, which may sit below the data root.

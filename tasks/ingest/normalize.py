@@ -7,15 +7,16 @@ Pillow's decoders release the GIL.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.catalog import UNLABELED_BOX
-from tasks.config import IngestConfig
+from tasks.config import PLAIN_NAME, IngestConfig
 from tasks.counters import Counters, qualified
-from tasks.imaging import ImageError, dicom_to_png, is_dicom
+from tasks.imaging import WIDE_MODES, ImageError, dicom_to_png, is_dicom, to_8bit
 from tasks.ingest.checks import Checker, inspect_all
 from tasks.ingest.records import RawRecord, RecordError, Reject
 
@@ -67,6 +68,15 @@ def normalize(
             sample_id = None if item.native_id is None else f"{dataset}:?:{item.native_id}"
             out.reject(dataset, item.source_ref, item.reason, item.detail, sample_id)
             continue
+        if not PLAIN_NAME.fullmatch(str(item.split)):
+            # The split names files downstream (data/<split>-....parquet): never a path.
+            out.reject(
+                dataset,
+                item.source_ref,
+                "bad_split",
+                f"{item.source_ref}: split {str(item.split)[:80]!r} is not a plain name",
+            )
+            continue
         if splits and item.split not in splits:
             out.count(dataset, "samples", "skipped", "split")
             continue
@@ -77,12 +87,16 @@ def normalize(
                 raise RecordError(
                     "language_not_kept", f"{item.source_ref}: question language {language!r} not in {config.languages}"
                 )
+            if isinstance(item.answer, float) and not math.isfinite(item.answer):
+                raise RecordError("non_finite_answer", f"{item.source_ref}: field 'answer' is {item.answer}")
             question = _text(item.question)
             if not question:
                 raise RecordError("empty_question", f"{item.source_ref}: field 'question' is empty")
             answer = answer_text(item.answer)
             if not answer:
                 raise RecordError("empty_answer", f"{item.source_ref}: field 'answer' is empty")
+            _check_text(item.source_ref, "question", question, config.max_question_chars)
+            _check_text(item.source_ref, "answer", answer, config.max_answer_chars)
             if sample_id in seen_ids:
                 raise RecordError(
                     "duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}"
@@ -98,6 +112,8 @@ def normalize(
     for item, sample_id, language, image_path in accepted:
         info = checked[image_path]
         if isinstance(info, ImageError):
+            if image_path.is_relative_to(image_dir):
+                image_path.unlink(missing_ok=True)  # embedded bytes that failed: rejected bytes are never stored
             out.reject(dataset, item.source_ref, info.reason, info.detail, sample_id)
             seen_ids.discard(sample_id)
             continue
@@ -108,6 +124,8 @@ def normalize(
             out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
             seen_ids.discard(sample_id)
             continue
+        if info.mode in WIDE_MODES:
+            image_path = to_8bit(image_path, image_dir / f"{info.sha256}-8bit.png")
         boxes, labels, dropped = clip_boxes(item.boxes, item.box_labels, info.width, info.height)
         if dropped:
             out.count(dataset, "boxes", "dropped", "degenerate", dropped)
@@ -175,6 +193,18 @@ def _text(value: str) -> str:
     return " ".join(value.split())
 
 
+# Control characters (NUL, escape codes...) after whitespace was folded: never part of a question.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_text(ref: str, field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise RecordError(f"{field}_too_long", f"{ref}: field {field!r} has {len(text)} characters (limit {limit})")
+    found = CONTROL.search(text)
+    if found:
+        raise RecordError("control_characters", f"{ref}: field {field!r} holds control character {found.group()!r}")
+
+
 def _language(item: RawRecord) -> str:
     if item.language is not None:
         language = item.language.strip().lower()
@@ -202,6 +232,8 @@ def _image_file(item: RawRecord, root: Path, image_dir: Path, config: IngestConf
             path.write_bytes(item.image)
         return path
     path = _inside(root, item.image, item.source_ref)
+    if path.exists() and not path.is_file():  # a folder, FIFO, device: never opened
+        raise RecordError("not_a_regular_file", f"{item.source_ref}: image {item.image} is not a regular file")
     if not path.is_file():
         raise RecordError("missing_image", f"{item.source_ref}: image {item.image} not found under {root}")
     if is_dicom(path):

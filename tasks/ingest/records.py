@@ -7,6 +7,7 @@ duplicates happens once, in ``tasks.ingest.normalize``, the same way for every f
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +57,20 @@ Item = RawRecord | Reject
 ReaderOutput = Iterator[Item]
 
 
-def load_json(path: Path) -> Any:
-    """Parse an annotation file, or fail with an error naming it (a wholly unreadable input)."""
+def read_regular(path: Path) -> bytes:
+    """An annotation file's bytes. Only a regular file is opened: a FIFO (or a link to
+    /dev/zero) would block or never end, and a run must not hang on one."""
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise IngestError(f"{path}: cannot read annotation file: not a regular file")
+        return path.read_bytes()
     except OSError as exc:
         raise IngestError(f"{path}: cannot read annotation file: {exc}") from exc
+
+
+def load_json(path: Path) -> Any:
+    """Parse an annotation file, or fail with an error naming it (a wholly unreadable input)."""
+    raw = read_regular(path)
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:

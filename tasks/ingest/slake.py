@@ -34,7 +34,13 @@ def _record(root: Path, split: str, record: dict, ref: str) -> RawRecord:
     img_name = require(record, "img_name", (str,), ref)
     image = Path("imgs") / img_name
     folder = (root / image).parent
-    boxes, labels = _detection_boxes(folder / "detection.json", ref)
+    # Resolved before anything is opened: '..' or a linked folder must not reach a file outside.
+    detection = (folder / "detection.json").resolve()
+    if not detection.is_relative_to(root.resolve()):
+        raise RecordError(
+            "path_outside_root", f"{ref}: {image.parent / 'detection.json'} resolves outside the data root"
+        )
+    boxes, labels = _detection_boxes(detection, ref)
     mask = folder / "mask.png"
     return RawRecord(
         native_id=str(qid),

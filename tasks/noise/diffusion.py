@@ -23,22 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from tasks.config import NoiseConfig
+from tasks.config.noise import alpha_bar
 from tasks.store import content_hash
-
-
-def alphas_cumprod(config: NoiseConfig) -> np.ndarray:
-    """abar_k for k = 0..T-1 (abar_k = prod_{i <= k} (1 - beta_i)), in float64."""
-    start, end = config.betas
-    if config.schedule == "sigmoid":
-        ramp = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, config.timesteps, dtype=np.float64)))
-        betas = ramp * (end - start) + start
-    else:
-        betas = np.linspace(start, end, config.timesteps, dtype=np.float64)
-    return np.cumprod(1.0 - betas)
-
-
-def alpha_bar(config: NoiseConfig) -> float:
-    return float(alphas_cumprod(config)[config.k])
 
 
 def forward_diffuse(x0: np.ndarray, eps: np.ndarray, abar: float) -> np.ndarray:

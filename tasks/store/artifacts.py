@@ -36,6 +36,8 @@ from tasks.store.manifest import (
     lineage,
     stage_key,
 )
+from tasks.store.packed import blob_index
+from tasks.store.verify import damage, file_index, set_aside
 
 DIGESTS = ".digests.sqlite"
 
@@ -63,16 +65,29 @@ class ArtifactStore:
         return self.root / stage / key
 
     def get(self, stage: str, key: str) -> Manifest | None:
-        path = self.directory(stage, key) / MANIFEST
-        if not path.is_file():
+        """The artifact under this key when it is present and whole (tasks.store.verify); a
+        damaged one is set aside, with a warning, and None returned: it is rebuilt, never reused."""
+        folder = self.directory(stage, key)
+        if not folder.exists():
             return None
-        return Manifest.model_validate_json(path.read_text())
+        manifest, problems = inspect_artifact(folder)
+        if problems:
+            set_aside(folder, f"{stage}/{key}", problems)
+            return None
+        return manifest
+
+    def peek(self, stage: str, key: str) -> Manifest | None:
+        """The manifest under this key, unchecked (listing, lineage): never for reuse."""
+        try:
+            return read_manifest(self.directory(stage, key) / MANIFEST)
+        except (OSError, ValueError):
+            return None
 
     def list(self, stage: str) -> list[Manifest]:
         folder = self.root / stage
         if not folder.is_dir():
             return []
-        found = (self.get(stage, p.name) for p in sorted(folder.iterdir()) if not p.name.startswith("."))
+        found = (self.peek(stage, p.name) for p in sorted(folder.iterdir()) if not p.name.startswith("."))
         return sorted((m for m in found if m is not None), key=lambda m: m.created)
 
     def run(
@@ -113,6 +128,7 @@ class ArtifactStore:
                 code_version=code,
                 counts=counts,
                 files=sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+                index=file_index(tmp) | blob_index(tmp),
                 created=datetime.now(UTC).isoformat(timespec="microseconds"),
                 seconds=round(time.perf_counter() - started, 3),
                 run=current_run(),
@@ -149,6 +165,26 @@ class ArtifactStore:
         defined = {name: value for name, value in config_identity(config).items() if name not in ignore}
         contents = {name: snapshot.key for name, snapshot in content_inputs(config, self.digests).items()}
         return StageItems(self.root, stage, code, {"config": defined, "contents": contents})
+
+
+def read_manifest(path: Path) -> Manifest:
+    return Manifest.model_validate_json(path.read_bytes())
+
+
+def inspect_artifact(folder: Path, deep: bool = False) -> tuple[Manifest | None, list[str]]:
+    """An artifact folder's manifest and what is wrong with it (nothing: it is whole). A manifest
+    without an index (written before the store verified) is checked for its files' presence."""
+    try:
+        manifest = read_manifest(folder / MANIFEST)
+    except FileNotFoundError:
+        return None, [f"{MANIFEST}: missing"]
+    except (OSError, ValueError) as exc:
+        return None, [f"{MANIFEST}: unreadable ({type(exc).__name__})"]
+    if manifest.index:
+        problems = damage(folder, manifest.index, deep)
+    else:
+        problems = [f"{name}: missing" for name in manifest.files if not (folder / name).is_file()]
+    return manifest, problems
 
 
 def current_run() -> str | None:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,15 @@ def content_hash(*parts: Any, length: int = KEY_LENGTH) -> str:
     return digest.hexdigest()[:length]
 
 
-_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, remembered within the process by (device, inode, size, mtime):
-    a hard link of a file already read is not read again."""
+    """sha256 of a file's bytes, remembered within the process by (device, inode, size, mtime,
+    ctime): a hard link of a file already read is not read again; a write is, also one whose
+    old mtime was put back (nothing can set a ctime back)."""
     stat = os.stat(path)
-    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    memo = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if memo not in _DIGESTS:
         _DIGESTS[memo] = _read_digest(path)
     return _DIGESTS[memo]
@@ -95,9 +97,9 @@ class DigestMemo:
 
 
 def tree_digest(root: str | os.PathLike[str], file: Any = None) -> str:
-    """A file's digest, or a folder's: a hash over its files' relative paths and digests
+    """A file's digest, or a folder's: a hash over its entries' relative paths and digests
     (names and bytes matter, times and places do not); ``missing`` when nothing is there.
-    ``file`` digests one file (default ``file_digest``, remembered within the process)."""
+    ``file`` digests one regular file (default ``file_digest``, remembered within the process)."""
     digest_file = file or file_digest
     root = Path(root)
     if root.is_file():
@@ -107,15 +109,39 @@ def tree_digest(root: str | os.PathLike[str], file: Any = None) -> str:
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
             path = Path(dirpath) / name
-            try:
-                entries.append((str(path.relative_to(root)), digest_file(path)))
-            except OSError:
-                # A dangling symlink (or a file deleted meanwhile) is an entry too, not a crash:
-                # ingestion rejects the rows that name it.
-                entries.append((str(path.relative_to(root)), "unreadable"))
+            entries.append((str(path.relative_to(root)), _entry(path, digest_file)))
     return content_hash("tree", entries, length=64)
+
+
+def _entry(path: Path, digest_file: Any) -> str:
+    """What a folder entry contributes. A link counts by where it points, never followed (it
+    may leave the root, or be a FIFO's): ingestion resolves and refuses links that leave.
+    Only regular files are read; a FIFO, socket or device is an entry by its kind."""
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            return f"link:{os.readlink(path)}"
+        if not stat.S_ISREG(mode):
+            return f"special:{stat.S_IFMT(mode):o}"
+        return digest_file(path)
+    except OSError:
+        return "unreadable"  # deleted meanwhile: an entry too, not a crash
+
+    def _entry(self, path: Path) -> str:
+        """What a folder entry contributes. A link counts by where it points, never followed (it
+        may leave the root, or be a FIFO's): ingestion resolves and refuses links that leave.
+        Only regular files are read; a FIFO, socket or device is an entry by its kind."""
+        try:
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                return f"link:{os.readlink(path)}"
+            if not stat.S_ISREG(mode):
+                return f"special:{stat.S_IFMT(mode):o}"
+            return self.file(path)
+        except OSError:
+            return "unreadable"  # deleted meanwhile: an entry too, not a crash
 
 
 _MEMOS: dict[Path, DigestMemo] = {}

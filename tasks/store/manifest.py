@@ -55,6 +55,9 @@ class Manifest(BaseModel):
     code_version: str
     counts: dict[str, float]
     files: list[str]
+    # Each file's [size, mtime_ns, sha256] when built (tasks.store.verify): what a reader checks
+    # before it reuses the artifact. Empty in manifests written before the store verified.
+    index: dict[str, list] = {}
     created: str
     seconds: float
     run: str | None = None  # the Prefect flow run that produced it (name and id), when there was one

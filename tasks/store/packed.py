@@ -14,6 +14,10 @@ unworkable on object storage. So:
   artifact's folder and a row's path as they always did, and an artifact is its Parquet
   files and manifest alone.
 
+A row is reused only while every blob it names is whole: present, a regular file and, when
+small (tasks.store.verify.SMALL) or on a deep check (`mmedpo verify`), of the content its name
+says. A damaged blob's items are computed again and the blob written anew.
+
 A store written by the previous layout (``<stage>/.items/<2>/<key>/row.json``) is refused by
 name with the command that converts it (tasks/store/migrate.py).
 """
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ import pyarrow.parquet as pq
 
 from tasks.store.files import link_or_copy, replacing
 from tasks.store.keys import content_hash, file_digest
+from tasks.store.verify import SMALL
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +78,50 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
 def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
     """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
     Parquet, another schema, a row that is no JSON object) is skipped with a warning, and so is
-    a row naming a blob that is gone: their items are computed again, never half-read."""
+    a row naming a blob that is gone or damaged: their items are computed again, never half-read."""
     index: dict[str, dict[str, Any]] = {}
-    blobs = Path(root) / BLOBS
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
         try:
-            table = pq.read_table(path, schema=ROW_SCHEMA)
-            rows = [json.loads(row) for row in table.column("row").to_pylist()]
-            if not all(isinstance(row, dict) for row in rows):
-                raise ValueError("a row is no JSON object")
+            rows = read_rows(path)
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
             continue
-        for key, row in zip(table.column("key").to_pylist(), rows):
-            named = [
-                v.removeprefix(f"{FROM_ARTIFACT}/") for v in row.values() if isinstance(v, str) and is_blob_path(v)
-            ]
-            if all((blobs / name).is_file() for name in named):
-                index[key] = row
+        for key, row in rows:
+            damaged = [name for name in blobs_named(row) if blob_problem(root, name)]
+            if damaged:
+                log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
             else:
-                log.warning("%s: item %s names a blob that is gone; it is computed again", path, key)
+                index[key] = row
     return index
+
+
+def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A rows file's (key, row) pairs; raises when it cannot be read whole."""
+    table = pq.read_table(path, schema=ROW_SCHEMA)
+    rows = [json.loads(row) for row in table.column("row").to_pylist()]
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError("a row is no JSON object")
+    return list(zip(table.column("key").to_pylist(), rows))
+
+
+def blobs_named(row: Mapping[str, Any]) -> list[str]:
+    """The blobs a row names, by their path under the blob folder."""
+    return [v.removeprefix(f"{FROM_ARTIFACT}/") for v in row.values() if isinstance(v, str) and is_blob_path(v)]
+
+
+def blob_problem(root: str | os.PathLike[str], name: str, deep: bool = False) -> str | None:
+    """What is wrong with a blob (None: whole). Its name is its sha256, so its content is checked
+    without an index: always when small, for any size when ``deep``."""
+    path = Path(root) / BLOBS / name
+    try:
+        status = path.lstat()
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(status.st_mode):
+        return "not a regular file"
+    if (deep or status.st_size <= SMALL) and file_digest(path) != Path(name).name[:64]:
+        return "content differs from its name"
+    return None
 
 
 def write_rows(root: str | os.PathLike[str], stage: str, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> Path:
@@ -130,7 +159,7 @@ def put_blob(root: str | os.PathLike[str], path: Path) -> str:
     digest = file_digest(path)
     relative = f"{digest[:2]}/{digest}{path.suffix.lower()}"
     target = Path(root) / BLOBS / relative
-    if not target.is_file():
+    if blob_problem(root, relative) is not None:
         with replacing(target) as tmp:
             os.unlink(tmp)
             link_or_copy(path, tmp)
@@ -141,6 +170,26 @@ def is_blob_path(path: str) -> bool:
     """A row's path of a blob: under the blob folder, without a way out of it."""
     rest = path.removeprefix(f"{FROM_ARTIFACT}/")
     return rest != path and ".." not in Path(rest).parts
+
+
+def blob_index(folder: Path) -> dict[str, list]:
+    """The blobs an artifact's tables name, as entries of its file index (tasks.store.verify) by
+    their path from the artifact: verifying the artifact then checks them like its own files,
+    so a damaged noised image or mask makes its artifact a miss, never a reused hit."""
+    index: dict[str, list] = {}
+    for table_path in sorted(folder.rglob("*.parquet")):
+        try:
+            table = pq.read_table(table_path)
+        except (OSError, pa.ArrowException):
+            continue  # not a table (a stage's own file named so): it names no blob
+        for column in table.itercolumns():
+            if not pa.types.is_string(column.type):
+                continue
+            for value in set(column.to_pylist()) - {None}:
+                if value not in index and is_blob_path(value):
+                    status = (folder / value).stat()
+                    index[value] = [status.st_size, status.st_mtime_ns, Path(value).name[:64]]
+    return index
 
 
 def finished_items(root: str | os.PathLike[str], stage: str) -> int:

@@ -3,14 +3,16 @@
 Prefect's INPUTS policy would hash pickled arguments and collide across stages with equal
 inputs; ``StageCachePolicy`` hashes exactly what the store hashes, so Prefect's *Cached*
 and the store agree. The key names the store too (an artifact lives in one store; another
-store's equal key is a different file). A Prefect record must never hand downstream stages a
-manifest whose files are gone: the key carries a *generation* of the artifact, kept in the
-store beside it and bumped whenever the policy finds the artifact missing, so a record made
-before the artifact was deleted is never looked up again (only Prefect's public API is used).
+store's equal key is a different file). Prefect's records are a hint, never the truth: the key
+ends with a random *instance* token kept beside the artifact while the store finds the artifact
+present and whole (tasks.store.verify), and drawn anew whenever it does not - deleted, damaged,
+or in a store deleted and curated again. A record made for an earlier instance is never looked
+up again, so the task runs and the store rebuilds (only Prefect's public API is used).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -19,7 +21,7 @@ from tasks.store.artifacts import ArtifactStore
 from tasks.store.files import write_text_atomic
 from tasks.store.keys import content_hash
 
-GENERATIONS = ".generations"
+INSTANCES = ".instances"
 
 
 class StageCachePolicy(CachePolicy):
@@ -33,7 +35,7 @@ class StageCachePolicy(CachePolicy):
     ) -> str | None:
         store = ArtifactStore(inputs["store_root"])
         key, _ = store.key(self.stage, self.code, inputs["config"], keyed_inputs(inputs))
-        return f"{self.stage}-{key}-{content_hash(str(store.root), length=8)}-g{generation(store, self.stage, key)}"
+        return f"{self.stage}-{key}-{content_hash(str(store.root), length=8)}-{instance(store, self.stage, key)}"
 
 
 def keyed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -51,14 +53,14 @@ def _is_keyed(value: Any) -> bool:
     return isinstance(getattr(value, "key", None), str)
 
 
-def generation(store: ArtifactStore, stage: str, key: str) -> int:
-    """The artifact's generation: unchanged while it exists, a new one when it is missing."""
-    marker = store.root / stage / GENERATIONS / key
-    current = int(marker.read_text()) if marker.is_file() else 0
-    if store.get(stage, key) is not None:
-        return current
-    write_text_atomic(marker, str(current + 1))
-    return current + 1
+def instance(store: ArtifactStore, stage: str, key: str) -> str:
+    """The artifact's instance token: unchanged while it is whole, a new random one when not."""
+    marker = store.root / stage / INSTANCES / key
+    if store.get(stage, key) is not None and marker.is_file():
+        return marker.read_text()
+    token = uuid.uuid4().hex[:16]
+    write_text_atomic(marker, token)
+    return token
 
 
 def stage_task_options(stage: str, code: str, **extra: Any) -> dict[str, Any]:

@@ -48,17 +48,28 @@ def test_nothing_outside_the_root_is_used(tmp_path):
     root = bad_corpus(tmp_path)
     _, samples, _ = ingest_cli(root, tmp_path / "out.parquet")
     outside = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "outside").rglob("*.png")}
+    rendered = (tmp_path / "out.images").resolve()  # 16-bit images windowed to 8 bits at ingest
     for sample in samples:
-        assert Path(sample["image_path"]).resolve().is_relative_to(root.resolve())
+        path = Path(sample["image_path"]).resolve()
+        assert path.is_relative_to(root.resolve()) or path.is_relative_to(rendered)
         assert sample["image_sha256"] not in outside
 
 
 def test_16_bit_png_and_cmyk_jpeg_are_valid_inputs(tmp_path):
+    from PIL import Image
+
     root = bad_corpus(tmp_path)
     _, samples, _ = ingest_cli(root, tmp_path / "out.parquet")
     by_id = {s["sample_id"]: s for s in samples}
+    # Windowed to 8 bits once, at ingest, by its own range: every consumer (noise, the trainer's
+    # convert('RGB'), evaluation) sees the gradient, never Pillow's clip of 16-bit values to white.
     gray16 = load_array(by_id["bad:train:gray16"]["image_path"])
-    assert gray16.dtype == np.uint16 and gray16.max() > 255  # kept at full depth, not squashed to 8 bits
+    source = load_array(root / "gray16.png").astype(float)
+    assert gray16.dtype == np.uint8 and (gray16.min(), gray16.max()) == (0, 255)
+    assert np.abs(gray16 - np.round((source - source.min()) / np.ptp(source) * 255)).max() <= 1
+    with Image.open(by_id["bad:train:gray16"]["image_path"]) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    assert (rgb == 255).mean() < 0.01
     cmyk = load_array(by_id["bad:train:cmyk"]["image_path"])
     assert cmyk.shape == (64, 64, 3) and cmyk.dtype == np.uint8
     assert (by_id["bad:train:cmyk"]["width"], by_id["bad:train:cmyk"]["height"]) == (64, 64)

@@ -22,6 +22,12 @@ def _corpus_module():
     return module
 
 
+def write_dicom(path: Path, rows: int, columns: int, pixel_data: bytes | None, **options) -> Path:
+    """A DICOM as the corpus writes them (make_corpus.write_dicom: syntax, frames, elements)."""
+    _corpus_module().write_dicom(path, rows, columns, pixel_data, **options)
+    return path
+
+
 def expected_outcomes() -> dict[str, str]:
     """source_ref -> "kept" or reason, in the order make_corpus.py writes the lines."""
     cases = _corpus_module().CASES

@@ -222,13 +222,13 @@ def test_llm_backend_sends_images_only_where_allowed(openai_server, tmp_path):
     hallucinate(store, llm_config(openai_server, tmp_path, send_images=True, llm=reads_images), ingest)
     (request,) = openai_server.requests
     assert request.messages[1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
-    remote = HallucinateConfig(
-        backend="llm",
-        send_images=True,
-        llm=EndpointConfig(base_url="https://api.example.com/v1", capabilities={"images": True}),
-    )
+    # Refused where the config is made (when the run file loads), before any stage runs.
     with pytest.raises(ValueError, match="may not receive images"):
-        hallucinate(store, remote, ingest)
+        HallucinateConfig(
+            backend="llm",
+            send_images=True,
+            llm=EndpointConfig(base_url="https://api.example.com/v1", capabilities={"images": True}),
+        )
     assert len(openai_server.requests) == 1
 
 

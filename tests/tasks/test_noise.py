@@ -3,11 +3,11 @@ import pytest
 
 from tasks import catalog
 from tasks.config import AnnotationConfig, LocalizeConfig, NoiseConfig
-from tasks.config.noise import CLIP_MEAN, CLIP_STD
+from tasks.config.noise import CLIP_MEAN, CLIP_STD, alpha_bar, alphas_cumprod
 from tasks.imaging import load_array
 from tasks.localize import localize
 from tasks.noise import noise, noise_rows
-from tasks.noise.diffusion import alpha_bar, alphas_cumprod, feather, forward_diffuse, noise_array, sample_seed
+from tasks.noise.diffusion import feather, forward_diffuse, noise_array, sample_seed
 from tasks.store import ArtifactStore
 from tests.support.samples import ingest_manifest, sample_row, write_image
 

@@ -168,7 +168,7 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path):
     assert str(os.getpid()) in OWNER
 
 
-def test_prefect_cache_key_names_the_store_and_the_artifacts_generation(tmp_path):
+def test_prefect_cache_key_names_the_store_and_the_artifacts_instance(tmp_path):
     import shutil
 
     from tasks.store import StageCachePolicy
@@ -188,6 +188,15 @@ def test_prefect_cache_key_names_the_store_and_the_artifacts_generation(tmp_path
     assert after != first  # deleted: a record made before cannot hand out its manifest
     one.run("stage", "c1", Options(), {}, lambda out: {"rows": 1})
     assert key(one) == after
+    # The whole store deleted and curated again (a counter kept in the store would restart and
+    # meet the records of the first life): every instance is new.
+    seen = {first, after}
+    for _ in range(3):
+        shutil.rmtree(one.root)
+        again = key(one)
+        one.run("stage", "c1", Options(), {}, lambda out: {"rows": 1})
+        assert again not in seen and key(one) == again
+        seen.add(again)
 
 
 def test_a_nan_counter_survives_the_manifest(tmp_path):

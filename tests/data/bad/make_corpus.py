@@ -36,14 +36,18 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def write_dicom(path: Path, rows: int, columns: int, pixel_data: bytes | None) -> None:
+def write_dicom(
+    path: Path, rows: int, columns: int, pixel_data: bytes | None, syntax: str | None = None, frames: int = 1, **extra
+) -> None:
+    """An 8-bit grey DICOM; ``syntax``: its transfer syntax (explicit VR little endian), ``extra``:
+    more elements by keyword (PatientName=...)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mmedpo-bad-corpus", path.name])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
     dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\x00" * 128)
     dataset.SOPClassUID = meta.MediaStorageSOPClassUID
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -51,6 +55,10 @@ def write_dicom(path: Path, rows: int, columns: int, pixel_data: bytes | None) -
     dataset.Rows, dataset.Columns = rows, columns
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    for keyword, value in extra.items():
+        setattr(dataset, keyword, value)
     if pixel_data is not None:
         dataset.PixelData = pixel_data
     dataset.save_as(path, enforce_file_format=True)
@@ -77,6 +85,13 @@ CASES = [
     ({"id": "symlink", "image": "link_out.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
     ({"id": "symdir", "image": "linked_dir/secret.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
     ({"id": "dangling", "image": "dangling.png", "question": "Is there a lesion?", "answer": "yes"}, "path_outside_root"),
+    ({"id": "splitout", "split": "../../../../ESCAPED", "image": "good.png", "question": "Is there a lesion?", "answer": "yes"}, "bad_split"),
+    ({"id": "splithidden", "split": ".hidden", "image": "good.png", "question": "Is there a lesion?", "answer": "yes"}, "bad_split"),
+    ({"id": "nan", "image": "good.png", "question": "How large is it?", "answer": float("nan")}, "non_finite_answer"),
+    ({"id": "inf", "image": "good.png", "question": "How large is it?", "answer": float("inf")}, "non_finite_answer"),
+    ({"id": "nul", "image": "good.png", "question": "Is there\u0000 a lesion?", "answer": "yes"}, "control_characters"),
+    ({"id": "escape_code", "image": "good.png", "question": "Is there a lesion?", "answer": "\u001b[2Jyes"}, "control_characters"),
+    ({"id": "longq", "image": "good.png", "question": "Is there a lesion " * 300 + "?", "answer": "yes"}, "question_too_long"),
 ]
 NOT_UTF8_LINE = b'{"id": "latin1", "image": "good.png", "question": "L\xe9sion?", "answer": "oui"}'
 

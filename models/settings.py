@@ -97,11 +97,15 @@ class EndpointSettings(Protocol):
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> EndpointSettings: ...
 
 
+# The judge kinds: the config's field type and models/panel.py's table keys (models.registry).
+JudgeKind = Literal["rules", "endpoint", "transformers"]
+
+
 class JudgeSettings(Protocol):
     """One judge of the scoring panel (models/panel.py)."""
 
     name: str
-    kind: Literal["rules", "endpoint", "transformers"]
+    kind: JudgeKind
     endpoint: EndpointSettings | None
     model_path: Path | None
     dtype: Literal["float32", "bfloat16", "auto"]

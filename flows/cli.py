@@ -201,7 +201,7 @@ def demo_run_text(fast: bool = False) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
     from tasks.demo_data import build_demo_data
-    from tasks.evaluate.comparison import comparison_text
+    from tasks.evaluate.comparison import comparison_text, heldout_text
     from tasks.store import write_text_atomic
 
     samples = DATA / "samples"
@@ -227,6 +227,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"\n== training (tiny random-weight LLaVA on CPU): {result.train.path}")
     print(f"\n== evaluation on the test split (base vs trained)\n{comparison_text(result.evaluation.comparison)}")
+    print(f"\n== what training moved on held-out preference pairs (TRL's DPO)\n{heldout_text(result.train.counts)}")
     print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
     print("inspect: mmedpo sets show demo")
     return 0

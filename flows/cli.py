@@ -45,9 +45,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command the one way: a function that adds its subcommand and sets its handler. A flow's
+    command lives beside its flow (``add_cli``); the commands without a flow are below; research
+    (experiments/) adds its own through the ``mmedpo.commands`` entry point group."""
     parser = argparse.ArgumentParser(prog="mmedpo", description="MMedPO curation, training and evaluation")
     commands = parser.add_subparsers(dest="command", required=True)
+    adders = [
+        add_ingest,
+        add_demo_data,
+        add_curate,
+        add_sets,
+        add_config,
+        add_models,
+        sft_cli,
+        train_cli,
+        evaluate_cli,
+        iterate_cli,
+        explain_cli,
+        add_demo,
+    ]
+    adders += [plugin.load() for plugin in entry_points(group="mmedpo.commands")]
+    for add in adders:
+        add(commands)
+    return parser
 
+
+Commands = argparse._SubParsersAction
+
+
+def add_ingest(commands: Commands) -> None:
     ingest = commands.add_parser("ingest", help="read one data set in its distributed format into Parquet")
     ingest.add_argument("--format", required=True, choices=sorted(READERS))
     ingest.add_argument("--root", required=True, type=Path, help="the data set's folder (jsonl: file or folder)")
@@ -56,14 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--name", help="data set name recorded per sample")
     ingest.set_defaults(handler=cmd_ingest)
 
+
+def add_demo_data(commands: Commands) -> None:
     demo_data = commands.add_parser("demo-data", help="build the small real-image sample set")
     demo_data.add_argument("--out", type=Path, default=DATA / "samples")
     demo_data.set_defaults(handler=cmd_demo_data)
 
+
+def add_curate(commands: Commands) -> None:
     curate = commands.add_parser("curate", help="run the curation flow")
     curate.add_argument("--config", required=True, type=Path, help="run config YAML")
     curate.set_defaults(handler=cmd_curate)
 
+
+def add_sets(commands: Commands) -> None:
     sets = commands.add_parser("sets", help="list or show preference sets").add_subparsers(
         dest="sets_command", required=True
     )
@@ -75,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sets_show.add_argument("--root", type=Path, default=DATA / "preference_sets")
     sets_show.set_defaults(handler=cmd_sets_show)
 
+
+def add_config(commands: Commands) -> None:
     config = commands.add_parser("config", help="show run configs").add_subparsers(dest="config_command", required=True)
     config_show = config.add_parser("show", help="the full resolved config of a run file, or every default")
     source = config_show.add_mutually_exclusive_group(required=True)
@@ -82,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--defaults", action="store_true", help="print every field's default")
     config_show.set_defaults(handler=cmd_config_show)
 
+
+def add_models(commands: Commands) -> None:
     models = commands.add_parser("models", help="build the real models available offline").add_subparsers(
         dest="models_command", required=True
     )
@@ -91,12 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     smollm2.add_argument("--out", type=Path, default=SMOLLM2)
     smollm2.set_defaults(handler=cmd_models_smollm2)
 
-    sft_cli(commands)
-    train_cli(commands)
-    evaluate_cli(commands)
-    iterate_cli(commands)
-    explain_cli(commands)
 
+def add_demo(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.add_argument(
         "--fast",
@@ -104,10 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline rules only (no language model): hallucinations by the rules, one rules judge",
     )
     demo.set_defaults(handler=cmd_demo)
-
-    for plugin in entry_points(group="mmedpo.commands"):
-        plugin.load()(commands)
-    return parser
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

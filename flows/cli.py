@@ -83,9 +83,37 @@ def one_line(message: object, limit: int = 2000) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command the one way: a function that adds its subcommand and sets its handler. A flow's
+    command lives beside its flow (``add_cli``); the commands without a flow are below; research
+    (experiments/) adds its own through the ``mmedpo.commands`` entry point group."""
     parser = argparse.ArgumentParser(prog="mmedpo", description="MMedPO curation, training and evaluation")
     commands = parser.add_subparsers(dest="command", required=True)
+    adders = [
+        add_ingest,
+        add_demo_data,
+        add_curate,
+        add_sets,
+        add_config,
+        add_models,
+        add_store,
+        add_verify,
+        sft_cli,
+        train_cli,
+        evaluate_cli,
+        iterate_cli,
+        explain_cli,
+        add_demo,
+    ]
+    adders += [plugin.load() for plugin in entry_points(group="mmedpo.commands")]
+    for add in adders:
+        add(commands)
+    return parser
 
+
+Commands = argparse._SubParsersAction
+
+
+def add_ingest(commands: Commands) -> None:
     ingest = commands.add_parser("ingest", help="read one data set in its distributed format into Parquet")
     ingest.add_argument("--format", required=True, choices=sorted(READERS))
     ingest.add_argument("--root", required=True, type=Path, help="the data set's folder (jsonl: file or folder)")
@@ -94,14 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--name", help="data set name recorded per sample")
     ingest.set_defaults(handler=cmd_ingest)
 
+
+def add_demo_data(commands: Commands) -> None:
     demo_data = commands.add_parser("demo-data", help="build the small real-image sample set")
     demo_data.add_argument("--out", type=Path, default=DATA / "samples")
     demo_data.set_defaults(handler=cmd_demo_data)
 
+
+def add_curate(commands: Commands) -> None:
     curate = commands.add_parser("curate", help="run the curation flow")
     curate.add_argument("--config", required=True, type=Path, help="run config YAML")
     curate.set_defaults(handler=cmd_curate)
 
+
+def add_sets(commands: Commands) -> None:
     sets = commands.add_parser("sets", help="list or show preference sets").add_subparsers(
         dest="sets_command", required=True
     )
@@ -113,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sets_show.add_argument("--root", type=Path, default=DATA / "preference_sets")
     sets_show.set_defaults(handler=cmd_sets_show)
 
+
+def add_config(commands: Commands) -> None:
     config = commands.add_parser("config", help="show run configs").add_subparsers(dest="config_command", required=True)
     config_show = config.add_parser("show", help="the full resolved config of a run file, or every default")
     source = config_show.add_mutually_exclusive_group(required=True)
@@ -120,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--defaults", action="store_true", help="print every field's default")
     config_show.set_defaults(handler=cmd_config_show)
 
+
+def add_models(commands: Commands) -> None:
     models = commands.add_parser("models", help="build the real models available offline").add_subparsers(
         dest="models_command", required=True
     )
@@ -129,12 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     smollm2.add_argument("--out", type=Path, default=SMOLLM2)
     smollm2.set_defaults(handler=cmd_models_smollm2)
 
+
+def add_store(commands: Commands) -> None:
     store = commands.add_parser("store", help="maintain an artifact store").add_subparsers(
         dest="store_command", required=True
     )
     migrate = store.add_parser("migrate", help="pack an item cache written by the previous layout (docs/scale.md)")
     migrate.add_argument("--root", required=True, type=Path, help="the store (run config's `store`)")
     migrate.set_defaults(handler=cmd_store_migrate)
+
+
+def add_verify(commands: Commands) -> None:
     verify = commands.add_parser("verify", help="check every artifact, item and published set against its manifest")
     verify.add_argument("--config", type=Path, help="run config YAML: its store and sets")
     verify.add_argument("--store", type=Path, default=DATA / "artifacts")
@@ -142,12 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="set damaged ones aside: the next run recomputes them")
     verify.set_defaults(handler=cmd_verify)
 
-    sft_cli(commands)
-    train_cli(commands)
-    evaluate_cli(commands)
-    iterate_cli(commands)
-    explain_cli(commands)
 
+def add_demo(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="build the sample data and run the whole pipeline on CPU")
     demo.add_argument(
         "--fast",
@@ -155,10 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline rules only (no language model): hallucinations by the rules, one rules judge",
     )
     demo.set_defaults(handler=cmd_demo)
-
-    for plugin in entry_points(group="mmedpo.commands"):
-        plugin.load()(commands)
-    return parser
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -284,7 +319,7 @@ def demo_run_text(fast: bool = False) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
     from tasks.demo_data import build_demo_data
-    from tasks.evaluate.comparison import comparison_text
+    from tasks.evaluate.comparison import comparison_text, heldout_text
     from tasks.store import write_text_atomic
 
     samples = DATA / "samples"
@@ -311,6 +346,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"\n== training (tiny random-weight LLaVA on CPU): {result.train.path}")
     print(f"\n== evaluation on the test split (base vs trained)\n{comparison_text(result.evaluation.comparison)}")
+    print(f"\n== what training moved on held-out preference pairs (TRL's DPO)\n{heldout_text(result.train.counts)}")
     print(f"\nrun config: {config_path}   (mmedpo curate|train|evaluate --config {config_path})")
     print("inspect: mmedpo sets show demo")
     return 0

@@ -29,6 +29,7 @@ from flows.evaluate import Evaluation, evaluate_after_training
 from flows.train import train_on_gpu_pool
 from tasks import ui
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
+from tasks.config.iterate import check_iterate
 from tasks.evaluate import load_metrics
 from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.rounds import chain, chain_markdown
@@ -72,37 +73,6 @@ def iterate(config: RunConfig, rounds: int | None = None) -> IterateResult:
         )
         policy = trained
     return IterateResult(rounds=done, comparison=summary_task(str(config.store), done))
-
-
-def check_iterate(config: RunConfig, origin: str = "run config") -> None:
-    """What a round needs from the run file; a ConfigError naming ``origin`` and the field."""
-    problems = []
-    hallucinate, train = config.hallucinate, config.train
-    if hallucinate.backend != "target":
-        problems.append(
-            f"hallucinate.backend: is {hallucinate.backend!r}; rounds sample the model just trained: set it to "
-            "'target' (with target.selector: first and target.fallback: rules, no LLM is needed)"
-        )
-    if hallucinate.target.adapter is not None:
-        problems.append("hallucinate.target.adapter: set by each round (the previous round's adapter); leave it unset")
-    if train.init_adapter is not None:
-        problems.append("train.init_adapter: set by each round (iterate.train_from); leave it unset")
-    if config.sft is not None:
-        problems.append(
-            "sft: not run by iterate; run `mmedpo sft` first and make its checkpoint hallucinate.target.model_path"
-        )
-    base = hallucinate.target.model_path
-    if train.model is not None and base is not None and Path(train.model).resolve() != Path(base).resolve():
-        problems.append(
-            f"train.model: {train.model} is not hallucinate.target.model_path ({base}): round 1 samples the model "
-            "training starts from; leave train.model unset or make them the same"
-        )
-    if not set(config.iterate.splits) & set(train.splits):
-        problems.append(
-            f"iterate.splits: {config.iterate.splits} has no split that train.splits ({train.splits}) trains"
-        )
-    if problems:
-        raise ConfigError(f"{origin}: " + "; ".join(problems))
 
 
 def round_config(config: RunConfig, number: int, policy: Manifest | None) -> RunConfig:

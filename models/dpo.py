@@ -24,6 +24,7 @@ the adapters-off reference stays deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -307,28 +308,19 @@ def make_trainer(
     reference: Any | None,
     processor: Any,
     pairs: list[dict[str, Any]],
+    heldout: Sequence[dict[str, Any]] = (),
 ) -> WeightedDPOTrainer:
     """The weighted trainer over ``pairs`` (rows of the preference set), LoRA on ``policy``: a new
     adapter, or ``settings.init_adapter`` trained further (the reference is the base model either way).
+    ``heldout`` pairs are its evaluation set (``heldout_metrics``).
 
     Fails before training when ``settings.max_length`` leaves a pair no answer token.
     """
     from datasets import Dataset
 
     family = families.family_of(policy)
-    examples = [
-        preference_example(
-            p["prompt"],
-            p["chosen"],
-            p["rejected"],
-            p["chosen_image"],
-            p["rejected_image"],
-            p["weight"],
-            p["pair_type"],
-        )
-        for p in pairs
-    ]
-    check_lengths(processor, examples, settings.max_length, family=family)
+    examples, held = _examples(pairs), _examples(heldout)
+    check_lengths(processor, examples + held, settings.max_length, family=family)
     score_labelled_positions_only()
     policy, peft_config = adapter_to_train(policy, settings.init_adapter, lora_config(settings, family))
     trainer = WeightedDPOTrainer(
@@ -336,6 +328,7 @@ def make_trainer(
         ref_model=reference,
         args=args,
         train_dataset=Dataset.from_list(examples),
+        eval_dataset=Dataset.from_list(held) if held else None,
         processing_class=processor,
         data_collator=ImagePairCollator(processor, max_length=settings.max_length, family=family),
         peft_config=peft_config,
@@ -349,3 +342,19 @@ def make_trainer(
     if not trainer.is_deepspeed_enabled:  # DeepSpeed keeps fp32 masters of its own
         precision.fp32_masters(trainer.model)
     return quiet_progress(trainer, "dpo")
+
+
+def _examples(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("prompt", "chosen", "rejected", "chosen_image", "rejected_image", "weight", "pair_type")
+    return [preference_example(*(p[key] for key in keys)) for p in pairs]
+
+
+# What a newcomer reads off held-out pairs: how often the trained model prefers the chosen answer
+# (reward accuracy), by how much (reward margin), and whether the chosen answer itself got likelier.
+HELDOUT_METRICS = ("rewards/accuracies", "rewards/margins", "logps/chosen")
+
+
+def heldout_metrics(trainer: WeightedDPOTrainer) -> dict[str, float]:
+    """TRL's DPO metrics of the model as it is now on the trainer's held-out pairs (its eval set)."""
+    result = trainer.evaluate()  # TRL names its own metrics eval_* whatever the prefix
+    return {metric: float(result[f"eval_{metric}"]) for metric in HELDOUT_METRICS}

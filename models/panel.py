@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import get_args
 
 from models.judges import (
     EndpointJudge,
@@ -20,8 +22,9 @@ from models.judges import (
     prompt_templates,
 )
 from models.llm import LLMClient
+from models.registry import bind
 from models.rules_judge import RulesJudge
-from models.settings import JudgeSettings
+from models.settings import JudgeKind, JudgeSettings
 from models.token_judges import EndpointReader, LogitReader, LogitScorer, TokenJudge
 
 
@@ -126,46 +129,70 @@ async def open_panel(
     json_judges = [c for c in configs if c.resolved_protocol == "json"]
     templates = prompt_templates(prompt_version) if json_judges else {}
     async with AsyncExitStack() as stack:
+        opening = _Opening(stack, templates, prompt_version, cache_dir, clients)
         panel: list[Judge] = []
         for config in configs:
-            protocol = config.resolved_protocol
-            if config.kind == "rules":
-                panel.append(RulesJudge(config.name))
-                continue
-            client = None
-            if config.kind == "endpoint":
-                assert config.endpoint is not None
-                client = await stack.enter_async_context(LLMClient(config.endpoint, cache_dir))
-                if clients is not None:
-                    clients[config.name] = client
-            if protocol == "yesno":
-                panel.append(await stack.enter_async_context(_token_judge(config, client, prompt_version)))
-            elif client is not None:
-                panel.append(
-                    EndpointJudge(
-                        config.name,
-                        client,
-                        templates,
-                        temperature=config.temperature,
-                        max_tokens=config.max_tokens,
-                        parse_retries=config.parse_retries,
-                        json_mode=True,
-                    )
+            if config.kind not in JUDGE_KINDS:
+                raise ValueError(
+                    f"judge {config.name!r}: unknown kind {config.kind!r} (known: {', '.join(JUDGE_KINDS)})"
                 )
-            else:
-                assert config.model_path is not None
-                panel.append(
-                    TransformersJudge(
-                        config.name,
-                        str(config.model_path),
-                        templates,
-                        temperature=config.temperature,
-                        max_tokens=config.max_tokens,
-                        parse_retries=config.parse_retries,
-                        device=config.device,
-                    )
-                )
+            panel.append(await JUDGE_KINDS[config.kind](config, opening))
         yield panel
+
+
+@dataclass(frozen=True)
+class _Opening:
+    """What a panel being opened gives each judge it builds."""
+
+    stack: AsyncExitStack
+    templates: dict[str, str]
+    version: str
+    cache_dir: str | os.PathLike[str] | None
+    clients: dict[str, LLMClient] | None
+
+
+async def _rules_judge(config: JudgeSettings, opening: _Opening) -> Judge:
+    return RulesJudge(config.name)
+
+
+async def _endpoint_judge(config: JudgeSettings, opening: _Opening) -> Judge:
+    assert config.endpoint is not None
+    client = await opening.stack.enter_async_context(LLMClient(config.endpoint, opening.cache_dir))
+    if opening.clients is not None:
+        opening.clients[config.name] = client
+    if config.resolved_protocol == "yesno":
+        return await opening.stack.enter_async_context(_token_judge(config, client, opening.version))
+    return EndpointJudge(
+        config.name,
+        client,
+        opening.templates,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        parse_retries=config.parse_retries,
+        json_mode=True,
+    )
+
+
+async def _transformers_judge(config: JudgeSettings, opening: _Opening) -> Judge:
+    assert config.model_path is not None
+    if config.resolved_protocol == "yesno":
+        return await opening.stack.enter_async_context(_token_judge(config, None, opening.version))
+    return TransformersJudge(
+        config.name,
+        str(config.model_path),
+        opening.templates,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        parse_retries=config.parse_retries,
+        device=config.device,
+    )
+
+
+JUDGE_KINDS: dict[str, Callable[[JudgeSettings, _Opening], Awaitable[Judge]]] = bind(
+    "judge kinds",
+    get_args(JudgeKind),
+    {"rules": _rules_judge, "endpoint": _endpoint_judge, "transformers": _transformers_judge},
+)
 
 
 @asynccontextmanager

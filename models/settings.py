@@ -101,11 +101,15 @@ class EndpointSettings(Protocol):
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> EndpointSettings: ...
 
 
+# The judge kinds: the config's field type and models/panel.py's table keys (models.registry).
+JudgeKind = Literal["rules", "endpoint", "transformers"]
+
+
 class JudgeSettings(Protocol):
     """One judge of the scoring panel (models/panel.py)."""
 
     name: str
-    kind: Literal["rules", "endpoint", "transformers"]
+    kind: JudgeKind
     endpoint: EndpointSettings | None
     model_path: Path | None
     dtype: Literal["float32", "bfloat16", "auto"]
@@ -115,6 +119,7 @@ class JudgeSettings(Protocol):
     samples: int
     orders: int
     parse_retries: int
+    device: Literal["auto", "cpu", "cuda"]
 
     @property
     def resolved_protocol(self) -> str | None: ...

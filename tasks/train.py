@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -127,16 +128,17 @@ def preference_snapshot(path: Path) -> SourceSnapshot:
 
 def select_pairs(
     preferences: Path | Sequence[Path], config: TrainConfig
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The rows trained on (of one set, or of several in order), and counters for every row left
-    out and why. A pair that an earlier set holds too (same id, texts and image contents) is a
-    duplicate: a visual pair, the same in every round of `mmedpo iterate`, trains once."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+    """The rows trained on (of one set, or of several in order), the usable rows held out of
+    training (``train.heldout``), and counters for every row left out and why. A pair that an
+    earlier set holds too (same id, texts and image contents) is a duplicate: a visual pair, the
+    same in every round of `mmedpo iterate`, trains once."""
     locations = [preferences] if isinstance(preferences, Path) else list(preferences)
     rows = [row for location in locations for row in load_pairs(location, columns=TRAIN_COLUMNS).to_pylist()]
     counts = Counters()
     counts.add("pairs", "in_set", n=len(rows))
     counts.add("pairs", "trained", n=0)
-    kept, seen = [], set()
+    kept, held, seen = [], [], set()
     for row in rows:
         identity = (row["pair_id"], row["prompt"], row["chosen"], row["rejected"]) + tuple(
             Path(row[side]).name
@@ -147,9 +149,19 @@ def select_pairs(
             counts.add("pairs", "skipped", reason)
             continue
         seen.add(identity)
+        if is_held_out(row["pair_id"], config.heldout):
+            held.append(row)
+            counts.add("pairs", "heldout", row["pair_type"])
+            continue
         kept.append(row)
         counts.add("pairs", "trained", row["pair_type"])
-    return kept, counts.as_dict()
+    return kept, held, counts.as_dict()
+
+
+def is_held_out(pair_id: str, share: float) -> bool:
+    """Whether a pair falls in the held-out ``share``: by a hash of its id, so the same pairs in every run."""
+    fraction = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:8], "big") / 2**64
+    return fraction < share
 
 
 def pair_problem(row: dict[str, Any], config: TrainConfig) -> str | None:
@@ -171,7 +183,7 @@ def pair_problem(row: dict[str, Any], config: TrainConfig) -> str | None:
 def build_adapter(
     out: Path, config: TrainConfig, preferences: Sequence[Path], checkpoints: Path, resume: bool
 ) -> dict[str, float]:
-    pairs, counts = select_pairs(preferences, config)
+    pairs, heldout, counts = select_pairs(preferences, config)
     if not pairs:
         raise ValueError(f"{', '.join(map(str, preferences))}: no pair left to train on ({counts})")
     if not resume:
@@ -180,6 +192,7 @@ def build_adapter(
     job = {
         "config": config.model_dump(mode="json"),
         "pairs": pairs,
+        "heldout": heldout,
         "out": str(out),
         "checkpoints": str(checkpoints),
         "resume": resume,
@@ -218,11 +231,18 @@ def launch(job: dict[str, Any], plan: LaunchPlan, checkpoints: Path) -> dict[str
 
 
 def fit(
-    config: dict[str, Any], pairs: list[dict[str, Any]], out: str, checkpoints: str, resume: bool
+    config: dict[str, Any],
+    pairs: list[dict[str, Any]],
+    out: str,
+    checkpoints: str,
+    resume: bool,
+    heldout: Sequence[dict[str, Any]] = (),
 ) -> dict[str, float]:
-    """Train the adapter and write it, with its metrics and log history, under ``out``."""
+    """Train the adapter and write it, with its metrics and log history, under ``out``; the
+    ``heldout`` pairs are scored before and after (``heldout.<before|after>.<TRL metric>``)."""
+
     from models import precision, vlm
-    from models.dpo import dpo_arguments, make_trainer
+    from models.dpo import dpo_arguments, heldout_metrics, make_trainer
     from models.tiny import build_tiny_llava
 
     settings = TrainConfig.model_validate(config)
@@ -243,10 +263,14 @@ def fit(
     reference = None
     if settings.ref_model is not None:
         reference = vlm.load(settings.ref_model, device=device, dtype=dtype, move=False).model
-    trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs)
+    trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs, heldout)
     start = last_complete_checkpoint(Path(checkpoints)) if resume else None
+    before = heldout_metrics(trainer) if heldout else {}  # the starting model: a resumed run loads later
     result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
     metrics = Counters()
+    for when, values in (("before", before), ("after", heldout_metrics(trainer) if heldout else {})):
+        for key, value in values.items():
+            metrics.set("heldout", when, key, value)
     metrics.set("train", "steps", value=trainer.state.global_step)
     metrics.set("train", "loss", value=result.training_loss)
     metrics.set("train", "resumed", value=start is not None)
@@ -254,7 +278,7 @@ def fit(
     for entry in trainer.state.log_history:
         last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
     for key, value in last.items():
-        if "/" in key or key == "loss":
+        if ("/" in key or key == "loss") and not key.startswith("eval_"):  # eval_*: the held-out scores
             metrics.set("train", "last", key, value)
     # On every rank: under ZeRO-3 each holds a shard of the adapter, gathered here (rank 0 alone would
     # save empty tensors); under DDP and in one process it is the model's own state dict.

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from models import loading
+from models.families import FAMILIES
+from models.registry import bind
 from models.tiny.gemma3 import build_gemma3
 from models.tiny.idefics3 import build_idefics3
 from models.tiny.llava import build_llava_next, build_tiny_llava
@@ -38,12 +40,16 @@ def build_tiny(family: str, out: str | Path, seed: int = 0, extra_texts: Sequenc
         return BUILDERS[family](Path(out), list(extra_texts))
 
 
-BUILDERS: dict[str, Callable[[Path, list[str]], Path]] = {
-    # build_tiny_llava seeds itself: with the seed build_tiny just set.
-    "llava": lambda out, texts: build_tiny_llava(out, seed=torch.initial_seed(), extra_texts=texts),
-    "llava_next": build_llava_next,
-    "qwen2_vl": lambda out, texts: build_qwen(out, texts, "2"),
-    "qwen2_5_vl": lambda out, texts: build_qwen(out, texts, "2.5"),
-    "gemma3": build_gemma3,
-    "idefics3": build_idefics3,
-}
+BUILDERS: dict[str, Callable[[Path, list[str]], Path]] = bind(
+    "tiny builders of the VLM families",
+    FAMILIES,
+    {
+        # build_tiny_llava seeds itself: with the seed build_tiny just set.
+        "llava": lambda out, texts: build_tiny_llava(out, seed=torch.initial_seed(), extra_texts=texts),
+        "llava_next": build_llava_next,
+        "qwen2_vl": lambda out, texts: build_qwen(out, texts, "2"),
+        "qwen2_5_vl": lambda out, texts: build_qwen(out, texts, "2.5"),
+        "gemma3": build_gemma3,
+        "idefics3": build_idefics3,
+    },
+)

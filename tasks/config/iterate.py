@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from tasks.config.base import StageConfig
+from tasks.config.base import ConfigError, StageConfig
+
+if TYPE_CHECKING:  # run.py imports this module for RunConfig's iterate section
+    from tasks.config.run import RunConfig
 
 
 class IterateConfig(StageConfig):
@@ -37,3 +41,34 @@ class IterateConfig(StageConfig):
         default=["train"], description="Sample splits curated each round (hallucinate.splits and the window's)"
     )
     seed: int = Field(default=0, description="Seed of the shuffled sample order the windows walk through")
+
+
+def check_iterate(config: RunConfig, origin: str = "run config") -> None:
+    """What a round needs from the run file; a ConfigError naming ``origin`` and the field."""
+    problems = []
+    hallucinate, train = config.hallucinate, config.train
+    if hallucinate.backend != "target":
+        problems.append(
+            f"hallucinate.backend: is {hallucinate.backend!r}; rounds sample the model just trained: set it to "
+            "'target' (with target.selector: first and target.fallback: rules, no LLM is needed)"
+        )
+    if hallucinate.target.adapter is not None:
+        problems.append("hallucinate.target.adapter: set by each round (the previous round's adapter); leave it unset")
+    if train.init_adapter is not None:
+        problems.append("train.init_adapter: set by each round (iterate.train_from); leave it unset")
+    if config.sft is not None:
+        problems.append(
+            "sft: not run by iterate; run `mmedpo sft` first and make its checkpoint hallucinate.target.model_path"
+        )
+    base = hallucinate.target.model_path
+    if train.model is not None and base is not None and Path(train.model).resolve() != Path(base).resolve():
+        problems.append(
+            f"train.model: {train.model} is not hallucinate.target.model_path ({base}): round 1 samples the model "
+            "training starts from; leave train.model unset or make them the same"
+        )
+    if not set(config.iterate.splits) & set(train.splits):
+        problems.append(
+            f"iterate.splits: {config.iterate.splits} has no split that train.splits ({train.splits}) trains"
+        )
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))

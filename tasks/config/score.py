@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from models.settings import JudgeKind
 from tasks.config.base import BY_CONTENT, OPERATIONAL, Device, Name, StageConfig, device_field
 from tasks.config.endpoint import EndpointConfig
 
-JudgeKind = Literal["rules", "endpoint", "transformers"]
 JudgeProtocol = Literal["auto", "json", "yesno"]
 
 

@@ -37,6 +37,15 @@ class TrainConfig(StageConfig):
     tiny_seed: int = Field(default=0, description="Seed of the tiny demo model (used when model is None)")
     splits: list[str] = Field(default=["train"], description="Preference-set splits trained on")
     pair_types: list[Literal["text", "visual"]] = Field(default=["text", "visual"], description="Pair kinds trained on")
+    heldout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Share of the usable pairs held out of training (picked by a hash of the pair id, so every run holds "
+            "out the same ones) and scored with TRL's DPO metrics before and after training (heldout.* counters)"
+        ),
+    )
     beta: float = Field(
         default=0.1, gt=0, description="DPO temperature (> 0: 0 makes the loss constant, < 0 trains toward rejections)"
     )

@@ -83,6 +83,47 @@ def comparison_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def heldout_rows(train_counts: Mapping[str, float]) -> list[dict[str, Any]]:
+    """TRL's DPO metrics on the train stage's held-out pairs (its ``heldout.<before|after>.<metric>``
+    counters), one row per metric: before and after training, and the change."""
+    rows = []
+    for key in sorted(k for k in train_counts if k.startswith("heldout.before.")):
+        metric = key.removeprefix("heldout.before.")
+        before, after = train_counts[key], train_counts.get(f"heldout.after.{metric}")
+        rows.append(
+            {
+                "metric": metric,
+                "before": before,
+                "after": after,
+                "change": None if after is None else after - before,
+            }
+        )
+    return rows
+
+
+def heldout_text(train_counts: Mapping[str, float]) -> str:
+    """``heldout_rows`` as aligned plain text, headed by how many pairs were held out."""
+    pairs = int(train_counts.get("pairs.heldout", 0))
+    rows = heldout_rows(train_counts)
+    if not rows:
+        return "(no held-out pairs: set train.heldout)"
+    cells = [(f"metric ({pairs} held-out pairs)", "before", "after", "change")] + [
+        (
+            r["metric"],
+            f"{r['before']:.4f}",
+            "n/a" if r["after"] is None else f"{r['after']:.4f}",
+            "" if r["change"] is None else f"{r['change']:+.4f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def rounds_rows(base: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per data set and metric: the base model and every round's model (``round 1``,
     ``round 2``, ...) in percent, and ``change``: the last round minus the base."""

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from prefect import task
 
+from models.registry import bind
 from tasks import catalog, counters, progress, ui
 from tasks.catalog import HALLUCINATIONS, SAMPLES
 from tasks.config import ConfigError, HallucinateConfig
+from tasks.config.hallucinate import Backend
 from tasks.counters import Counters, qualified
 from tasks.hallucinate.llm import OnRow, check_images_allowed, llm_rows
 from tasks.hallucinate.rows import ORIGINS
@@ -184,19 +186,28 @@ def backend_rows(
     backend: str, samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: str, on_row: OnRow
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One backend's row per sample (``on_row(index, row)`` as each finishes), and its client's counters."""
+    if backend not in BACKENDS:  # the config's Literal refuses it at load; this guards direct callers
+        raise ConfigError(f"hallucinate.backend: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     if not samples:
         return [], {}
-    if backend == "rules":
-        rows = [rules_row(sample, config) for sample in samples]
-        for index, row in enumerate(rows):
-            on_row(index, row)
-        return rows, {}
-    if backend == "llm":
-        return llm_rows(samples, config, Path(cache_dir), on_row)
-    if backend == "target":
-        return target_rows(samples, config, Path(cache_dir), on_row)
-    # Never a fall-through to some backend: a name no branch knows is the config's mistake.
-    raise ConfigError(f"hallucinate.backend: unknown backend {backend!r} (known: rules, llm, target)")
+    return BACKENDS[backend](samples, config, Path(cache_dir), on_row)
+
+
+def rules_rows(
+    samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path, on_row: OnRow
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    rows = [rules_row(sample, config) for sample in samples]
+    for index, row in enumerate(rows):
+        on_row(index, row)
+    return rows, {}
+
+
+BackendRows = Callable[
+    [Sequence[Mapping[str, Any]], HallucinateConfig, Path, OnRow], tuple[list[dict[str, Any]], dict[str, int]]
+]
+BACKENDS: dict[str, BackendRows] = bind(
+    "hallucinate backends", get_args(Backend), {"rules": rules_rows, "llm": llm_rows, "target": target_rows}
+)
 
 
 @task(**stage_task_options(STAGE, CODE))

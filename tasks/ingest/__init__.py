@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from prefect import task
 
+from models.registry import bind
 from tasks import catalog, ui
 from tasks.catalog import REJECTS, SAMPLES
-from tasks.config import IngestConfig, SourceConfig
+from tasks.config import IngestConfig, SourceConfig, SourceFormat
 from tasks.counters import Counters, require_some
 from tasks.ingest.checks import Checker, cached_checker, inspect_all
 from tasks.ingest.jsonl import read_jsonl
@@ -52,13 +54,17 @@ def ingest(store: ArtifactStore, config: IngestConfig) -> Manifest:
     )
 
 
-READERS: dict[str, Callable[[Path], ReaderOutput]] = {
-    "slake": read_slake,
-    "vqa-rad": read_vqa_rad,
-    "r2gen": read_r2gen,
-    "pathvqa": read_pathvqa,
-    "jsonl": read_jsonl,
-}
+READERS: dict[str, Callable[[Path], ReaderOutput]] = bind(
+    "source formats",
+    get_args(SourceFormat),
+    {
+        "slake": read_slake,
+        "vqa-rad": read_vqa_rad,
+        "r2gen": read_r2gen,
+        "pathvqa": read_pathvqa,
+        "jsonl": read_jsonl,
+    },
+)
 
 
 def build_samples(out: Path, config: IngestConfig, published: Path, check: Checker = inspect_all) -> dict[str, float]:

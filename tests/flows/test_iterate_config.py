@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from flows.cli import main
-from flows.iterate import check_iterate, round_config
+from flows.iterate import round_config
 from tasks.config import ConfigError, RunConfig, load_run_config
+from tasks.config.iterate import check_iterate
 from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.store import Manifest
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.curate import curate
 from flows.evaluate import Evaluation, evaluate_after_training
 from flows.train import train_on_gpu_pool
+from models.training import ADAPTER
 from tasks import ui
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
 from tasks.config.iterate import check_iterate
@@ -34,7 +35,6 @@ from tasks.evaluate import load_metrics
 from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.rounds import chain, chain_markdown
 from tasks.store import ArtifactStore, Manifest
-from tasks.train import ADAPTER
 
 
 class RoundResult(BaseModel):

@@ -16,11 +16,12 @@ from typing import Any
 
 from prefect import flow
 
+from models.training import ADAPTER
 from tasks.config import RunConfig, TrainConfig, load_run_config
 from tasks.sets import resolve_set
 from tasks.sft import model_dir
 from tasks.store import ArtifactStore, Keyed, Manifest
-from tasks.train import ADAPTER, CODE, STAGE, preference_snapshot, train_inputs, train_task
+from tasks.train import CODE, STAGE, preference_snapshot, train_inputs, train_task
 
 
 def resolve_preferences(config: RunConfig, ref: str) -> tuple[Keyed, Path]:

@@ -13,8 +13,13 @@ from typing import Any, Literal, Protocol
 
 
 class TrainSettings(Protocol):
-    """Weighted DPO with LoRA (models/dpo.py)."""
+    """Weighted DPO with LoRA (models/dpo.py, models/training.py)."""
 
+    model: Path | None
+    ref_model: Path | None
+    tiny_seed: int
+    max_pixels: int | None
+    precision: Literal["auto", "bf16", "fp32"]
     beta: float
     loss_type: list[str]
     loss_weights: list[float] | None
@@ -42,6 +47,20 @@ class TrainSettings(Protocol):
     dataloader_workers: int | Literal["auto"]
 
     def accumulation_steps(self, processes: int) -> int: ...
+
+
+class LaunchSettings(Protocol):
+    """Where the training program runs (models/launching.py)."""
+
+    device: Literal["auto", "cpu", "cuda"]
+    accelerate_config: Path | None
+    num_processes: int | Literal["auto"] | None
+
+    def accumulation_steps(self, processes: int) -> int: ...
+
+    def accelerate_shape(self) -> tuple[int, int]:
+        """(machines, processes) the accelerate config declares; (1, 1) without one."""
+        ...
 
 
 class SFTSettings(Protocol):

@@ -5,32 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
-from models import resident
-from models.lifetime import die_with_parent, tied_to_this_process
+from models import training
+from models.launching import launch_plan
 from tasks import counters, ui
 from tasks.catalog import TRAIN_COLUMNS
 from tasks.config import ConfigError, TrainConfig
 from tasks.counters import Counters
-from tasks.launching import CODE_ROOT, LaunchPlan, launch_plan
 from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_version, file_digest, stage_task_options
 
 STAGE = "train"
-# The data-parallel launch settings decide how a run trains, so they count as its code.
-# Named, not __name__: accelerate runs this module as __main__ on every rank.
-CODE = code_version("tasks.train", data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
-ADAPTER = "adapter"
+# The data-parallel launch settings decide how a run trains, so they count as its code (the
+# training program, models/training.py, is imported: its code counts through the import graph).
+CODE = code_version(__name__, data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.
 VOLATILE = ("log_history.json", "metrics.json", "base_model.txt", "adapter/README.md")  # peft's model card
@@ -55,10 +49,10 @@ def train(
     ``config.model`` names (lineage; the checkpoint itself is identified by its content);
     ``init``, the train artifact whose adapter ``config.init_adapter`` names (training continues
     it: `mmedpo iterate` from the previous round; the DPO reference stays the base model).
-    ``fit`` does the work, and is also what each process runs under ``accelerate launch``
-    (``python -m tasks.train JOB.json``) for multi-GPU / DeepSpeed ZeRO-3 training. Checkpoints
-    live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes (``resume=True``)
-    from its last checkpoint; once the adapter is published they are removed
+    The training program (models/training.py) does the work, in this process or in each process of
+    ``accelerate launch`` (``python -m models.training JOB.json``) for multi-GPU / DeepSpeed ZeRO-3
+    training. Checkpoints live under ``<store>/train/.checkpoints/<key>/`` so a killed run resumes
+    (``resume=True``) from its last checkpoint; once the adapter is published they are removed
     (``keep_checkpoints`` keeps them).
 
     Output: ``adapter/`` (peft), ``metrics.json``, ``log_history.json``, ``base_model.txt``
@@ -189,135 +183,10 @@ def build_adapter(
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    job = {
-        "config": config.model_dump(mode="json"),
-        "pairs": pairs,
-        "heldout": heldout,
-        "out": str(out),
-        "checkpoints": str(checkpoints),
-        "resume": resume,
-    }
     plan = launch_plan(config)
-    # What sampling, judging or SAM left on the GPU in this process goes before training needs it.
-    resident.release()
-    if plan.in_process:
-        metrics = fit(**job)
-    else:
-        metrics = launch(job, plan, checkpoints)
-    return {**counts, **metrics}
-
-
-def launch(job: dict[str, Any], plan: LaunchPlan, checkpoints: Path) -> dict[str, float]:
-    """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...).
-
-    The plan names the launch (``launch_plan``): ``train.accelerate_config``, else data parallel
-    on this machine - one process per GPU, or gloo processes on the CPU
-    (``configs/accelerate/cpu-ddp.yaml``). The ranks import this checkout's code, and die with
-    the launcher, which dies with this process.
-    """
-    job_file = checkpoints / "job.json"
-    job_file.write_text(json.dumps(job))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(plan.accelerate_config)]
-    command += ["--num_processes", str(plan.processes)]
-    if plan.port is not None:
-        command += ["--main_process_port", str(plan.port)]
-    command += ["-m", "tasks.train", str(job_file)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
-    if plan.visible_devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = plan.visible_devices
-    # Killed with this process (SIGKILL included), the launcher gets SIGTERM and stops the ranks.
-    subprocess.run(tied_to_this_process(command), check=True, env=env)
-    return json.loads((Path(job["out"]) / "metrics.json").read_text())
-
-
-def fit(
-    config: dict[str, Any],
-    pairs: list[dict[str, Any]],
-    out: str,
-    checkpoints: str,
-    resume: bool,
-    heldout: Sequence[dict[str, Any]] = (),
-) -> dict[str, float]:
-    """Train the adapter and write it, with its metrics and log history, under ``out``; the
-    ``heldout`` pairs are scored before and after (``heldout.<before|after>.<TRL metric>``)."""
-
-    from models import precision, vlm
-    from models.dpo import dpo_arguments, heldout_metrics, make_trainer
-    from models.tiny import build_tiny_llava
-
-    settings = TrainConfig.model_validate(config)
-    device = precision.resolve(settings.device, "train")
-    dtype = precision.dtype_for(device, settings.precision)
-    # accelerate launch (DDP, ZeRO-3) runs WORLD_SIZE copies of this function; one without it.
-    args = dpo_arguments(settings, checkpoints, processes=int(os.environ.get("WORLD_SIZE", "1")), device=device)
-    model_path = settings.model
-    if model_path is None:
-        # Inside the artifact, so the adapter ships with the base model it was trained on. Under accelerate
-        # launch every rank gets here: the first builds it, the others wait and load it.
-        model_path = Path(out) / "tiny-model"
-        with args.main_process_first(local=True, desc="tiny model"):
-            if not (model_path / "config.json").is_file():
-                build_tiny_llava(model_path, seed=settings.tiny_seed, extra_texts=[p["chosen"] for p in pairs])
-    # Not moved: the Trainer places the weights (on this rank's GPU), or DeepSpeed shards them.
-    policy = vlm.load(model_path, device=device, dtype=dtype, move=False, max_pixels=settings.max_pixels)
-    reference = None
-    if settings.ref_model is not None:
-        reference = vlm.load(settings.ref_model, device=device, dtype=dtype, move=False).model
-    trainer = make_trainer(settings, args, policy.model, reference, policy.processor, pairs, heldout)
-    start = last_complete_checkpoint(Path(checkpoints)) if resume else None
-    before = heldout_metrics(trainer) if heldout else {}  # the starting model: a resumed run loads later
-    result = trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
-    metrics = Counters()
-    for when, values in (("before", before), ("after", heldout_metrics(trainer) if heldout else {})):
-        for key, value in values.items():
-            metrics.set("heldout", when, key, value)
-    metrics.set("train", "steps", value=trainer.state.global_step)
-    metrics.set("train", "loss", value=result.training_loss)
-    metrics.set("train", "resumed", value=start is not None)
-    last: dict[str, float] = {}
-    for entry in trainer.state.log_history:
-        last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
-    for key, value in last.items():
-        if ("/" in key or key == "loss") and not key.startswith("eval_"):  # eval_*: the held-out scores
-            metrics.set("train", "last", key, value)
-    # On every rank: under ZeRO-3 each holds a shard of the adapter, gathered here (rank 0 alone would
-    # save empty tensors); under DDP and in one process it is the model's own state dict.
-    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    if trainer.accelerator.is_main_process:
-        out_dir = Path(out)
-        # A model built inside the artifact is recorded relative to it: the folder is renamed on publishing
-        # (and its temporary name would make the adapter's bytes, so its digest, differ on every build).
-        base = Path(model_path).resolve()
-        recorded = str(base.relative_to(out_dir.resolve()) if base.is_relative_to(out_dir.resolve()) else base)
-        for adapter in trainer.model.peft_config.values():
-            adapter.base_model_name_or_path = recorded
-        trainer.model.save_pretrained(out_dir / ADAPTER, state_dict=state)
-        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=1, sort_keys=True))
-        (out_dir / "base_model.txt").write_text(f"{recorded}\n")
-    trainer.accelerator.wait_for_everyone()
-    return metrics.as_dict()
-
-
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint the Trainer finished writing, or None.
-
-    The Trainer writes trainer_state.json last and not atomically, so a run killed while saving
-    leaves a newer checkpoint without it; transformers would resume from that one and fail.
-    Such partial checkpoints are removed, so the resumed run can save its own in their place.
-    """
-    complete = None
-    for path in sorted(folder.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            complete = path
-            break
-        shutil.rmtree(path, ignore_errors=True)  # every process may try; the first one wins
-    return complete
-
-
-def _checkpoint_step(path: Path) -> int:
-    suffix = path.name.removeprefix("checkpoint-")
-    return int(suffix) if suffix.isdigit() else -1
+    settings = training.FitSettings.of(config, plan.processes)
+    job = training.Job(settings=settings, pairs=pairs, heldout=heldout, out=out, checkpoints=checkpoints, resume=resume)
+    return {**counts, **training.run(job, plan)}
 
 
 @task(**stage_task_options(STAGE, CODE, tags=["gpu"]))
@@ -336,16 +205,3 @@ def train_task(
     ui.manifest_markdown(manifest)
     ui.table(f"{STAGE}-counts", counters.rows(manifest.counts), "train: pairs used, skipped and final metrics")
     return manifest
-
-
-if __name__ == "__main__":
-    # Entry point of each process under `accelerate launch` (see `launch`). torchrun starts each rank in a
-    # process group of its own: without this, a killed launcher would leave the ranks training on their own.
-    die_with_parent(signal.SIGKILL)
-    fit(**json.loads(Path(sys.argv[1]).read_text()))
-    import torch.distributed
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Otherwise gloo may abort a finished rank at exit ("terminate called without an active exception"),
-        # and the launcher then fails a run that succeeded.
-        torch.distributed.destroy_process_group()

@@ -142,3 +142,17 @@ class TrainConfig(StageConfig):
                 f"batch_size {self.batch_size}: change one of them or set train.gradient_accumulation"
             )
         return self.global_batch_size // per_micro_batch
+
+    def accelerate_shape(self) -> tuple[int, int]:
+        """(machines, processes) the accelerate config declares; (1, 1) without one."""
+        if self.accelerate_config is None:
+            return 1, 1
+        import yaml
+
+        try:
+            declared = yaml.safe_load(Path(self.accelerate_config).read_text()) or {}
+            return int(declared.get("num_machines", 1)), int(declared.get("num_processes", 1))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"train.accelerate_config: {self.accelerate_config}: not a readable accelerate config ({exc})"
+            ) from exc

@@ -13,6 +13,7 @@ from tasks.store import DigestMemo
 
 PAIRS = [
     (settings.TrainSettings, TrainConfig),
+    (settings.LaunchSettings, TrainConfig),
     (settings.SFTSettings, SFTConfig),
     (settings.ServeSettings, ServeConfig),
     (settings.EndpointSettings, EndpointConfig),

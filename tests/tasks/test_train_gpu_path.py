@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.launching import launch_plan
 from tasks.config import ConfigError
-from tasks.launching import launch_plan
 from tasks.store import ArtifactStore
 from tasks.train import preference_snapshot, train
 from tests.support.configs import small_train
@@ -66,12 +66,12 @@ def test_num_processes_auto_is_one_ddp_rank_per_visible_gpu_on_a_free_port(monke
 
 
 def test_a_two_gpu_count_with_num_processes_auto_trains_two_gloo_ranks(tmp_path: Path, monkeypatch):
-    import tasks.train as stage
+    from models import training
 
     gpus(monkeypatch, 2, usable=False)  # counted, not usable: the ranks are gloo processes on the CPU
     plans = []
-    real_launch = stage.launch
-    monkeypatch.setattr(stage, "launch", lambda job, plan, folder: plans.append(plan) or real_launch(job, plan, folder))
+    real_launch = training.launch
+    monkeypatch.setattr(training, "launch", lambda job, plan: plans.append(plan) or real_launch(job, plan))
     path = write_train_pairs(tmp_path / "preferences.parquet", preference_rows(tmp_path / "img"))
     config = small_train(num_processes="auto", batch_size=1, global_batch_size=2, gradient_accumulation=None)
     manifest = train(ArtifactStore(tmp_path / "store"), config, preference_snapshot(path), path)

@@ -1,4 +1,4 @@
-"""How the train stage runs its training program: in its own process, or as ranks of
+"""Where the training program (models/training.py) runs: in the calling process, or as ranks of
 ``accelerate launch`` (DDP on every GPU of a node, ZeRO-3, several nodes), decided and checked
 before any process starts."""
 
@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.config import ConfigError, TrainConfig
+from models.settings import LaunchSettings
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 # What `train.num_processes` launches without a `train.accelerate_config`.
@@ -18,7 +18,7 @@ DATA_PARALLEL = {"gpu": CODE_ROOT / "configs/accelerate/ddp.yaml", "cpu": CODE_R
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """How the train stage runs ``fit``: in this process, or under ``accelerate launch`` with
+    """How ``fit`` runs: in this process, or under ``accelerate launch`` with
     ``processes`` ranks of ``accelerate_config`` (``port``: this run's rendezvous port, on one machine)."""
 
     in_process: bool
@@ -28,18 +28,19 @@ class LaunchPlan:
     visible_devices: str | None = None
 
 
-def launch_plan(config: TrainConfig) -> LaunchPlan:
+def launch_plan(config: LaunchSettings) -> LaunchPlan:
     """Where ``fit`` runs, checked before any process starts.
 
     ``num_processes: auto`` is one rank per visible GPU (1 on the CPU), so an 8-GPU node trains
     DDP on all 8: in-process training there would meet TRL's refusal of ``nn.DataParallel``.
     One process on a node of several GPUs runs under the launcher on the first GPU alone, for the
-    same reason. The global batch must divide over the ranks: a one-line ConfigError otherwise.
+    same reason. The global batch must divide over the ranks, and the accelerate config must
+    read: the config's own checks raise its one-line error otherwise.
     """
     from models.precision import check, gpu_usable
 
     gpus = torch_gpu_count() if check(config.device) != "cpu" else 0
-    machines, declared = accelerate_shape(config.accelerate_config)
+    machines, declared = config.accelerate_shape()
     if config.num_processes == "auto":
         processes = declared if machines > 1 else max(1, gpus)
     else:
@@ -62,21 +63,6 @@ def torch_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def accelerate_shape(accelerate_config: Path | None) -> tuple[int, int]:
-    """(machines, processes) an accelerate config declares; (1, 1) without one."""
-    if accelerate_config is None:
-        return 1, 1
-    import yaml
-
-    try:
-        declared = yaml.safe_load(Path(accelerate_config).read_text()) or {}
-        return int(declared.get("num_machines", 1)), int(declared.get("num_processes", 1))
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"train.accelerate_config: {accelerate_config}: not a readable accelerate config ({exc})"
-        ) from exc
 
 
 def free_port() -> int:

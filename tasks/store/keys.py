@@ -129,20 +129,6 @@ def _entry(path: Path, digest_file: Any) -> str:
     except OSError:
         return "unreadable"  # deleted meanwhile: an entry too, not a crash
 
-    def _entry(self, path: Path) -> str:
-        """What a folder entry contributes. A link counts by where it points, never followed (it
-        may leave the root, or be a FIFO's): ingestion resolves and refuses links that leave.
-        Only regular files are read; a FIFO, socket or device is an entry by its kind."""
-        try:
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                return f"link:{os.readlink(path)}"
-            if not stat.S_ISREG(mode):
-                return f"special:{stat.S_IFMT(mode):o}"
-            return self.file(path)
-        except OSError:
-            return "unreadable"  # deleted meanwhile: an entry too, not a crash
-
 
 _MEMOS: dict[Path, DigestMemo] = {}
 _MEMOS_LOCK = threading.Lock()

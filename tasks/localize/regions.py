@@ -26,7 +26,7 @@ from scipy import ndimage
 from models.lesions import LesionVocabulary, label_words
 from tasks.catalog import UNLABELED_BOX
 from tasks.config import AnnotationConfig, ConfigError, HeatmapConfig, LocalizeConfig, SamConfig
-from tasks.imaging import load_array
+from tasks.imaging import load_array, readable_array
 from tasks.store import content_hash, safe_stem, tree_digest
 
 PEAK_SUPPRESSION = 0.1  # peaks picked for SAM points lie at least this fraction of the shorter side apart
@@ -302,14 +302,6 @@ def map_region(saliency: np.ndarray, config: HeatmapConfig, confidence: float | 
 # --- segment-anything ------------------------------------------------------------------------
 
 
-def _readable(path: str) -> np.ndarray | None:
-    """The image's pixels, or None where it cannot be read (its samples fail as unreadable_image)."""
-    try:
-        return load_array(path)
-    except (OSError, ValueError, SyntaxError):
-        return None
-
-
 class SamLocalizer:
     source = "sam"
 
@@ -368,12 +360,10 @@ class SamLocalizer:
                 self._segment_batch(images[start : start + self.batch_size], by_image, regions, reading)
         return regions
 
-    def _segment_batch(
-        self, chunk: list[str], by_image: dict[str, list[tuple[int, Any]]], regions: list, reading: Any
-    ) -> None:
+    def _segment_batch(self, chunk: list[str], by_image: dict[str, list], regions: list, reading: Any) -> None:
         """Segment one batch of images into ``regions`` (by the rows' indices)."""
         batch, pixels = [], []
-        for path, image_pixels in zip(chunk, reading.map(_readable, chunk)):
+        for path, image_pixels in zip(chunk, reading.map(readable_array, chunk)):
             if image_pixels is None:
                 for i, _ in by_image[path]:
                     regions[i] = failed("unreadable_image")

@@ -369,7 +369,7 @@ def test_sam_batches_auto_on_the_cpu_and_an_unreadable_image_fails_alone(sam_fix
             raise OSError("truncated")
         return load_array(path)
 
-    monkeypatch.setattr("tasks.localize.regions.load_array", unreadable_rgb)
+    monkeypatch.setattr("tasks.imaging.load_array", unreadable_rgb)
     # Another key (max_area_fraction), so the stage runs again; one image a pass as set.
     again = config.model_copy(
         update={"sam": config.sam.model_copy(update={"batch_size": 1}), "max_area_fraction": 0.99}

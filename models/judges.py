@@ -270,13 +270,16 @@ class TransformersJudge(PromptedJudge):
         max_tokens: int,
         parse_retries: int,
         device: str = "cpu",
+        dtype: str = "auto",
     ):
         super().__init__(name, templates, parse_retries)
         from models import precision, resident
 
         chosen = precision.resolve(device, f"judge {name}")
-        # Once per worker process (every shard's panel shares it), in bf16 on a GPU; one generation at a time.
-        held = resident.held(("judge", str(Path(model_path).resolve()), str(chosen)), lambda: _load(model_path, chosen))
+        torch_dtype = precision.dtype_for(chosen, dtype)
+        # Once per worker process (every shard's panel shares it), bf16 on a GPU under auto; one generation at a time.
+        key = ("judge", str(Path(model_path).resolve()), str(chosen), str(torch_dtype))
+        held = resident.held(key, lambda: _load(model_path, chosen, torch_dtype))
         self.tokenizer, self.model = held.value
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -306,11 +309,11 @@ class TransformersJudge(PromptedJudge):
         return self.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def _load(model_path: str, device: Any) -> tuple[Any, Any]:
+def _load(model_path: str, device: Any, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models import loading, precision
+    from models import loading
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = loading.from_pretrained(AutoModelForCausalLM, model_path, dtype=precision.dtype_for(device))
+    model = loading.from_pretrained(AutoModelForCausalLM, model_path, dtype=dtype)
     return tokenizer, model.to(device).eval()

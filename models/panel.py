@@ -25,7 +25,7 @@ from models.llm import LLMClient
 from models.registry import bind
 from models.rules_judge import RulesJudge
 from models.settings import JudgeKind, JudgeSettings
-from models.token_judges import EndpointReader, LogitReader, LogitScorer, TokenJudge
+from models.token_judges import EndpointReader, LogitReader, TokenJudge, held_scorer
 
 
 async def debate(panel: Sequence[Judge], item: JudgeItem, *, max_rounds: int = 5, tolerance: float = 0.0) -> Outcome:
@@ -185,6 +185,7 @@ async def _transformers_judge(config: JudgeSettings, opening: _Opening) -> Judge
         max_tokens=config.max_tokens,
         parse_retries=config.parse_retries,
         device=config.device,
+        dtype=config.dtype,
     )
 
 
@@ -209,8 +210,5 @@ async def _token_judge(config: JudgeSettings, client: LLMClient | None, version:
         yield TokenJudge(config.name, reader, version, config.orders)
         return
     assert config.model_path is not None
-    scorer = await asyncio.to_thread(LogitScorer.acquire, config.model_path, config.dtype)
-    try:
-        yield TokenJudge(config.name, LogitReader(scorer, config.threads), version, config.orders)
-    finally:
-        LogitScorer.release(scorer)
+    scorer = await asyncio.to_thread(held_scorer, config.model_path, config.device, config.dtype, config.name)
+    yield TokenJudge(config.name, LogitReader(scorer, config.threads), version, config.orders)

@@ -48,10 +48,13 @@ def resolve(setting: str, what: str) -> torch.device:
 
 
 def dtype_for(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """bf16 on a GPU (what LLaVA-Med was trained in), fp32 on the CPU unless asked for."""
+    """bf16 on a GPU (what LLaVA-Med was trained in), fp32 on the CPU unless asked for (by the
+    training settings' names, bf16 / fp32, or the judges', bfloat16 / float32)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}[
+        precision
+    ]
 
 
 def fp32_masters(model: torch.nn.Module) -> list[str]:

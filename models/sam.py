@@ -15,6 +15,7 @@ probabilities resized straight to the image and cut at 0.5.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,20 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 REGISTRY_TYPES = ("vit_b", "vit_l", "vit_h")
 Preprocess = Literal["sam", "medsam"]
+# Images per encoder pass under ``batch_size: auto``. On a GPU 2 images (2 x 4096 tokens) leave the
+# encoder's ViT underfed, and inference keeps no activations for a backward pass, so 8 stays far
+# from an 80 GB card's memory even with vit_h (not measured yet: bench/devcheck.sh). On the CPU a
+# pass already uses every core.
+AUTO_BATCH = {"cuda": 8, "cpu": 2}
+# Decoding, resizing and normalizing run in threads (PIL, skimage and torch release the GIL).
+PREPROCESS_THREADS = 4
+
+
+def batch_size(setting: int | Literal["auto"], device: str) -> int:
+    """Images per encoder pass: ``setting``, or under ``auto`` the device type's number."""
+    if setting != "auto":
+        return setting
+    return AUTO_BATCH["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 class SamLoadError(RuntimeError):
@@ -176,13 +191,20 @@ class SamSegmenter:
             raise ValueError("one list of prompts per image")
         if not images:
             return []
-        inputs, sizes = zip(*(self._model_input(to_rgb8(image)) for image in images))
+        inputs, sizes = self.model_inputs(images)
         with torch.autocast(self.sam.device.type, dtype=torch.bfloat16, enabled=self.encoder_bf16):
-            embeddings = self.sam.image_encoder(torch.stack(inputs)).float()
+            embeddings = self.sam.image_encoder(inputs).float()
         return [
             [self._decode(embedding[None], size, tuple(image.shape[:2]), prompt) for prompt in image_prompts]
             for image, image_prompts, size, embedding in zip(images, prompts, sizes, embeddings)
         ]
+
+    def model_inputs(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The encoder's batch (N, 3, side, side) and each image's size inside it; the images are
+        prepared in parallel threads, each exactly as alone."""
+        with ThreadPoolExecutor(min(PREPROCESS_THREADS, len(images))) as pool:
+            prepared = list(pool.map(lambda image: self._model_input(to_rgb8(image)), images))
+        return torch.stack([tensor for tensor, _ in prepared]), [size for _, size in prepared]
 
     def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """(3, side, side) encoder input and the image's size inside it: SAM's resize, mean/std and

@@ -182,47 +182,37 @@ class EndpointReader:
         return Distribution(((value, 1.0),), "parsed")
 
 
+def held_scorer(folder: str | Path, device: str, dtype: str, name: str) -> LogitScorer:
+    """The process's scorer for this folder on the device ``device`` resolves to, in ``dtype``
+    (auto: bf16 on a GPU, fp32 on the CPU): loaded by the first panel that asks, then shared by
+    every shard and panel of the worker (``models.resident``)."""
+    from models import precision, resident
+
+    chosen = precision.resolve(device, f"judge {name}")
+    torch_dtype = precision.dtype_for(chosen, dtype)
+    path = str(Path(folder).resolve())
+    key = ("token judge", path, str(chosen), str(torch_dtype))
+    return resident.held(key, lambda: LogitScorer(path, chosen, torch_dtype)).value
+
+
 class LogitScorer:
     """A local causal LM reading the score tokens' probabilities at the start of its reply.
 
-    One per (folder, dtype) in a process, shared by every shard and panel; one forward pass at a
-    time. Each example order's prefix is run once and its KV cache copied for every pair.
+    One forward pass at a time. Each example order's prefix is run once and its KV cache copied
+    for every pair.
     """
 
-    _loaded: dict[tuple[str, str], tuple[LogitScorer, int]] = {}  # and how many panels hold it
-    _loading = threading.Lock()
-
-    @classmethod
-    def acquire(cls, folder: str | Path, dtype: str) -> LogitScorer:
-        """The process's scorer for this folder (loaded now if no open panel holds it)."""
-        key = (str(Path(folder).resolve()), dtype)
-        with cls._loading:
-            scorer, users = cls._loaded.get(key) or (cls(key[0], dtype), 0)
-            cls._loaded[key] = (scorer, users + 1)
-            return scorer
-
-    @classmethod
-    def release(cls, scorer: LogitScorer) -> None:
-        """A panel is done with it; the last one frees the model."""
-        with cls._loading:
-            for key, (held, users) in list(cls._loaded.items()):
-                if held is scorer:
-                    if users > 1:
-                        cls._loaded[key] = (held, users - 1)
-                    else:
-                        del cls._loaded[key]
-
-    def __init__(self, folder: str, dtype: str):
+    def __init__(self, folder: str, device: Any, dtype: Any):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from models import loading
 
         self.torch = torch
+        self.device = device
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-            self.model = loading.from_pretrained(AutoModelForCausalLM, folder, dtype=torch_dtype).eval()
+            self.model = loading.from_pretrained(AutoModelForCausalLM, folder, dtype=dtype).to(device).eval()
         except Exception as exc:  # noqa: BLE001 - many kinds; the message names the folder
             raise RuntimeError(f"transformers judge: cannot load {folder}: {type(exc).__name__}: {exc}") from exc
         self.token_values = self._score_token_ids()
@@ -266,7 +256,9 @@ class LogitScorer:
 
     def _last_logits(self, full: str, prefix: str) -> Any:
         torch = self.torch
-        encode = lambda text: self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]  # noqa: E731
+        encode = lambda text: self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(  # noqa: E731
+            self.device
+        )
         if not prefix:
             return self.model(input_ids=encode(full)).logits[0, -1]
         if prefix not in self._prefixes:
@@ -274,7 +266,7 @@ class LogitScorer:
             self._prefixes[prefix] = (ids, self.model(input_ids=ids, use_cache=True).cache)
         prefix_ids, cache = self._prefixes[prefix]
         suffix = encode(full[len(prefix) :])
-        mask = torch.ones(1, prefix_ids.shape[1] + suffix.shape[1], dtype=torch.long)
+        mask = torch.ones(1, prefix_ids.shape[1] + suffix.shape[1], dtype=torch.long, device=self.device)
         out = self.model(input_ids=suffix, cache=copy.deepcopy(cache), attention_mask=mask, use_cache=True)
         return out.logits[0, -1]
 

@@ -224,6 +224,14 @@ def load_array(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def readable_array(path: str | Path) -> np.ndarray | None:
+    """``load_array``, or None where the file cannot be read as an image (its samples fail, the stage goes on)."""
+    try:
+        return load_array(path)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
 def save_array(pixels: np.ndarray, path: str | Path) -> Path:
     """PNG of an array from ``load_array`` (same dtype and channels back)."""
     path = Path(path)

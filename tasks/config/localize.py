@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -127,8 +127,10 @@ class SamConfig(StageConfig):
         default="auto",
         description="The image encoder's arithmetic: auto = bf16 autocast on a GPU, fp32 on the CPU",
     )
-    batch_size: int = Field(
-        json_schema_extra=OPERATIONAL, default=2, ge=1, description="Images encoded per forward pass"
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        json_schema_extra=OPERATIONAL,
+        default="auto",
+        description="Images encoded per forward pass; auto = 8 on a GPU, 2 on the CPU",
     )
     num_points: int = Field(
         default=3, ge=1, description="Heatmap peaks used as point prompts for samples without boxes"

@@ -52,9 +52,10 @@ class JudgeConfig(StageConfig):
         description="yesno endpoint judges without logprobs: sampled replies averaged (needs temperature > 0)",
     )
     dtype: Literal["float32", "bfloat16", "auto"] = Field(
-        default="float32", description="transformers judges: the dtype the model is loaded in"
+        default="auto",
+        description="transformers judges: the dtype the model is loaded in; auto = bf16 on a GPU, fp32 on the CPU",
     )
-    device: Device = device_field("a transformers json judge")
+    device: Device = device_field("a transformers judge (json or yesno)")
     threads: int | None = Field(
         json_schema_extra=OPERATIONAL,
         default=1,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ from scipy import ndimage
 from models.lesions import LesionVocabulary, label_words
 from tasks.catalog import UNLABELED_BOX
 from tasks.config import AnnotationConfig, ConfigError, HeatmapConfig, LocalizeConfig, SamConfig
-from tasks.imaging import load_array
+from tasks.imaging import load_array, readable_array
 from tasks.store import content_hash, safe_stem, tree_digest
 
 PEAK_SUPPRESSION = 0.1  # peaks picked for SAM points lie at least this fraction of the shorter side apart
@@ -306,7 +307,7 @@ class SamLocalizer:
 
     def __init__(self, config: SamConfig, heatmap: HeatmapConfig, lesions: LesionLabels):
         from models import precision, resident
-        from models.sam import SamSegmenter, load_sam
+        from models.sam import PREPROCESS_THREADS, SamSegmenter, batch_size, load_sam
 
         self.config = config
         self.lesions = lesions
@@ -319,6 +320,8 @@ class SamLocalizer:
         sam = resident.held(key, lambda: load_sam(config.model_type, config.checkpoint, architecture, device)).value
         bf16 = config.precision == "bf16" or (config.precision == "auto" and device == "cuda")
         self.segmenter = SamSegmenter(sam, config.preprocessing, encoder_bf16=bf16)
+        self.batch_size = batch_size(config.batch_size, device)
+        self.read_threads = PREPROCESS_THREADS
 
     def prompt(self, row: Mapping[str, Any]) -> tuple[Any, Region | None]:
         from models.sam import Prompt
@@ -352,28 +355,33 @@ class SamLocalizer:
             else:
                 by_image.setdefault(row["image_path"], []).append((i, prompt))
         images = list(by_image)
-        for start in range(0, len(images), self.config.batch_size):
-            batch, pixels = [], []
-            for path in images[start : start + self.config.batch_size]:
-                try:
-                    pixels.append(load_array(path))
-                    batch.append(path)
-                except (OSError, ValueError, SyntaxError):
-                    for i, _ in by_image[path]:
-                        regions[i] = failed("unreadable_image")
-            if not batch:
-                continue
-            try:
-                segmentations = self.segmenter.segment(pixels, [[p for _, p in by_image[path]] for path in batch])
-            except RuntimeError:  # e.g. out of memory on a huge batch: these samples fail, the stage goes on
-                for path in batch:
-                    for i, _ in by_image[path]:
-                        regions[i] = failed("sam_error")
-                continue
-            for path, image_pixels, segs in zip(batch, pixels, segmentations):
-                for (i, prompt), seg in zip(by_image[path], segs):
-                    regions[i] = self.region(prompt, seg, image_pixels.shape[:2])
+        with ThreadPoolExecutor(self.read_threads) as reading:  # a batch's images decoded in parallel
+            for start in range(0, len(images), self.batch_size):
+                self._segment_batch(images[start : start + self.batch_size], by_image, regions, reading)
         return regions
+
+    def _segment_batch(self, chunk: list[str], by_image: dict[str, list], regions: list, reading: Any) -> None:
+        """Segment one batch of images into ``regions`` (by the rows' indices)."""
+        batch, pixels = [], []
+        for path, image_pixels in zip(chunk, reading.map(readable_array, chunk)):
+            if image_pixels is None:
+                for i, _ in by_image[path]:
+                    regions[i] = failed("unreadable_image")
+            else:
+                pixels.append(image_pixels)
+                batch.append(path)
+        if not batch:
+            return
+        try:
+            segmentations = self.segmenter.segment(pixels, [[p for _, p in by_image[path]] for path in batch])
+        except RuntimeError:  # e.g. out of memory on a huge batch: these samples fail, the stage goes on
+            for path in batch:
+                for i, _ in by_image[path]:
+                    regions[i] = failed("sam_error")
+            return
+        for path, image_pixels, segs in zip(batch, pixels, segmentations):
+            for (i, prompt), seg in zip(by_image[path], segs):
+                regions[i] = self.region(prompt, seg, image_pixels.shape[:2])
 
     def region(self, prompt: Any, seg: Any, shape: tuple[int, int]) -> Region:
         mask = seg.mask

@@ -156,3 +156,42 @@ def test_a_bf16_encoder_segments_as_the_fp32_one():
     for (a,), (b,) in zip(exact, fast):
         assert a.mask.shape == b.mask.shape and (a.mask == b.mask).mean() > 0.95
         assert b.predicted_iou == pytest.approx(a.predicted_iou, abs=0.05)
+
+
+def test_a_batch_is_prepared_in_parallel_threads_and_bit_identical_to_one_image_at_a_time(monkeypatch):
+    import threading
+    import time
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40 + 7 * i, 90 - 5 * i, 3), dtype=np.uint8) for i in range(6)]
+    images.append((rng.random((33, 51)) * 4000).astype(np.uint16))  # 16-bit, stretched per image
+    for preprocess in ("sam", "medsam"):
+        segmenter = SamSegmenter(tiny_sam(), preprocess)
+        alone = [segmenter._model_input(to_rgb8(image)) for image in images]
+        threads, original = set(), segmenter._model_input
+
+        def traced(rgb, original=original):
+            threads.add(threading.get_ident())
+            time.sleep(0.05)  # each image takes a while, as a full-size one does: the pool's threads overlap
+            return original(rgb)
+
+        monkeypatch.setattr(segmenter, "_model_input", traced)
+        batch, sizes = segmenter.model_inputs(images)
+        assert len(threads) > 1 and threading.get_ident() not in threads  # worker threads, several of them
+        assert batch.shape == (len(images), *alone[0][0].shape)
+        assert sizes == [size for _, size in alone]
+        assert all(torch.equal(batch[i], tensor) for i, (tensor, _) in enumerate(alone))
+
+
+def test_the_batch_size_auto_is_larger_on_a_gpu():
+    from models.sam import batch_size
+
+    assert batch_size("auto", "cpu") == 2
+    assert batch_size("auto", "cuda") == batch_size("auto", "cuda:0") == 8
+    assert batch_size(5, "cuda") == batch_size(5, "cpu") == 5
+    from tasks.config import SamConfig
+
+    assert SamConfig().batch_size == "auto" and SamConfig(batch_size=3).batch_size == 3
+    for bad in (0, "big"):
+        with pytest.raises(ValueError, match="batch_size"):
+            SamConfig(batch_size=bad)

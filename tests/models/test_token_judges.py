@@ -9,8 +9,9 @@ import math
 import pytest
 
 from models import panel as panels
+from models import resident, token_judges
 from models.judges import JudgeFailure, JudgeItem
-from models.token_judges import LogitScorer, example_orders, examples, from_mass, messages
+from models.token_judges import LogitScorer, example_orders, examples, from_mass, held_scorer, messages
 from tasks.config import EndpointConfig, JudgeConfig
 from tests.support.openai_server import Reply
 from tests.support.tiny_lm import build_tiny_lm
@@ -60,7 +61,55 @@ def test_in_process_judge_reads_the_logits_with_a_cached_prefix(tiny_lm):
     (yes, p_yes), (no, p_no) = verdict.distribution
     assert (yes, no) == (1.0, 0.0) and p_yes + p_no == pytest.approx(1.0) and p_yes == pytest.approx(verdict.score)
     assert "over 3 example orders" in verdict.reason
-    assert not LogitScorer._loaded  # released with its panel
+
+
+def test_the_in_process_yesno_judge_is_loaded_once_per_process_on_its_device(tiny_lm):
+    import torch
+
+    resident.release()
+    config = JudgeConfig(name="local", kind="transformers", model_path=tiny_lm)
+    assert (config.device, config.dtype) == ("auto", "auto")
+    first, second = judge_once([config]), judge_once([config])  # two panels, as two shards open them
+    assert first == second
+    (scorer,) = [held.value for held in resident._HELD.values() if isinstance(held.value, LogitScorer)]
+    assert held_scorer(tiny_lm, "auto", "auto", "local") is scorer  # shared, not loaded again
+    # auto on a machine without a GPU: the CPU, in fp32.
+    assert scorer.device == torch.device("cpu") and scorer.model.dtype == torch.float32
+    assert held_scorer(tiny_lm, "cpu", "bfloat16", "local").model.dtype == torch.bfloat16
+    assert resident.release() == 2
+
+
+def test_a_yesno_judge_asks_for_the_gpu_in_bf16_under_auto_where_one_is_usable(tiny_lm, monkeypatch):
+    import torch
+
+    from models import precision
+
+    resident.release()
+    loads = []
+    monkeypatch.setattr(precision, "gpu_usable", lambda: True)
+    monkeypatch.setattr(token_judges, "LogitScorer", lambda folder, device, dtype: loads.append((device, dtype)))
+    held_scorer(tiny_lm, "auto", "auto", "local")
+    held_scorer(tiny_lm, "auto", "float32", "local")
+    assert loads == [(torch.device("cuda"), torch.bfloat16), (torch.device("cuda"), torch.float32)]
+    resident.release()
+
+
+def test_the_judges_dtype_rule():
+    import torch
+
+    from models.precision import dtype_for
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert (dtype_for(cuda, "auto"), dtype_for(cpu, "auto")) == (torch.bfloat16, torch.float32)
+    assert (dtype_for(cuda, "float32"), dtype_for(cpu, "bfloat16")) == (torch.float32, torch.bfloat16)
+
+
+def test_a_yesno_judge_on_cuda_is_refused_at_config_load_without_a_gpu(tiny_lm, monkeypatch):
+    from models import precision
+
+    monkeypatch.setattr(precision, "gpu_usable", lambda: False)
+    with pytest.raises(ValueError, match="(?s)device.*no usable GPU"):
+        JudgeConfig(name="local", kind="transformers", model_path=tiny_lm, protocol="yesno", device="cuda")
 
 
 def test_examples_in_several_orders_start_with_the_files():

@@ -6,7 +6,7 @@ from segment_anything import SamPredictor
 
 from models.sam import to_rgb8
 from tasks import catalog, ui
-from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig
+from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
 from tasks.localize import localize, region_grid, region_rows
 from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes
@@ -345,3 +345,36 @@ def test_heatmap_peaks_give_one_point_per_hot_spot(tmp_path):
     assert sorted(map(tuple, two.tolist())) == [(20.0, 15.0), (60.0, 45.0)]
     assert localizer.peaks({**row, "image_sha256": "b" * 64}, 3).tolist() == [[40.0, 30.0]]
     assert localizer.peaks({**row, "image_sha256": "c" * 64}, 3) is None
+
+
+def test_sam_batches_auto_on_the_cpu_and_an_unreadable_image_fails_alone(sam_fixture, monkeypatch):
+    store, ingest, config, *_ = sam_fixture
+    import models.sam
+
+    config = config.model_copy(update={"sam": config.sam.model_copy(update={"batch_size": SamConfig().batch_size})})
+    assert config.sam.batch_size == "auto"  # the default
+    batches = []
+    real = models.sam.SamSegmenter.segment
+
+    def counting(self, images, prompts):
+        batches.append(len(images))
+        return real(self, images, prompts)
+
+    monkeypatch.setattr(models.sam.SamSegmenter, "segment", counting)
+    localize(store, config, ingest)
+    assert batches == [2]  # auto = 2 images a pass on the CPU
+
+    def unreadable_rgb(path):
+        if str(path).endswith("rgb.png"):
+            raise OSError("truncated")
+        return load_array(path)
+
+    monkeypatch.setattr("tasks.imaging.load_array", unreadable_rgb)
+    # Another key (max_area_fraction), so the stage runs again; one image a pass as set.
+    again = config.model_copy(
+        update={"sam": config.sam.model_copy(update={"batch_size": 1}), "max_area_fraction": 0.99}
+    )
+    rows = _regions(localize(store, again, ingest))
+    assert (rows["rgb-points"]["status"], rows["rgb-points"]["reason"]) == ("failed", "unreadable_image")
+    assert rows["gray-q1"]["status"] == rows["gray-q2"]["status"] == "ok"
+    assert batches[1:] == [1]  # the unreadable image never reaches SAM

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.curate import curate
-from tasks.catalog import NOISED, REJECTS, read_file
+from tasks.catalog import NOISED, REJECTS, SAMPLES, read_file
 from tasks.config import IngestConfig, RunConfig, SourceConfig
 from tasks.imaging import load_array
 from tasks.sets import load_pairs
@@ -34,13 +34,18 @@ def test_curation_completes_on_the_bad_corpus_and_names_every_bad_row(tmp_path, 
     }
     assert manifests["ingest"].counts["samples.kept"] == len(kept_ids()) == 3
 
-    # 16-bit and CMYK inputs go all the way: noised at their own depth, both pair kinds built.
+    # 16-bit and CMYK inputs go all the way: a 16-bit image is windowed to 8 bits once, at ingest
+    # (every consumer then sees the same pixels: no white image in training), and noised so.
     noised = {r["sample_id"]: r for r in read_file(manifests["noise"].file("noised.parquet"), NOISED).to_pylist()}
     assert {sid: r["status"] for sid, r in noised.items()} == {f"bad:train:{i}": "ok" for i in kept_ids()}
     noise_dir = Path(manifests["noise"].path)
     deep = load_array(noise_dir / noised["bad:train:gray16"]["noised_path"])
-    original = load_array(root / "gray16.png")
-    assert deep.dtype == np.uint16 and deep.shape == original.shape and deep.max() > 255
+    samples = {r["sample_id"]: r for r in read_file(manifests["ingest"].file("samples.parquet"), SAMPLES).to_pylist()}
+    original = load_array(samples["bad:train:gray16"]["image_path"])
+    raw = load_array(root / "gray16.png")
+    assert raw.dtype == np.uint16 and original.dtype == np.uint8 and original.shape == raw.shape
+    assert len(np.unique(original)) > 100  # windowed over its range, not clipped to white
+    assert deep.dtype == np.uint8 and deep.shape == original.shape
     assert not np.array_equal(deep[8:40, 8:40], original[8:40, 8:40])  # the lesion box was noised
     np.testing.assert_array_equal(deep[50:, 50:], original[50:, 50:])  # outside it, untouched
     colour = load_array(noise_dir / noised["bad:train:cmyk"]["noised_path"])

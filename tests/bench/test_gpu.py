@@ -24,6 +24,7 @@ def table(stdout: str) -> dict[str, list[tuple[str, float, str]]]:
     return rows
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_section_to_its_table() -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke"], capture_output=True, text=True, timeout=900, cwd=SCRIPT.parents[1]

@@ -30,6 +30,7 @@ def yes_share(rows: list[dict], split: str) -> float:
     return sum(r["answer"] == "yes" for r in closed) / len(closed)
 
 
+@pytest.mark.slow
 def test_the_training_prior_is_flipped_in_the_test_split(records):
     _, rows = records
     assert [sum(r["split"] == s for r in rows) for s in ("train", "val", "test")] == [160, 8, 160]
@@ -63,6 +64,7 @@ def test_answers_follow_the_pasted_lesion(records):
             )
 
 
+@pytest.mark.slow
 def test_same_config_same_bytes_and_a_new_seed_changes_them(records, tmp_path):
     root, rows = records
     again = build_grounding_data(tmp_path / "again", CONFIG)

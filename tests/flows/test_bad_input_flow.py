@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from flows.curate import curate
 from tasks.catalog import NOISED, REJECTS, SAMPLES, read_file
@@ -15,6 +16,7 @@ from tasks.sets import load_pairs
 from tests.support.bad_inputs import SECRET, bad_corpus, expected_outcomes, kept_ids
 
 
+@pytest.mark.slow
 def test_curation_completes_on_the_bad_corpus_and_names_every_bad_row(tmp_path, prefect_harness):
     root = bad_corpus(tmp_path)
     config = RunConfig(

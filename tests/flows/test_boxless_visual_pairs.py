@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from PIL import Image
 
@@ -54,6 +55,7 @@ def write_iu_xray(root: Path, n: int, rng: np.random.Generator) -> None:
     (root / "annotation.json").write_text(json.dumps({"train": studies, "val": [], "test": []}))
 
 
+@pytest.mark.slow
 def test_boxless_sources_get_visual_pairs_with_only_a_model_named(tmp_path, tiny_llava, prefect_harness, capsys):
     rng = np.random.default_rng(0)
     write_vqa_rad(tmp_path / "VQA_RAD", 8, rng)
@@ -92,6 +94,7 @@ def test_boxless_sources_get_visual_pairs_with_only_a_model_named(tmp_path, tiny
     assert "ALERT localize" not in out
 
 
+@pytest.mark.slow
 def test_a_source_without_regions_is_named_in_the_alerts(tmp_path, prefect_harness, capsys):
     """No model named: the VQA-RAD source has no region anywhere, and the run says so by name."""
     write_vqa_rad(tmp_path / "VQA_RAD", 4, np.random.default_rng(1))

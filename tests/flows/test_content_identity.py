@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from PIL import Image
 
 from flows.curate import curate
@@ -22,6 +23,7 @@ def config_for(tmp_path, source) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_touched_and_recopied_sources_are_hits_and_one_changed_image_recomputes_its_items(tmp_path, prefect_harness):
     raw = tmp_path / "raw"
     config = config_for(tmp_path, append_records(raw, 0, 4))

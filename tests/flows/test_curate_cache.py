@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from flows.curate import curate
@@ -41,6 +42,7 @@ def new_dirs(store: Path, before: set[str]) -> set[str]:
     return {d.split("/")[0] for d in stored_dirs(store) - before}
 
 
+@pytest.mark.slow
 def test_rerun_hits_every_key_and_a_change_recomputes_only_downstream(tmp_path, prefect_harness):
     config = RunConfig(
         name="t",

@@ -55,10 +55,12 @@ def curate_on_threads_and(tmp_path, kind: str) -> None:
     assert sorted(name.rsplit("-", 1)[0] for name in names if "-shard-" not in name) == sorted(FLOW_TASKS)
 
 
+@pytest.mark.slow
 def test_dask_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harness):
     curate_on_threads_and(tmp_path, "dask")
 
 
+@pytest.mark.slow
 def test_ray_gives_the_set_version_of_the_thread_runner(tmp_path, prefect_harness, monkeypatch):
     ray = pytest.importorskip("ray", reason="runner.kind=ray needs the [ray] extra (make test installs it)")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")

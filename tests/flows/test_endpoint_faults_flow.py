@@ -13,6 +13,8 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+
 from flows.curate import curate
 from tasks import catalog
 from tasks.config import (
@@ -62,6 +64,7 @@ def endpoint(base_url: str, model: str = "m", **extra) -> EndpointConfig:
     )
 
 
+@pytest.mark.slow
 def test_curation_completes_against_a_faulty_endpoint(tmp_path, prefect_harness, openai_server):
     openai_server.set_responder(FaultyResponder())
     config = RunConfig(
@@ -118,6 +121,7 @@ def keyed_responder(request) -> str | Reply:
     return json.dumps({"rejected": "No", "error_type": "yes_no_flip"})
 
 
+@pytest.mark.slow
 def test_api_keys_never_leave_the_http_client(tmp_path, prefect_harness, monkeypatch, caplog, capfd):
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client

@@ -35,6 +35,7 @@ def run_config(tmp_path: Path, model: Path | None) -> RunConfig:
     return RunConfig(store=tmp_path / "store", evaluate=settings)
 
 
+@pytest.mark.slow
 def test_flow_compares_base_and_trained(prefect_harness, tmp_path: Path, tiny_llava: Path) -> None:
     config = run_config(tmp_path, None)  # the base model comes from the adapter's record
     store = ArtifactStore(config.store)

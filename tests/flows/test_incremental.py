@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig
 from tasks.sets import list_sets
@@ -13,6 +15,7 @@ from tests.support.raw_jsonl import append_records
 PER_SAMPLE = ("localize", "noise", "hallucinate", "score")
 
 
+@pytest.mark.slow
 def test_three_new_records_are_the_only_items_computed(tmp_path, prefect_harness):
     raw = tmp_path / "raw"
     source = append_records(raw, 0, 5)

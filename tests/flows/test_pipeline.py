@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from flows.pipeline import pipeline
@@ -39,6 +40,7 @@ def small_run(tmp_path, name: str, boxes: bool = True, **sections) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
@@ -63,6 +65,7 @@ def test_pipeline_trains_on_the_curated_set_and_evaluates_its_test_split(tmp_pat
     assert train_runs and all("gpu" in run.tags for run in train_runs)
 
 
+@pytest.mark.slow
 def test_pipeline_with_an_sft_section_trains_dpo_from_the_sft_checkpoint(tmp_path, prefect_harness):
     from tasks.config import SFTConfig
     from tasks.sft import model_dir

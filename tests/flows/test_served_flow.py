@@ -40,6 +40,7 @@ def served_run(tmp_path, judges) -> tuple[RunConfig, object]:
     return config, pids
 
 
+@pytest.mark.slow
 def test_the_server_is_stopped_after_a_failing_run(tmp_path, prefect_harness):
     # The second judge's folder holds no model: the score stage fails after hallucinate used the server.
     broken = tmp_path / "no-model"
@@ -57,6 +58,7 @@ def test_the_server_is_stopped_after_a_failing_run(tmp_path, prefect_harness):
     assert not alive(pid)
 
 
+@pytest.mark.slow
 def test_a_served_run_completes_and_stops_its_server(tmp_path, prefect_harness):
     config, pids = served_run(tmp_path, lambda served: [JudgeConfig(name="served", kind="endpoint", endpoint=served)])
     result = curate(config)

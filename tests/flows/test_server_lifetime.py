@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -21,6 +23,7 @@ def alive(process: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_killed_run_takes_its_temporary_server_with_it(tmp_path):
     script = textwrap.dedent(
         """

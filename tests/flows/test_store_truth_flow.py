@@ -25,6 +25,7 @@ def small_run(tmp_path: Path) -> RunConfig:
     return RunConfig(name="t", store=tmp_path / "store", sets=tmp_path / "sets", ingest=IngestConfig(sources=sources))
 
 
+@pytest.mark.slow
 def test_a_deleted_store_or_a_flipped_byte_is_recomputed_never_reused(tmp_path, prefect_harness):
     config = small_run(tmp_path)
     first = curate(config)
@@ -55,6 +56,7 @@ def test_a_deleted_store_or_a_flipped_byte_is_recomputed_never_reused(tmp_path, 
     assert bytes(flipped) not in published
 
 
+@pytest.mark.slow
 def test_a_curation_that_keeps_no_sample_fails_and_publishes_nothing(tmp_path, prefect_harness):
     good = small_run(tmp_path)
     curate(good)

@@ -24,6 +24,7 @@ def run_config(tmp_path: Path) -> tuple[RunConfig, str]:
     return RunConfig(store=tmp_path / "store", train=small_train()), str(path)
 
 
+@pytest.mark.slow
 def test_inside_a_deployment_training_runs_as_the_gpu_pools_deployment(tmp_path, monkeypatch, prefect_harness):
     config, preferences = run_config(tmp_path)
     submitted = []

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from prefect import flow
 
@@ -23,6 +24,7 @@ def visual_pairs(store: str, ingest_config: IngestConfig, localize_config: Local
     return {"localize": regions, "noise": noise_task(store, noise_config, samples, regions)}
 
 
+@pytest.mark.slow
 def test_changing_k_recomputes_only_noise(tmp_path: Path, prefect_harness):
     raw = tmp_path / "raw"
     raw.mkdir()

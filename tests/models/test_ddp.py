@@ -91,6 +91,7 @@ def launch_ranks(cases: list[dict], result: Path, log: Path) -> list[dict]:
     return torch.load(result, weights_only=False)
 
 
+@pytest.mark.slow
 def test_two_processes_with_unequal_pairs_give_the_loss_and_gradient_of_one(tiny_llava: Path, tmp_path: Path):
     rows = preference_rows(tmp_path / "img", [1.25, 0.5, 0.9, 0.2, 1.1, 0.75, 0.3, 1.6])
     cases = [

@@ -134,6 +134,7 @@ def test_rejected_half_sees_the_noised_image_text_pairs_the_same(tiny_llava: Pat
     assert batch["weight"].tolist() == [1.0] * 4
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_same_step(tiny_llava: Path, tmp_path: Path):
     rows = preference_rows(tmp_path / "img", [1.25, 0.5, 0.9, 0.2])[:4]
     updates = []

@@ -113,6 +113,7 @@ def test_the_weighted_loss_of_one_pair_is_the_hand_computed_one(family, tiny_che
     assert loss.item() != pytest.approx(per_pair, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_lora_step_moves_only_adapters_and_the_projector(family, tiny_checkpoint, tmp_path):
     rows = mixed_size_rows(tmp_path)[:2]  # a text and a visual pair
     trainer = trainer_for(tiny_checkpoint(family), tmp_path / "out", rows)

@@ -109,6 +109,7 @@ PREDICTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JAVA, reason="pycocoevalcap's tokenizer and METEOR need Java")
 def test_report_metrics_equal_pycocoevalcaps_own_pipeline() -> None:
     from pycocoevalcap.bleu.bleu import Bleu
@@ -134,6 +135,7 @@ def test_report_metrics_equal_pycocoevalcaps_own_pipeline() -> None:
     assert 0.2 < ours.rouge_l < 0.8 and ours.errors == {}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JAVA, reason="METEOR's jar needs Java")
 def test_meteor_by_hand() -> None:
     # All three words are content words, exact matches only: P = 2/2, R = 2/3,
@@ -143,6 +145,7 @@ def test_meteor_by_hand() -> None:
     assert metrics.meteor(["heart normal"], ["heart normal size"]) == pytest.approx(expected, abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JAVA, reason="the PTB tokenizer and METEOR need Java")
 def test_report_scores_bundle() -> None:
     scores = metrics.report_scores(

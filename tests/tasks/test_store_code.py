@@ -80,6 +80,7 @@ def test_an_edit_changes_exactly_the_stages_that_import_it(tree, edited, expecte
     assert changed_by(tree, edited) == expected
 
 
+@pytest.mark.slow
 def test_every_module_a_stage_imports_changes_its_key_and_only_its_importers(tree):
     """Over the whole tree: an edit to any first-party file changes the key of every stage whose
     graph holds it and of no other stage."""

@@ -21,6 +21,7 @@ def small_config(**overrides) -> TrainConfig:
     return small_train(save_steps=1, keep_checkpoints=True, **overrides)
 
 
+@pytest.mark.slow
 def test_train_publishes_adapter_counts_and_resumes(tmp_path: Path):
     rows = preference_rows(tmp_path / "img", [1.2, 0.8, 1.0, 0.9, 1.1, 0.75, 1.25, 1.0])
     rows[2]["chosen_image"] = str(tmp_path / "gone.png")
@@ -78,6 +79,7 @@ def test_a_set_with_nothing_trainable_fails_with_the_reasons(tmp_path: Path):
         train(ArtifactStore(tmp_path / "store"), small_config(), preference_snapshot(path), path)
 
 
+@pytest.mark.slow
 def test_a_published_adapter_leaves_no_checkpoints_and_rebuilds_to_the_same_bytes(tmp_path: Path):
     path = write_set(tmp_path, preference_rows(tmp_path / "img", [1.2, 0.8, 1.0, 0.9]))
     config = small_train(save_steps=1)

@@ -65,6 +65,7 @@ def test_num_processes_auto_is_one_ddp_rank_per_visible_gpu_on_a_free_port(monke
     assert launch_plan(small_train(num_processes="auto", device="cpu")).in_process
 
 
+@pytest.mark.slow
 def test_a_two_gpu_count_with_num_processes_auto_trains_two_gloo_ranks(tmp_path: Path, monkeypatch):
     from models import training
 

@@ -26,6 +26,7 @@ def first_step(manifest) -> dict:
     return next(entry for entry in history if entry.get("step") == 1 and "loss" in entry)
 
 
+@pytest.mark.slow
 def test_a_continued_adapter_starts_where_it_ended_against_the_base_model(tmp_path, tiny_llava):
     rows = preference_rows(tmp_path / "img")
     path = write_train_pairs(tmp_path / "a.parquet", rows)
@@ -67,6 +68,7 @@ def test_an_adapter_of_another_shape_is_refused_by_field(tmp_path, tiny_llava):
         train(store, TrainConfig(init_adapter=Path(first.path) / "adapter"), preference_snapshot(path), path)
 
 
+@pytest.mark.slow
 def test_a_union_of_sets_trains_each_pair_once_and_keys_every_set(tmp_path, tiny_llava):
     rows = preference_rows(tmp_path / "img")
     older = write_train_pairs(tmp_path / "r1.parquet", rows)

@@ -5,10 +5,10 @@ before any process starts."""
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.lifetime import free_port
 from models.settings import LaunchSettings
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +63,6 @@ def torch_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def free_port() -> int:
-    """A port free now: two runs on one node must not meet at accelerate's default 29500."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def first_visible_gpu() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 
 # Arms the signal in the child, checks its parent is still the one that started it (it could
@@ -35,3 +36,11 @@ def die_with_parent(sig: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux
         pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a child process to listen on (a served model, a DDP rendezvous): two
+    runs on one machine must not meet at a fixed port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

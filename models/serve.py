@@ -29,7 +29,6 @@ import concurrent.futures
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.lifetime import tied_to_this_process
+from models.lifetime import free_port, tied_to_this_process
 from models.settings import FolderDigests, ServeSettings
 
 HOST = "127.0.0.1"
@@ -76,12 +75,6 @@ class Served:
     base_url: str  # http://127.0.0.1:<port>/v1
     model: str  # the name requests send: the folder path the server was started with
     digest: str  # the folder's content digest: what identifies the model in caches
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class ManagedServer:

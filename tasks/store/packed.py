@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.store.files import link_or_copy, replacing
@@ -185,7 +186,9 @@ def blob_index(folder: Path) -> dict[str, list]:
         for column in table.itercolumns():
             if not pa.types.is_string(column.type):
                 continue
-            for value in set(column.to_pylist()) - {None}:
+            # Vectorized: a large table's other strings (ids, questions) never become Python objects.
+            named = pc.unique(pc.filter(column, pc.starts_with(column, f"{FROM_ARTIFACT}/"))).to_pylist()
+            for value in named:
                 if value not in index and is_blob_path(value):
                     status = (folder / value).stat()
                     index[value] = [status.st_size, status.st_mtime_ns, Path(value).name[:64]]

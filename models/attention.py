@@ -1,14 +1,21 @@
-"""Where a VLM looks when it gives an answer: attention rollout from the answer's tokens to the
-image's tokens, upsampled onto the image - a lesion map from the model being aligned itself.
+"""Where a VLM looks when it gives an answer: the relevance of the image's tokens to the answer,
+upsampled onto the image - a lesion map from the model being aligned itself.
 
-Method: attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL
-2020) over the language model's layers, each layer's attention averaged over heads, mixed half
-and half with the identity for the residual path and row-normalized; the product of the layers
-gives every position's relevance to every earlier one. The rows of the answer's tokens (the
-ground truth, teacher-forced), averaged, read at the image tokens, form a grid on the image the
-model saw (after ``Family.prepare``: LLaVA's padded square), mapped back onto the original
-pixels. Families whose image tokens form a square grid (LLaVA, Gemma 3) or carry
-``image_grid_thw`` (Qwen2-VL / 2.5-VL) are mapped; tiled layouts (LLaVA-NeXT, Idefics3) give None.
+Two published methods over the language model's layers (``method``):
+- ``rollout``: attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers",
+  ACL 2020): each layer's attention averaged over heads, mixed half and half with the identity for
+  the residual path and row-normalized; the product of the layers.
+- ``gradient``: gradient-weighted relevance (Chefer, Gur & Wolf, "Generic Attention-model
+  Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021): each
+  layer's attention weighted by its gradient of the answer's log-likelihood, positive part averaged
+  over heads, accumulated as R <- R + A R from R = I.
+
+The relevance is read at the positions that *predict* the answer's tokens (teacher-forced ground
+truth: the token before each answer token, where the model decides it), averaged, at the image
+tokens. Those form a grid on the image the model saw (after ``Family.prepare``: LLaVA's padded
+square) that is mapped back onto the original pixels. Tiled families map one view
+(``Family.attention_view``): LLaVA-NeXT's base view (the whole image resized to one tile, its
+tokens first) and Idefics3's global view (the whole image resized to one tile, its tokens last).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 from PIL import Image
 
 from models import families, vlm
+
+METHODS = ("rollout", "gradient")
 
 
 def load(path: str | Path, device: str = "cpu") -> vlm.VLM:
@@ -41,49 +50,87 @@ def image_token_id(model: Any) -> int:
     raise ValueError(f"{type(model).__name__}: its config names no image token")
 
 
-@torch.no_grad()
 def relevance_maps(
-    model: vlm.VLM, questions: Sequence[str], answers: Sequence[str], images: Sequence[str | Path]
+    model: vlm.VLM,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    images: Sequence[str | Path],
+    method: str = "rollout",
 ) -> list[np.ndarray | None]:
     """Per (question, answer, image): a float map of the image's size (H, W), higher where the
-    answer attends; None when the family's image tokens form no grid this module can place."""
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-
-    collator = DataCollatorForVisionLanguageModeling(
-        families.TemplateProcessor(model.processor), completion_only_loss=True
-    )
+    answer's relevance went; None when the family's image tokens form no grid this module can place."""
+    if method not in METHODS:
+        raise ValueError(f"attention method {method!r}: expected one of {', '.join(METHODS)}")
     originals = [vlm.open_image(image) for image in images]
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": answer}],
-            "images": [model.family.prepare(image, model.processor)],
-        }
-        for question, answer, image in zip(questions, answers, originals)
-    ]
-    batch = families.to_model(collator(rows), model.model)
+    batch = teacher_forced(model, questions, answers, originals)
     labels = batch.pop("labels")
-    attentions = model.model(**batch, output_attentions=True).attentions
+    layers = (gradient_weighted if method == "gradient" else plain_attention)(model.model, batch, labels)
     token = image_token_id(model.model)
     grids = batch.get("image_grid_thw")
     merge = getattr(getattr(model.processor, "image_processor", None), "merge_size", 1)
     maps: list[np.ndarray | None] = []
     for b, image in enumerate(originals):
         keep = batch["attention_mask"][b].bool()
-        rollout = attention_rollout([layer[b][:, keep][:, :, keep].float() for layer in attentions])
         is_image = batch["input_ids"][b][keep] == token
-        is_answer = labels[b][keep] != -100
-        if not is_image.any() or not is_answer.any():
+        deciding = predicting(labels[b][keep] != -100)
+        if not is_image.any() or not deciding.any():
             maps.append(None)
             continue
-        relevance = rollout[is_answer][:, is_image].mean(dim=0).cpu().numpy()
-        shape = grid_shape(len(relevance), None if grids is None else grids[b].tolist(), merge)
-        if shape is None:
-            maps.append(None)
-            continue
+        per_layer = [layer[b][:, keep][:, :, keep].float() for layer in layers]
+        relevance = (gradient_rollout if method == "gradient" else attention_rollout)(per_layer)
+        scores = relevance[deciding][:, is_image].mean(dim=0).cpu().numpy()
+        grid = view_grid(model, scores, None if grids is None else grids[b].tolist(), merge)
         padded = model.family.image_preparation == "pad"
-        maps.append(onto_image(relevance[: shape[0] * shape[1]].reshape(shape), image.size, padded))
+        maps.append(None if grid is None else onto_image(grid, image.size, padded))
     return maps
+
+
+def teacher_forced(
+    model: vlm.VLM, questions: Sequence[str], answers: Sequence[str], images: Sequence[Image.Image]
+) -> dict[str, Any]:
+    """The batch as SFT builds it (prompt, image as the family prepares it, answer), labels on the answer."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    collator = DataCollatorForVisionLanguageModeling(
+        families.TemplateProcessor(model.processor), completion_only_loss=True
+    )
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "images": [model.family.prepare(image, model.processor)],
+        }
+        for question, answer, image in zip(questions, answers, images)
+    ]
+    return families.to_model(collator(rows), model.model)
+
+
+def predicting(is_answer: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token is an answer token: where the model produces the answer."""
+    deciding = torch.zeros_like(is_answer)
+    deciding[:-1] = is_answer[1:]
+    return deciding
+
+
+@torch.no_grad()
+def plain_attention(model: Any, batch: dict[str, Any], labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer (B, heads, S, S) attention."""
+    return list(model(**batch, output_attentions=True).attentions)
+
+
+def gradient_weighted(model: Any, batch: dict[str, Any], labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer (B, heads, S, S) grad(A) * A, the gradient of the answer's summed log-likelihood
+    (teacher-forced) with respect to the attention weights; samples do not mix, so one backward
+    serves the batch."""
+    with torch.enable_grad():
+        output = model(**batch, output_attentions=True)
+        attentions = list(output.attentions)
+        logits = output.logits[:, :-1].float()
+        targets = labels[:, 1:]
+        answer = targets != -100
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        gradients = torch.autograd.grad((picked * answer).sum(), attentions)
+    return [(gradient * attention).detach() for gradient, attention in zip(gradients, attentions)]
 
 
 def attention_rollout(layers: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -98,6 +145,36 @@ def attention_rollout(layers: Sequence[torch.Tensor]) -> torch.Tensor:
     return rollout
 
 
+def gradient_rollout(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(S, S) relevance from per-layer (heads, S, S) grad(A) * A: R = I, then R <- R + mean_h(.)^+ R
+    layer by layer (Chefer et al. 2021, eq. 6-7)."""
+    size = layers[0].shape[-1]
+    relevance = torch.eye(size, dtype=torch.float32, device=layers[0].device)
+    for weighted in layers:
+        relevance = relevance + weighted.clamp(min=0).mean(dim=0) @ relevance
+    return relevance
+
+
+def view_grid(model: vlm.VLM, scores: np.ndarray, grid_thw: list[int] | None, merge: int) -> np.ndarray | None:
+    """The image tokens' scores as the (rows, cols) grid of the view the map is made from: every
+    image token (a square, or Qwen's merged patch grid), or the base / global view of a tiled image."""
+    view = model.family.attention_view
+    if view == "all":
+        shape = grid_shape(len(scores), grid_thw, merge)
+        return None if shape is None else scores[: shape[0] * shape[1]].reshape(shape)
+    side = view_side(model.model.config)
+    if side * side > len(scores):
+        return None
+    chosen = scores[: side * side] if view == "first" else scores[len(scores) - side * side :]
+    return chosen.reshape(side, side)
+
+
+def view_side(config: Any) -> int:
+    """Tokens per side of one tile: the tower's patches per side, after Idefics3's pixel shuffle."""
+    vision = config.vision_config
+    return vision.image_size // vision.patch_size // int(getattr(config, "scale_factor", 1) or 1)
+
+
 def grid_shape(tokens: int, grid_thw: list[int] | None, merge: int) -> tuple[int, int] | None:
     """(rows, cols) of the image tokens: Qwen's merged patch grid, else a square."""
     if grid_thw is not None:
@@ -110,7 +187,7 @@ def grid_shape(tokens: int, grid_thw: list[int] | None, merge: int) -> tuple[int
 
 def onto_image(grid: np.ndarray, size: tuple[int, int], padded: bool) -> np.ndarray:
     """The token grid resized onto the image the model saw and cut back to the original's pixels
-    (a padded square: the original sits centred in it)."""
+    (a padded square: the original sits centred in it; a tile view: the whole image stretched)."""
     width, height = size
     side = max(width, height) if padded else None
     target = (side, side) if side else (width, height)

@@ -48,6 +48,9 @@ class Family:
     # How an image is prepared before the processor (``prepare``): pad (LLaVA-Med's
     # image_aspect_ratio: pad) or as the processor takes it (its own resize / crop / tiling).
     image_preparation: str = "processor"
+    # Which image tokens the attention localizer maps (models/attention.py): all of them as one grid,
+    # or of a tiled image the view of the whole image that leads (first) or closes (last) its tokens.
+    attention_view: str = "all"
 
     def prepare(self, image: Image.Image, processor: Any) -> Image.Image:
         """``image`` as this family's training saw it; every path that hands an image to the
@@ -116,6 +119,7 @@ FAMILIES: dict[str, Family] = {
             PROJECTOR,
             LANGUAGE_MODEL,
             projector_params=("model.image_newline",),
+            attention_view="first",
         ),
         Family("qwen2_vl", "Qwen2VLForConditionalGeneration", "model.visual", "model.visual.merger", LANGUAGE_MODEL),
         Family(
@@ -124,7 +128,12 @@ FAMILIES: dict[str, Family] = {
         Family("gemma3", "Gemma3ForConditionalGeneration", "model.vision_tower", PROJECTOR, LANGUAGE_MODEL),
         # The decoder is model.text_model here, not language_model.
         Family(
-            "idefics3", "Idefics3ForConditionalGeneration", "model.vision_model", "model.connector", "model.text_model"
+            "idefics3",
+            "Idefics3ForConditionalGeneration",
+            "model.vision_model",
+            "model.connector",
+            "model.text_model",
+            attention_view="last",
         ),
     )
 }

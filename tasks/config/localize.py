@@ -159,14 +159,21 @@ LocalizeSource = Literal["annotation", "sam", "heatmap", "attention"]
 
 
 class AttentionConfig(StageConfig):
-    """A lesion map from the model being aligned: attention rollout (Abnar & Zuidema 2020) from the
-    ground-truth answer's tokens to the image's tokens (models/attention.py), thresholded by the
-    ``heatmap`` rules (blur, statistic); the confidence is the map's contrast."""
+    """A lesion map from the model being aligned: the relevance of the image's tokens to the
+    ground-truth answer (models/attention.py), thresholded by the ``heatmap`` rules (blur,
+    statistic); the confidence is the map's contrast."""
 
     model_path: Path | None = Field(
         json_schema_extra=BY_CONTENT,
         default=None,
         description="The VLM folder (by content); set from the run's top-level model when unset",
+    )
+    method: Literal["rollout", "gradient"] = Field(
+        default="rollout",
+        description=(
+            "rollout: attention rollout (Abnar & Zuidema 2020); gradient: gradient-weighted attention relevance "
+            "(Chefer et al. 2021), one backward pass per batch"
+        ),
     )
     device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
     batch_size: int = Field(json_schema_extra=OPERATIONAL, default=4, ge=1, description="Samples per forward pass")

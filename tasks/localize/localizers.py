@@ -88,7 +88,8 @@ class AttentionLocalizer:
             chunk = rows[start : start + self.settings.batch_size]
             try:
                 questions, answers = [r["question"] for r in chunk], [r["answer"] for r in chunk]
-                maps = attention.relevance_maps(self.model, questions, answers, [r["image_path"] for r in chunk])
+                paths = [r["image_path"] for r in chunk]
+                maps = attention.relevance_maps(self.model, questions, answers, paths, self.settings.method)
             except (OSError, ValueError, SyntaxError, RuntimeError):
                 # One bad file (or one sample too long for memory) fails the batch's call: retry one
                 # by one so only it fails.
@@ -98,7 +99,8 @@ class AttentionLocalizer:
 
     def one(self, attention: Any, row: Mapping[str, Any]) -> Any:
         try:
-            return attention.relevance_maps(self.model, [row["question"]], [row["answer"]], [row["image_path"]])[0]
+            question, answer, path = [row["question"]], [row["answer"]], [row["image_path"]]
+            return attention.relevance_maps(self.model, question, answer, path, self.settings.method)[0]
         except (OSError, ValueError, SyntaxError):
             return failed("unreadable_image")
         except RuntimeError:  # e.g. out of memory: this sample fails, the stage goes on

@@ -96,8 +96,10 @@ REGIONS = Artifact(
         [
             pa.field("sample_id", pa.string(), nullable=False),
             pa.field("status", pa.string(), nullable=False),  # ok | no_region | failed
-            pa.field("reason", pa.string()),  # short, countable; null when ok
-            pa.field("source", pa.string(), nullable=False),  # annotation | sam | heatmap | attention
+            pa.field(
+                "reason", pa.string()
+            ),  # short, countable; null when ok but for an ok region's note (sam_fallback_*)
+            pa.field("source", pa.string(), nullable=False),  # annotation | sam | heatmap | attention | attention+sam
             pa.field("mask_path", pa.string()),  # a store blob (a PNG, 0/255, image size); null unless ok
             pa.field("boxes", pa.list_(BOX), nullable=False),  # boxes used (prompts, or the region's components)
             pa.field("confidence", pa.float32()),  # [0, 1]: the visual pair's clinical-relevance score

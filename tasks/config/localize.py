@@ -175,6 +175,13 @@ class AttentionConfig(StageConfig):
             "(Chefer et al. 2021), one backward pass per batch"
         ),
     )
+    refine: Literal["none", "sam"] = Field(
+        default="none",
+        description=(
+            "sam: the map's peak is a point prompt for segment-anything (localize.sam's model and settings); SAM's "
+            "mask replaces the thresholded map when it holds the peak, else the map's region is kept with the reason"
+        ),
+    )
     device: str = Field(json_schema_extra=OPERATIONAL, default="cpu", description="torch device")
     batch_size: int = Field(json_schema_extra=OPERATIONAL, default=4, ge=1, description="Samples per forward pass")
 
@@ -231,6 +238,9 @@ class LocalizeConfig(StageConfig):
         needs_model = "attention" in self.default_chain or any("attention" in c for c in self.per_source.values())
         if needs_model and self.attention.model_path is None:
             raise ValueError("source attention needs a model: set the run's model or localize.attention.model_path")
+        random_sam = self.sam.checkpoint is None and self.sam.model_type != "custom"
+        if needs_model and self.attention.refine == "sam" and random_sam:
+            raise ValueError("attention.refine: sam needs localize.sam.checkpoint (random SAM weights segment nothing)")
         return self
 
     @property

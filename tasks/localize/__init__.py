@@ -34,7 +34,7 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
     path, boxes, confidence - the visual pair's clinical-relevance score - and area); the masks
     (binary PNGs, image size) are store blobs the rows name. Per-sample items, computed in shards.
     Counters: ``samples.seen``, ``regions.ok``, ``regions.no_region.<reason>``,
-    ``regions.failed.<reason>``.
+    ``regions.failed.<reason>``, ``regions.ok.sam_fallback_<why>`` (attention regions SAM did not refine).
     """
     return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest, store))
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from tasks.config import HeatmapConfig, LocalizeConfig
 from tasks.localize.regions import (
     AnnotationLocalizer,
@@ -20,6 +22,7 @@ from tasks.localize.regions import (
     Localizer,
     Region,
     SamLocalizer,
+    component_boxes,
     failed,
     map_region,
     no_region,
@@ -38,7 +41,8 @@ def make_localizer(config: LocalizeConfig) -> ChainLocalizer:
         elif source == "sam":
             built[source] = SamLocalizer(config.sam, config.heatmap, lesions)
         else:
-            built[source] = AttentionLocalizer(config)
+            refiner = SamLocalizer(config.sam, config.heatmap, lesions) if config.attention.refine == "sam" else None
+            built[source] = AttentionLocalizer(config, refiner)
     return ChainLocalizer(config, built)
 
 
@@ -62,23 +66,27 @@ class ChainLocalizer:
             for source, indices in by_source.items():
                 found = self.localizers[source].locate([rows[i] for i in indices])
                 for i, region in zip(indices, found):
-                    regions[i] = replace(region, source=source)
+                    # A source may name a finer one (attention+sam: the attention peak refined by SAM).
+                    regions[i] = replace(region, source=region.source or source)
             pending = [i for i in pending if regions[i].status == "no_region" and step + 1 < len(chains[i])]
         return regions
 
 
 class AttentionLocalizer:
-    """A region from the aligned model's attention rollout (models/attention.py), thresholded by
-    the ``heatmap`` rules; its confidence is the map's contrast."""
+    """A region from the aligned model's attention map (models/attention.py), thresholded by the
+    ``heatmap`` rules; its confidence is the map's contrast. With ``attention.refine: sam`` the map's
+    peak is SAM's point prompt: SAM's mask (source ``attention+sam``, its predicted IoU the
+    confidence) when it holds the peak, else the thresholded map, noted ``sam_fallback_<why>``."""
 
     source = "attention"
 
-    def __init__(self, config: LocalizeConfig):
+    def __init__(self, config: LocalizeConfig, refiner: SamLocalizer | None = None):
         from models import attention
 
         self.settings = config.attention
         self.heatmap: HeatmapConfig = config.heatmap
         self.model = attention.load(self.settings.model_path, self.settings.device)
+        self.refiner = refiner
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         from models import attention
@@ -94,7 +102,11 @@ class AttentionLocalizer:
                 # One bad file (or one sample too long for memory) fails the batch's call: retry one
                 # by one so only it fails.
                 maps = [self.one(attention, row) for row in chunk]
-            regions += [self.region(m, row) for m, row in zip(maps, chunk)]
+            saliencies = [self.saliency(m, row) for m, row in zip(maps, chunk)]
+            found = [
+                s if isinstance(s, Region) else map_region(s, self.heatmap, None, "flat_attention") for s in saliencies
+            ]
+            regions += self.refine(chunk, saliencies, found) if self.refiner is not None else found
         return regions
 
     def one(self, attention: Any, row: Mapping[str, Any]) -> Any:
@@ -106,12 +118,40 @@ class AttentionLocalizer:
         except RuntimeError:  # e.g. out of memory: this sample fails, the stage goes on
             return failed("attention_error")
 
-    def region(self, relevance: Any, row: Mapping[str, Any]) -> Region:
+    def saliency(self, relevance: Any, row: Mapping[str, Any]) -> np.ndarray | Region:
+        """The map smoothed onto the image, or the Region that says why there is none."""
         if isinstance(relevance, Region):
             return relevance
         if relevance is None:
             return no_region("attention_grid_unknown")
         saliency = smooth(relevance, int(row["height"]), int(row["width"]), self.heatmap)
-        if saliency is None:
-            return no_region("flat_attention")
-        return map_region(saliency, self.heatmap, None, "flat_attention")
+        return no_region("flat_attention") if saliency is None else saliency
+
+    def refine(self, rows: Sequence[Mapping[str, Any]], saliencies: list, found: list[Region]) -> list[Region]:
+        """SAM prompted at each found region's map peak, the whole chunk in one batched call."""
+        from models.sam import Prompt
+
+        peaks: list[tuple[int, int] | None] = [None] * len(rows)
+        prompts: list[Any] = [None] * len(rows)
+        for i, (saliency, region) in enumerate(zip(saliencies, found)):
+            if region.status == "ok":
+                y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+                peaks[i], prompts[i] = (int(y), int(x)), Prompt(points=np.asarray([[float(x), float(y)]]))
+        segmented = self.refiner.segment(rows, prompts, [None if p else region for p, region in zip(prompts, found)])
+        return [
+            region if peak is None else refined(region, by_sam, peak)
+            for region, by_sam, peak in zip(found, segmented, peaks)
+        ]
+
+
+def refined(attention_region: Region, by_sam: Region, peak: tuple[int, int]) -> Region:
+    """SAM's region when it holds the peak that prompted it; else the attention region, noted why."""
+    if by_sam.status != "ok":
+        why = by_sam.reason  # sam_error, unreadable_image
+    elif not by_sam.mask.any():
+        why = "empty_mask"
+    elif not by_sam.mask[peak]:
+        why = "peak_outside_mask"
+    else:
+        return replace(by_sam, boxes=component_boxes(by_sam.mask), source="attention+sam")
+    return replace(attention_region, reason=f"sam_fallback_{why}")

@@ -346,13 +346,18 @@ class SamLocalizer:
         return Prompt(points=points), None
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
-        regions: list[Region | None] = [None] * len(rows)
+        prompts, regions = zip(*(self.prompt(row) for row in rows)) if rows else ((), ())
+        return self.segment(rows, prompts, regions)
+
+    def segment(
+        self, rows: Sequence[Mapping[str, Any]], prompts: Sequence[Any], regions: Sequence[Region | None]
+    ) -> list[Region]:
+        """Each row's region: the given one, else SAM's for its prompt (one encoding per image,
+        ``batch_size`` images per encoder pass)."""
+        regions = list(regions)
         by_image: dict[str, list[tuple[int, Any]]] = {}
-        for i, row in enumerate(rows):
-            prompt, region = self.prompt(row)
-            if region is not None:
-                regions[i] = region
-            else:
+        for i, (row, prompt) in enumerate(zip(rows, prompts)):
+            if regions[i] is None:
                 by_image.setdefault(row["image_path"], []).append((i, prompt))
         images = list(by_image)
         with ThreadPoolExecutor(self.read_threads) as reading:  # a batch's images decoded in parallel

@@ -5,12 +5,18 @@ crops of real images, boxes known), test split, samples whose lesion box covers 
 ``--max-area`` of the image. Model: the experiment's SFT'd SmolLM2 LLaVA (its first 3 layers,
 16 image tokens, trained 8 epochs on the training split - the model that answers from the image).
 
-Measured per sample, with the ground-truth answer teacher-forced (as the localize stage does):
-- pointing: the attention-rollout map's peak (models/attention.py) lies inside the lesion box;
+First, whether the model answers from the image: its greedy accuracy per question kind on the
+test split, beside the text prior (the training split's majority answer per kind; the test split's
+answers are flipped against it, so only a model that reads the image beats it).
+
+Then, per sample, with the ground-truth answer teacher-forced (as the localize stage does), for each
+method of models/attention.py (attention rollout; gradient-weighted relevance):
+- pointing: the map's peak (after localize's smoothing) lies inside the lesion box;
 - IoU: the region the ``heatmap`` rules threshold from the map (localize's defaults) vs the box.
-Baseline in the same run: a random map on the same token grid through the same smoothing and
-threshold (pointing and IoU), and the analytic chance of a uniform random point (mean box area).
-Goal: pointing accuracy >= 2x the random baseline.
+Baselines in the same run: a random map on the same token grid through the same smoothing and
+threshold, and the analytic chance of a uniform random point (mean box area). Ceiling: the box's
+own coverage of each token cell as the map (the best any map on this grid can do through the same
+smoothing). Goal: pointing accuracy >= 2x the random point.
 
     PYTHONPATH=. .venv/bin/python bench/pointing.py [--train 600] [--test 200] [--max-area 0.15]
 """
@@ -22,13 +28,14 @@ import json
 import platform
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from experiments.grounding.config import SMOLLM2, GroundingDataConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
-from models import attention, smollm2
+from models import attention, smollm2, vlm
 from tasks.config import HeatmapConfig, IngestConfig, SourceConfig
 from tasks.ingest import ingest
 from tasks.localize.regions import boxes_mask, smooth, threshold
@@ -54,39 +61,80 @@ def main() -> None:
     prepared = time.perf_counter() - started
 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    tests = [r for r in rows if r["split"] == "test" and r["boxes"]]
     loaded = attention.load(model)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}; model: {model}")
+    print(f"prepare (data, SmolLM2 conversion, SFT; reused under --work): {prepared:.0f} s")
+    answers_from_the_image(loaded, rows, data.parent, args.batch)
+
+    tests = [r for r in rows if r["split"] == "test" and r["boxes"]]
+    side = attention.view_side(loaded.model.config)
     heatmap = HeatmapConfig()
+    scores: dict[str, list[tuple[bool, float]]] = {}
+    areas: list[float] = []
     rng = np.random.default_rng(0)
-    hits, iou, random_hits, random_iou, areas = [], [], [], [], []
     started = time.perf_counter()
-    for start in range(0, len(tests), args.batch):
-        batch = tests[start : start + args.batch]
-        images = [str(data.parent / r["image"]) for r in batch]
-        maps = attention.relevance_maps(loaded, [r["question"] for r in batch], [r["answer"] for r in batch], images)
-        for row, relevance in zip(batch, maps):
-            height, width = relevance.shape
-            box = boxes_mask(row["boxes"], height, width)
-            if box.mean() > args.max_area:
-                continue
-            areas.append(float(box.mean()))
-            noise = rng.random((4, 4)).astype(np.float32)  # the model's 16-token grid
-            for source, (hit_list, iou_list) in ((relevance, (hits, iou)), (noise, (random_hits, random_iou))):
-                hit, overlap = score(source, box, heatmap)
-                hit_list.append(hit)
-                iou_list.append(overlap)
+    for method in attention.METHODS:
+        for start in range(0, len(tests), args.batch):
+            batch = tests[start : start + args.batch]
+            images = [str(data.parent / r["image"]) for r in batch]
+            questions, answers = [r["question"] for r in batch], [r["answer"] for r in batch]
+            for row, relevance in zip(batch, attention.relevance_maps(loaded, questions, answers, images, method)):
+                box = boxes_mask(row["boxes"], *relevance.shape)
+                if box.mean() > args.max_area:
+                    continue
+                scores.setdefault(method, []).append(score(relevance, box, heatmap))
+                if method == attention.METHODS[0]:
+                    areas.append(float(box.mean()))
+                    noise = rng.random((side, side)).astype(np.float32)
+                    scores.setdefault("random", []).append(score(noise, box, heatmap))
+                    scores.setdefault("ceiling", []).append(score(coverage(box, side), box, heatmap))
     seconds = time.perf_counter() - started
-    n = len(hits)
-    table = [
-        ("attention rollout (SFT'd SmolLM2 LLaVA)", np.mean(hits), np.mean(iou)),
-        ("random map, same grid and threshold", np.mean(random_hits), np.mean(random_iou)),
-        ("uniform random point (mean box area)", np.mean(areas), float("nan")),
-    ]
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {n} test lesions <= {args.max_area:.0%} area")
-    print(f"prepare (data, SmolLM2 conversion, SFT; reused under --work): {prepared:.0f} s; maps: {seconds:.1f} s")
+    chance = float(np.mean(areas))
+    names = {
+        "rollout": "attention rollout (Abnar & Zuidema 2020)",
+        "gradient": "gradient-weighted relevance (Chefer et al. 2021)",
+        "random": f"random map, same {side} x {side} grid and threshold",
+        "ceiling": f"ceiling: the box's coverage of each of the {side} x {side} cells as the map",
+    }
+    print(f"{len(areas)} test lesions <= {args.max_area:.0%} of the image; maps: {seconds:.1f} s")
     print("| method | pointing accuracy | mean IoU | x random point |\n|---|---|---|---|")
-    for name, pointing, overlap in table:
-        print(f"| {name} | {pointing:.3f} | {overlap:.3f} | {pointing / np.mean(areas):.2f} |")
+    for key, name in names.items():
+        hits, overlaps = zip(*scores[key])
+        print(f"| {name} | {np.mean(hits):.3f} | {np.mean(overlaps):.3f} | {np.mean(hits) / chance:.2f} |")
+    print(f"| uniform random point (mean box area) | {chance:.3f} | - | 1.00 |")
+
+
+def answers_from_the_image(loaded: vlm.VLM, rows: list[dict], root: Path, batch: int) -> None:
+    """Greedy accuracy per question kind on the test split beside the training split's majority answer."""
+    tests = [r for r in rows if r["split"] == "test"]
+    settings = vlm.GenerationSettings(max_new_tokens=16, batch_size=batch)
+    said = vlm.generate(loaded, [r["question"] for r in tests], [str(root / r["image"]) for r in tests], settings)
+    print("| question kind | test questions | model (greedy) | text prior (train's majority answer) |")
+    print("|---|---|---|---|")
+    for kind in sorted({question_kind(r) for r in tests}):
+        mine = [(r, a[0]) for r, a in zip(tests, said) if question_kind(r) == kind]
+        train = Counter(same(r["answer"]) for r in rows if r["split"] == "train" and question_kind(r) == kind)
+        prior = train.most_common(1)[0][0]
+        model_right = np.mean([same(a) == same(r["answer"]) for r, a in mine])
+        prior_right = np.mean([prior == same(r["answer"]) for r, _ in mine])
+        print(f"| {kind} | {len(mine)} | {model_right:.3f} | {prior_right:.3f} ({prior!r}) |")
+
+
+def question_kind(row: dict) -> str:
+    question = row["question"]
+    return "presence" if question.startswith("Is there") else "side" if "left half" in question else "where"
+
+
+def same(answer: str) -> str:
+    return answer.strip().lower().rstrip(".")
+
+
+def coverage(box: np.ndarray, side: int) -> np.ndarray:
+    """The share of each of the side x side cells that the box covers."""
+    height, width = box.shape
+    rows = np.array_split(np.arange(height), side)
+    cols = np.array_split(np.arange(width), side)
+    return np.array([[box[np.ix_(r, c)].mean() for c in cols] for r in rows], dtype=np.float32)
 
 
 def score(relevance: np.ndarray, box: np.ndarray, heatmap: HeatmapConfig) -> tuple[bool, float]:

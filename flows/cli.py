@@ -384,14 +384,17 @@ def print_manifests(manifests: dict, max_counters: int = 6) -> None:
 
 
 def print_alerts(manifests: dict) -> None:
-    """What the run must not pass over: data sets left without visual pairs, collapsed weights."""
+    """What the run must not pass over: data sets left without visual pairs, collapsed weights
+    (ALERT), and a collapse by design (NOTE: equal annotated confidences)."""
     from tasks.localize import coverage_alerts
-    from tasks.score.weighting import collapse_alerts
+    from tasks.score.weighting import collapse_alerts, collapse_notes
 
     lines = coverage_alerts(manifests["localize"]) if "localize" in manifests else []
-    lines += collapse_alerts(manifests["score"].counts) if "score" in manifests else []
-    for line in lines:
+    scores = manifests["score"].counts if "score" in manifests else {}
+    for line in lines + collapse_alerts(scores):
         print(f"ALERT {line}")
+    for line in collapse_notes(scores):
+        print(f"NOTE {line}")
 
 
 if __name__ == "__main__":

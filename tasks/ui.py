@@ -53,6 +53,19 @@ def alert(stage: str, lines: Sequence[str]) -> None:
     markdown(f"{stage}-alerts", "\n".join(f"- **{line}**" for line in lines), f"{stage}: alerts")
 
 
+def note(stage: str, lines: Sequence[str]) -> None:
+    """What a run does by design but a reader could take for a fault: logged as information and
+    shown as the stage's notes artifact. Nothing when there are none."""
+    if not lines:
+        return
+    from prefect.logging import get_run_logger
+
+    logger = get_run_logger()
+    for line in lines:
+        logger.info(line)
+    markdown(f"{stage}-notes", "\n".join(f"- {line}" for line in lines), f"{stage}: notes")
+
+
 def manifest_markdown(manifest: Manifest) -> None:
     counts = "\n".join(f"| {name} | {value:g} |" for name, value in sorted(manifest.counts.items()))
     inputs = "\n".join(f"- `{name}`: `{key}`" for name, key in sorted(manifest.inputs.items())) or "- (none)"

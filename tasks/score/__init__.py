@@ -19,7 +19,14 @@ from tasks.catalog import HALLUCINATIONS, REGIONS, SAMPLES, SCORES
 from tasks.config import ScoreConfig
 from tasks.counters import Counters, qualified
 from tasks.score.views import STATISTICS, extremes, histogram_png, judge_agreement, rounds_used, stats_rows
-from tasks.score.weighting import PAIR_TYPES, apply_weights, bound_shares, collapse_alerts, distribution
+from tasks.score.weighting import (
+    PAIR_TYPES,
+    apply_weights,
+    bound_shares,
+    collapse_alerts,
+    collapse_notes,
+    distribution,
+)
 from tasks.store import LLM_TAG, ArtifactStore, Manifest, by_content, code_version, stage_task_options
 
 STAGE = "score"
@@ -256,6 +263,7 @@ def score_task(
     data = catalog.read(manifest, SCORES)
     ui.manifest_markdown(manifest)
     ui.alert(STAGE, collapse_alerts(manifest.counts))
+    ui.note(STAGE, collapse_notes(manifest.counts))
     ui.table("score-distribution", stats_rows(manifest.counts), "Raw scores and weights per pair type")
     ui.image("score-histogram", histogram_png(data), "Raw clinical-relevance scores and DPO weights")
     ui.table("score-judges", judge_agreement(data), "Judge agreement: mean score, adoptions, exclusions, pairwise r")

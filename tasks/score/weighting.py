@@ -70,10 +70,23 @@ def bound_shares(weights: Sequence[float], config: NormalizerConfig) -> dict[str
     return {"at_lo": float(np.isclose(w, config.lo).mean()), "at_hi": float(np.isclose(w, config.hi).mean())}
 
 
-def collapse_alerts(counts: dict[str, float], setting: str = "score.normalizer") -> list[str]:
+def collapse_alerts(counts: dict[str, float]) -> list[str]:
     """A line per pair type whose weights collapsed: >= half on one bound, or std < 0.01 (from the
     score stage's counters, so a cached run says it too), with the raw-score range and the setting."""
-    alerts = []
+    return [line for by_design, line in collapses(counts) if not by_design]
+
+
+def collapse_notes(counts: dict[str, float]) -> list[str]:
+    """The collapse that is by design, said as information: visual pairs whose raw scores (their
+    regions' confidences) are all one value, as every annotated region's is."""
+    return [line for by_design, line in collapses(counts) if by_design]
+
+
+def collapses(counts: dict[str, float]) -> list[tuple[bool, str]]:
+    """(by design, line) per pair type whose weights collapsed. Equal visual confidences are by
+    design: no mapping can rank them, so the setting to change is where they come from. Equal
+    text scores are not: the judges told no pair from another."""
+    found = []
     for pair_type in PAIR_TYPES:
         n = counts.get(f"{pair_type}.ok", 0.0)
         if n < COLLAPSE_MIN_PAIRS:
@@ -84,11 +97,27 @@ def collapse_alerts(counts: dict[str, float], setting: str = "score.normalizer")
             continue
         side = "lower" if lo >= hi else "upper"
         where = f"{max(lo, hi):.0%} on the {side} bound" if max(lo, hi) >= COLLAPSE_SHARE else ""
-        raw = [counts.get(f"{pair_type}.raw_score.{stat}", float("nan")) for stat in ("min", "max")]
-        name = "visual_normalizer" if pair_type == "visual" else "normalizer"
-        alerts.append(
-            f"score: {pair_type} weights collapsed ({', '.join(filter(None, [where, f'std {std:.3f}']))} over "
-            f"{n:g} pairs; raw scores {raw[0]:.3f}-{raw[1]:.3f}): the clinical weighting barely changes the loss. "
-            f"Change score.{name} (kind: zscore spreads any score range; paper fixes mu = 1, sigma^2 = 0.1)"
+        low, high = (counts.get(f"{pair_type}.raw_score.{stat}", float("nan")) for stat in ("min", "max"))
+        weight = counts.get(f"{pair_type}.weight.mean", float("nan"))
+        state = (
+            f"{', '.join(filter(None, [where, f'std {std:.3f}']))} over {n:g} pairs; raw scores {low:.3f}-{high:.3f}"
         )
-    return alerts
+        if pair_type == "visual" and high - low <= 1e-9:
+            found.append(
+                (
+                    True,
+                    f"score: every visual pair has the same confidence ({state}), so all weigh {weight:.3f}: by design "
+                    f"for annotated regions (localize.annotation.confidence). Regions from attention, heatmap or sam "
+                    f"carry their own confidence; score.visual_normalizer sets where equal ones weigh",
+                )
+            )
+            continue
+        name = "visual_normalizer" if pair_type == "visual" else "normalizer"
+        found.append(
+            (
+                False,
+                f"score: {pair_type} weights collapsed ({state}): the clinical weighting barely changes the loss. "
+                f"Change score.{name} (kind: zscore spreads any score range; paper fixes mu = 1, sigma^2 = 0.1)",
+            )
+        )
+    return found

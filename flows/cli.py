@@ -384,14 +384,12 @@ def print_manifests(manifests: dict, max_counters: int = 6) -> None:
 
 
 def print_alerts(manifests: dict) -> None:
-    """What the run must not pass over: data sets left without visual pairs, collapsed weights
-    (ALERT), and a collapse by design (NOTE: equal annotated confidences)."""
+    """ALERT: data sets left without visual pairs, collapsed weights; NOTE: a collapse by design."""
     from tasks.localize import coverage_alerts
     from tasks.score.weighting import collapse_alerts, collapse_notes
 
-    lines = coverage_alerts(manifests["localize"]) if "localize" in manifests else []
     scores = manifests["score"].counts if "score" in manifests else {}
-    for line in lines + collapse_alerts(scores):
+    for line in (coverage_alerts(manifests["localize"]) if "localize" in manifests else []) + collapse_alerts(scores):
         print(f"ALERT {line}")
     for line in collapse_notes(scores):
         print(f"NOTE {line}")

@@ -40,30 +40,18 @@ def markdown(key: str, text: str, description: str) -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
 
 
-def alert(stage: str, lines: Sequence[str]) -> None:
+def alert(stage: str, lines: Sequence[str], note: bool = False) -> None:
     """Things a run must not pass over in silence: logged as warnings (the terminal) and shown as
-    the stage's alerts artifact (the UI). Nothing when there are none."""
+    the stage's alerts artifact (the UI). ``note``: what a run does by design but a reader could
+    take for a fault, logged as information and shown as the stage's notes. Nothing when there are none."""
     if not lines:
         return
     from prefect.logging import get_run_logger
 
-    logger = get_run_logger()
+    log, kind, bold = (get_run_logger().info, "notes", "") if note else (get_run_logger().warning, "alerts", "**")
     for line in lines:
-        logger.warning(line)
-    markdown(f"{stage}-alerts", "\n".join(f"- **{line}**" for line in lines), f"{stage}: alerts")
-
-
-def note(stage: str, lines: Sequence[str]) -> None:
-    """What a run does by design but a reader could take for a fault: logged as information and
-    shown as the stage's notes artifact. Nothing when there are none."""
-    if not lines:
-        return
-    from prefect.logging import get_run_logger
-
-    logger = get_run_logger()
-    for line in lines:
-        logger.info(line)
-    markdown(f"{stage}-notes", "\n".join(f"- {line}" for line in lines), f"{stage}: notes")
+        log(line)
+    markdown(f"{stage}-{kind}", "\n".join(f"- {bold}{line}{bold}" for line in lines), f"{stage}: {kind}")
 
 
 def manifest_markdown(manifest: Manifest) -> None:

@@ -263,7 +263,7 @@ def score_task(
     data = catalog.read(manifest, SCORES)
     ui.manifest_markdown(manifest)
     ui.alert(STAGE, collapse_alerts(manifest.counts))
-    ui.note(STAGE, collapse_notes(manifest.counts))
+    ui.alert(STAGE, collapse_notes(manifest.counts), note=True)
     ui.table("score-distribution", stats_rows(manifest.counts), "Raw scores and weights per pair type")
     ui.image("score-histogram", histogram_png(data), "Raw clinical-relevance scores and DPO weights")
     ui.table("score-judges", judge_agreement(data), "Judge agreement: mean score, adoptions, exclusions, pairwise r")

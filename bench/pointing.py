@@ -10,7 +10,8 @@ test split, beside the text prior (the training split's majority answer per kind
 answers are flipped against it, so only a model that reads the image beats it).
 
 Then, per sample, with the ground-truth answer teacher-forced (as the localize stage does), for each
-method of models/attention.py (attention rollout; gradient-weighted relevance):
+method of models/attention.py (attention rollout; gradient-weighted relevance), each with and without
+``through_tower`` (the image tokens' relevance carried on to the patches by the tower's rollout):
 - pointing: the map's peak (after localize's smoothing) lies inside the lesion box;
 - IoU: the region the ``heatmap`` rules threshold from the map (localize's defaults) vs the box.
 Baselines in the same run: a random map on the same token grid through the same smoothing and
@@ -73,17 +74,19 @@ def main() -> None:
     areas: list[float] = []
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    for method in attention.METHODS:
+    variants = [(method, tower) for method in attention.METHODS for tower in (False, True)]
+    for method, tower in variants:
         for start in range(0, len(tests), args.batch):
             batch = tests[start : start + args.batch]
             images = [str(data.parent / r["image"]) for r in batch]
             questions, answers = [r["question"] for r in batch], [r["answer"] for r in batch]
-            for row, relevance in zip(batch, attention.relevance_maps(loaded, questions, answers, images, method)):
+            maps = attention.relevance_maps(loaded, questions, answers, images, method, through_tower=tower)
+            for row, relevance in zip(batch, maps):
                 box = boxes_mask(row["boxes"], *relevance.shape)
                 if box.mean() > args.max_area:
                     continue
-                scores.setdefault(method, []).append(score(relevance, box, heatmap))
-                if method == attention.METHODS[0]:
+                scores.setdefault(f"{method}{' + tower' if tower else ''}", []).append(score(relevance, box, heatmap))
+                if (method, tower) == variants[0]:
                     areas.append(float(box.mean()))
                     noise = rng.random((side, side)).astype(np.float32)
                     scores.setdefault("random", []).append(score(noise, box, heatmap))
@@ -92,7 +95,9 @@ def main() -> None:
     chance = float(np.mean(areas))
     names = {
         "rollout": "attention rollout (Abnar & Zuidema 2020)",
+        "rollout + tower": "attention rollout, through the vision tower (through_tower)",
         "gradient": "gradient-weighted relevance (Chefer et al. 2021)",
+        "gradient + tower": "gradient-weighted relevance, through the vision tower (through_tower)",
         "random": f"random map, same {side} x {side} grid and threshold",
         "ceiling": f"ceiling: the box's coverage of each of the {side} x {side} cells as the map",
     }

@@ -10,6 +10,10 @@ Two published methods over the language model's layers (``method``):
   layer's attention weighted by its gradient of the answer's log-likelihood, positive part averaged
   over heads, accumulated as R <- R + A R from R = I.
 
+With ``through_tower`` (LLaVA) the image tokens' relevance is carried on to the tower's patches by
+the vision tower's own rollout (its layers up to ``vision_feature_layer``): a tower with global
+attention can move a lesion's content into other patches' tokens.
+
 The relevance is read at the positions that *predict* the answer's tokens (teacher-forced ground
 truth: the token before each answer token, where the model decides it), averaged, at the image
 tokens. Those form a grid on the image the model saw (after ``Family.prepare``: LLaVA's padded
@@ -56,15 +60,23 @@ def relevance_maps(
     answers: Sequence[str],
     images: Sequence[str | Path],
     method: str = "rollout",
+    through_tower: bool = False,
 ) -> list[np.ndarray | None]:
     """Per (question, answer, image): a float map of the image's size (H, W), higher where the
-    answer's relevance went; None when the family's image tokens form no grid this module can place."""
+    answer's relevance went; None when the family's image tokens form no grid this module can place.
+
+    ``through_tower`` (LLaVA family): the image tokens' relevance carried on to the tower's patches
+    by the vision tower's own attention rollout, so a token that gathered the lesion from another
+    patch points at that patch."""
     if method not in METHODS:
         raise ValueError(f"attention method {method!r}: expected one of {', '.join(METHODS)}")
+    if through_tower and model.family.name != "llava":
+        raise ValueError(f"through_tower: only the llava family's tower is rolled out, not {model.family.name}'s")
     originals = [vlm.open_image(image) for image in images]
     batch = teacher_forced(model, questions, answers, originals)
     labels = batch.pop("labels")
     layers = (gradient_weighted if method == "gradient" else plain_attention)(model.model, batch, labels)
+    towers = tower_rollout(model.model, batch["pixel_values"]) if through_tower else None
     token = image_token_id(model.model)
     grids = batch.get("image_grid_thw")
     merge = getattr(getattr(model.processor, "image_processor", None), "merge_size", 1)
@@ -78,7 +90,8 @@ def relevance_maps(
             continue
         per_layer = [layer[b][:, keep][:, :, keep].float() for layer in layers]
         relevance = (gradient_rollout if method == "gradient" else attention_rollout)(per_layer)
-        scores = relevance[deciding][:, is_image].mean(dim=0).cpu().numpy()
+        scores = relevance[deciding][:, is_image].mean(dim=0)
+        scores = (scores if towers is None else scores @ towers[b]).cpu().numpy()
         grid = view_grid(model, scores, None if grids is None else grids[b].tolist(), merge)
         padded = model.family.image_preparation == "pad"
         maps.append(None if grid is None else onto_image(grid, image.size, padded))
@@ -131,6 +144,25 @@ def gradient_weighted(model: Any, batch: dict[str, Any], labels: torch.Tensor) -
         picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         gradients = torch.autograd.grad((picked * answer).sum(), attentions)
     return [(gradient * attention).detach() for gradient, attention in zip(gradients, attentions)]
+
+
+@torch.no_grad()
+def tower_rollout(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, image tokens, patches): the LLaVA vision tower's attention rollout over the layers its
+    image features come from (``vision_feature_layer``), its CLS token dropped as the features drop it."""
+    config = model.config
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(f"through_tower: vision_feature_layer {layer!r} is not one layer")
+    tower = model.model.vision_tower
+    attentions = tower(pixel_values.to(tower.dtype), output_attentions=True).attentions
+    used = attentions[: len(attentions) + 1 + layer if layer < 0 else layer]
+    if not used:
+        raise ValueError(f"through_tower: vision_feature_layer {layer} uses no attention layer")
+    first = 1 if config.vision_feature_select_strategy == "default" else 0
+    return torch.stack(
+        [attention_rollout([a[b].float() for a in used])[first:, first:] for b in range(len(pixel_values))]
+    )
 
 
 def attention_rollout(layers: Sequence[torch.Tensor]) -> torch.Tensor:

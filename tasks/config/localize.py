@@ -175,6 +175,13 @@ class AttentionConfig(StageConfig):
             "(Chefer et al. 2021), one backward pass per batch"
         ),
     )
+    through_tower: bool = Field(
+        default=False,
+        description=(
+            "LLaVA family only: carry the image tokens' relevance on to the vision tower's patches by the tower's "
+            "attention rollout (a tower with global attention moves content between patches)"
+        ),
+    )
     refine: Literal["none", "sam"] = Field(
         default="none",
         description=(

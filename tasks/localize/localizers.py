@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import HeatmapConfig, LocalizeConfig
+from tasks.config import ConfigError, HeatmapConfig, LocalizeConfig
 from tasks.localize.regions import (
     AnnotationLocalizer,
     HeatmapLocalizer,
@@ -86,7 +86,10 @@ class AttentionLocalizer:
         self.settings = config.attention
         self.heatmap: HeatmapConfig = config.heatmap
         self.model = attention.load(self.settings.model_path, self.settings.device)
+        if self.settings.through_tower and self.model.family.name != "llava":
+            raise ConfigError(f"localize.attention.through_tower: only the llava family, not {self.model.family.name}")
         self.refiner = refiner
+        self.how = (self.settings.method, self.settings.through_tower)
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         from models import attention
@@ -97,7 +100,7 @@ class AttentionLocalizer:
             try:
                 questions, answers = [r["question"] for r in chunk], [r["answer"] for r in chunk]
                 paths = [r["image_path"] for r in chunk]
-                maps = attention.relevance_maps(self.model, questions, answers, paths, self.settings.method)
+                maps = attention.relevance_maps(self.model, questions, answers, paths, *self.how)
             except (OSError, ValueError, SyntaxError, RuntimeError):
                 # One bad file (or one sample too long for memory) fails the batch's call: retry one
                 # by one so only it fails.
@@ -112,7 +115,7 @@ class AttentionLocalizer:
     def one(self, attention: Any, row: Mapping[str, Any]) -> Any:
         try:
             question, answer, path = [row["question"]], [row["answer"]], [row["image_path"]]
-            return attention.relevance_maps(self.model, question, answer, path, self.settings.method)[0]
+            return attention.relevance_maps(self.model, question, answer, path, *self.how)[0]
         except (OSError, ValueError, SyntaxError):
             return failed("unreadable_image")
         except RuntimeError:  # e.g. out of memory: this sample fails, the stage goes on

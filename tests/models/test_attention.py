@@ -75,3 +75,41 @@ def test_gradient_rollout_adds_each_layers_positive_head_mean():
 def test_the_answer_is_read_where_it_is_predicted():
     is_answer = torch.tensor([False, False, False, True, True, False])  # prompt, prompt, prompt, "yes", eos, pad
     assert attention.predicting(is_answer).tolist() == [False, False, True, True, False, False]
+
+
+def test_through_the_tower_a_tokens_relevance_lands_on_the_patch_its_tower_read(tiny_llava, tmp_path, monkeypatch):
+    model = attention.load(tiny_llava)
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    first = int(image_positions(model, "Is there a mass?", "yes", Image.open(path).convert("RGB"))[0])
+
+    def on_the_first_token(layers):
+        relevance = torch.zeros(layers[0].shape[-1], layers[0].shape[-1])
+        relevance[:, first] = 1.0
+        return relevance
+
+    monkeypatch.setattr(attention, "attention_rollout", on_the_first_token)
+    (plain,) = attention.relevance_maps(model, ["Is there a mass?"], ["yes"], [path])
+    # A tower whose first token read only the last patch (bottom right).
+    tokens = 16
+    moved = torch.zeros(1, tokens, tokens)
+    moved[0, 0, tokens - 1] = 1.0
+    monkeypatch.setattr(attention, "tower_rollout", lambda model, pixels: moved)
+    (carried,) = attention.relevance_maps(model, ["Is there a mass?"], ["yes"], [path], through_tower=True)
+    top, left = np.unravel_index(int(np.argmax(plain)), plain.shape)
+    assert top < 32 and left < 32
+    y, x = np.unravel_index(int(np.argmax(carried)), carried.shape)
+    assert y >= 32 and x >= 32
+
+
+def test_the_towers_rollout_covers_its_feature_layers_without_cls(tiny_llava, tiny_checkpoint):
+    model = attention.load(tiny_llava)  # CLIP tower, 2 layers, features from layer -2, CLS dropped
+    pixels = torch.rand(2, 3, 32, 32)
+    rolled = attention.tower_rollout(model.model, pixels)
+    assert rolled.shape == (2, 16, 16)
+    tower = model.model.model.vision_tower
+    (first_layer,) = tower(pixels, output_attentions=True).attentions[:1]
+    expected = attention.attention_rollout([first_layer[1].float()])[1:, 1:]
+    assert torch.allclose(rolled[1], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="only the llava family"):
+        attention.relevance_maps(attention.load(tiny_checkpoint("gemma3")), ["q"], ["a"], [], through_tower=True)

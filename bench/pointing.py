@@ -36,7 +36,8 @@ import numpy as np
 
 from experiments.grounding.config import SMOLLM2, GroundingDataConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
-from models import attention, smollm2, vlm
+from models import attention, vlm
+from tasks import smollm2
 from tasks.config import HeatmapConfig, IngestConfig, SourceConfig
 from tasks.ingest import ingest
 from tasks.localize.regions import boxes_mask, smooth, threshold

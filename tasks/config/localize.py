@@ -175,11 +175,11 @@ class AttentionConfig(StageConfig):
             "(Chefer et al. 2021), one backward pass per batch"
         ),
     )
-    through_tower: bool = Field(
-        default=False,
+    through_tower: bool | Literal["auto"] = Field(
+        default="auto",
         description=(
-            "LLaVA family only: carry the image tokens' relevance on to the vision tower's patches by the tower's "
-            "attention rollout (a tower with global attention moves content between patches)"
+            "Carry the image tokens' relevance on to the vision tower's patches by the tower's attention rollout (a "
+            "tower with global attention moves content between patches). LLaVA family only; auto: on for it"
         ),
     )
     refine: Literal["none", "sam"] = Field(

@@ -86,10 +86,12 @@ class AttentionLocalizer:
         self.settings = config.attention
         self.heatmap: HeatmapConfig = config.heatmap
         self.model = attention.load(self.settings.model_path, self.settings.device)
-        if self.settings.through_tower and self.model.family.name != "llava":
+        llava = self.model.family.name == "llava"
+        tower = llava if self.settings.through_tower == "auto" else self.settings.through_tower
+        if tower and not llava:
             raise ConfigError(f"localize.attention.through_tower: only the llava family, not {self.model.family.name}")
         self.refiner = refiner
-        self.how = (self.settings.method, self.settings.through_tower)
+        self.how = (self.settings.method, tower)
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         from models import attention

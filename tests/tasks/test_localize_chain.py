@@ -82,3 +82,15 @@ def test_an_unreadable_image_fails_alone_in_its_attention_batch(rows, tiny_llava
     batch = [rows[2], sample_row("rad-3", broken, dataset="vqa-rad"), rows[2]]
     regions = make_localizer(LocalizeConfig(source="attention", attention={"model_path": tiny_llava})).locate(batch)
     assert [(r.status, r.reason) for r in regions] == [("ok", None), ("failed", "unreadable_image"), ("ok", None)]
+
+
+def test_the_tower_is_rolled_through_where_the_family_has_one_to_roll(tiny_llava, tiny_checkpoint):
+    def tower(path, **setting):
+        config = LocalizeConfig(source="attention", attention={"model_path": path, **setting})
+        return make_localizer(config).localizers["attention"].how[1]
+
+    gemma = tiny_checkpoint("gemma3")
+    assert tower(tiny_llava) is True and tower(gemma) is False  # auto
+    assert tower(tiny_llava, through_tower=False) is False
+    with pytest.raises(ConfigError, match="through_tower: only the llava family, not gemma3"):
+        tower(gemma, through_tower=True)

@@ -35,10 +35,14 @@ def test_refined_regions_are_sams_mask_at_the_attention_peak_or_the_map_with_its
     config = LocalizeConfig(**settings, attention={"model_path": tiny_llava, "refine": "sam"}, sam=sam)
     got = make_localizer(config).locate(rows)
 
-    # What the refinement must be, from the map and segment_anything's own predictor.
+    # What the refinement must be, from the map (through the tower: auto for LLaVA) and segment_anything's predictor.
     model = attention.load(tiny_llava)
     maps = attention.relevance_maps(
-        model, [r["question"] for r in rows], [r["answer"] for r in rows], [r["image_path"] for r in rows]
+        model,
+        [r["question"] for r in rows],
+        [r["answer"] for r in rows],
+        [r["image_path"] for r in rows],
+        through_tower=True,
     )
     predictor = SamPredictor(tiny_sam(seed=6))
     sources = []

@@ -16,7 +16,7 @@ class GroundingDataConfig(StageConfig):
     """The synthetic lesion-and-distractor data set (experiments/grounding/data.py)."""
 
     seed: int = Field(default=0, description="Seed of crops, lesions, distractors and sides")
-    n_train: int = Field(default=320, ge=1, description="Training images (each asked both questions)")
+    n_train: int = Field(default=160, ge=1, description="Training images (each asked both questions)")
     n_val: int = Field(default=64, ge=1, description="Validation images (the learning-rate choice), with their twins")
     n_test: int = Field(default=160, ge=1, description="Test images, with their twins")
     image_size: int = Field(default=32, ge=16, description="Side of the written images, pixels")

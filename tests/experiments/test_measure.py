@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments.grounding.arms import arm_config, train_settings
-from experiments.grounding.config import ARMS, ExperimentConfig, tiny_backbone
+from experiments.grounding.config import ARMS, BackboneConfig, ExperimentConfig, tiny_backbone
 from experiments.grounding.flow import run_cli
 from experiments.grounding.report import contrasts, load_results, save_results, write_report
 from experiments.grounding.scores import first_word, items, measures_from, normalized
@@ -88,9 +88,7 @@ def test_each_arm_changes_one_thing_and_all_train_alike(tmp_path):
     with pytest.raises(ValueError):
         arm_config(config, source, "bogus")
     with pytest.raises(ValueError, match="also a test seed"):
-        tiny_backbone().model_copy(update={"seeds": [0, 100]}).model_validate(
-            {**tiny_backbone().model_dump(), "seeds": [0, 100]}
-        )
+        BackboneConfig.model_validate({**tiny_backbone().model_dump(), "seeds": [0, 100]})
 
 
 def results(gap: float, seeds: int = 6, sham_effect: float = 0.12) -> dict:

@@ -60,12 +60,12 @@ BENCHES := $(wildcard $(addprefix bench/,ingest.py noise.py hallucinate.py train
 bench: $(STAMP)
 	@for script in $(BENCHES); do echo "== $$script"; PYTHONPATH=. $(BIN)/python $$script || exit 1; done
 
-# The grounding experiment (experiments/grounding/): seven arms x five seeds on the tiny backbone,
-# four arms x three seeds on pretrained SmolLM2 (its first 3 layers), each through the real
-# curate -> sft -> train -> evaluate flows on synthetic lesions; writes bench/experiment.md and
-# its plot. Under an hour on 2 CPU cores (the report says how long); a re-run reuses
-# data/experiment/artifacts. The first run converts SmolLM2 (as `make demo` does). The full-depth
-# SmolLM2 run is for a GPU: `mmedpo experiment --full-depth`.
+# The grounding experiment (experiments/grounding/README.md): five arms (SFT; text pairs; + local,
+# sham or global visual pairs) from the same SFT checkpoint, a pilot on a tuning seed, then six test
+# seeds, on pretrained SmolLM2 (its first 3 layers) through the real curate -> sft -> train ->
+# evaluate flows; writes experiments/grounding/results/ and bench/experiment.md. Sized for under an
+# hour on 2 CPU cores from an empty store; a re-run reuses data/experiment/artifacts.
+# `mmedpo experiment --smoke` is the tiny-backbone check, `--report-only` rewrites the report.
 experiment: $(STAMP)
 	$(BIN)/mmedpo experiment
 

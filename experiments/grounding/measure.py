@@ -16,7 +16,6 @@ from experiments.grounding.config import MeasureConfig
 from tasks import catalog, ui
 from tasks.catalog import SAMPLES
 from tasks.evaluate import adapter_dir, load_predictions
-from tasks.sets import load_pairs
 from tasks.store import ArtifactStore, Keyed, Manifest, code_version, stage_task_options
 
 STAGE = "measure"
@@ -27,19 +26,18 @@ def measure(
     store: ArtifactStore,
     config: MeasureConfig,
     ingest: Manifest,
-    assemble: Manifest,
     model: Manifest,
     evaluate: Manifest | None = None,
     train: Manifest | None = None,
 ) -> Manifest:
     """``model``: the sft artifact whose checkpoint is measured (with ``train``'s adapter merged in)."""
-    inputs: dict[str, Keyed] = {"ingest": ingest, "assemble": assemble, "sft": model}
+    inputs: dict[str, Keyed] = {"ingest": ingest, "sft": model}
     if evaluate is not None:
         inputs["evaluate"] = evaluate
     if train is not None:
         inputs["train"] = train
     return store.run(
-        STAGE, CODE, config, inputs, lambda out: build_measures(out, config, ingest, assemble, model, evaluate, train)
+        STAGE, CODE, config, inputs, lambda out: build_measures(out, config, ingest, model, evaluate, train)
     )
 
 
@@ -47,7 +45,6 @@ def build_measures(
     out: Path,
     config: MeasureConfig,
     ingest: Manifest,
-    assemble: Manifest,
     sft: Manifest,
     evaluate: Manifest | None,
     train: Manifest | None,
@@ -61,13 +58,8 @@ def build_measures(
     samples = catalog.rows(ingest, SAMPLES)
     greedy = None
     if evaluate is not None:
-        greedy = {p["sample_id"]: scores.first_word(p["prediction"] or "") for p in load_predictions(evaluate)}
-    result = scores.split_measures(
-        model, samples, config.split, out / "twins", config.inpaint_grow, config.batch_size, greedy
-    )
-    if config.margins:
-        pairs = load_pairs(Path(assemble.path), config.margin_split).to_pylist()
-        result.update(scores.pair_logps(model, pairs, config.batch_size))
+        greedy = {p["sample_id"]: p["prediction"] or "" for p in load_predictions(evaluate)}
+    result = scores.split_measures(model, samples, config.split, config.batch_size, greedy)
     (out / "measures.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
 
@@ -77,11 +69,10 @@ def measure_task(
     store_root: str,
     config: MeasureConfig,
     ingest: Manifest,
-    assemble: Manifest,
     model: Manifest,
     evaluate: Manifest | None = None,
     train: Manifest | None = None,
 ) -> Manifest:
-    manifest = measure(ArtifactStore(store_root), config, ingest, assemble, model, evaluate, train)
+    manifest = measure(ArtifactStore(store_root), config, ingest, model, evaluate, train)
     ui.manifest_markdown(manifest)
     return manifest

@@ -1,423 +1,285 @@
-"""The grounding experiment's report: per backbone and arm, mean ± std and a 95% interval over
-seeds; paired comparisons across seeds for every claim; a plot; plain verdicts.
+"""The grounding experiment's report, written from the per-seed results file alone (so ``--report-only``
+regenerates it without training): the goal, the pilot, one table per measure, the pre-registered
+contrasts with Holm-adjusted intervals, a short verdict.
 
-Apart from measure.py so that rewording the report never changes the measure stage's code
-version (and so never recomputes the measures).
+Apart from measure.py so that rewording the report never changes the measure stage's code version.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from experiments.grounding.arms import LABELS
-from experiments.grounding.config import ExperimentConfig
-from tasks.config import JudgeConfig
+from experiments.grounding.config import ARMS, CONTRASTS, TUNED_BY, ExperimentConfig
+from experiments.grounding.stats import holm, paired
+from tasks.store.files import write_text_atomic
 
-PERCENT = (
-    "closed_accuracy",
-    "off_answers",
-    "forced_choice_accuracy",
-    "counterfactual_accuracy",
-    "counterfactual_forced",
+PRIMARY = "relocation"
+# (measure, what it is); shares are reported in percent, log-probabilities in nats.
+MEASURES = (
+    (PRIMARY, "Relocation twin, primary: both answers right, mean of greedy and forced choice"),
+    ("relocation_greedy", "Relocation twin, greedy"),
+    ("relocation_forced", "Relocation twin, forced choice"),
+    ("removal_invariance", "Distractor-removal invariance, greedy (same yes/no answer without the distractor)"),
+    ("removal_invariance_forced", "Distractor-removal invariance, forced choice"),
+    ("quadrant_exact", "Quadrant, exact match (open question)"),
+    ("closed_accuracy", "Closed accuracy, greedy"),
+    ("accuracy_gold_yes", "Closed accuracy, greedy, gold 'yes' (lesion left: the training prior)"),
+    ("accuracy_gold_no", "Closed accuracy, greedy, gold 'no' (against the prior)"),
+    ("forced_gold_yes", "Closed accuracy, forced choice, gold 'yes'"),
+    ("forced_gold_no", "Closed accuracy, forced choice, gold 'no'"),
+    ("off_answers", "Greedy answers neither yes nor no"),
+    ("displacement", "Displacement: mean log p(gold answer) minus the same seed's A0, nats"),
 )
-NATS = ("text_displacement", "visual_displacement", "text_margin", "visual_margin")
-METRICS = PERCENT + NATS
-NAMES = {
-    "closed_accuracy": "greedy accuracy",
-    "off_answers": "off yes/no",
-    "forced_choice_accuracy": "forced-choice accuracy",
-    "counterfactual_accuracy": "counterfactual accuracy (greedy)",
-    "counterfactual_forced": "counterfactual accuracy (forced choice)",
-    "text_displacement": "Δ log p(chosen), text",
-    "visual_displacement": "Δ log p(chosen), visual",
-    "text_margin": "text margin",
-    "visual_margin": "visual margin",
-}
-MMEDPO_ARMS = ("mmedpo", "mmedpo_anchor", "mmedpo_global", "mmedpo_unweighted", "mmedpo_rounds")
-# (arm, baseline) pairs the report compares, seed by seed.
-CLAIMS = (
-    *((arm, "sft") for arm in MMEDPO_ARMS),
-    *((arm, "dpo_text") for arm in MMEDPO_ARMS),
-    ("dpo_text", "sft"),
-    ("mmedpo_anchor", "mmedpo"),
-    ("mmedpo", "mmedpo_global"),
-    ("mmedpo", "mmedpo_unweighted"),
-    ("mmedpo_rounds", "mmedpo"),
-)
-HEADLINE = ("counterfactual_accuracy", "counterfactual_forced")
+NATS = {"displacement", "gold_logp"}
+ALPHA = 0.05
+
+
+def save_results(path: Path, results: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no results file (run `mmedpo experiment` first)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    for field in ("pilot", "rows", "backbone"):
+        if field not in results:
+            raise ValueError(f"{path}: results lack the field {field!r}")
+    return results
 
 
 def with_displacement(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each row with its held-out chosen log-prob change from the same backbone and seed's SFT model."""
-    before = {(r["backbone"], r["seed"]): r for r in rows if r["arm"] == "sft"}
-    out = []
-    for row in rows:
-        start = before.get((row["backbone"], row["seed"]))
-        extra = {}
-        for kind in ("text", "visual"):
-            key = f"{kind}_chosen_logp"
-            extra[f"{kind}_displacement"] = row[key] - start[key] if start is not None else float("nan")
-        out.append({**row, **extra})
-    return out
+    """Each row with its mean log p(gold) minus that of the same seed's SFT model."""
+    start = {r["seed"]: r["gold_logp"] for r in rows if r["arm"] == "sft"}
+    return [{**r, "displacement": r["gold_logp"] - start.get(r["seed"], float("nan"))} for r in rows]
 
 
-def interval(values: Sequence[float]) -> dict[str, float] | None:
-    """Mean, sample std and the 95% t-interval of the mean (None without a finite value)."""
-    from scipy import stats
-
-    finite = [v for v in values if v == v]
-    if not finite:
-        return None
-    mean = statistics.fmean(finite)
-    if len(finite) < 2:
-        return {"mean": mean, "std": 0.0, "lo": mean, "hi": mean, "n": len(finite)}
-    std = statistics.stdev(finite)
-    half = float(stats.t.ppf(0.975, len(finite) - 1)) * std / math.sqrt(len(finite))
-    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": len(finite)}
+def short(arm: str) -> str:
+    """ "A2" for "A2 text + local visual pairs"."""
+    return LABELS[arm].split()[0]
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], backbone: str, arms: Sequence[str]) -> list[dict[str, Any]]:
-    table = []
-    for arm in arms:
-        mine = [r for r in rows if r["backbone"] == backbone and r["arm"] == arm]
-        found = {m: interval([r[m] for r in mine]) for m in (*METRICS, "steps")}
-        for metric in PERCENT:  # a share's interval stops at 0 and 1, where a t interval of 3 seeds need not
-            if found[metric] is not None:
-                found[metric] |= {"lo": max(found[metric]["lo"], 0.0), "hi": min(found[metric]["hi"], 1.0)}
-        table.append({"arm": arm, "seeds": len(mine), **found})
-    return table
+def scale(measure: str) -> float:
+    return 1.0 if measure in NATS else 100.0
 
 
-def paired(rows: Sequence[Mapping[str, Any]], backbone: str, arm: str, other: str, metric: str) -> dict | None:
-    """``arm`` minus ``other`` seed by seed: the mean difference, its 95% interval, wins."""
-    mine = {r["seed"]: r[metric] for r in rows if r["backbone"] == backbone and r["arm"] == arm}
-    theirs = {r["seed"]: r[metric] for r in rows if r["backbone"] == backbone and r["arm"] == other}
-    seeds = sorted(set(mine) & set(theirs))
-    diffs = [mine[s] - theirs[s] for s in seeds if mine[s] == mine[s] and theirs[s] == theirs[s]]
-    if not diffs:
-        return None
-    summary = interval(diffs)
-    assert summary is not None
-    return {**summary, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
-
-
-def _pct(value: dict | None, metric: str) -> str:
-    if value is None:
-        return "-"
-    scale, fmt = (100, "{:.1f}") if metric in PERCENT else (1, "{:+.2f}")
-    mean, std, lo, hi = (scale * value[k] for k in ("mean", "std", "lo", "hi"))
-    return f"{fmt.format(mean)} ± {abs(std):.1f} [{fmt.format(lo)}, {fmt.format(hi)}]".replace("+-", "-")
-
-
-def beats(table: Sequence[Mapping[str, Any]], arm: str, others: Sequence[str], metric: str) -> bool:
-    """Whether ``arm``'s 95% interval lies wholly above every other arm's."""
-    by_arm = {row["arm"]: row for row in table}
-    mine = by_arm.get(arm, {}).get(metric)
-    if mine is None:
-        return False
-    return all(by_arm.get(o, {}).get(metric) is not None and mine["lo"] > by_arm[o][metric]["hi"] for o in others)
-
-
-def verdict(rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain statements read off the numbers, whichever way they fall."""
-    arms = [row["arm"] for row in table]
-    lines = []
-    for metric in HEADLINE:
-        winners = [a for a in MMEDPO_ARMS if a in arms and beats(table, a, ["sft", "dpo_text"], metric)]
-        if winners:
-            lines.append(
-                f"- **{NAMES[metric]}: "
-                + ", ".join(LABELS[a] for a in winners)
-                + " beat both SFT only and SFT + DPO (text pairs), with non-overlapping 95% intervals.**"
-            )
-        else:
-            lines.append(
-                f"- **{NAMES[metric]}: no MMedPO arm beat both SFT only and SFT + DPO (text pairs) with "
-                "non-overlapping 95% intervals.**"
-            )
-            lines += what_remains(rows, backbone, table, metric)
-    for arm, other in CLAIMS:
-        if arm not in arms or other not in arms:
-            continue
-        for metric in (*HEADLINE, "closed_accuracy"):
-            found = paired(rows, backbone, arm, other, metric)
-            if found is None:
-                continue
-            if found["lo"] > 0:
-                word = "above"
-            elif found["hi"] < 0:
-                word = "below"
-            else:
-                word = "not separable from"
-            lines.append(
-                f"- {NAMES[metric]}: {LABELS[arm]} is {word} {LABELS[other]}: paired difference "
-                f"{100 * found['mean']:+.1f} points, 95% interval [{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}]"
-                f", higher on {found['wins']} of {found['n']} seeds."
-            )
-    by_arm = {row["arm"]: row for row in table}
-    for arm in arms:
-        row = by_arm[arm]
-        off, moved = row["off_answers"], row["text_displacement"]
-        if off is not None and off["mean"] > 0.1:
-            lines.append(
-                f"- {LABELS[arm]}: {100 * off['mean']:.0f}% of its greedy answers are neither yes nor no (probability "
-                "moved off both answers)."
-            )
-        for kind in ("text", "visual"):
-            moved = row[f"{kind}_displacement"]
-            if arm != "sft" and moved is not None and moved["hi"] < 0:
-                lines.append(
-                    f"- {LABELS[arm]}: the held-out chosen answers' log-probability fell ({kind} pairs: "
-                    f"{moved['mean']:+.2f} nats, 95% interval [{moved['lo']:+.2f}, {moved['hi']:+.2f}]): likelihood "
-                    "displacement."
-                )
-    return lines
-
-
-def what_remains(
-    rows: Sequence[Mapping[str, Any]], backbone: str, table: Sequence[Mapping[str, Any]], metric: str
-) -> list[str]:
-    """Why no MMedPO arm won on ``metric``, as measured: the best one's paired gaps to both
-    baselines against the seed-to-seed spread, the room each baseline left, and the side effects (answers
-    off yes/no, the held-out chosen answers' log-prob) that cost it."""
-    by_arm = {row["arm"]: row for row in table}
-    candidates = [a for a in MMEDPO_ARMS if a in by_arm and by_arm[a][metric] is not None]
-    if not candidates or "sft" not in by_arm or by_arm["sft"][metric] is None:
-        return []
-    best = max(candidates, key=lambda a: by_arm[a][metric]["mean"])
-    row, sft = by_arm[best], by_arm["sft"]
-    gaps = []
-    for other in ("sft", "dpo_text"):
-        found = paired(rows, backbone, best, other, metric)
-        if found is not None:
-            gaps.append(
-                f"{100 * found['mean']:+.1f} points over {LABELS[other]} (paired 95% interval "
-                f"[{100 * found['lo']:+.1f}, {100 * found['hi']:+.1f}], higher on {found['wins']} of "
-                f"{found['n']} seeds)"
-            )
-    rooms = [
-        f"{LABELS[base]} scores {100 * by_arm[base][metric]['mean']:.1f}% (room left: "
-        f"{100 * (1 - by_arm[base][metric]['mean']):.1f} points)"
-        for base in ("sft", "dpo_text")
-        if base in by_arm and by_arm[base][metric] is not None
-    ]
-    text = f"  Measured for the best MMedPO arm on it, {LABELS[best]}: {'; '.join(gaps)}. {'; '.join(rooms)}."
-    off, moved = row["off_answers"], row["text_displacement"]
-    if off is not None and sft["off_answers"] is not None:
-        text += (
-            f" Its greedy answers off yes/no: {100 * off['mean']:.1f}% (SFT {100 * sft['off_answers']['mean']:.1f}%)."
-        )
-    if moved is not None:
-        text += f" Held-out chosen log-prob change, text pairs: {moved['mean']:+.2f} nats."
-    return [text]
-
-
-def judge_label(judge: JudgeConfig) -> str:
-    if judge.kind == "rules":
-        return f"{judge.name}: error type x the finding's clinical class"
-    source = Path(judge.model_path).name if judge.model_path else judge.endpoint.model if judge.endpoint else judge.kind
-    return f"{judge.name}: {source}, {judge.resolved_protocol} protocol"
-
-
-def weight_histogram(weights: Sequence[tuple[str, float]]) -> list[str]:
-    counts = Counter((kind, round(w, 3)) for kind, w in weights)
-    lines = ["| pair type | weight | pairs |", "|---|---|---|"]
-    lines += [f"| {kind} | {w:.3f} | {n} |" for (kind, w), n in sorted(counts.items())]
-    return lines
-
-
-def write_report(
-    results: Mapping[str, Any],
-    config: ExperimentConfig,
-    prior_accuracy: float,
-    seconds: tuple[float, float],
-    machine: str,
-) -> Path:
-    """``seconds``: this invocation's wall time and the summed build time of every artifact it used
-    (what a run from an empty store computes, orchestration overhead aside)."""
-    rows = with_displacement(results["rows"])
-    config.report.parent.mkdir(parents=True, exist_ok=True)
-    plot = config.report.with_suffix(".png")
-    tables = {b.name: summarize(rows, b.name, b.arms) for b in config.backbones}
-    write_plot(tables, config, results["weights"], plot, prior_accuracy)
+def measure_table(rows: Sequence[Mapping[str, Any]], measure: str, seeds: Sequence[int]) -> list[str]:
+    """Arms down, seeds across, then the mean and its 95% t interval over seeds."""
+    unit = scale(measure)
     lines = [
-        "# Grounding experiment",
-        "",
-        "Does preference training push a model that answers from the text prior to answer from the image? Synthetic "
-        "lesions on crops of the demo's real images (experiments/grounding/data.py); closed questions: presence "
-        f'("Is there a mass?", the finding named drawn from {", ".join(config.data.findings)}) and left/right. '
-        f"Training split: {100 * config.data.train_yes_rate:.0f}% 'yes'; val and test: "
-        f"{100 * config.data.test_yes_rate:.0f}% (the prior flipped). Always answering the training prior scores "
-        f"{100 * prior_accuracy:.1f}% on the test split.",
-        "",
-        "Every arm of a backbone starts from the same SFT checkpoint per seed and goes through the real flows "
-        "(curate -> sft -> train -> evaluate, `mmedpo iterate` for 2 rounds). Cells: mean ± std [95% interval of the "
-        "mean, t distribution; a percentage's interval cut at 0 and 100] over the seeds.",
-        "",
-        "- **greedy accuracy**: greedy answers to the test split's closed questions (evaluate flow); an answer "
-        "neither yes nor no is wrong (their share: **off yes/no**). **forced choice**: the right one of 'yes' and "
-        "'no' has the higher log-probability.",
-        "- **counterfactual accuracy**: every test presence question about an image with a lesion, asked again "
-        "about the same image with the lesion inpainted away (biharmonic inpainting of its box, "
-        f"grown by {config.measure.inpaint_grow} px: a perturbation no training pair uses), whose right answer is "
-        "'no'. A question counts only when both answers are right, so a model that answers the same whatever the "
-        "image shows scores 0; greedy and forced-choice versions.",
-        "- **Δ log p(chosen)** (displacement): mean log-probability of the held-out (val) pairs' chosen answers, "
-        "trained model minus the same seed's SFT model (text pairs: the ground truth; visual pairs: the answer on "
-        "the real image). Negative: training pushed the right answer down. **margins**: mean log p(chosen) - log "
-        "p(rejected) on the same pairs (visual: the answer on the real vs the lesion-noised image).",
-        "",
+        "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95% CI] |",
+        "|---" * (len(seeds) + 2) + "|",
     ]
-    for backbone in config.backbones:
-        table = tables[backbone.name]
-        chosen = results["chosen"].get(backbone.name, {})
-        spent = results["seconds"].get(backbone.name, float("nan"))
-        lines += [
-            f"## Backbone: {backbone.label}",
-            "",
-            f"Seeds {', '.join(map(str, backbone.seeds))}; SFT {backbone.sft.epochs:g} epochs at lr "
-            f"{backbone.sft.learning_rate:g} ({', '.join(backbone.sft.trainable)}); DPO: LoRA r "
-            f"{backbone.train.lora_r}, alpha {backbone.train.lora_alpha}, dropout {backbone.train.lora_dropout:g}, "
-            f"beta {backbone.train.beta:g}"
-            f", {backbone.train.scheduler} with {100 * backbone.train.warmup_ratio:g}% warmup, "
-            f"{backbone.train.batch_size} pairs a step, "
-            + (
-                f"{backbone.train.max_steps} steps"
-                if backbone.train.max_steps > 0
-                else f"{backbone.train.epochs:g} epochs"
-            )
-            + f"; anchor weight {backbone.anchor_coef:g}. Learning rates tried (seed {backbone.seeds[0]}, val split): "
-            + ", ".join(f"{lr:g}" for lr in backbone.learning_rates)
-            + "; chosen: "
-            + ", ".join(f"{LABELS[a]} {lr:g}" for a, lr in chosen.items())
-            + f". This backbone's artifacts took {results['built'][backbone.name] / 60:.1f} min to build (SFT, "
-            f"training, evaluation, measures; this invocation's part: {spent / 60:.1f} min).",
-            "",
-            "| arm | " + " | ".join(NAMES[m] for m in METRICS) + " | steps |",
-            "|---|" + "---|" * (len(METRICS) + 1),
-        ]
-        for row in table:
-            steps = row["steps"]["mean"] if row["steps"] else 0
-            lines.append(
-                f"| {LABELS[row['arm']]} | " + " | ".join(_pct(row[m], m) for m in METRICS) + f" | {steps:.0f} |"
-            )
-        lines += ["", "### What the numbers say", "", *verdict(rows, backbone.name, table), ""]
-    lines += [
-        f"![per-arm metrics]({plot.name})",
-        "",
-        "## Pair weights",
-        "",
-        "The MMedPO set's training pairs. Text pairs: the judge panel "
-        f"({', '.join(judge_label(j) for j in config.score.judges)}; {config.score.mode} mode), its raw score through "
-        f"the {config.score.normalizer.kind} normalizer; visual pairs: the annotation's confidence through the same "
-        "normalizer. The equal-weights arm gives every pair their mean, "
-        f"{results['mean_weight']:.3f}, so it trains with the same step size and differs only in the relative "
-        "weighting.",
-        "",
-        *weight_histogram(results["weights"]),
-        "",
-        "## Learning-rate sweep (validation split, first seed)",
-        "",
-        "Validation score: mean of greedy accuracy and counterfactual accuracy (greedy) on the val split. MMedPO's "
-        "one-change variants (global noise, equal weights, 2 rounds) train at MMedPO's chosen rate, so the one "
-        "change is all that differs.",
-        "",
-        "| backbone | arm | lr | val score | val greedy accuracy | val counterfactual (greedy) | val forced choice |",
-        "|---|---|---|---|---|---|---|",
+    for arm in ARMS:
+        values = {r["seed"]: unit * r[measure] for r in rows if r["arm"] == arm}
+        if not values:
+            continue
+        cells = [_num(values.get(s, float("nan"))) for s in seeds]
+        finite = [v for v in values.values() if v == v]
+        summary = paired(finite)
+        lo, hi = summary.interval(ALPHA)
+        lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + f" | {_num(summary.mean)} [{_num(lo)}, {_num(hi)}] |")
+    return lines
+
+
+def contrasts(rows: Sequence[Mapping[str, Any]], measure: str) -> list[dict[str, Any]]:
+    """The pre-registered contrasts on ``measure``: per-seed paired t, Holm over the three."""
+    found = []
+    for arm, other in CONTRASTS:
+        mine = {r["seed"]: r[measure] for r in rows if r["arm"] == arm}
+        theirs = {r["seed"]: r[measure] for r in rows if r["arm"] == other}
+        seeds = sorted(set(mine) & set(theirs))
+        diffs = [scale(measure) * (mine[s] - theirs[s]) for s in seeds if mine[s] == mine[s] and theirs[s] == theirs[s]]
+        found.append({"arm": arm, "other": other, "test": paired(diffs), "wins": sum(d > 0 for d in diffs)})
+    for row, adjusted in zip(found, holm([r["test"].p for r in found], ALPHA)):
+        lo, hi = row["test"].interval(adjusted.alpha)
+        row.update(adjusted=adjusted, lo=lo, hi=hi)
+    return found
+
+
+def contrast_table(found: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| contrast | mean difference, points | raw p | Holm p | Holm-adjusted interval | higher on |",
+        "|---|---|---|---|---|---|",
     ]
-    for entry in results["sweep"]:
+    for row in found:
+        test, adjusted = row["test"], row["adjusted"]
         lines.append(
-            f"| {entry['backbone']} | {LABELS[entry['arm']]} | {entry['learning_rate']:g} | "
-            f"{100 * entry['val_score']:.1f} | {100 * entry['closed_accuracy']:.1f} | "
-            f"{100 * entry['counterfactual_accuracy']:.1f} | {100 * entry['forced_choice_accuracy']:.1f} |"
+            f"| {short(row['arm'])} − {short(row['other'])} | {_num(test.mean, signed=True)} | {_p(test.p)} | "
+            f"{_p(adjusted.p)} | [{_num(row['lo'], signed=True)}, {_num(row['hi'], signed=True)}] "
+            f"({100 * (1 - adjusted.alpha):.1f}%) | {row['wins']} of {test.n} seeds |"
         )
-    lines += [
-        "",
-        "## Per seed",
-        "",
-        "| backbone | arm | seed | lr | greedy acc. | off yes/no | forced choice | counterfactual (greedy) | "
-        "counterfactual (forced) | Δ log p text | Δ log p visual | text margin | visual margin |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    return lines
+
+
+def verdict(
+    config: ExperimentConfig, results: Mapping[str, Any], found: Sequence[Mapping[str, Any]] | None
+) -> list[str]:
+    """At most 10 lines, read off the numbers whichever way they fall."""
+    pilot = results["pilot"]
+    lines = [
+        f"- Pilot (tuning seed {pilot['seed']}, val split, lr {pilot['learning_rate']:g}): A2 − A3 on the relocation "
+        f"twin {pilot['gap_points']:+.1f} points (stop rule: |gap| < {config.pilot_stop_points:g})."
     ]
-    for row in rows:
-        lr = f"{row['learning_rate']:g}" if row["learning_rate"] else "-"
+    if results.get("stopped"):
         lines.append(
-            f"| {row['backbone']} | {LABELS[row['arm']]} | {row['seed']} | {lr} | "
-            + " | ".join(f"{100 * row[m]:.1f}" for m in PERCENT)
-            + " | "
-            + " | ".join(f"{row[m]:+.2f}" for m in NATS)
-            + " |"
+            f"- **Stopped at the pilot: |A2 − A3| = {abs(pilot['gap_points']):.1f} < {config.pilot_stop_points:g} "
+            "points. Noising the lesion did not separate from noising a same-size region over the distractor on the "
+            "tuning seed, so no test seed was run; the goal is not shown.**"
         )
-    times = ", ".join(f"{name} {s / 60:.1f} min" for name, s in results["seconds"].items())
-    dump = config.model_dump(mode="json", exclude={"store", "sets", "data_root", "report"})
-    lines += [
-        "",
-        f"Run: `make experiment` on {machine}: this invocation {seconds[0] / 60:.1f} min ({times}); building its "
-        f"artifacts from scratch {seconds[1] / 60:.1f} min (re-runs reuse the store). Config: `{json.dumps(dump)}`",
-        "",
-    ]
-    config.report.write_text("\n".join(lines))
-    return config.report
-
-
-def write_plot(
-    tables: Mapping[str, Sequence[Mapping[str, Any]]],
-    config: ExperimentConfig,
-    weights: Sequence[tuple[str, float]],
-    path: Path,
-    prior_accuracy: float,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (
-        (["closed_accuracy", "forced_choice_accuracy"], "test accuracy (%)", 100),
-        (["counterfactual_accuracy", "counterfactual_forced"], "counterfactual accuracy (%)", 100),
-        (["text_displacement", "visual_displacement"], "Δ log p(chosen), val (nats)", 1),
+        return lines
+    if found is None:
+        lines.append("- Pilot only: no test seed was run, so no contrast is tested and the goal is not assessed.")
+        return lines
+    for row in found:
+        word = "separated from 0" if row["adjusted"].rejected else "not separated from 0"
+        lines.append(
+            f"- {short(row['arm'])} − {short(row['other'])}: {_num(row['test'].mean, signed=True)} points, "
+            f"Holm-adjusted interval [{_num(row['lo'], signed=True)}, {_num(row['hi'], signed=True)}]: {word} "
+            f"(alpha {ALPHA:g}, family of 3; higher on {row['wins']} of {row['test'].n} seeds)."
+        )
+    sham = found[0]
+    met = sham["test"].mean >= config.goal_points and sham["lo"] > 0
+    lines.append(
+        f"- **Goal (A2 − A3 ≥ {config.goal_points:g} points with the adjusted interval above 0): "
+        f"{'met' if met else 'not met'}** ({_num(sham['test'].mean, signed=True)} points, lower bound "
+        f"{_num(sham['lo'], signed=True)})."
     )
-    figure, axes = plt.subplots(len(tables) + 1, 3, figsize=(15, 4 * (len(tables) + 1)), squeeze=False)
-    for line, (name, table) in enumerate(tables.items()):
-        names = [LABELS[row["arm"]].replace("SFT + ", "").replace(", ", "\n").replace(" + ", "\n+ ") for row in table]
-        for column, (metrics, title, scale) in enumerate(panels):
-            ax = axes[line][column]
-            width = 0.8 / len(metrics)
-            for offset, metric in enumerate(metrics):
-                means = np.array([scale * row[metric]["mean"] if row[metric] else 0.0 for row in table])
-                lows = np.array([scale * row[metric]["lo"] if row[metric] else 0.0 for row in table])
-                highs = np.array([scale * row[metric]["hi"] if row[metric] else 0.0 for row in table])
-                positions = np.arange(len(table)) + (offset - (len(metrics) - 1) / 2) * width
-                ax.bar(positions, means, width, yerr=[means - lows, highs - means], capsize=3, label=NAMES[metric])
-            ax.set_xticks(np.arange(len(table)), names, fontsize=7, rotation=30, ha="right")
-            ax.set_title(f"{name}: {title}", fontsize=9)
-            ax.axhline(0, color="black", linewidth=0.5)
-            ax.legend(fontsize=6)
-        axes[line][0].axhline(100 * prior_accuracy, color="red", linestyle="--", linewidth=1)
-    ax = axes[-1][0]
-    for kind in ("text", "visual"):
-        values = [w for k, w in weights if k == kind]
-        if values:
-            ax.hist(values, bins=20, range=(0.75, 1.25), alpha=0.6, label=f"{kind} pairs")
-    ax.set_title("MMedPO pair weights (train split)", fontsize=9)
-    ax.legend(fontsize=7)
-    for ax in axes[-1][1:]:
-        ax.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    return lines
 
 
-def prior_accuracy(samples: Sequence[Mapping[str, Any]], train_yes_rate: float) -> float:
-    """Accuracy on the test split's closed questions of always giving the training split's majority answer."""
-    majority = "yes" if train_yes_rate >= 0.5 else "no"
-    closed = [s for s in samples if s["split"] == "test" and s["answer_type"] == "closed"]
-    return sum(s["answer"].strip().lower() == majority for s in closed) / len(closed)
+def write_report(results: Mapping[str, Any], config: ExperimentConfig) -> None:
+    rows = with_displacement(results["rows"])
+    seeds = sorted({r["seed"] for r in rows})
+    found = contrasts(rows, PRIMARY) if len(seeds) >= 2 else None
+    backbone = config.backbone
+    lines = [
+        "# Grounding experiment: does noising the lesion, and not just any region, teach the model to look?",
+        "",
+        "Design and data: [experiments/grounding/README.md](../experiments/grounding/README.md). Backbone: "
+        f"{backbone.label}. Raw per-seed results: `{config.results}`; this page is written from them "
+        "(`mmedpo experiment --report-only`).",
+        "",
+        f"**Goal, stated before running:** A2 − A3 ≥ {config.goal_points:g} points on the relocation twin (primary "
+        "measure) with its Holm-adjusted interval above 0. The pilot on the tuning seed comes first; the run stops "
+        f"there when |A2 − A3| < {config.pilot_stop_points:g} points.",
+        "",
+        "## Verdict",
+        "",
+        *verdict(config, results, found),
+        "",
+        *pilot_section(results),
+    ]
+    if found is not None:
+        lines += ["## Pre-registered contrasts (primary measure, per-seed paired t(n−1), Holm over the three)", ""]
+        lines += [*contrast_table(found), ""]
+        for measure in ("relocation_greedy", "relocation_forced"):
+            lines += [f"Secondary, {measure.replace('_', ' ')} (Holm within the measure):", ""]
+            lines += [*contrast_table(contrasts(rows, measure)), ""]
+        lines += [f"## Measures on the test split ({len(seeds)} seeds, lr {results['pilot']['learning_rate']:g})", ""]
+        for measure, title in MEASURES:
+            lines += [f"### {title}", "", *measure_table(rows, measure, seeds), ""]
+    lines += [*setup_section(results, config), ""]
+    config.report.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(config.report, "\n".join(lines))
+
+
+def pilot_section(results: Mapping[str, Any]) -> list[str]:
+    pilot = results["pilot"]
+    columns = [m for m, _ in MEASURES if m != "displacement"]
+    lines = [
+        f"## Pilot: tuning seed {pilot['seed']}, validation split",
+        "",
+        "Learning rates tried, scored by the mean val relocation score of "
+        + " and ".join(LABELS[a] for a in TUNED_BY)
+        + ": "
+        + ", ".join(f"{float(r):g}: {100 * s:.1f}" for r, s in pilot["scores"].items())
+        + f"; chosen {pilot['learning_rate']:g} (every arm trains at it).",
+        "",
+        "Columns: the measures' names in the results file (see the tables below for what each is).",
+        "",
+        "| arm | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for arm in ARMS:
+        if arm in pilot["arms"]:
+            row = pilot["arms"][arm]
+            lines.append(f"| {LABELS[arm]} | " + " | ".join(_num(100 * row[m]) for m in columns) + " |")
+    return [*lines, ""]
+
+
+def setup_section(results: Mapping[str, Any], config: ExperimentConfig) -> list[str]:
+    backbone, data = config.backbone, config.data
+    seconds = results.get("seconds", {})
+    pairs = "; ".join(
+        f"{LABELS[a]}: " + ", ".join(f"{n} {k}" for k, n in counts.items()) for a, counts in results["pairs"].items()
+    )
+    train = backbone.train
+    return [
+        "## Setup",
+        "",
+        f"Data: {data.n_train} training, {data.n_val} val, {data.n_test} test images of {data.image_size} px, each "
+        f"asked both questions; lesions left in {100 * data.train_left_rate:.0f}% of training and "
+        f"{100 * data.test_left_rate:.0f}% of val/test images. Training pairs: {pairs}. Every arm: "
+        f"{train.max_steps} steps of {train.batch_size} pairs, LoRA r {train.lora_r}, beta {train.beta}, cosine, "
+        f"every pair weight 1, from the same seed's SFT checkpoint ({backbone.sft.epochs:g} epochs at "
+        f"{backbone.sft.learning_rate:g}). Tuning seed {backbone.tuning_seed}; test seeds "
+        f"{', '.join(map(str, backbone.seeds))}.",
+        "",
+        f"Time on {results.get('machine', 'this machine')}: this invocation {_minutes(seconds.get('this_run'))}; the "
+        f"artifacts it used took {_minutes(seconds.get('empty_store'))} to build (what an empty store spends on "
+        "this much of the run)."
+        + (
+            ""
+            if len({r["seed"] for r in results["rows"]}) == len(backbone.seeds)
+            else f" The whole run from an empty store, **estimated** from these artifacts' mean build times per stage "
+            f"(evaluation taken as long as a measure): {_minutes(full_run_seconds(seconds, backbone))}."
+        ),
+    ]
+
+
+def full_run_seconds(seconds: Mapping[str, Any], backbone: Any) -> float | None:
+    """What the pilot and every test seed would take from an empty store, at the mean build time of each
+    stage's artifacts so far: curation as measured, SFT once per seed, the sweep's and every seed's training,
+    a measure per trained or SFT model, an evaluation per test model."""
+    stages = seconds.get("by_stage") or {}
+    if not all(stage in stages for stage in ("sft", "train", "measure")):
+        return None
+
+    def each(stage: str) -> float:
+        return stages[stage]["seconds"] / max(stages[stage]["count"], 1)
+
+    seeds, rates = len(backbone.seeds), len(backbone.learning_rates)
+    curation = sum(v["seconds"] for k, v in stages.items() if k not in ("sft", "train", "measure", "evaluate"))
+    trained = len(TUNED_BY) * rates + 2 + 4 * seeds
+    evaluation = each("evaluate") if "evaluate" in stages else each("measure")
+    return (
+        curation
+        + each("sft") * (1 + seeds)
+        + each("train") * trained
+        + each("measure") * (trained + 1 + seeds)
+        + evaluation * 5 * seeds
+    )
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _p(value: float) -> str:
+    return "-" if value != value else (f"{value:.3f}" if value >= 0.001 else "<0.001")
+
+
+def _minutes(value: float | None) -> str:
+    return "-" if value is None else f"{value / 60:.1f} min"

@@ -1,148 +1,146 @@
-"""The grounding experiment's measures on one model, without Prefect (measure.py stores them; gpu.py
-runs them on a lent GPU).
+"""The grounding experiment's measures on one model and split, without Prefect (measure.py stores them).
 
-For a split's closed yes/no questions: greedy accuracy, the share of greedy answers that are
-neither yes nor no, and forced-choice accuracy (the right answer has the higher log-probability
-of the two). The **counterfactual** twins: every presence question about an image with a lesion,
-asked again about the same image with the lesion inpainted away (a perturbation no training pair
-uses), whose right answer is "no". Counterfactual accuracy counts a question right only when the
-model is right on both the image and its twin: a model that answers the same whatever the image
-shows scores 0. On held-out pairs: mean log p(chosen), log p(rejected) and their margin, per pair
-type (the chosen log-prob before and after training is the displacement).
+Primary - the **relocation twin**: an image and its mirror (lesion and distractor moved across the
+midline on the same background; data.py) asked "Is the lesion in the left half?"; an item counts only
+when both answers are right, greedy and forced choice (the right answer has the higher
+log-probability of yes and no). A model answering from the text prior, the background or anything
+but the image's objects scores 0 on an item. Secondary: **distractor-removal invariance** (the greedy
+answer, and the forced choice, unchanged when the distractor is left out), **quadrant exact match**
+on the open question, closed accuracy **split by the gold answer**, the share of greedy answers that
+are neither yes nor no, and the mean log p(gold answer) on the closed originals (the report turns it
+into displacement against the same seed's SFT model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.grounding.data import is_presence
-from tasks.imaging import inpaint, load_array, save_array
+from experiments.grounding.data import CLEAN, MIRROR
 
 YES_NO = ("yes", "no")
 
 
+def normalized(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed."""
+    kept = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower())
+    return " ".join(kept.split())
+
+
 def first_word(text: str) -> str:
-    words = text.lower().replace(".", " ").replace(",", " ").split()
+    words = normalized(text).split()
     return words[0] if words else ""
 
 
-def closed_questions(samples: Sequence[Mapping[str, Any]], split: str) -> list[Mapping[str, Any]]:
-    return [
-        s
-        for s in samples
-        if s["split"] == split and s["answer_type"] == "closed" and s["answer"].strip().lower() in YES_NO
-    ]
+def native_id(sample: Mapping[str, Any]) -> str:
+    """The data set's own id (``grounding:test:test-00003-mirror`` -> ``test-00003-mirror``)."""
+    return str(sample["sample_id"]).rsplit(":", 1)[-1]
 
 
-def lesion_removed(sample: Mapping[str, Any], grow: int) -> np.ndarray:
-    """The sample's image with every box inpainted away."""
-    pixels = load_array(sample["image_path"])
-    mask = np.zeros(pixels.shape[:2], dtype=bool)
-    for x0, y0, x1, y1 in sample["boxes"]:
-        mask[max(int(y0), 0) : int(y1), max(int(x0), 0) : int(x1)] = True
-    return inpaint(pixels, mask, grow=grow)
-
-
-def twins(samples: Sequence[Mapping[str, Any]], folder: Path, grow: int) -> list[dict[str, Any]]:
-    """The counterfactual twin of every presence question whose image has a lesion (answer yes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    found = []
-    for sample in samples:
-        if not (is_presence(sample["question"]) and sample["boxes"] and sample["answer"].strip().lower() == "yes"):
-            continue
-        path = folder / f"{sample['sample_id'].replace(':', '_')}.png"
-        if not path.is_file():
-            save_array(lesion_removed(sample, grow), path)
-        found.append({**sample, "image_path": str(path), "answer": "no", "original": sample["sample_id"]})
-    return found
+def items(samples: Sequence[Mapping[str, Any]], split: str) -> dict[str, list[Mapping[str, Any]]]:
+    """The split's closed originals, relocation and removal twins, and open questions, by role."""
+    rows = [s for s in samples if s["split"] == split]
+    roles: dict[str, list[Mapping[str, Any]]] = {"closed": [], MIRROR: [], CLEAN: [], "open": []}
+    for row in rows:
+        name = native_id(row)
+        if name.endswith(f"-{MIRROR}"):
+            roles[MIRROR].append(row)
+        elif name.endswith(f"-{CLEAN}"):
+            roles[CLEAN].append(row)
+        elif row["answer_type"] == "closed":
+            roles["closed"].append(row)
+        else:
+            roles["open"].append(row)
+    if not roles["closed"] or not roles[MIRROR]:
+        raise ValueError(f"split {split!r}: no closed question with a relocation twin (is this the grounding data?)")
+    return roles
 
 
 def greedy(model: Any, samples: Sequence[Mapping[str, Any]], batch_size: int) -> dict[str, str]:
-    """First word of each sample's greedy answer, by sample id."""
+    """Each sample's greedy answer, by sample id."""
     from models import vlm
 
-    settings = vlm.GenerationSettings(max_new_tokens=3, batch_size=batch_size)
+    settings = vlm.GenerationSettings(max_new_tokens=4, batch_size=batch_size)
     answers = vlm.generate(model, [s["question"] for s in samples], [s["image_path"] for s in samples], settings)
-    return {s["sample_id"]: first_word(a[0]) for s, a in zip(samples, answers)}
+    return {s["sample_id"]: a[0] for s, a in zip(samples, answers)}
 
 
-def forced(model: Any, samples: Sequence[Mapping[str, Any]], batch_size: int) -> dict[str, bool]:
-    """Whether the right answer has the higher log-probability of yes and no, by sample id."""
+def yes_no_logps(model: Any, samples: Sequence[Mapping[str, Any]], batch_size: int) -> dict[str, tuple[float, float]]:
+    """(log p(yes), log p(no)) of each closed sample, by sample id."""
     from models import vlm
 
     questions = [s["question"] for s in samples for _ in YES_NO]
     images = [s["image_path"] for s in samples for _ in YES_NO]
     logps = vlm.score_answers(model, questions, list(YES_NO) * len(samples), images, batch_size)
-    right = {}
-    for index, sample in enumerate(samples):
-        yes, no = logps[2 * index], logps[2 * index + 1]
-        right[sample["sample_id"]] = (yes > no) == (sample["answer"].strip().lower() == "yes")
-    return right
+    return {s["sample_id"]: (logps[2 * i], logps[2 * i + 1]) for i, s in enumerate(samples)}
 
 
 def split_measures(
     model: Any,
     samples: Sequence[Mapping[str, Any]],
     split: str,
-    folder: Path,
-    grow: int,
     batch_size: int,
     greedy_answers: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """Every measure on ``split``'s closed questions and their twins; ``greedy_answers`` (first
-    words by sample id, e.g. from the evaluate flow) saves generating them again."""
-    closed = closed_questions(samples, split)
-    if not closed:
-        raise ValueError(f"no closed yes/no question in split {split!r}")
-    twin_rows = twins(closed, folder, grow)
-    answers = dict(greedy_answers) if greedy_answers is not None else greedy(model, closed, batch_size)
-    missing = [s for s in closed if s["sample_id"] not in answers]
+    """Every measure on ``split``; ``greedy_answers`` (by sample id, e.g. the evaluate flow's predictions)
+    saves generating them again."""
+    roles = items(samples, split)
+    asked = [*roles["closed"], *roles[MIRROR], *roles[CLEAN], *roles["open"]]
+    answers = dict(greedy_answers or {})
+    missing = [s for s in asked if s["sample_id"] not in answers]
     if missing:
         answers.update(greedy(model, missing, batch_size))
-    twin_ids = [{**t, "sample_id": f"{t['sample_id']}#twin"} for t in twin_rows]
-    twin_answers = greedy(model, twin_ids, batch_size) if twin_ids else {}
-    right = forced(model, [*closed, *twin_ids], batch_size)
+    closed = [*roles["closed"], *roles[MIRROR], *roles[CLEAN]]
+    return measures_from(roles, answers, yes_no_logps(model, closed, batch_size))
 
-    def truth(sample: Mapping[str, Any]) -> str:
-        return sample["answer"].strip().lower()
 
-    greedy_right = [answers[s["sample_id"]] == truth(s) for s in closed]
-    pairs_greedy = [answers[t["original"]] == "yes" and twin_answers[t["sample_id"]] == "no" for t in twin_ids]
-    pairs_forced = [right[t["original"]] and right[t["sample_id"]] for t in twin_ids]
-    return {
-        "closed_accuracy": float(np.mean(greedy_right)),
-        "off_answers": float(np.mean([answers[s["sample_id"]] not in YES_NO for s in closed])),
-        "forced_choice_accuracy": float(np.mean([right[s["sample_id"]] for s in closed])),
-        "counterfactual_accuracy": float(np.mean(pairs_greedy)) if twin_ids else float("nan"),
-        "counterfactual_forced": float(np.mean(pairs_forced)) if twin_ids else float("nan"),
-        "twin_accuracy": float(np.mean([twin_answers[t["sample_id"]] == "no" for t in twin_ids]))
-        if twin_ids
-        else float("nan"),
-        "closed_questions": float(len(closed)),
-        "counterfactual_pairs": float(len(twin_ids)),
+def measures_from(
+    roles: Mapping[str, Sequence[Mapping[str, Any]]],
+    answers: Mapping[str, str],
+    logps: Mapping[str, tuple[float, float]],
+) -> dict[str, float]:
+    """The measures from greedy answers and yes/no log-probs (pure: tests feed it by hand)."""
+
+    def gold(sample: Mapping[str, Any]) -> str:
+        return normalized(sample["answer"])
+
+    def said(sample: Mapping[str, Any]) -> str:
+        return first_word(answers[sample["sample_id"]])
+
+    def chose(sample: Mapping[str, Any]) -> str:
+        yes, no = logps[sample["sample_id"]]
+        return "yes" if yes > no else "no"
+
+    by_id = {native_id(s): s for s in roles["closed"]}
+
+    def original(twin: Mapping[str, Any]) -> Mapping[str, Any]:
+        return by_id[native_id(twin).rsplit("-", 1)[0]]
+
+    closed = roles["closed"]
+    result: dict[str, float] = {
+        "closed_accuracy": mean(said(s) == gold(s) for s in closed),
+        "forced_accuracy": mean(chose(s) == gold(s) for s in closed),
+        "off_answers": mean(said(s) not in YES_NO for s in closed),
+        "relocation_greedy": mean(said(t) == gold(t) and said(original(t)) == gold(original(t)) for t in roles[MIRROR]),
+        "relocation_forced": mean(
+            chose(t) == gold(t) and chose(original(t)) == gold(original(t)) for t in roles[MIRROR]
+        ),
+        "removal_invariance": mean(said(t) in YES_NO and said(t) == said(original(t)) for t in roles[CLEAN]),
+        "removal_invariance_forced": mean(chose(t) == chose(original(t)) for t in roles[CLEAN]),
+        "quadrant_exact": mean(normalized(answers[s["sample_id"]]) == gold(s) for s in roles["open"]),
+        "gold_logp": float(np.mean([logps[s["sample_id"]][YES_NO.index(gold(s))] for s in closed])),
+        "relocation_items": float(len(roles[MIRROR])),
     }
-
-
-def pair_logps(model: Any, pairs: Sequence[Mapping[str, Any]], batch_size: int) -> dict[str, float]:
-    """Mean log p(chosen), log p(rejected) and margin per pair type (text: ground truth vs the
-    hallucinated answer; visual: the answer on the real vs the lesion-noised image)."""
-    from models import vlm
-
-    questions = [p["prompt"] for p in pairs for _ in (0, 1)]
-    answers = [p[side] for p in pairs for side in ("chosen", "rejected")]
-    images = [p[f"{side}_image"] for p in pairs for side in ("chosen", "rejected")]
-    logps = vlm.score_answers(model, questions, answers, images, batch_size)
-    result: dict[str, float] = {}
-    for kind in ("text", "visual"):
-        index = [i for i, p in enumerate(pairs) if p["pair_type"] == kind]
-        chosen = np.array([logps[2 * i] for i in index])
-        rejected = np.array([logps[2 * i + 1] for i in index])
-        result[f"{kind}_chosen_logp"] = float(chosen.mean()) if index else float("nan")
-        result[f"{kind}_rejected_logp"] = float(rejected.mean()) if index else float("nan")
-        result[f"{kind}_margin"] = float((chosen - rejected).mean()) if index else float("nan")
-        result[f"{kind}_margin_pairs"] = float(len(index))
+    for answer in YES_NO:
+        mine = [s for s in closed if gold(s) == answer]
+        result[f"accuracy_gold_{answer}"] = mean(said(s) == answer for s in mine)
+        result[f"forced_gold_{answer}"] = mean(chose(s) == answer for s in mine)
+    result["relocation"] = (result["relocation_greedy"] + result["relocation_forced"]) / 2
     return result
+
+
+def mean(values: Any) -> float:
+    found = [float(v) for v in values]
+    return float(np.mean(found)) if found else float("nan")

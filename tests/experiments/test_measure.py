@@ -1,152 +1,157 @@
-"""The grounding experiment's arms, counterfactual twins, summary and verdict (the flow itself: test_flow.py)."""
+"""The grounding experiment's measures, arms and report (the flow itself: test_flow.py)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from experiments.grounding.arms import arm_config, base_run_config, train_settings
-from experiments.grounding.config import ALL_ARMS, ExperimentConfig, tiny_backbone
-from experiments.grounding.report import interval, paired, prior_accuracy, summarize, verdict, with_displacement
-from experiments.grounding.scores import first_word, lesion_removed, twins
-from tasks.imaging import inpaint, save_array
+from experiments.grounding.arms import arm_config, train_settings
+from experiments.grounding.config import ARMS, BackboneConfig, ExperimentConfig, tiny_backbone
+from experiments.grounding.flow import run_cli
+from experiments.grounding.report import contrasts, load_results, save_results, write_report
+from experiments.grounding.scores import first_word, items, measures_from, normalized
 
 
-def test_each_arm_changes_only_its_own_section():
-    base = base_run_config(ExperimentConfig(), Path("/data/grounding.jsonl"))
-    assert base.hallucinate.splits == ["train", "val"] and base.assemble.near_duplicate_bits is None
-    arms = {arm: arm_config(base, arm, mean_weight=1.0432) for arm in ALL_ARMS}
-    assert arms["dpo_text"].assemble.visual_pairs is False and arms["mmedpo"].assemble.visual_pairs is True
-    assert arms["mmedpo_global"].noise.mode == "global" and arms["mmedpo"].noise.mode == "local"
-    flat = arms["mmedpo_unweighted"].score.normalizer
-    assert flat.gain == 0.0 and flat.anchor == 1.0432  # every pair at mmedpo's mean weight: same step size
-    assert arms["mmedpo"].score == base.score and arms["mmedpo"].noise == base.noise
-    # The anchor arm trains mmedpo's set; the others publish their own.
-    assert arms["mmedpo_anchor"].name == arms["mmedpo"].name
-    assert len({arms[a].name for a in ("sft", "dpo_text", "mmedpo_global", "mmedpo_unweighted")}) == 4
+def sample(name: str, answer: str, answer_type: str = "closed") -> dict:
+    return {"sample_id": f"grounding:test:{name}", "split": "test", "answer": answer, "answer_type": answer_type}
+
+
+ROWS = [
+    sample("test-00000", "yes"),
+    sample("test-00000-q", "upper left", "open"),
+    sample("test-00000-mirror", "no"),
+    sample("test-00000-clean", "yes"),
+    sample("test-00001", "no"),
+    sample("test-00001-q", "lower right", "open"),
+    sample("test-00001-mirror", "yes"),
+    sample("test-00001-clean", "no"),
+]
+
+
+def logps_for(choices: dict[str, str]) -> dict[str, tuple[float, float]]:
+    return {f"grounding:test:{k}": ((-0.1, -2.0) if v == "yes" else (-2.0, -0.1)) for k, v in choices.items()}
+
+
+def test_a_model_that_looks_scores_every_item_and_one_that_answers_the_prior_none():
+    roles = items(ROWS, "test")
+    assert [len(roles[r]) for r in ("closed", "mirror", "clean", "open")] == [2, 2, 2, 2]
+    looks = {s["sample_id"]: s["answer"] + "." for s in ROWS}
+    right = {k.rsplit(":", 1)[-1]: s["answer"] for k, s in zip(looks, ROWS) if s["answer_type"] == "closed"}
+    found = measures_from(roles, looks, logps_for(right))
+    assert found["relocation_greedy"] == found["relocation_forced"] == found["relocation"] == 1.0
+    assert found["removal_invariance"] == found["quadrant_exact"] == found["closed_accuracy"] == 1.0
+    assert found["accuracy_gold_no"] == found["forced_gold_yes"] == 1.0 and found["off_answers"] == 0.0
+    # Always "yes" (the training prior): right on half the originals, never on an original and its twin.
+    prior = {s["sample_id"]: "Yes" for s in ROWS}
+    found = measures_from(roles, prior, logps_for({k.rsplit(":", 1)[-1]: "yes" for k in prior}))
+    assert found["closed_accuracy"] == 0.5 and found["relocation"] == 0.0
+    assert found["accuracy_gold_yes"] == 1.0 and found["accuracy_gold_no"] == 0.0
+    assert found["removal_invariance"] == 1.0 and found["quadrant_exact"] == 0.0
+    assert found["gold_logp"] == pytest.approx((-0.1 - 2.0) / 2)
+
+
+def test_a_model_that_reads_the_distractor_passes_relocation_and_fails_removal():
+    roles = items(ROWS, "test")
+    # Answers "opposite the ellipse": right with the distractor, lost (off yes/no) without it.
+    answers = {s["sample_id"]: ("maybe" if s["sample_id"].endswith("clean") else s["answer"]) for s in ROWS}
+    choices = {s["sample_id"].rsplit(":", 1)[-1]: s["answer"] for s in ROWS if s["answer_type"] == "closed"}
+    choices |= {"test-00000-clean": "no", "test-00001-clean": "yes"}
+    found = measures_from(roles, answers, logps_for(choices))
+    assert found["relocation"] == 1.0
+    assert found["removal_invariance"] == found["removal_invariance_forced"] == 0.0
+
+
+def test_items_refuse_a_split_without_twins_and_answers_are_normalized():
+    with pytest.raises(ValueError, match="relocation twin"):
+        items([sample("test-00000", "yes")], "test")
+    assert first_word(" Yes, it is.") == "yes" and normalized("Upper-left.") == "upper left"
+
+
+def test_each_arm_changes_one_thing_and_all_train_alike(tmp_path):
+    config = ExperimentConfig()
+    source = tmp_path / "grounding.jsonl"
+    runs = {arm: arm_config(config, source, arm) for arm in ARMS}
+    assert runs["text"].assemble.visual_pairs is False and runs["local"].assemble.visual_pairs is True
+    assert runs["global"].noise.mode == "global" and runs["local"].noise.mode == "local"
+    assert runs["sham"].ingest.sources[0].root == tmp_path / "sham.jsonl"
+    assert {r.ingest.sources[0].root for a, r in runs.items() if a != "sham"} == {source}
+    assert {r.noise.space for r in runs.values()} == {"unit"}
+    for kind in ("normalizer", "visual_normalizer"):  # every pair weighs 1
+        flat = getattr(runs["local"].score, kind)
+        assert flat.anchor == 1.0 and flat.gain == 0.0
+    settings = [train_settings(runs[a], tiny_backbone(), 3, Path("/ckpt"), 2e-4).train for a in ARMS]
+    assert len({s.model_dump_json() for s in settings}) == 1
+    assert settings[0].learning_rate == settings[0].projector_lr == 2e-4 and settings[0].seed == 3
     with pytest.raises(ValueError):
-        arm_config(base, "bogus")
+        arm_config(config, source, "bogus")
+    with pytest.raises(ValueError, match="also a test seed"):
+        BackboneConfig.model_validate({**tiny_backbone().model_dump(), "seeds": [0, 100]})
 
 
-def test_only_the_anchor_arm_trains_with_the_anchor_term_at_the_swept_rate():
-    base = base_run_config(ExperimentConfig(), Path("/data/grounding.jsonl"))
-    backbone = tiny_backbone()
-    anchored = train_settings(base, "mmedpo_anchor", backbone, 3, Path("/ckpt"), 2e-5)
-    plain = train_settings(base, "mmedpo", backbone, 3, Path("/ckpt"), 2e-5)
-    assert anchored.train.anchor_coef == 1.0 and plain.train.anchor_coef == 0.0
-    assert anchored.train.learning_rate == anchored.train.projector_lr == 2e-5
-    assert anchored.train.model == anchored.evaluate.model == Path("/ckpt") and anchored.train.seed == 3
-    # The paper's settings, scaled: beta 0.1, cosine, 3% warmup, LoRA alpha = 2 r, dropout 0.05.
-    assert (plain.train.beta, plain.train.scheduler, plain.train.warmup_ratio) == (0.1, "cosine", 0.03)
-    assert plain.train.lora_alpha == 2 * plain.train.lora_r and plain.train.lora_dropout == 0.05
-
-
-def test_inpainting_removes_a_blob_and_keeps_the_rest():
-    yy, xx = np.mgrid[:32, :32]
-    background = (100 + 2 * xx).astype(np.uint8)  # a smooth ramp the fill must continue
-    pixels = background.copy()
-    blob = (yy - 12) ** 2 + (xx - 10) ** 2 <= 16
-    pixels[blob] = 250
-    mask = np.zeros_like(blob)
-    mask[8:17, 6:15] = True
-    filled = inpaint(pixels, mask, grow=1)
-    assert filled.dtype == np.uint8
-    assert np.abs(filled[blob].astype(int) - background[blob]).max() <= 2  # the ramp, not the blob
-    grown = np.zeros_like(mask)
-    grown[7:18, 5:16] = True
-    assert (filled[~grown] == pixels[~grown]).all()
-    with pytest.raises(ValueError):
-        inpaint(pixels, np.ones_like(mask))
-
-
-def test_only_presence_questions_with_a_lesion_get_a_twin_whose_answer_is_no(tmp_path):
-    pixels = np.full((32, 32), 120, dtype=np.uint8)
-    pixels[4:12, 4:12] = 240
-    save_array(pixels, tmp_path / "a.png")
-    base = {"image_path": str(tmp_path / "a.png"), "boxes": [[4, 4, 12, 12]], "split": "test"}
-    samples = [
-        {**base, "sample_id": "s:1", "question": "Is there a mass?", "answer": "yes"},
-        {**base, "sample_id": "s:2", "question": "Is the lesion in the left half?", "answer": "yes"},
-        {**base, "sample_id": "s:3", "question": "Is there a cyst?", "answer": "no", "boxes": []},
-    ]
-    found = twins(samples, tmp_path / "twins", grow=1)
-    assert [(t["sample_id"], t["answer"], t["original"]) for t in found] == [("s:1", "no", "s:1")]
-    removed = np.asarray(lesion_removed(samples[0], grow=1))
-    assert removed.max() <= 121 and removed.min() >= 119  # the lesion is gone; the flat grey continues
-    assert Path(found[0]["image_path"]).is_file()
-
-
-def test_first_word_reads_a_yes_or_no_through_punctuation():
-    assert [first_word(a) for a in ("Yes.", "no, there is", "", "  Maybe")] == ["yes", "no", "", "maybe"]
-
-
-def row(arm: str, seed: int, counterfactual: float, chosen: float, off: float = 0.0) -> dict:
-    return {
-        "backbone": "tiny",
-        "arm": arm,
-        "seed": seed,
-        "steps": 10.0,
-        "closed_accuracy": counterfactual,
-        "off_answers": off,
-        "forced_choice_accuracy": counterfactual,
-        "counterfactual_accuracy": counterfactual,
-        "counterfactual_forced": counterfactual,
-        "text_chosen_logp": chosen,
-        "visual_chosen_logp": chosen,
-        "text_margin": 1.0,
-        "visual_margin": float("nan"),
+def results(gap: float, seeds: int = 6, sham_effect: float = 0.12) -> dict:
+    """Synthetic results: A2 above A3 by ``sham_effect`` (plus a seed-dependent wobble)."""
+    base = {"relocation": 0.3, "gold_logp": -0.7}
+    keys = [
+        "relocation_greedy", "relocation_forced", "removal_invariance", "removal_invariance_forced",
+        "quadrant_exact", "closed_accuracy", "accuracy_gold_yes", "accuracy_gold_no", "forced_gold_yes",
+        "forced_gold_no", "off_answers", "forced_accuracy",
+    ]  # fmt: skip
+    lift = {"sft": 0.0, "text": 0.05, "local": 0.2, "sham": 0.2 - sham_effect, "global": 0.1}
+    rows = []
+    for seed in range(seeds):
+        for arm in ARMS:
+            value = base["relocation"] + lift[arm] + (0.01 * (seed % 3) if arm == "local" else 0.0)
+            rows.append({"arm": arm, "seed": seed, "gold_logp": -0.7 + lift[arm], "relocation": value,
+                         **{k: value for k in keys}})  # fmt: skip
+    arms = {a: {k: 0.5 for k in ["relocation", *keys]} for a in ARMS}
+    pilot = {
+        "seed": 100,
+        "sweep": [],
+        "scores": {"0.0001": 0.5},
+        "learning_rate": 1e-4,
+        "arms": arms,
+        "gap_points": gap,
     }
+    return {"backbone": "smollm2-3l", "pilot": pilot, "rows": rows, "stopped": abs(gap) < 3,
+            "pairs": {"text": {"text": 10}}, "seconds": {"this_run": 60.0, "empty_store": 120.0}}  # fmt: skip
 
 
-def test_interval_is_the_t_interval_of_the_mean():
-    found = interval([0.6, 0.8, 0.7])
-    assert found is not None
-    # t(0.975, 2) = 4.303; std 0.1; half width 4.303 * 0.1 / sqrt(3).
-    assert found["mean"] == pytest.approx(0.7) and found["std"] == pytest.approx(0.1)
-    assert found["hi"] - found["mean"] == pytest.approx(4.3027 * 0.1 / 3**0.5, rel=1e-4)
-    assert interval([float("nan")]) is None
+def test_the_report_tables_each_measure_tests_three_contrasts_and_states_the_goal(tmp_path):
+    config = ExperimentConfig(report=tmp_path / "experiment.md", results=tmp_path / "results.json")
+    found = contrasts(results(5.0)["rows"], "relocation")
+    assert [(c["arm"], c["other"]) for c in found] == [("local", "sham"), ("local", "text"), ("local", "global")]
+    assert found[0]["test"].mean == pytest.approx(13.0) and found[0]["lo"] > 8
+    write_report(results(5.0), config)
+    report = config.report.read_text()
+    assert report.count("| A2 text + local visual pairs | ") >= 13  # a row in every measure's table
+    assert "**Goal (A2 − A3 ≥ 8 points with the adjusted interval above 0): met**" in report
+    verdict = report.split("## Verdict")[1].split("##")[0].strip().splitlines()
+    assert 1 <= len(verdict) <= 10
+    config.report.unlink()
+    write_report(results(5.0, sham_effect=0.02), config)
+    assert "Goal (A2 − A3 ≥ 8 points with the adjusted interval above 0): not met" in config.report.read_text()
 
 
-def test_summary_paired_comparisons_displacement_and_verdict():
-    rows = with_displacement(
-        [row("sft", s, 0.30 + 0.01 * s, -1.0) for s in range(3)]
-        + [row("dpo_text", s, 0.40 + 0.01 * s, -1.5, off=0.4) for s in range(3)]
-        + [row("mmedpo", s, 0.70 + 0.02 * s, -0.5) for s in range(3)]
+def test_a_pilot_under_the_stop_rule_says_so_and_tests_nothing(tmp_path):
+    config = ExperimentConfig(report=tmp_path / "experiment.md", results=tmp_path / "results.json")
+    stopped = results(1.2) | {"rows": []}
+    write_report(stopped, config)
+    report = config.report.read_text()
+    assert "Stopped at the pilot: |A2 − A3| = 1.2 < 3 points" in report and "Holm p" not in report
+
+
+def test_report_only_regenerates_the_report_from_the_saved_results(tmp_path):
+    config = ExperimentConfig(report=tmp_path / "experiment.md", results=tmp_path / "results.json")
+    save_results(config.results, results(5.0))
+    (tmp_path / "run.yaml").write_text(json.dumps({"report": str(config.report), "results": str(config.results)}))
+    args = argparse.Namespace(
+        config=tmp_path / "run.yaml", smoke=False, full_depth=False, pilot=False, report_only=True
     )
-    by = {(r["arm"], r["seed"]): r for r in rows}
-    assert by["dpo_text", 0]["text_displacement"] == pytest.approx(-0.5)
-    assert by["mmedpo", 2]["visual_displacement"] == pytest.approx(0.5)
-    table = summarize(rows, "tiny", ["sft", "dpo_text", "mmedpo"])
-    assert table[2]["counterfactual_accuracy"]["mean"] == pytest.approx(0.72)
-    assert table[2]["visual_margin"] is None  # no finite value in any seed
-    # A share's interval stops at 0 and 1; a log-prob's does not.
-    spread = [dict(r, closed_accuracy=(0.2, 1.0, 0.0)[r["seed"]], text_margin=(0.2, 1.0, 0.0)[r["seed"]]) for r in rows]
-    wide = summarize(spread, "tiny", ["sft"])[0]
-    assert (wide["closed_accuracy"]["lo"], wide["closed_accuracy"]["hi"]) == (0.0, 1.0)
-    assert wide["text_margin"]["lo"] < 0.0 and wide["text_margin"]["hi"] > 1.0
-    difference = paired(rows, "tiny", "mmedpo", "sft", "counterfactual_accuracy")
-    assert difference is not None
-    assert difference["mean"] == pytest.approx(0.41) and difference["wins"] == 3 and difference["losses"] == 0
-    lines = verdict(rows, "tiny", table)
-    assert any("SFT + MMedPO beat both" in line for line in lines)
-    # Without the MMedPO arm's lead, the verdict says so and what was measured for the best one.
-    close = [dict(r, counterfactual_accuracy=0.41 + 0.01 * r["seed"]) if r["arm"] == "mmedpo" else r for r in rows]
-    lines = verdict(close, "tiny", summarize(close, "tiny", ["sft", "dpo_text", "mmedpo"]))
-    assert any("counterfactual accuracy (greedy): no MMedPO arm beat both" in line for line in lines)
-    remains = [line for line in lines if line.startswith("  Measured for the best MMedPO arm")]
-    assert len(remains) == 1  # the forced-choice counterfactual still wins
-    assert "+11.0 points over SFT only" in remains[0] and "+1.0 points over SFT + DPO (text pairs)" in remains[0]
-    assert "SFT only scores 31.0% (room left: 69.0 points); SFT + DPO (text pairs) scores 41.0%" in remains[0]
-    assert any("SFT + MMedPO is above SFT only" in line for line in lines)
-    drifted = [line for line in lines if "neither yes nor no" in line]
-    assert len(drifted) == 1 and drifted[0].startswith("- SFT + DPO (text pairs): 40%")
-    displaced = [line for line in lines if "likelihood displacement" in line]
-    assert len(displaced) == 2 and all("SFT + DPO (text pairs)" in line for line in displaced)
-
-
-def test_the_prior_answers_the_training_majority():
-    samples = [{"split": "test", "answer_type": "closed", "answer": a} for a in ("yes", "no", "no", "no")]
-    samples.append({"split": "train", "answer_type": "closed", "answer": "yes"})
-    assert prior_accuracy(samples, 0.75) == 0.25 and prior_accuracy(samples, 0.25) == 0.75
+    assert run_cli(args) == 0
+    assert "Pre-registered contrasts" in config.report.read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="bad.json: results lack the field 'pilot'"):
+        load_results(tmp_path / "bad.json")

@@ -2,10 +2,11 @@
 
 What every caller of an LLM in this project needs, in one place:
 
-- bounded concurrency (``max_concurrency`` requests in flight) and a client-side
-  requests-per-minute limit, so a large curation run neither floods a local server nor
-  trips a provider's rate limiter; both hold for the whole worker process: every client of
-  one endpoint (one per shard) draws on the same limits (models/llm_limits.py);
+- one HTTP client (one connection pool) per worker process and endpoint, on the process's LLM
+  hub (models/llm_hub.py), with bounded concurrency (``max_concurrency`` requests in flight) and a
+  client-side requests-per-minute limit, so a large curation run neither floods a local server
+  nor trips a provider's rate limiter: an ``LLMClient`` is a shard's handle (its own cache and
+  counters) on the shared client and limits, so they hold for all shards of a run together;
 - retries with exponential backoff on 429, 5xx, timeouts, connection errors and malformed
   response bodies (a ``Retry-After`` header wins; one longer than ``max_backoff_s`` ends the
   retries at once: a provider rate-limiting for minutes would otherwise hold every sample for
@@ -63,7 +64,7 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     user,
 )
 from models.llm_cache import ResponseCache
-from models.llm_limits import limits_for
+from models.llm_hub import hub
 from models.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,10 @@ class LLMClient:
         self.endpoint = endpoint
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self._limits = limits_for(endpoint)
+        self._hub = hub()
+        self._limits = self._hub.limits(endpoint)
         self.refused = self._limits.refused  # optional fields the endpoint refused or ignored: never sent again
-        self._client: openai.AsyncOpenAI | None = None
+        self.http: openai.AsyncOpenAI | None = None  # the process's client of this endpoint, once entered
         self._own_servers: serve.ServerPool | None = None
         # What identifies the endpoint in the response cache: its URL, or for a served model the
         # folder's content digest (the port and the path change from run to run, the model does not).
@@ -158,13 +160,7 @@ class LLMClient:
     async def __aenter__(self) -> LLMClient:
         if self.endpoint.serve is not None:
             await asyncio.to_thread(self._use_served_model)
-        # Our own retry loop owns retries and timeouts, so the SDK's are off.
-        self._client = openai.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=self.endpoint.base_url,
-            timeout=self.endpoint.timeout_s,
-            max_retries=0,
-        )
+        self.http = self._hub.http(self.endpoint.base_url, self._api_key)
         return self
 
     def _use_served_model(self) -> None:
@@ -176,14 +172,12 @@ class LLMClient:
             pool = self._own_servers = serve.ServerPool()
         served = pool.served(self.endpoint.serve)
         self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
-        self._limits = limits_for(self.endpoint)
+        self._limits = self._hub.limits(self.endpoint)
         self.refused = self._limits.refused
         self._cache_scope = ("served", served.digest)
 
     async def __aexit__(self, *exc: Any) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        self.http = None  # shared with the process's other shards: the hub closes it at exit
         if self._cache is not None:
             self._cache.close()
         if self._own_servers is not None:
@@ -219,7 +213,7 @@ class LLMClient:
         gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``: that
         many choices (``ChatReply.choices``), or fewer (``transformers serve`` gives one).
         """
-        if self._client is None:
+        if self.http is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
         if has_images(messages) and not self.endpoint.images_allowed:
             raise LLMError(
@@ -303,15 +297,20 @@ class LLMClient:
         return {k: v for k, v in request.items() if k not in drop} if drop else request
 
     async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
-        assert self._client is not None
+        """Send on the hub's loop, where the shared client and limits live. ``counts`` is written from
+        both threads, each key by one of them (requests and retries there, the rest here)."""
+        return await self._hub.run(self._attempts(request))
+
+    async def _attempts(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
+        assert self.http is not None
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
             retry_after: float | None = None
-            async with self._limits.slots.held():
+            async with self._limits.slots:
                 await self._limits.rate.wait()
                 self.counts["requests"] += 1
                 try:
-                    completion = await self._client.chat.completions.create(**request)
+                    completion = await self.http.chat.completions.create(**request, timeout=self.endpoint.timeout_s)
                     text, finish_reason, tops, choices = _reply_text(completion)
                     return text, finish_reason, tops, attempt + 1, choices
                 except openai.APITimeoutError:

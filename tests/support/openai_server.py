@@ -49,6 +49,7 @@ class LoggedRequest:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     started: float
     finished: float | None = None
+    peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -107,7 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode(errors="replace")
-        entry = LoggedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        entry = LoggedRequest(self.path, headers, body, time.monotonic(), peer=self.client_address)
         with state.lock:
             state.log.append(entry)
             state.in_flight += 1

@@ -17,14 +17,15 @@ from tasks.config import LocalizeConfig
 from tasks.counters import Counters, qualified, reasons
 from tasks.imaging import load_array, save_array
 from tasks.localize.localizers import ChainLocalizer, make_localizer
-from tasks.localize.regions import Region, finish
-from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
+from tasks.localize.regions import Region, finish, heatmap_file
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, stage_task_options
 from tasks.ui import alert
 
 STAGE = "localize"
 CODE = code_version(__name__)
 CHUNK_ROWS = 64
 GRID_SAMPLES = 8
+MASK_FILE = "mask.png"  # in the item's folder; stored as a blob by content
 
 
 def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> Manifest:
@@ -39,21 +40,42 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
     return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest, store))
 
 
-# What a sample's region depends on (box labels: which boxes are lesions); its image by content, never by path.
-ITEM_FIELDS = ("sample_id", "dataset", "image_sha256", "width", "height", "boxes", "box_labels", "question", "answer")
-
-
 def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:
     samples = catalog.rows(ingest, SAMPLES)
     items = store.items(STAGE, CODE, config)
     # Same-image samples side by side (and so mostly in one shard), so SAM encodes each image once.
     order = sorted(samples, key=lambda s: (s["image_sha256"], s["sample_id"]))
-    work = [items.item(by_content(s, ITEM_FIELDS, {"mask_path": None}), s) for s in order]
+    work = [items.item(localizer_input(s, config), s) for s in order]
     compute = partial(locate_items, config, content_hash(items.identity))
-    by_id = dict(zip((s["sample_id"] for s in order), items.build(out, work, compute)))
+    # Samples with one localizer input (every question on an image, for the image's sources) share
+    # one item: one computation, one row and one mask, each row re-labelled with its own sample.
+    rows = items.build(out, work, compute)
+    by_id = {s["sample_id"]: {**row, "sample_id": s["sample_id"]} for s, row in zip(order, rows)}
     records = [by_id[s["sample_id"]] for s in samples]
     catalog.write(out, REGIONS, records)
     return region_counts(records, [s["dataset"] for s in samples])
+
+
+# What every source reads of a sample: its image by content (never by path) and size, its boxes
+# and their labels (which boxes are lesions), the data set's own mask by content.
+IMAGE_FIELDS = ("image_sha256", "width", "height", "boxes", "box_labels")
+# The attention source maps the answer's relevance to the question: it differs per question.
+TEXT_FIELDS = ("question", "answer")
+
+
+def localizer_input(sample: Mapping[str, Any], config: LocalizeConfig) -> dict[str, Any]:
+    """An item's identity: what the sources of the sample's chain read of it, so that questions
+    on one image share one localization wherever their sources read only the image and its
+    annotation. The chain itself (not the data set's name) says which sources run; a saliency
+    map is named by the file it comes from (the image's or the sample's own)."""
+    chain = config.chain_for(sample["dataset"])
+    content = by_content(sample, IMAGE_FIELDS, {"mask_path": None}) | {"chain": chain}
+    if "attention" in chain:
+        content |= {name: sample.get(name) for name in TEXT_FIELDS}
+    if config.heatmap.maps is not None and {"heatmap", "sam"} & set(chain):
+        found = heatmap_file(Path(config.heatmap.maps), sample)
+        content["heatmap"] = None if found is None else found.name
+    return content
 
 
 # One localizer (one SAM load) per process, however many shards it runs: the last one made, keyed
@@ -89,7 +111,7 @@ def locate_items(
 def record(out: Path, sample_id: str, source: str, region: Region, area: float | None) -> dict[str, Any]:
     mask_path = None
     if region.status == "ok":
-        mask_path = f"masks/{safe_stem(sample_id)}.png"
+        mask_path = MASK_FILE
         save_array(region.mask.astype(np.uint8) * 255, out / mask_path)
     return {
         "sample_id": sample_id,

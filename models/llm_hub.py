@@ -63,6 +63,10 @@ class Hub:
         """Await ``work`` on the hub's loop from the caller's loop; cancelling the caller cancels it."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
 
+    def wait(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the hub's loop from synchronous code."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
     def close(self) -> None:
         """Close every client and stop the loop (at process exit; a forked child, which inherits the
         parent's exit hook but not its loop thread, leaves them alone)."""

@@ -79,6 +79,7 @@ class _State:
     script: collections.deque = field(default_factory=collections.deque)
     log: list[LoggedRequest] = field(default_factory=list)
     in_flight: int = 0
+    models: list[str] = field(default_factory=lambda: ["test-model"])  # what GET /models lists
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: threading.Event = field(default_factory=threading.Event)
@@ -96,7 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/health":
             self._send(200, b'{"status": "ok"}')
         elif self.path.rstrip("/").endswith("/models"):
-            self._send(200, json.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]}).encode())
+            models = [{"id": name, "object": "model"} for name in self.server.state.models]
+            self._send(200, json.dumps({"object": "list", "data": models}).encode())
         else:
             self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -224,6 +226,10 @@ class OpenAIServer:
     @latency_s.setter
     def latency_s(self, value: float) -> None:
         self._server.state.latency_s = value
+
+    def serve_models(self, *names: str) -> None:
+        """What ``GET /models`` lists from now on (a vLLM server lists its LoRA modules there)."""
+        self._server.state.models = list(names)
 
     def set_responder(self, responder: Callable[[LoggedRequest], str | Reply]) -> None:
         self._server.state.responder = responder

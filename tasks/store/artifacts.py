@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.store.files import temp_folder, write_text_atomic
-from tasks.store.items import BUILD_WORK, StageItems
+from tasks.store.items import BUILD_ROWS, BUILD_WORK, StageItems
 from tasks.store.keys import DigestMemo, digest_memo
 from tasks.store.manifest import (
     MANIFEST,
@@ -113,7 +113,8 @@ class ArtifactStore:
         tmp = temp_folder(final.parent, key)
         started = time.perf_counter()
         work: dict[str, float] = {}
-        token = BUILD_WORK.set(work)
+        rows: set[str] = set()
+        token, rows_token = BUILD_WORK.set(work), BUILD_ROWS.set(rows)
         try:
             counts = dict(build(tmp))
             manifest = Manifest(
@@ -133,6 +134,7 @@ class ArtifactStore:
                 seconds=round(time.perf_counter() - started, 3),
                 run=current_run(),
                 work=work,
+                item_rows=sorted(rows),
             )
             write_text_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2))
             try:
@@ -149,6 +151,7 @@ class ArtifactStore:
             raise
         finally:
             BUILD_WORK.reset(token)
+            BUILD_ROWS.reset(rows_token)
         return manifest
 
     def find_digest(self, stage: str, digest: str) -> Manifest | None:

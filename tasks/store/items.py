@@ -123,8 +123,10 @@ class InlineShards:
 
 # Who runs shards during a build; a flow sets a Prefect task runner here (tasks/runners.py).
 SHARDS: ContextVar[Any] = ContextVar("mmedpo_shards", default=InlineShards())  # noqa: B039 - stateless
-# The build (ArtifactStore.run) the item cache reports its work to: items computed and reused.
+# The build (ArtifactStore.run) the item cache reports its work to: items computed and reused,
+# and the rows files its items came from (its manifest's ``item_rows``).
 BUILD_WORK: ContextVar[dict[str, float] | None] = ContextVar("mmedpo_build_work", default=None)
+BUILD_ROWS: ContextVar[set[str] | None] = ContextVar("mmedpo_build_rows", default=None)
 
 
 class StageItems:
@@ -148,7 +150,8 @@ class StageItems:
         A row names its files by their blob paths from ``out`` (tasks/store/packed.py). Progress
         lines in the terminal count ``unit`` (tasks.progress)."""
         refuse_old_layout(self.root, self.stage)
-        index = read_index(self.root, self.stage)
+        origins: dict[str, str] = {}
+        index = read_index(self.root, self.stage, origins)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
         size = max(1, int(runner.shard_size))
@@ -167,10 +170,13 @@ class StageItems:
                 counters.merge(self.counts, runner.run(job))
             finally:
                 progress.finish(self.stage)
-            index = read_index(self.root, self.stage)
-        work = BUILD_WORK.get()
+            origins.clear()
+            index = read_index(self.root, self.stage, origins)
+        work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
+        if used is not None:
+            used.update(origins[item.key] for item in items if item.key in origins)
         absent = sorted({item.key for item in items if item.key not in index})
         if absent:
             raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")

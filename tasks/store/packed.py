@@ -76,10 +76,13 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
     return sorted(item for prefix in folder.iterdir() if OLD_ITEM.match(prefix.name) for item in prefix.iterdir())
 
 
-def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
-    """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
-    Parquet, another schema, a row that is no JSON object) is skipped with a warning, and so is
-    a row naming a blob that is gone or damaged: their items are computed again, never half-read."""
+def read_index(
+    root: str | os.PathLike[str], stage: str, origins: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every packed row of ``stage`` by item key (and into ``origins``, when given, the name of the
+    rows file each comes from). A rows file that cannot be read whole (not Parquet, another
+    schema, a row that is no JSON object) is skipped with a warning, and so is a row naming a blob
+    that is gone or damaged: their items are computed again, never half-read."""
     index: dict[str, dict[str, Any]] = {}
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
         try:
@@ -93,6 +96,8 @@ def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, 
                 log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
             else:
                 index[key] = row
+                if origins is not None:
+                    origins[key] = path.name
     return index
 
 

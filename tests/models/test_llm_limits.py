@@ -2,10 +2,12 @@
 the endpoint's limits."""
 
 import asyncio
+import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from models.llm import LLMClient, run_with_client, system, user
+from tasks.config import EndpointConfig
 from tests.models.test_llm import ask, endpoint
 
 
@@ -69,3 +71,15 @@ def test_a_cancelled_shard_gives_its_slot_back(openai_server):
         return await asyncio.wait_for(client.chat([user("next")]), timeout=5)
 
     assert run_with_client(config, None, after).text == "echo: next"
+
+
+def ask_from_a_child(base_url: str) -> str:
+    (reply,), _ = ask(EndpointConfig(base_url=base_url, model="m", timeout_s=5.0, max_retries=0), ["child"])
+    return reply.text
+
+
+def test_a_forked_worker_process_makes_its_own_client(openai_server):
+    """A process runner's forked worker inherits the parent's hub but not its loop thread: it makes its own."""
+    (reply,), _ = ask(endpoint(openai_server), ["parent"])  # the parent's hub is running
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(ask_from_a_child, (openai_server.base_url,)).get(timeout=60) == "echo: sys\nchild"

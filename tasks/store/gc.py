@@ -79,6 +79,10 @@ def collect(root: str | os.PathLike[str], delete: bool = False, min_age_s: float
         name = path.relative_to(blob_root).as_posix()
         if name not in live_blobs and path.is_file() and path.stat().st_mtime <= cutoff:
             garbage.blobs.append((path, path.stat().st_size))
+    # Only files whose folder really is in the store: a linked folder leads out of it.
+    inside = root.resolve()
+    garbage.rows = [(p, n) for p, n in garbage.rows if p.parent.resolve().is_relative_to(inside)]
+    garbage.blobs = [(p, n) for p, n in garbage.blobs if p.parent.resolve().is_relative_to(inside)]
     if delete:
         for path, _ in garbage.rows + garbage.blobs:  # rows first: a stop midway leaves no row without its blob
             path.unlink(missing_ok=True)

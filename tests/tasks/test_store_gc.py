@@ -71,7 +71,7 @@ def test_gc_lists_then_deletes_only_what_no_artifact_uses(two_curations, capsys)
     assert regions(store, image, CURRENT).work == {"computed": 0, "reused": 2}
 
 
-def test_gc_keeps_a_stage_whose_artifacts_predate_recorded_rows_and_refuses_a_busy_store(two_curations):
+def test_gc_keeps_a_stage_whose_artifacts_predate_recorded_rows_and_refuses_a_busy_store(two_curations, tmp_path):
     store, old, old_files, current, _ = two_curations
     shutil.rmtree(old.path)
     manifest = Path(current.path) / MANIFEST
@@ -80,6 +80,14 @@ def test_gc_keeps_a_stage_whose_artifacts_predate_recorded_rows_and_refuses_a_bu
     garbage = collect(store.root, min_age_s=0, delete=True)
     assert (garbage.rows, garbage.kept_stages) == ([], ["localize"])
     assert old_files <= files(store.root)  # its rows kept, and so the blobs they name
+
+    # A stage folder linked to elsewhere: nothing outside the store is ever deleted.
+    outside = tmp_path / "elsewhere"
+    (outside / ".items" / "rows").mkdir(parents=True)
+    (outside / ".items" / "rows" / "x.parquet").write_bytes(b"not mine")
+    (store.root / "linked").symlink_to(outside)
+    assert collect(store.root, min_age_s=0, delete=True).rows == []
+    assert (outside / ".items" / "rows" / "x.parquet").is_file()
 
     manifest.write_text("{not json")
     with pytest.raises(CollectionRefused, match=r"manifest.json: unreadable .*mmedpo verify --repair"):

@@ -111,7 +111,7 @@ class ArtifactStore:
             return cached
         final = self.directory(stage, key)
         tmp = temp_folder(final.parent, key)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         work: dict[str, float] = {}
         rows: set[str] = set()
         token, rows_token = BUILD_WORK.set(work), BUILD_ROWS.set(rows)
@@ -132,6 +132,7 @@ class ArtifactStore:
                 index=file_index(tmp) | blob_index(tmp),
                 created=datetime.now(UTC).isoformat(timespec="microseconds"),
                 seconds=round(time.perf_counter() - started, 3),
+                cpu_seconds=round(time.process_time() - cpu_started, 3),
                 run=current_run(),
                 work=work,
                 item_rows=sorted(rows),

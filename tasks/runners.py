@@ -35,9 +35,10 @@ def shard_task(store_root: str, stage: str, index: int, items: list[Item], compu
 class PrefectShards:
     """Runs a build's shards as Prefect task runs on a started task runner."""
 
-    def __init__(self, runner: TaskRunner, shard_size: int):
+    def __init__(self, runner: TaskRunner, shard_size: int, max_shards: int):
         self.runner = runner
         self.shard_size = shard_size
+        self.max_shards = max_shards
 
     def run(self, job: ShardJob) -> dict[str, float]:
         progress = ui.Progress(job.stage, job.total)
@@ -110,7 +111,7 @@ def make_task_runner(config: RunnerConfig) -> TaskRunner:
 def shard_runner(config: RunnerConfig) -> Iterator[Any]:
     """Stages built inside this block run their shards as Prefect tasks on ``config``'s runner."""
     with make_task_runner(config) as runner:
-        token = SHARDS.set(PrefectShards(runner, config.shard_size))
+        token = SHARDS.set(PrefectShards(runner, config.shard_size, config.max_shards))
         try:
             yield runner
         finally:

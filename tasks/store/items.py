@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import counters, progress
-from tasks.store.files import temp_folder
+from tasks.store.files import temp_folders
 from tasks.store.keys import content_hash, file_digest
 from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, write_rows
 
@@ -78,7 +78,7 @@ def compute_items(
     if not items:
         return {}
     scratch = Path(store_root) / stage / ITEMS / ".tmp"
-    folders = [temp_folder(scratch, item.key) for item in items]
+    folders = temp_folders(scratch, [item.key for item in items])
     try:
         rows, counts = compute([item.payload for item in items], folders)
         rows = list(rows)
@@ -113,6 +113,7 @@ class InlineShards:
     """Shards one after another in this process: plain function calls, tests, the CLI without a flow."""
 
     shard_size = 64
+    max_shards = 128
 
     def run(self, job: ShardJob) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -127,6 +128,13 @@ SHARDS: ContextVar[Any] = ContextVar("mmedpo_shards", default=InlineShards())  #
 # and the rows files its items came from (its manifest's ``item_rows``).
 BUILD_WORK: ContextVar[dict[str, float] | None] = ContextVar("mmedpo_build_work", default=None)
 BUILD_ROWS: ContextVar[set[str] | None] = ContextVar("mmedpo_build_rows", default=None)
+
+
+def shard_size(missing: int, smallest: int, most_shards: int) -> int:
+    """Items per shard of a build: ``smallest``, or more where that would make more than
+    ``most_shards`` shards. Each shard costs a task run (API calls, events, a future): a fixed
+    shard size would make that cost grow with the build, a capped count keeps it flat."""
+    return max(1, smallest, -(-missing // max(1, most_shards)))
 
 
 class StageItems:
@@ -154,7 +162,7 @@ class StageItems:
         index = read_index(self.root, self.stage, origins)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
-        size = max(1, int(runner.shard_size))
+        size = shard_size(len(missing), runner.shard_size, runner.max_shards)
         job = ShardJob(
             store_root=str(self.root),
             stage=self.stage,

@@ -116,6 +116,51 @@ def test_rows_do_not_depend_on_the_shard_size(tmp_path, shard_size):
     assert outputs(manifest) == [str(2 * i) for i in range(7)]
 
 
+def test_a_large_build_gets_larger_shards_not_more_of_them(tmp_path):
+    calls: list = []
+    shards: list[int] = []
+
+    def counting(payloads, folders):
+        shards.append(len(payloads))
+        return doubler(calls)(payloads, folders)
+
+    class Capped(InlineShards):
+        shard_size, max_shards = 2, 4
+
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(21)]
+    token = SHARDS.set(Capped())
+    try:
+        rows = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], counting)
+        few = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in more(3)], counting)
+    finally:
+        SHARDS.reset(token)
+    assert shards == [6, 6, 6, 3, 2, 1]  # 21 items: 4 shards of 6 at most; 3 new items: shards of the smallest size
+    assert calls == [f"r{i}" for i in range(21)] + ["n0", "n1", "n2"]
+    assert [row["id"] for row in rows] == [f"r{i}" for i in range(21)] and len(few) == 3
+
+
+def more(n: int) -> list[dict]:
+    return [{"id": f"n{i}", "x": i} for i in range(n)]
+
+
+def test_a_shard_sweeps_its_scratch_folder_once_not_once_per_item(tmp_path, monkeypatch):
+    from tasks.store import files
+
+    sweeps: list[Path] = []
+    monkeypatch.setattr(files, "sweep_abandoned", sweeps.append)
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(10)]
+    token = SHARDS.set(type("Five", (InlineShards,), {"shard_size": 5})())
+    try:
+        items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], doubler([]))
+    finally:
+        SHARDS.reset(token)
+    assert sweeps == [tmp_path / "double" / ".items" / ".tmp"] * 2
+
+
 def write_previous_layout(root: Path, stage: str, key: str, row: dict, files: dict[str, bytes]) -> Path:
     """An item as the previous layout stored it: ``<stage>/.items/<2>/<key>/row.json`` beside its files."""
     folder = root / stage / ".items" / key[:2] / key

@@ -178,8 +178,8 @@ class StageItems:
                 counters.merge(self.counts, runner.run(job))
             finally:
                 progress.finish(self.stage)
-            origins.clear()
-            index = read_index(self.root, self.stage, origins)
+            # Rows files are named by their keys and never change: only the shards' new ones are read.
+            index.update(read_index(self.root, self.stage, origins, known=set(origins.values())))
         work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})

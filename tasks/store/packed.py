@@ -77,21 +77,29 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
 
 
 def read_index(
-    root: str | os.PathLike[str], stage: str, origins: dict[str, str] | None = None
+    root: str | os.PathLike[str], stage: str, origins: dict[str, str] | None = None, known: Set[str] = frozenset()
 ) -> dict[str, dict[str, Any]]:
     """Every packed row of ``stage`` by item key (and into ``origins``, when given, the name of the
-    rows file each comes from). A rows file that cannot be read whole (not Parquet, another
+    rows file each comes from), less the rows files named in ``known`` (read before: a build
+    reads only what its shards added). A rows file that cannot be read whole (not Parquet, another
     schema, a row that is no JSON object) is skipped with a warning, and so is a row naming a blob
     that is gone or damaged: their items are computed again, never half-read."""
     index: dict[str, dict[str, Any]] = {}
+    # Rows share blobs (one noised image for every question on it): each is checked once a read.
+    problems: dict[str, str | None] = {}
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
+        if path.name in known:
+            continue
         try:
             rows = read_rows(path)
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
             continue
         for key, row in rows:
-            damaged = [name for name in blobs_named(row) if blob_problem(root, name)]
+            for name in blobs_named(row):
+                if name not in problems:
+                    problems[name] = blob_problem(root, name)
+            damaged = [name for name in blobs_named(row) if problems[name]]
             if damaged:
                 log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
             else:

@@ -161,6 +161,30 @@ def test_a_shard_sweeps_its_scratch_folder_once_not_once_per_item(tmp_path, monk
     assert sweeps == [tmp_path / "double" / ".items" / ".tmp"] * 2
 
 
+def test_a_build_reads_each_rows_file_once_and_checks_a_shared_blob_once(tmp_path, monkeypatch):
+    from tasks.store import packed
+
+    def same_file(payloads, folders):
+        for folder in folders:
+            (folder / "m.txt").write_text("one mask for every question on the image")
+        return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
+
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(6)]
+    items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
+    reads, checks = [], []
+    read_rows, blob_problem = packed.read_rows, packed.blob_problem
+    monkeypatch.setattr(packed, "read_rows", lambda path: reads.append(path.name) or read_rows(path))
+    monkeypatch.setattr(packed, "blob_problem", lambda root, name: checks.append(name) or blob_problem(root, name))
+    grown = records + [{"id": "r9", "x": 9}]
+    rows = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in grown], same_file)
+    assert len(reads) == len(set(reads)) == 2  # the first build's rows file, then only the new shard's
+    # Once by the read before the shard, once storing the new item's file, once reading its new row.
+    assert len(checks) == 3 and len(set(checks)) == 1
+    assert [row["id"] for row in rows] == [r["id"] for r in grown] and len({row["path"] for row in rows}) == 1
+
+
 def write_previous_layout(root: Path, stage: str, key: str, row: dict, files: dict[str, bytes]) -> Path:
     """An item as the previous layout stored it: ``<stage>/.items/<2>/<key>/row.json`` beside its files."""
     folder = root / stage / ".items" / key[:2] / key

@@ -170,6 +170,7 @@ def child(samples: int, per_image: int, size: int) -> dict:
                 result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if label == "plus10":
                 result["plus10_noise_work"] = manifests["noise"].work
+                result["plus10_stage_cpu"] = {stage: manifests[stage].cpu_seconds or 0.0 for stage in STAGES}
         result["walls"], result["cpus"] = walls, cpus
         result["load"].append(os.getloadavg()[0])
     return result
@@ -220,6 +221,15 @@ def report(results: list[dict], per_image: int, size: int) -> None:
         "\n+10% re-run, noise items computed / reused: "
         + ", ".join(
             f"{r['plus10_noise_work'].get('computed', 0):g}/{r['plus10_noise_work'].get('reused', 0):g}"
+            for r in results
+        )
+    )
+
+    print(
+        "+10% re-run, CPU s by stage (first run's in brackets): "
+        + "; ".join(
+            f"{r['samples']:,}: "
+            + ", ".join(f"{stage} {r['plus10_stage_cpu'][stage]:.2f} ({r['stage_cpu'][stage]:.2f})" for stage in STAGES)
             for r in results
         )
     )

@@ -11,7 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,18 +26,11 @@ os.umask(UMASK)
 
 def temp_folder(parent: Path, key: str) -> Path:
     """A fresh temporary folder in ``parent`` (swept first of folders dead processes left)."""
-    return temp_folders(parent, [key])[0]
-
-
-def temp_folders(parent: Path, keys: Sequence[str]) -> list[Path]:
-    """A fresh temporary folder in ``parent`` per key. ``parent`` is swept once, not once per
-    folder: a sweep lists every folder there, so a shard's items would cost its size squared."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep_abandoned(parent)
-    folders = [Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{key}-{OWNER}-", dir=parent)) for key in keys]
-    for folder in folders:
-        folder.chmod(0o777 & ~UMASK)
-    return folders
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{key}-{OWNER}-", dir=parent))
+    folder.chmod(0o777 & ~UMASK)
+    return folder
 
 
 def sweep_abandoned(folder: Path) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks import counters, progress
-from tasks.store.files import temp_folders
-from tasks.store.keys import content_hash, file_digest
+from tasks.store.files import temp_folder
+from tasks.store.keys import file_digest, hashed
 from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, write_rows
 
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
@@ -77,9 +77,13 @@ def compute_items(
     """
     if not items:
         return {}
-    scratch = Path(store_root) / stage / ITEMS / ".tmp"
-    folders = temp_folders(scratch, [item.key for item in items])
+    # One scratch folder a shard, an item folder in it each: the scratch folder is swept (listed)
+    # once, and the items' folders are plain mkdirs, one removal for all of them.
+    shard = temp_folder(Path(store_root) / stage / ITEMS / ".tmp", items[0].key)
+    folders = [shard / str(i) for i in range(len(items))]
     try:
+        for folder in folders:
+            folder.mkdir()
         rows, counts = compute([item.payload for item in items], folders)
         rows = list(rows)
         progress.shard_done(stage, len(rows))
@@ -91,8 +95,7 @@ def compute_items(
             raise StageFailed(f"{stage}: {exc}") from None
         write_rows(store_root, stage, packed)
     finally:
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(shard, ignore_errors=True)
     return dict(counts)
 
 
@@ -145,10 +148,11 @@ class StageItems:
         self.stage = stage
         self.code = code
         self.identity = identity  # what every item of this build shares (ArtifactStore.items)
+        self._shared = hashed("item", stage, code, identity)
         self.counts: dict[str, float] = {}  # the compute function's counters, summed over shards
 
     def item(self, content: Any, payload: Any) -> Item:
-        key = content_hash("item", self.stage, self.code, self.identity, content, length=ITEM_KEY_LENGTH)
+        key = hashed(content, start=self._shared).hexdigest()[:ITEM_KEY_LENGTH]
         return Item(key, payload)
 
     def build(

@@ -248,3 +248,15 @@ def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
     again = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v2", calls)
     assert calls == ["r1", "r2", "r1"] and again.work == {"computed": 1, "reused": 1}
     assert outputs(again) == ["2", "4"]
+
+
+def test_item_keys_are_the_content_hash_of_stage_code_identity_and_content(tmp_path):
+    """Keys made from a stage's shared prefix equal the full hash: stores written before still match."""
+    from tasks.store.keys import content_hash
+
+    items = ArtifactStore(tmp_path).items("double", "c1", Options(k=3))
+    content = {"id": "r1", "x": [1, 2], "text": "é"}
+    assert items.item(content, None).key == content_hash(
+        "item", "double", "c1", items.identity, content, length=len(items.item(content, None).key)
+    )
+    assert items.item(content, None).key != items.item({**content, "x": [2, 1]}, None).key

@@ -21,16 +21,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
 from tasks import counters, ui
 from tasks.config import RunnerConfig
 from tasks.store import SHARDS, Compute, Item, ShardJob, compute_items
 
 
+class Unwalked:
+    """A shard's items as one object that Prefect does not walk looking for futures, as it walks
+    lists and dataclasses: every payload, twice a task run (a tenth of a re-run's CPU). Prefect's
+    own quote() does this on threads but reaches Dask workers as a bare tuple."""
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+
 @task(name="shard", task_run_name="{stage}-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
-def shard_task(store_root: str, stage: str, index: int, items: list[Item], compute: Compute) -> dict[str, float]:
-    return compute_items(store_root, stage, items, compute)
+def shard_task(store_root: str, stage: str, index: int, items: Unwalked, compute: Compute) -> dict[str, float]:
+    return compute_items(store_root, stage, items.items, compute)
 
 
 class PrefectShards:
@@ -46,8 +54,6 @@ class PrefectShards:
         if job.reused:
             progress.advance(job.reused)
         shard = shard_task.with_options(tags=set(job.tags)) if job.tags else shard_task
-        # quote(): Prefect would otherwise walk every item's payload twice per task run, looking
-        # for futures in it (a tenth of a re-run's CPU); shards get the values unwrapped.
         futures = {
             self.runner.submit(
                 shard,
@@ -55,8 +61,8 @@ class PrefectShards:
                     "store_root": job.store_root,
                     "stage": job.stage,
                     "index": i,
-                    "items": quote(items),
-                    "compute": quote(job.compute),
+                    "items": Unwalked(items),
+                    "compute": job.compute,
                 },
             ): len(items)
             for i, items in enumerate(job.shards)

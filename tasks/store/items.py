@@ -163,7 +163,8 @@ class StageItems:
         lines in the terminal count ``unit`` (tasks.progress)."""
         refuse_old_layout(self.root, self.stage)
         origins: dict[str, str] = {}
-        index = read_index(self.root, self.stage, origins)
+        wanted = {item.key for item in items}
+        index = read_index(self.root, self.stage, origins, wanted=wanted)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
         size = shard_size(len(missing), runner.shard_size, runner.max_shards)
@@ -183,7 +184,7 @@ class StageItems:
             finally:
                 progress.finish(self.stage)
             # Rows files are named by their keys and never change: only the shards' new ones are read.
-            index.update(read_index(self.root, self.stage, origins, known=set(origins.values())))
+            index.update(read_index(self.root, self.stage, origins, known=set(origins.values()), wanted=wanted))
         work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
@@ -192,5 +193,12 @@ class StageItems:
         absent = sorted({item.key for item in items if item.key not in index})
         if absent:
             raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")
-        # Items several samples share (one noised image for every question on it) share a row.
-        return [dict(index[item.key]) for item in items]
+        # Items several samples share (one noised image for every question on it) share a row: each
+        # sample gets a dict of its own, the first one the index's (a copy of every row doubled the
+        # build's peak memory).
+        rows, taken = [], set()
+        for item in items:
+            row = index[item.key]
+            rows.append(dict(row) if item.key in taken else row)
+            taken.add(item.key)
+        return rows

@@ -98,14 +98,17 @@ class ArtifactStore:
         inputs: Mapping[str, Keyed],
         build: Callable[[Path], Mapping[str, float]],
         volatile: Sequence[str] = (),
+        keyed: tuple[str, dict[str, Keyed]] | None = None,
     ) -> Manifest:
         """Return the stored artifact for this key, or build it into a temp dir and publish it.
 
         ``build(out_dir)`` writes the stage's files and returns its counters. ``volatile``:
         patterns of files that say how a build went rather than what it made (logs with
-        timings), left out of the artifact's digest.
+        timings), left out of the artifact's digest. ``keyed``: what ``key`` returned for these
+        arguments, when the caller needed the key first (hashing a data root again costs a stat
+        and a lookup per file).
         """
-        key, inputs = self.key(stage, code, config, inputs)
+        key, inputs = keyed or self.key(stage, code, config, inputs)
         cached = self.get(stage, key)
         if cached is not None:
             return cached

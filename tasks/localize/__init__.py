@@ -50,7 +50,11 @@ def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: Ar
     # Samples with one localizer input (every question on an image, for the image's sources) share
     # one item: one computation, one row and one mask, each row re-labelled with its own sample.
     rows = items.build(out, work, compute)
-    by_id = {s["sample_id"]: {**row, "sample_id": s["sample_id"]} for s, row in zip(order, rows)}
+    del work
+    # build hands each sample a row of its own: relabelled in place, not copied again.
+    for sample, row in zip(order, rows):
+        row["sample_id"] = sample["sample_id"]
+    by_id = {row["sample_id"]: row for row in rows}
     records = [by_id[s["sample_id"]] for s in samples]
     catalog.write(out, REGIONS, records)
     return region_counts(records, [s["dataset"] for s in samples])

@@ -80,11 +80,11 @@ def build_noised(
             content["sample_id"] = sample_id
         seed = sample_seed(sample_id if per_sample else f"sha256:{sample['image_sha256']}", config.seed)
         work.append(items.item(content, (region, sample, str(region_dir), seed)))
-    # Samples that share an item share its row and its one image: each row is re-labelled with its own sample.
-    records = [
-        {**row, "sample_id": region["sample_id"]}
-        for row, region in zip(items.build(out, work, partial(noise_items, resolved(config))), regions)
-    ]
+    # Samples that share an item share its one image; build hands each its own row, re-labelled in place.
+    records = items.build(out, work, partial(noise_items, resolved(config)))
+    del work
+    for row, region in zip(records, regions):
+        row["sample_id"] = region["sample_id"]
     catalog.write(out, NOISED, records)
     counts = Counters()
     counts.add("samples", "seen", n=len(records))

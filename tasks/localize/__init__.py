@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 
 from tasks import catalog, ui
@@ -182,12 +184,17 @@ def region_rows(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def region_grid(ingest: Manifest, localize_manifest: Manifest, limit: int = GRID_SAMPLES) -> bytes | None:
     """original | mask for the first ``limit`` samples that got a region."""
-    samples = {r["sample_id"]: r for r in catalog.rows(ingest, SAMPLES)}
-    chosen = [r for r in catalog.rows(localize_manifest, REGIONS) if r["status"] == "ok"][:limit]
+    # Only the shown samples become Python rows: every sample's row cost memory that grew with the run.
+    regions = catalog.read(localize_manifest, REGIONS, ["sample_id", "status", "mask_path"])
+    chosen = regions.filter(pc.equal(regions.column("status"), "ok")).slice(0, limit).to_pylist()
     if not chosen:
         return None
+    samples = catalog.read(ingest, SAMPLES, ["sample_id", "image_path"])
+    shown = pa.array([r["sample_id"] for r in chosen], pa.string())
+    found = samples.filter(pc.is_in(samples.column("sample_id"), value_set=shown))
+    images = dict(zip(found.column("sample_id").to_pylist(), found.column("image_path").to_pylist()))
     folder = Path(localize_manifest.path)
-    rows = [[load_array(samples[r["sample_id"]]["image_path"]), load_array(folder / r["mask_path"])] for r in chosen]
+    rows = [[load_array(images[r["sample_id"]]), load_array(folder / r["mask_path"])] for r in chosen]
     return ui.image_grid_png(rows, ["original", "mask"], [r["sample_id"] for r in chosen])
 
 
@@ -197,7 +204,8 @@ def localize_task(store_root: str, config: LocalizeConfig, ingest: Manifest) -> 
     ui.manifest_markdown(manifest)
     alert(STAGE, coverage_alerts(manifest))
     sources = "+".join(config.default_chain)
-    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS)), f"{sources} regions per sample")
+    shown = ["sample_id", "status", "reason", "area_fraction", "confidence"]
+    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS, shown)), f"{sources} regions per sample")
     grid = region_grid(ingest, manifest)
     if grid is not None:
         ui.image(f"{STAGE}-grid", grid, f"first {GRID_SAMPLES} regions (original | mask)")

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import task
 
 from tasks import catalog, ui
@@ -184,15 +182,10 @@ def region_rows(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def region_grid(ingest: Manifest, localize_manifest: Manifest, limit: int = GRID_SAMPLES) -> bytes | None:
     """original | mask for the first ``limit`` samples that got a region."""
-    # Only the shown samples become Python rows: every sample's row cost memory that grew with the run.
-    regions = catalog.read(localize_manifest, REGIONS, ["sample_id", "status", "mask_path"])
-    chosen = regions.filter(pc.equal(regions.column("status"), "ok")).slice(0, limit).to_pylist()
+    chosen = catalog.first_ok(localize_manifest, REGIONS, ["sample_id", "mask_path"], limit)
     if not chosen:
         return None
-    samples = catalog.read(ingest, SAMPLES, ["sample_id", "image_path"])
-    shown = pa.array([r["sample_id"] for r in chosen], pa.string())
-    found = samples.filter(pc.is_in(samples.column("sample_id"), value_set=shown))
-    images = dict(zip(found.column("sample_id").to_pylist(), found.column("image_path").to_pylist()))
+    images = catalog.values_of(ingest, SAMPLES, [r["sample_id"] for r in chosen], "image_path")
     folder = Path(localize_manifest.path)
     rows = [[load_array(images[r["sample_id"]]), load_array(folder / r["mask_path"])] for r in chosen]
     return ui.image_grid_png(rows, ["original", "mask"], [r["sample_id"] for r in chosen])

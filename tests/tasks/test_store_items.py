@@ -164,15 +164,7 @@ def test_a_shard_sweeps_its_scratch_folder_once_not_once_per_item(tmp_path, monk
 def test_a_build_reads_each_rows_file_once_and_checks_a_shared_blob_once(tmp_path, monkeypatch):
     from tasks.store import packed
 
-    def same_file(payloads, folders):
-        for folder in folders:
-            (folder / "m.txt").write_text("one mask for every question on the image")
-        return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
-
-    store = ArtifactStore(tmp_path)
-    items = store.items("double", "c1", Options())
-    records = [{"id": f"r{i}", "x": i} for i in range(6)]
-    items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
+    items, records = six_items_on_one_file(tmp_path)
     reads, checks = [], []
     read_rows, blob_problem = packed.read_rows, packed.blob_problem
     monkeypatch.setattr(packed, "read_rows", lambda path, wanted: reads.append(path.name) or read_rows(path, wanted))
@@ -263,18 +255,24 @@ def test_item_keys_are_the_content_hash_of_stage_code_identity_and_content(tmp_p
 
 
 def test_a_build_holds_only_its_own_items_rows_and_shared_rows_are_separate_dicts(tmp_path):
-    def same_file(payloads, folders):
-        for folder in folders:
-            (folder / "m.txt").write_text("same")
-        return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
-
-    store = ArtifactStore(tmp_path)
-    items = store.items("double", "c1", Options())
-    records = [{"id": f"r{i}", "x": i} for i in range(6)]
+    items, records = six_items_on_one_file(tmp_path)
     work = [items.item(by_content(r, ("id", "x")), r) for r in records]
-    items.build(tmp_path / "out", work, same_file)
     assert set(read_index(tmp_path, "double", wanted={work[1].key, "absent"})) == {work[1].key}
     # Two samples on one item (one noised image for two questions) each get their own row.
     first, second = items.build(tmp_path / "out", [work[2], work[2]], same_file)
     first["id"] = "changed"
     assert second == {"id": "r2", "path": first["path"]}
+
+
+def same_file(payloads, folders):
+    for folder in folders:
+        (folder / "m.txt").write_text("one mask for every question on the image")
+    return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
+
+
+def six_items_on_one_file(tmp_path):
+    """A built stage of six items whose rows all name one blob."""
+    items = ArtifactStore(tmp_path).items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(6)]
+    items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
+    return items, records

@@ -6,7 +6,10 @@ involved) at each of ``--sizes`` samples, each size in its own process (its own 
 
 - per-stage seconds per sample of the first run: each artifact's build time from its manifest
   (the stage's wall time, its shards included; Prefect's task-run listing is cut off at a few
-  hundred runs, fewer than a 16k run's shards);
+  hundred runs, fewer than a 16k run's shards), and its CPU time (the manifest's
+  ``cpu_seconds``: this process, all threads), which a busy machine does not inflate as it does
+  wall time; the Prefect server's CPU (a child process) over the whole first run on its own row;
+  the load average at the start and end of each size, to read the wall times against;
 - files and bytes in the store and the published sets per sample (a hard link counts as a
   file: what a file system or an object store has to hold), against the input's bytes and the
   noised images' bytes;
@@ -98,6 +101,29 @@ def tree_size(*roots: Path) -> tuple[int, int]:
     return files, sum(inodes.values())
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's child processes (the ephemeral Prefect server), the running
+    ones read from /proc, the finished ones from getrusage."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    mine, grew = {os.getpid()}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in mine} - mine
+        grew, mine = bool(found), mine | found
+    finished = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(times[pid] for pid in mine - {os.getpid()}) + finished.ru_utime + finished.ru_stime
+
+
 def noised_bytes(manifest) -> int:
     from tasks import catalog
 
@@ -124,24 +150,29 @@ def child(samples: int, per_image: int, size: int) -> dict:
             sets=work / "sets",
             ingest=IngestConfig(sources=[SourceConfig(format="jsonl", root=source / "data.jsonl")]),
         )
-        result: dict = {"samples": samples, "input_bytes": tree_size(source)[1]}
-        walls = {}
+        result: dict = {"samples": samples, "input_bytes": tree_size(source)[1], "load": [os.getloadavg()[0]]}
+        walls, cpus = {}, {}
         for label in ("first", "unchanged", "plus10"):
             if label == "plus10":
                 write_source(source, samples + samples // 10, per_image, size, start=samples)
-            started = time.perf_counter()
+            started, cpu_started, server_started = time.perf_counter(), time.process_time(), children_cpu()
             state = curate(config, return_state=True)
             walls[label] = time.perf_counter() - started
+            cpus[label] = time.process_time() - cpu_started
             manifests = state.result()
             if label == "first":
+                result["server_cpu"] = children_cpu() - server_started
                 result["stage_seconds"] = {stage: manifests[stage].seconds for stage in STAGES}
+                result["stage_cpu"] = {stage: manifests[stage].cpu_seconds or 0.0 for stage in STAGES}
                 result["files"], result["bytes"] = tree_size(config.store, config.sets)
                 result["noised_bytes"] = noised_bytes(manifests["noise"])
                 result["pairs"] = manifests["assemble"].counts["pairs.built"]
                 result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if label == "plus10":
                 result["plus10_noise_work"] = manifests["noise"].work
-        result["walls"] = walls
+                result["plus10_stage_cpu"] = {stage: manifests[stage].cpu_seconds or 0.0 for stage in STAGES}
+        result["walls"], result["cpus"] = walls, cpus
+        result["load"].append(os.getloadavg()[0])
     return result
 
 
@@ -168,7 +199,10 @@ def report(results: list[dict], per_image: int, size: int) -> None:
     for stage in STAGES:
         per_sample = [1000 * r["stage_seconds"].get(stage, 0.0) / r["samples"] for r in results]
         line(f"{stage} ms/sample", per_sample, ".3f")
+        line(f"{stage} CPU ms/sample", [1000 * r["stage_cpu"][stage] / r["samples"] for r in results], ".3f")
+    line("Prefect server CPU ms/sample", [1000 * r["server_cpu"] / r["samples"] for r in results], ".3f")
     line("first run wall s", [r["walls"]["first"] for r in results], ".1f", ratio=False)
+    line("first run CPU s (flow process)", [r["cpus"]["first"] for r in results], ".1f", ratio=False)
     line("files / sample (store + sets)", [r["files"] / r["samples"] for r in results], ".3f")
     line("store bytes / input bytes", [r["bytes"] / r["input_bytes"] for r in results], ".3f")
     line(
@@ -179,10 +213,23 @@ def report(results: list[dict], per_image: int, size: int) -> None:
     line("peak RSS MB", [r["rss_mb"] for r in results], ".0f")
     line("unchanged re-run / first", [r["walls"]["unchanged"] / r["walls"]["first"] for r in results], ".1%", False)
     line("+10% re-run / first", [r["walls"]["plus10"] / r["walls"]["first"] for r in results], ".1%", False)
+    line("unchanged re-run / first, CPU", [r["cpus"]["unchanged"] / r["cpus"]["first"] for r in results], ".1%", False)
+    line("+10% re-run / first, CPU", [r["cpus"]["plus10"] / r["cpus"]["first"] for r in results], ".1%", False)
+    loads = [f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}" for r in results]
+    print(f"{'load average, start -> end':<34}" + "".join(f"{cell:>18}" for cell in loads))
     print(
         "\n+10% re-run, noise items computed / reused: "
         + ", ".join(
             f"{r['plus10_noise_work'].get('computed', 0):g}/{r['plus10_noise_work'].get('reused', 0):g}"
+            for r in results
+        )
+    )
+
+    print(
+        "+10% re-run, CPU s by stage (first run's in brackets): "
+        + "; ".join(
+            f"{r['samples']:,}: "
+            + ", ".join(f"{stage} {r['plus10_stage_cpu'][stage]:.2f} ({r['stage_cpu'][stage]:.2f})" for stage in STAGES)
             for r in results
         )
     )

@@ -22,6 +22,7 @@ from flows.evaluate import add_cli as evaluate_cli
 from flows.explain import add_cli as explain_cli
 from flows.iterate import add_cli as iterate_cli
 from flows.sft import add_cli as sft_cli
+from flows.store import add_cli as store_cli
 from flows.train import add_cli as train_cli
 from models.llm import EndpointConfigError
 from tasks.config import ConfigError, IngestConfig, RunConfig, SourceConfig, load_run_config
@@ -30,6 +31,7 @@ from tasks.evaluate import EvaluateError
 from tasks.ingest import READERS, ingest_to_file
 from tasks.ingest.records import IngestError
 from tasks.store import StageFailed
+from tasks.store.gc import CollectionRefused
 from tasks.store.lookup import ArtifactMissing
 from tasks.store.packed import OldStoreLayout
 
@@ -47,6 +49,7 @@ USER_ERRORS = (
     NothingKept,
     OldStoreLayout,
     StageFailed,
+    CollectionRefused,
 )
 
 
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_sets,
         add_config,
         add_models,
-        add_store,
+        store_cli,
         add_verify,
         sft_cli,
         train_cli,
@@ -168,15 +171,6 @@ def add_models(commands: Commands) -> None:
     smollm2.set_defaults(handler=cmd_models_smollm2)
 
 
-def add_store(commands: Commands) -> None:
-    store = commands.add_parser("store", help="maintain an artifact store").add_subparsers(
-        dest="store_command", required=True
-    )
-    migrate = store.add_parser("migrate", help="pack an item cache written by the previous layout (docs/scale.md)")
-    migrate.add_argument("--root", required=True, type=Path, help="the store (run config's `store`)")
-    migrate.set_defaults(handler=cmd_store_migrate)
-
-
 def add_verify(commands: Commands) -> None:
     verify = commands.add_parser("verify", help="check every artifact, item and published set against its manifest")
     verify.add_argument("--config", type=Path, help="run config YAML: its store and sets")
@@ -229,16 +223,6 @@ def cmd_curate(args: argparse.Namespace) -> int:
     manifests = curate(load_run_config(args.config))
     print_manifests(manifests)
     print_alerts(manifests)
-    return 0
-
-
-def cmd_store_migrate(args: argparse.Namespace) -> int:
-    from tasks.store.migrate import migrate
-
-    packed = migrate(args.root)
-    for stage, count in packed.items():
-        print(f"{stage}: {count} items packed")
-    print(f"{args.root}: in the packed layout" + ("" if packed else " already"))
     return 0
 
 

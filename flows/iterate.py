@@ -30,7 +30,7 @@ from flows.train import train_on_gpu_pool
 from models.training import ADAPTER
 from tasks import ui
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
-from tasks.config.iterate import check_iterate
+from tasks.config.iterate import check_iterate, check_round_endpoint
 from tasks.evaluate import load_metrics
 from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.rounds import chain, chain_markdown
@@ -61,6 +61,7 @@ def iterate(config: RunConfig, rounds: int | None = None) -> IterateResult:
     policy: Manifest | None = None
     for number in range(1, count + 1):
         settings = round_config(config, number, policy)
+        check_round_endpoint(settings, number)
         curated = curate(settings, policy)
         sets = [curated["assemble"]]
         if config.iterate.train_from == "base":
@@ -83,7 +84,13 @@ def round_config(config: RunConfig, number: int, policy: Manifest | None) -> Run
         size = plan.samples_per_round
         window = SampleWindow(splits=list(plan.splits), start=(number - 1) * size, count=size, seed=plan.seed)
     adapter = Path(policy.path) / ADAPTER if policy is not None else None
-    target = config.hallucinate.target.model_copy(update={"adapter": adapter})
+    sampled: dict[str, Any] = {"adapter": adapter}
+    endpoint = config.hallucinate.target.endpoint
+    if endpoint is not None and policy is not None:
+        # The server holds the model: round r's adapter by the name it is served under (check_iterate: one is set).
+        model = str(plan.endpoint_model).format(round=number - 1)
+        sampled["endpoint"] = endpoint.model_copy(update={"model": model})
+    target = config.hallucinate.target.model_copy(update=sampled)
     hallucinate = config.hallucinate.model_copy(
         update={"splits": list(plan.splits), "window": window, "target": target}
     )

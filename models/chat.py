@@ -77,6 +77,25 @@ def top_logprobs(choice: Any, positions: int = 3) -> TopLogprobs | None:
     return tuple(found) if any(found) else None
 
 
+def stored_tops(value: Any) -> TopLogprobs | None:
+    """Top log-probabilities as the response cache stores them (JSON lists) -> tuples."""
+    if not value:
+        return None
+    return tuple(tuple((str(token), float(logprob)) for token, logprob in position) for position in value)
+
+
+def reply_texts(completion: Any) -> tuple[str, str | None, TopLogprobs | None, tuple[str, ...]]:
+    """A completion's first text, finish reason and top log-probabilities, and every choice's text;
+    ValueError when it has no text (a malformed reply)."""
+    choices = getattr(completion, "choices", None)
+    if not choices:
+        raise ValueError("no choices in the reply")
+    texts = tuple(getattr(getattr(choice, "message", None), "content", None) for choice in choices)
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError("reply has no text content")
+    return texts[0], getattr(choices[0], "finish_reason", None), top_logprobs(choices[0]), texts
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None

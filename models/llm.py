@@ -2,10 +2,9 @@
 
 What every caller of an LLM in this project needs, in one place:
 
-- bounded concurrency (``max_concurrency`` requests in flight) and a client-side
-  requests-per-minute limit, so a large curation run neither floods a local server nor
-  trips a provider's rate limiter; both hold for the whole worker process: every client of
-  one endpoint (one per shard) draws on the same limits (models/llm_limits.py);
+- one HTTP client per worker process and endpoint (models/llm_hub.py) with bounded concurrency
+  (``max_concurrency``) and a requests-per-minute limit for all shards of a run together (an
+  ``LLMClient`` is a shard's handle on them, with its own cache and counters);
 - retries with exponential backoff on 429, 5xx, timeouts, connection errors and malformed
   response bodies (a ``Retry-After`` header wins; one longer than ``max_backoff_s`` ends the
   retries at once: a provider rate-limiting for minutes would otherwise hold every sample for
@@ -25,13 +24,8 @@ What every caller of an LLM in this project needs, in one place:
   the config and lives only inside the HTTP client: never in reprs, logs or errors (an error
   body that echoes it back is redacted before it becomes an ``LLMError``).
 
-Usage::
-
-    async with LLMClient(endpoint, cache_dir) as llm:
-        reply = await llm.chat([system("..."), user("...")], temperature=0.0, max_tokens=256)
-        reply.text, reply.cached
-
-or, from synchronous code, ``run_with_client(endpoint, cache_dir, async_fn)``.
+Usage: ``async with LLMClient(endpoint, cache_dir) as llm: reply = await llm.chat([system("..."),
+user("...")])`` (``reply.text``, ``reply.cached``), or ``run_with_client(endpoint, cache_dir, async_fn)``.
 """
 
 from __future__ import annotations
@@ -56,14 +50,15 @@ from models.chat import (  # noqa: F401 - data_url, parse_json_reply, system and
     data_url,
     has_images,
     parse_json_reply,
+    reply_texts,
     retry_after_seconds,
     shorten,
+    stored_tops,
     system,
-    top_logprobs,
     user,
 )
 from models.llm_cache import ResponseCache
-from models.llm_limits import limits_for
+from models.llm_hub import hub
 from models.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
@@ -139,13 +134,19 @@ class RequestRefused(LLMError):
 
 
 class LLMClient:
-    def __init__(self, endpoint: EndpointSettings, cache_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self, endpoint: EndpointSettings, cache_dir: str | os.PathLike[str] | None = None, served: str | None = None
+    ):
+        """``served``: what the endpoint's model name stands for, when the name alone does not say it
+        (a LoRA module name registered anew each round): part of every cache key."""
         self.endpoint = endpoint
+        self.served = served
         self._api_key = resolve_api_key(endpoint)
         self._cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self._limits = limits_for(endpoint)
+        self._hub = hub()
+        self._limits = self._hub.limits(endpoint)
         self.refused = self._limits.refused  # optional fields the endpoint refused or ignored: never sent again
-        self._client: openai.AsyncOpenAI | None = None
+        self.http: openai.AsyncOpenAI | None = None  # the process's client of this endpoint, once entered
         self._own_servers: serve.ServerPool | None = None
         # What identifies the endpoint in the response cache: its URL, or for a served model the
         # folder's content digest (the port and the path change from run to run, the model does not).
@@ -158,13 +159,7 @@ class LLMClient:
     async def __aenter__(self) -> LLMClient:
         if self.endpoint.serve is not None:
             await asyncio.to_thread(self._use_served_model)
-        # Our own retry loop owns retries and timeouts, so the SDK's are off.
-        self._client = openai.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=self.endpoint.base_url,
-            timeout=self.endpoint.timeout_s,
-            max_retries=0,
-        )
+        self.http = self._hub.http(self.endpoint.base_url, self._api_key)
         return self
 
     def _use_served_model(self) -> None:
@@ -176,14 +171,12 @@ class LLMClient:
             pool = self._own_servers = serve.ServerPool()
         served = pool.served(self.endpoint.serve)
         self.endpoint = self.endpoint.model_copy(update={"base_url": served.base_url, "model": served.model})
-        self._limits = limits_for(self.endpoint)
+        self._limits = self._hub.limits(self.endpoint)
         self.refused = self._limits.refused
         self._cache_scope = ("served", served.digest)
 
     async def __aexit__(self, *exc: Any) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        self.http = None  # shared with the process's other shards: the hub closes it at exit
         if self._cache is not None:
             self._cache.close()
         if self._own_servers is not None:
@@ -197,7 +190,8 @@ class LLMClient:
     def request_key(self, request: Mapping[str, Any]) -> str:
         if self.endpoint.serve is not None:
             request = {**request, "model": "served"}  # the folder path: named by _cache_scope's digest
-        body = json.dumps([self._cache_scope, request], sort_keys=True, separators=(",", ":"), default=str)
+        scope = self._cache_scope if self.served is None else [self._cache_scope, self.served]
+        body = json.dumps([scope, request], sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(body.encode()).hexdigest()
 
     async def chat(
@@ -219,7 +213,7 @@ class LLMClient:
         gives none). Either is dropped for good once the endpoint refuses or ignores it. ``n``: that
         many choices (``ChatReply.choices``), or fewer (``transformers serve`` gives one).
         """
-        if self._client is None:
+        if self.http is None:
             raise RuntimeError("LLMClient must be used as 'async with LLMClient(...) as client'")
         if has_images(messages) and not self.endpoint.images_allowed:
             raise LLMError(
@@ -247,10 +241,10 @@ class LLMClient:
         key = self.request_key(request)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             self.counts["cache_hits"] += 1
-            tops = hit.get("top_logprobs")
+            tops = stored_tops(hit.get("top_logprobs"))
             choices = tuple(hit.get("choices") or (hit["text"],))
             reason = hit.get("finish_reason")
-            return ChatReply(hit["text"], reason, cached=True, attempts=0, top_logprobs=_tops(tops), choices=choices)
+            return ChatReply(hit["text"], reason, cached=True, attempts=0, top_logprobs=tops, choices=choices)
         try:
             text, finish_reason, tops, attempts, choices = await self._negotiate(request)
         except LLMError as exc:
@@ -303,16 +297,21 @@ class LLMClient:
         return {k: v for k, v in request.items() if k not in drop} if drop else request
 
     async def _send(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
-        assert self._client is not None
+        """Send on the hub's loop, where the shared client and limits live. ``counts`` is written from
+        both threads, each key by one of them (requests and retries there, the rest here)."""
+        return await self._hub.run(self._attempts(request))
+
+    async def _attempts(self, request: dict[str, Any]) -> tuple[str, str | None, TopLogprobs | None, int, Choices]:
+        assert self.http is not None
         last: LLMError | None = None
         for attempt in range(self.endpoint.max_retries + 1):
             retry_after: float | None = None
-            async with self._limits.slots.held():
+            async with self._limits.slots:
                 await self._limits.rate.wait()
                 self.counts["requests"] += 1
                 try:
-                    completion = await self._client.chat.completions.create(**request)
-                    text, finish_reason, tops, choices = _reply_text(completion)
+                    completion = await self.http.chat.completions.create(**request, timeout=self.endpoint.timeout_s)
+                    text, finish_reason, tops, choices = reply_texts(completion)
                     return text, finish_reason, tops, attempt + 1, choices
                 except openai.APITimeoutError:
                     last = LLMError("timeout", f"no reply within {self.endpoint.timeout_s:g} s")
@@ -355,30 +354,31 @@ def _has(request: Mapping[str, Any], group: str) -> bool:
     return any(name in request for name in OPTIONAL_FIELDS[group])
 
 
-def _tops(value: Any) -> TopLogprobs | None:
-    """Top log-probabilities as the cache stores them (JSON lists) -> tuples."""
-    if not value:
-        return None
-    return tuple(tuple((str(token), float(logprob)) for token, logprob in position) for position in value)
+def served_models(endpoint: EndpointSettings) -> list[str]:
+    """The model names the endpoint serves (``GET /models``; vLLM lists its LoRA modules there);
+    LLMError when it does not answer."""
+    shared = hub()
+    http = shared.http(endpoint.base_url, resolve_api_key(endpoint))
 
+    async def names() -> list[str]:
+        return [model.id for model in (await http.models.list(timeout=endpoint.timeout_s)).data]
 
-def _reply_text(completion: Any) -> tuple[str, str | None, TopLogprobs | None, Choices]:
-    choices = getattr(completion, "choices", None)
-    if not choices:
-        raise LLMError("malformed_response", "no choices in the reply")
-    texts = tuple(getattr(getattr(choice, "message", None), "content", None) for choice in choices)
-    if not all(isinstance(text, str) for text in texts):
-        raise LLMError("malformed_response", "reply has no text content")
-    return texts[0], getattr(choices[0], "finish_reason", None), top_logprobs(choices[0]), texts
+    try:
+        return shared.wait(names())
+    except openai.OpenAIError as exc:
+        raise LLMError("models_unlisted", f"{endpoint.base_url}/models: {type(exc).__name__}") from None
 
 
 def run_with_client(
-    endpoint: EndpointSettings, cache_dir: str | os.PathLike[str] | None, work: Callable[[LLMClient], Awaitable[T]]
+    endpoint: EndpointSettings,
+    cache_dir: str | os.PathLike[str] | None,
+    work: Callable[[LLMClient], Awaitable[T]],
+    served: str | None = None,
 ) -> T:
     """Run ``await work(client)`` from synchronous code (stages are synchronous functions)."""
 
     async def main() -> T:
-        async with LLMClient(endpoint, cache_dir) as client:
+        async with LLMClient(endpoint, cache_dir, served) as client:
             return await work(client)
 
     return run_sync(main)

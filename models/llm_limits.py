@@ -1,12 +1,10 @@
-"""Run-wide limits of an endpoint, shared by every client of it in this worker process.
+"""Run-wide limits of an endpoint: requests in flight, the request rate, a server's Retry-After
+pause, and the optional fields it refused.
 
-Shards of a stage run in threads, each with its own event loop and its own ``LLMClient``; a
-limit held by one client would be a limit per shard (eight shards at ``max_concurrency: 8``
-put 64 requests on a server that asked for 8). So the limits live here, one ``EndpointLimits``
-per process and endpoint: requests in flight, the request rate and a server's Retry-After
-pause, and the optional fields the endpoint refused (learned once, never sent again by any
-shard). Event loops of several threads wait on them, hence thread locks and futures handed
-across loops rather than asyncio primitives, which belong to one loop.
+One ``EndpointLimits`` per worker process and endpoint (models/llm_hub.py holds them): every
+shard's requests run on the hub's one event loop, so the in-flight limit is a plain asyncio
+semaphore of that loop, and a limit held per shard (eight shards at ``max_concurrency: 8`` putting
+64 requests on a server that asked for 8) cannot happen.
 """
 
 from __future__ import annotations
@@ -14,64 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Protocol
-
-
-class Slots:
-    """A semaphore that event loops in different threads can share: ``async with slots.held()``."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._free = size
-        self._lock = threading.Lock()
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
-
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        await self._acquire()
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return
-            waiter = (loop, loop.create_future())
-            self._waiters.append(waiter)
-        try:
-            await waiter[1]
-        except asyncio.CancelledError:
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                    raise
-            # The slot was handed over as the wait was cancelled: hand it on.
-            if waiter[1].done() and not waiter[1].cancelled():
-                self._release()
-            raise
-
-    def _release(self) -> None:
-        with self._lock:
-            while self._waiters:
-                loop, future = self._waiters.popleft()
-                if loop.is_closed():
-                    continue
-                loop.call_soon_threadsafe(self._grant, future)
-                return
-            self._free += 1
-
-    def _grant(self, future: asyncio.Future[None]) -> None:
-        if future.done():  # cancelled while the grant travelled: the slot goes to the next waiter
-            self._release()
-        else:
-            future.set_result(None)
 
 
 class RateLimiter:
@@ -107,21 +48,16 @@ class Limited(Protocol):
 
 
 class EndpointLimits:
+    """Used only on the hub's event loop (the semaphore binds to the loop that first waits on it)."""
+
     def __init__(self, endpoint: Limited):
-        self.slots = Slots(endpoint.max_concurrency)
+        self.slots = asyncio.Semaphore(endpoint.max_concurrency)
         self.rate = RateLimiter(endpoint.rpm)
+        # Written by the shards' threads (a set's add is atomic): a field refused once is never sent again.
         self.refused: set[str] = set()
 
 
-_LIMITS: dict[tuple[str, str, int, float | None], EndpointLimits] = {}
-_LIMITS_LOCK = threading.Lock()
-
-
-def limits_for(endpoint: Limited) -> EndpointLimits:
-    """This process's limits of ``endpoint`` (its URL and model, as resolved for a served one,
-    and the limits it asks for)."""
-    key = (endpoint.base_url, endpoint.model, endpoint.max_concurrency, endpoint.rpm)
-    with _LIMITS_LOCK:
-        if key not in _LIMITS:
-            _LIMITS[key] = EndpointLimits(endpoint)
-        return _LIMITS[key]
+def limits_key(endpoint: Limited) -> tuple[str, str, int, float | None]:
+    """What makes two endpoints' limits one: the URL and model (as resolved for a served one) and
+    the limits asked for."""
+    return (endpoint.base_url, endpoint.model, endpoint.max_concurrency, endpoint.rpm)

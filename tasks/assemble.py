@@ -71,10 +71,12 @@ def assemble(
 def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
     samples = catalog.rows(inputs["ingest"], SAMPLES)
     window = config.window.select(samples) if config.window is not None else None
-    hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS))
-    noised = _by_sample(catalog.rows(inputs["noise"], NOISED))
-    regions = _by_sample(catalog.rows(inputs["localize"], REGIONS))
-    scores = {(r["sample_id"], r["pair_type"]): r for r in catalog.rows(inputs["score"], SCORES)}
+    # Only the columns a pair is made of: the judges' rounds, candidates and fallbacks of every
+    # sample held as Python objects made this stage the run's peak memory.
+    hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS, HALLUCINATION_COLUMNS))
+    noised = _by_sample(catalog.rows(inputs["noise"], NOISED, NOISED_COLUMNS))
+    regions = _by_sample(catalog.rows(inputs["localize"], REGIONS, REGION_COLUMNS))
+    scores = {(r["sample_id"], r["pair_type"]): r for r in catalog.rows(inputs["score"], SCORES, SCORE_COLUMNS)}
     noise_dir = Path(inputs["noise"].path)
 
     leaks = LeakageIndex([s for s in samples if s["split"] in config.test_splits], config.near_duplicate_bits)
@@ -153,6 +155,12 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     rejections = f"{source.sentence()}\n\n{origin_table(pairs, origins)}"
     write_text_atomic(out / "CARD.md", data_card(pairs, dropped, rejections))
     return counts.as_dict()
+
+
+HALLUCINATION_COLUMNS = ("sample_id", "status", "rejected", "error_type", "origin")
+NOISED_COLUMNS = ("sample_id", "status", "mode", "noised_path")
+REGION_COLUMNS = ("sample_id", "status", "reason")
+SCORE_COLUMNS = ("sample_id", "pair_type", "status", "raw_score", "weight")
 
 
 def _by_sample(rows: list[dict]) -> dict[str, dict]:

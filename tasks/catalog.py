@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.store import Manifest, replacing
@@ -318,6 +319,20 @@ def read(manifest: Manifest, artifact: Artifact, columns: Sequence[str] | None =
 
 def rows(manifest: Manifest, artifact: Artifact, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return read(manifest, artifact, columns).to_pylist()
+
+
+def first_ok(manifest: Manifest, artifact: Artifact, columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows with status ok, as Python rows of ``columns`` only (UI grids: the
+    rows of every sample would cost memory that grows with the run)."""
+    data = read(manifest, artifact, ["status", *[c for c in columns if c != "status"]])
+    return data.filter(pc.equal(data.column("status"), "ok")).slice(0, limit).to_pylist()
+
+
+def values_of(manifest: Manifest, artifact: Artifact, ids: Iterable[str], column: str) -> dict[str, Any]:
+    """``column`` of the rows with these sample ids, by sample id."""
+    data = read(manifest, artifact, ["sample_id", column])
+    found = data.filter(pc.is_in(data.column("sample_id"), value_set=pa.array(list(ids), pa.string())))
+    return dict(zip(found.column("sample_id").to_pylist(), found.column(column).to_pylist()))
 
 
 def read_file(path: str | os.PathLike[str], artifact: Artifact, columns: Sequence[str] | None = None) -> pa.Table:

@@ -27,17 +27,27 @@ from tasks.config import RunnerConfig
 from tasks.store import SHARDS, Compute, Item, ShardJob, compute_items
 
 
+class Unwalked:
+    """A shard's items as one object that Prefect does not walk looking for futures, as it walks
+    lists and dataclasses: every payload, twice a task run (a tenth of a re-run's CPU). Prefect's
+    own quote() does this on threads but reaches Dask workers as a bare tuple."""
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+
 @task(name="shard", task_run_name="{stage}-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
-def shard_task(store_root: str, stage: str, index: int, items: list[Item], compute: Compute) -> dict[str, float]:
-    return compute_items(store_root, stage, items, compute)
+def shard_task(store_root: str, stage: str, index: int, items: Unwalked, compute: Compute) -> dict[str, float]:
+    return compute_items(store_root, stage, items.items, compute)
 
 
 class PrefectShards:
     """Runs a build's shards as Prefect task runs on a started task runner."""
 
-    def __init__(self, runner: TaskRunner, shard_size: int):
+    def __init__(self, runner: TaskRunner, shard_size: int, max_shards: int):
         self.runner = runner
         self.shard_size = shard_size
+        self.max_shards = max_shards
 
     def run(self, job: ShardJob) -> dict[str, float]:
         progress = ui.Progress(job.stage, job.total)
@@ -47,7 +57,13 @@ class PrefectShards:
         futures = {
             self.runner.submit(
                 shard,
-                {"store_root": job.store_root, "stage": job.stage, "index": i, "items": items, "compute": job.compute},
+                {
+                    "store_root": job.store_root,
+                    "stage": job.stage,
+                    "index": i,
+                    "items": Unwalked(items),
+                    "compute": job.compute,
+                },
             ): len(items)
             for i, items in enumerate(job.shards)
         }
@@ -110,7 +126,7 @@ def make_task_runner(config: RunnerConfig) -> TaskRunner:
 def shard_runner(config: RunnerConfig) -> Iterator[Any]:
     """Stages built inside this block run their shards as Prefect tasks on ``config``'s runner."""
     with make_task_runner(config) as runner:
-        token = SHARDS.set(PrefectShards(runner, config.shard_size))
+        token = SHARDS.set(PrefectShards(runner, config.shard_size, config.max_shards))
         try:
             yield runner
         finally:

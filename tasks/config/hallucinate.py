@@ -25,7 +25,8 @@ class TargetSamplingConfig(StageConfig):
         default=None,
         description=(
             "A saved peft (LoRA) adapter merged into model_path before sampling (identified by its content): the "
-            "model a round of `mmedpo iterate` trained, so the next round's rejections are on-policy"
+            "model a round of `mmedpo iterate` trained, so the next round's rejections are on-policy. With endpoint: "
+            "the adapter the server serves under endpoint.model (set by iterate), naming it in keys and the cache"
         ),
     )
     selector: Literal["llm", "first"] = Field(
@@ -58,7 +59,7 @@ class TargetSamplingConfig(StageConfig):
             "Sample the target model through an OpenAI-compatible VLM server instead of in-process (vLLM: n answers "
             "per request, LoRA adapters by model name; docs/scale.md): the question with its image, num_samples "
             "answers at temperature and top_p. Needs capabilities.images and, for a non-local server, allow_images. "
-            "model_path and adapter then stay unset: the server holds the model"
+            "model_path then stays unset: the server holds the model"
         ),
     )
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.config.base import ConfigError, StageConfig
 
@@ -41,6 +42,28 @@ class IterateConfig(StageConfig):
         default=["train"], description="Sample splits curated each round (hallucinate.splits and the window's)"
     )
     seed: int = Field(default=0, description="Seed of the shuffled sample order the windows walk through")
+    endpoint_model: str | None = Field(
+        default=None,
+        description=(
+            "With hallucinate.target.endpoint: the model name the server serves round r's adapter under, a "
+            "template with {round} (the round that trained it), e.g. 'mmedpo-r{round}' for `vllm serve ... "
+            "--enable-lora --lora-modules mmedpo-r1=<adapter>` (docs/scale.md). Round 1 samples "
+            "target.endpoint.model (the base model); round r + 1 this name of round r's adapter"
+        ),
+    )
+
+    @field_validator("endpoint_model")
+    @classmethod
+    def _one_name_per_round(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            names = {template.format(round=1), template.format(round=2)}
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{template!r}: only {{round}} may be filled in ({type(exc).__name__}: {exc})") from None
+        if len(names) == 1:
+            raise ValueError(f"{template!r} names one model for every round: put {{round}} in it")
+        return template
 
 
 def check_iterate(config: RunConfig, origin: str = "run config") -> None:
@@ -66,9 +89,49 @@ def check_iterate(config: RunConfig, origin: str = "run config") -> None:
             f"train.model: {train.model} is not hallucinate.target.model_path ({base}): round 1 samples the model "
             "training starts from; leave train.model unset or make them the same"
         )
+    endpoint, template = hallucinate.target.endpoint, config.iterate.endpoint_model
+    if endpoint is not None and template is None:
+        problems.append(
+            "iterate.endpoint_model: unset, but hallucinate.target.endpoint samples the target: rounds after the first "
+            "must sample the previous round's adapter; name it as the server serves it, e.g. 'mmedpo-r{round}' "
+            "(vllm serve ... --enable-lora --lora-modules mmedpo-r1=<adapter>; docs/scale.md)"
+        )
+    if endpoint is None and template is not None:
+        problems.append("iterate.endpoint_model: only for hallucinate.target.endpoint, which is unset")
+    if endpoint is not None and endpoint.serve is not None:
+        problems.append(
+            "hallucinate.target.endpoint.serve: a server the run starts serves no round adapters; point "
+            "target.endpoint at a vLLM server started with --enable-lora (docs/scale.md)"
+        )
     if not set(config.iterate.splits) & set(train.splits):
         problems.append(
             f"iterate.splits: {config.iterate.splits} has no split that train.splits ({train.splits}) trains"
         )
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))
+
+
+def check_round_endpoint(config: RunConfig, number: int) -> None:
+    """Before round ``number`` samples through ``hallucinate.target.endpoint``: the server must serve
+    the previous round's adapter under the round's model name, else a ConfigError that says how to
+    load it (sampling the base model instead would make the round silently off-policy)."""
+    target = config.hallucinate.target
+    endpoint = target.endpoint
+    if endpoint is None or target.adapter is None:
+        return
+    from models.llm import LLMError, served_models
+
+    name, where = endpoint.model, endpoint.base_url
+    try:
+        names = served_models(endpoint)
+    except LLMError as exc:
+        raise ConfigError(f"iterate round {number}: cannot list the models {where} serves ({exc})") from None
+    if name not in names:
+        load = json.dumps({"lora_name": name, "lora_path": str(target.adapter)})
+        raise ConfigError(
+            f"iterate round {number}: {where} does not serve {name!r}, round {number - 1}'s adapter "
+            f"{target.adapter} (it serves: {', '.join(names) or 'nothing'}). Load it into the running vLLM server "
+            f"(started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True): curl -X POST {where}/load_lora_adapter "
+            f"-H 'Content-Type: application/json' -d '{load}', or restart it with --enable-lora --lora-modules "
+            f"{name}={target.adapter}; then run `mmedpo iterate` again (finished rounds are reused)"
+        )

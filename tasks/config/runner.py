@@ -26,4 +26,10 @@ class RunnerConfig(StageConfig):
     workers: int = Field(
         default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes"
     )
-    shard_size: int = Field(default=16, ge=1, description="Samples per shard (one Prefect task run each)")
+    shard_size: int = Field(default=16, ge=1, description="Fewest items per shard (one Prefect task run each)")
+    max_shards: int = Field(
+        default=128,
+        ge=1,
+        description="Most shards a stage build is cut into: a larger build gets larger shards, so the cost of "
+        "Prefect's task runs stays flat per build instead of growing with the samples",
+    )

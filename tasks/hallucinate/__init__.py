@@ -216,8 +216,10 @@ def hallucinate_task(
 ) -> Manifest:
     manifest = hallucinate(ArtifactStore(store_root), config, ingest, policy)
     ui.manifest_markdown(manifest)
-    rows = catalog.rows(manifest, HALLUCINATIONS)
-    samples = catalog.rows(ingest, SAMPLES)
+    # The columns shown: every candidate and fallback of every sample as Python objects is not.
+    shown = ["sample_id", "rejected", "error_type", "backend", "status", "reason", "origin"]
+    rows = catalog.rows(manifest, HALLUCINATIONS, shown)
+    samples = catalog.rows(ingest, SAMPLES, ["sample_id", "answer", "dataset"])
     answers = {s["sample_id"]: s["answer"] for s in samples}
     ui.table(
         "hallucinate-examples",

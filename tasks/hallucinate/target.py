@@ -308,8 +308,11 @@ def target_rows(
     elif config.target.endpoint is not None:
         target = config.target
         assert target.endpoint is not None
+        # The server holds the model: its adapter (a round's, served under a name reused from run to
+        # run) is named in every cached reply's key by content.
+        served = tree_digest(target.adapter) if target.adapter is not None else None
         sampled = llm_api.run_with_client(
-            target.endpoint, cache_dir, lambda client: sample_endpoint(client, samples, target)
+            target.endpoint, cache_dir, lambda client: sample_endpoint(client, samples, target), served
         )
     else:
         sampled = sample_target(samples, config)

@@ -44,13 +44,16 @@ def ingest(store: ArtifactStore, config: IngestConfig) -> Manifest:
     Counters: ``samples.kept``, ``samples.rejected.<reason>``, ``samples.skipped.split``,
     ``boxes.dropped.degenerate``, each also per data set (``samples[slake].kept``).
     """
-    published = store.directory(STAGE, store.key(STAGE, CODE, config, {})[0])
+    # The data roots are hashed once a run: the key names the folder the build becomes.
+    keyed = store.key(STAGE, CODE, config, {})
+    published = store.directory(STAGE, keyed[0])
     return store.run(
         STAGE,
         CODE,
         config,
         {},
         lambda out: build_samples(out, config, published, cached_checker(store, STAGE, config, out)),
+        keyed=keyed,
     )
 
 

@@ -17,14 +17,15 @@ from tasks.config import LocalizeConfig
 from tasks.counters import Counters, qualified, reasons
 from tasks.imaging import load_array, save_array
 from tasks.localize.localizers import ChainLocalizer, make_localizer
-from tasks.localize.regions import Region, finish
-from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, safe_stem, stage_task_options
+from tasks.localize.regions import Region, finish, heatmap_file
+from tasks.store import ArtifactStore, Manifest, by_content, code_version, content_hash, stage_task_options
 from tasks.ui import alert
 
 STAGE = "localize"
 CODE = code_version(__name__)
 CHUNK_ROWS = 64
 GRID_SAMPLES = 8
+MASK_FILE = "mask.png"  # in the item's folder; stored as a blob by content
 
 
 def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> Manifest:
@@ -39,21 +40,46 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
     return store.run(STAGE, CODE, config, {"ingest": ingest}, lambda out: build_regions(out, config, ingest, store))
 
 
-# What a sample's region depends on (box labels: which boxes are lesions); its image by content, never by path.
-ITEM_FIELDS = ("sample_id", "dataset", "image_sha256", "width", "height", "boxes", "box_labels", "question", "answer")
-
-
 def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:
     samples = catalog.rows(ingest, SAMPLES)
     items = store.items(STAGE, CODE, config)
     # Same-image samples side by side (and so mostly in one shard), so SAM encodes each image once.
     order = sorted(samples, key=lambda s: (s["image_sha256"], s["sample_id"]))
-    work = [items.item(by_content(s, ITEM_FIELDS, {"mask_path": None}), s) for s in order]
+    work = [items.item(localizer_input(s, config), s) for s in order]
     compute = partial(locate_items, config, content_hash(items.identity))
-    by_id = dict(zip((s["sample_id"] for s in order), items.build(out, work, compute)))
+    # Samples with one localizer input (every question on an image, for the image's sources) share
+    # one item: one computation, one row and one mask, each row re-labelled with its own sample.
+    rows = items.build(out, work, compute)
+    del work
+    # build hands each sample a row of its own: relabelled in place, not copied again.
+    for sample, row in zip(order, rows):
+        row["sample_id"] = sample["sample_id"]
+    by_id = {row["sample_id"]: row for row in rows}
     records = [by_id[s["sample_id"]] for s in samples]
     catalog.write(out, REGIONS, records)
     return region_counts(records, [s["dataset"] for s in samples])
+
+
+# What every source reads of a sample: its image by content (never by path) and size, its boxes
+# and their labels (which boxes are lesions), the data set's own mask by content.
+IMAGE_FIELDS = ("image_sha256", "width", "height", "boxes", "box_labels")
+# The attention source maps the answer's relevance to the question: it differs per question.
+TEXT_FIELDS = ("question", "answer")
+
+
+def localizer_input(sample: Mapping[str, Any], config: LocalizeConfig) -> dict[str, Any]:
+    """An item's identity: what the sources of the sample's chain read of it, so that questions
+    on one image share one localization wherever their sources read only the image and its
+    annotation. The chain itself (not the data set's name) says which sources run; a saliency
+    map is named by the file it comes from (the image's or the sample's own)."""
+    chain = config.chain_for(sample["dataset"])
+    content = by_content(sample, IMAGE_FIELDS, {"mask_path": None}) | {"chain": chain}
+    if "attention" in chain:
+        content |= {name: sample.get(name) for name in TEXT_FIELDS}
+    if config.heatmap.maps is not None and {"heatmap", "sam"} & set(chain):
+        found = heatmap_file(Path(config.heatmap.maps), sample)
+        content["heatmap"] = None if found is None else found.name
+    return content
 
 
 # One localizer (one SAM load) per process, however many shards it runs: the last one made, keyed
@@ -89,7 +115,7 @@ def locate_items(
 def record(out: Path, sample_id: str, source: str, region: Region, area: float | None) -> dict[str, Any]:
     mask_path = None
     if region.status == "ok":
-        mask_path = f"masks/{safe_stem(sample_id)}.png"
+        mask_path = MASK_FILE
         save_array(region.mask.astype(np.uint8) * 255, out / mask_path)
     return {
         "sample_id": sample_id,
@@ -156,12 +182,12 @@ def region_rows(regions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def region_grid(ingest: Manifest, localize_manifest: Manifest, limit: int = GRID_SAMPLES) -> bytes | None:
     """original | mask for the first ``limit`` samples that got a region."""
-    samples = {r["sample_id"]: r for r in catalog.rows(ingest, SAMPLES)}
-    chosen = [r for r in catalog.rows(localize_manifest, REGIONS) if r["status"] == "ok"][:limit]
+    chosen = catalog.first_ok(localize_manifest, REGIONS, ["sample_id", "mask_path"], limit)
     if not chosen:
         return None
+    images = catalog.values_of(ingest, SAMPLES, [r["sample_id"] for r in chosen], "image_path")
     folder = Path(localize_manifest.path)
-    rows = [[load_array(samples[r["sample_id"]]["image_path"]), load_array(folder / r["mask_path"])] for r in chosen]
+    rows = [[load_array(images[r["sample_id"]]), load_array(folder / r["mask_path"])] for r in chosen]
     return ui.image_grid_png(rows, ["original", "mask"], [r["sample_id"] for r in chosen])
 
 
@@ -171,7 +197,8 @@ def localize_task(store_root: str, config: LocalizeConfig, ingest: Manifest) -> 
     ui.manifest_markdown(manifest)
     alert(STAGE, coverage_alerts(manifest))
     sources = "+".join(config.default_chain)
-    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS)), f"{sources} regions per sample")
+    shown = ["sample_id", "status", "reason", "area_fraction", "confidence"]
+    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS, shown)), f"{sources} regions per sample")
     grid = region_grid(ingest, manifest)
     if grid is not None:
         ui.image(f"{STAGE}-grid", grid, f"first {GRID_SAMPLES} regions (original | mask)")

@@ -188,6 +188,16 @@ def annotation_mask(path: Path, height: int, width: int) -> np.ndarray:
 # --- heatmap -----------------------------------------------------------------------------
 
 
+def heatmap_file(folder: Path, row: Mapping[str, Any]) -> Path | None:
+    """A sample's map: its image's (named by the image's content), else its own (by sample_id)."""
+    for name in (row["image_sha256"], safe_stem(row["sample_id"])):
+        for suffix in (".npy", ".png"):
+            path = folder / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
 class HeatmapLocalizer:
     source = "heatmap"
 
@@ -202,12 +212,7 @@ class HeatmapLocalizer:
         self.confidences: dict[str, float] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
     def find(self, row: Mapping[str, Any]) -> Path | None:
-        for name in (row["image_sha256"], safe_stem(row["sample_id"])):
-            for suffix in (".npy", ".png"):
-                path = self.folder / f"{name}{suffix}"
-                if path.is_file():
-                    return path
-        return None
+        return heatmap_file(self.folder, row)
 
     def saliency(self, path: Path, height: int, width: int) -> np.ndarray | None:
         """The map resized to the image, blurred, scaled to [0, 1]; None when it is flat."""

@@ -80,11 +80,11 @@ def build_noised(
             content["sample_id"] = sample_id
         seed = sample_seed(sample_id if per_sample else f"sha256:{sample['image_sha256']}", config.seed)
         work.append(items.item(content, (region, sample, str(region_dir), seed)))
-    # Samples that share an item share its row and its one image: each row is re-labelled with its own sample.
-    records = [
-        {**row, "sample_id": region["sample_id"]}
-        for row, region in zip(items.build(out, work, partial(noise_items, resolved(config))), regions)
-    ]
+    # Samples that share an item share its one image; build hands each its own row, re-labelled in place.
+    records = items.build(out, work, partial(noise_items, resolved(config)))
+    del work
+    for row, region in zip(records, regions):
+        row["sample_id"] = region["sample_id"]
     catalog.write(out, NOISED, records)
     counts = Counters()
     counts.add("samples", "seen", n=len(records))
@@ -181,24 +181,25 @@ def noise_rows(regions: Sequence[Mapping[str, Any]], noised: Sequence[Mapping[st
 
 def noise_grid(ingest: Manifest, localize: Manifest, noised: Manifest, limit: int = GRID_SAMPLES) -> bytes | None:
     """original | mask | noised for the first ``limit`` noised samples."""
-    samples = {r["sample_id"]: r for r in catalog.rows(ingest, SAMPLES)}
-    masks = {r["sample_id"]: r["mask_path"] for r in catalog.rows(localize, REGIONS)}
-    done = [r for r in catalog.rows(noised, NOISED) if r["status"] == "ok"]
+    done = catalog.first_ok(noised, NOISED, ["sample_id", "noised_path"], limit)
     if not done:
         return None
+    shown = [r["sample_id"] for r in done]
+    images = catalog.values_of(ingest, SAMPLES, shown, "image_path")
+    masks = catalog.values_of(localize, REGIONS, shown, "mask_path")
     rows = []
-    for row in done[:limit]:
+    for row in done:
         sample_id = row["sample_id"]
         mask = masks.get(sample_id)
         rows.append(
             [
-                load_array(samples[sample_id]["image_path"]),
+                load_array(images[sample_id]),
                 load_array(Path(localize.path) / mask) if mask else None,
                 load_array(Path(noised.path) / row["noised_path"]),
             ]
         )
     titles = ["original", "mask", f"noised ({noised.config['mode']}, k={noised.config['k']})"]
-    return ui.image_grid_png(rows, titles, [r["sample_id"] for r in done[:limit]])
+    return ui.image_grid_png(rows, titles, shown)
 
 
 @task(**stage_task_options(STAGE, CODE))
@@ -207,7 +208,10 @@ def noise_task(store_root: str, config: NoiseConfig, ingest: Manifest, localize:
     ui.manifest_markdown(manifest)
     ui.table(
         f"{STAGE}-samples",
-        noise_rows(catalog.rows(localize, REGIONS), catalog.rows(manifest, NOISED)),
+        noise_rows(
+            catalog.rows(localize, REGIONS, ["sample_id", "area_fraction", "confidence"]),
+            catalog.rows(manifest, NOISED, ["sample_id", "status", "reason"]),
+        ),
         f"{config.mode} noising at k={config.k}",
     )
     grid = noise_grid(ingest, localize, manifest)

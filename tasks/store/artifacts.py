@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.store.files import temp_folder, write_text_atomic
-from tasks.store.items import BUILD_WORK, StageItems
+from tasks.store.items import BUILD_ROWS, BUILD_WORK, StageItems
 from tasks.store.keys import DigestMemo, digest_memo
 from tasks.store.manifest import (
     MANIFEST,
@@ -98,22 +98,26 @@ class ArtifactStore:
         inputs: Mapping[str, Keyed],
         build: Callable[[Path], Mapping[str, float]],
         volatile: Sequence[str] = (),
+        keyed: tuple[str, dict[str, Keyed]] | None = None,
     ) -> Manifest:
         """Return the stored artifact for this key, or build it into a temp dir and publish it.
 
         ``build(out_dir)`` writes the stage's files and returns its counters. ``volatile``:
         patterns of files that say how a build went rather than what it made (logs with
-        timings), left out of the artifact's digest.
+        timings), left out of the artifact's digest. ``keyed``: what ``key`` returned for these
+        arguments, when the caller needed the key first (hashing a data root again costs a stat
+        and a lookup per file).
         """
-        key, inputs = self.key(stage, code, config, inputs)
+        key, inputs = keyed or self.key(stage, code, config, inputs)
         cached = self.get(stage, key)
         if cached is not None:
             return cached
         final = self.directory(stage, key)
         tmp = temp_folder(final.parent, key)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         work: dict[str, float] = {}
-        token = BUILD_WORK.set(work)
+        rows: set[str] = set()
+        token, rows_token = BUILD_WORK.set(work), BUILD_ROWS.set(rows)
         try:
             counts = dict(build(tmp))
             manifest = Manifest(
@@ -131,8 +135,10 @@ class ArtifactStore:
                 index=file_index(tmp) | blob_index(tmp),
                 created=datetime.now(UTC).isoformat(timespec="microseconds"),
                 seconds=round(time.perf_counter() - started, 3),
+                cpu_seconds=round(time.process_time() - cpu_started, 3),
                 run=current_run(),
                 work=work,
+                item_rows=sorted(rows),
             )
             write_text_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2))
             try:
@@ -149,6 +155,7 @@ class ArtifactStore:
             raise
         finally:
             BUILD_WORK.reset(token)
+            BUILD_ROWS.reset(rows_token)
         return manifest
 
     def find_digest(self, stage: str, digest: str) -> Manifest | None:

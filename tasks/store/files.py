@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 OWNER = f"{socket.gethostname()}-{os.getpid()}"
+TEMP_PREFIX = ".tmp-"
 # tempfile makes its folders 0700 and files 0600 whatever the umask; published artifacts must
 # have the modes any other file would (a shared store is read by other users' workers). Read
 # once at import: os.umask can only be read by setting it, which races with threads later on.
@@ -27,14 +28,14 @@ def temp_folder(parent: Path, key: str) -> Path:
     """A fresh temporary folder in ``parent`` (swept first of folders dead processes left)."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep_abandoned(parent)
-    folder = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{OWNER}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{key}-{OWNER}-", dir=parent))
     folder.chmod(0o777 & ~UMASK)
     return folder
 
 
 def sweep_abandoned(folder: Path) -> None:
     host = socket.gethostname()
-    for path in folder.glob(f".tmp-*-{host}-*"):
+    for path in folder.glob(f"{TEMP_PREFIX}*-{host}-*"):
         pid = path.name.split(f"-{host}-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from tasks import counters, progress
 from tasks.store.files import temp_folder
-from tasks.store.keys import content_hash, file_digest
+from tasks.store.keys import file_digest, hashed
 from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, write_rows
 
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
@@ -77,9 +77,13 @@ def compute_items(
     """
     if not items:
         return {}
-    scratch = Path(store_root) / stage / ITEMS / ".tmp"
-    folders = [temp_folder(scratch, item.key) for item in items]
+    # One scratch folder a shard, an item folder in it each: the scratch folder is swept (listed)
+    # once, and the items' folders are plain mkdirs, one removal for all of them.
+    shard = temp_folder(Path(store_root) / stage / ITEMS / ".tmp", items[0].key)
+    folders = [shard / str(i) for i in range(len(items))]
     try:
+        for folder in folders:
+            folder.mkdir()
         rows, counts = compute([item.payload for item in items], folders)
         rows = list(rows)
         progress.shard_done(stage, len(rows))
@@ -91,8 +95,7 @@ def compute_items(
             raise StageFailed(f"{stage}: {exc}") from None
         write_rows(store_root, stage, packed)
     finally:
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(shard, ignore_errors=True)
     return dict(counts)
 
 
@@ -113,6 +116,7 @@ class InlineShards:
     """Shards one after another in this process: plain function calls, tests, the CLI without a flow."""
 
     shard_size = 64
+    max_shards = 128
 
     def run(self, job: ShardJob) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -123,8 +127,17 @@ class InlineShards:
 
 # Who runs shards during a build; a flow sets a Prefect task runner here (tasks/runners.py).
 SHARDS: ContextVar[Any] = ContextVar("mmedpo_shards", default=InlineShards())  # noqa: B039 - stateless
-# The build (ArtifactStore.run) the item cache reports its work to: items computed and reused.
+# The build (ArtifactStore.run) the item cache reports its work to: items computed and reused,
+# and the rows files its items came from (its manifest's ``item_rows``).
 BUILD_WORK: ContextVar[dict[str, float] | None] = ContextVar("mmedpo_build_work", default=None)
+BUILD_ROWS: ContextVar[set[str] | None] = ContextVar("mmedpo_build_rows", default=None)
+
+
+def shard_size(missing: int, smallest: int, most_shards: int) -> int:
+    """Items per shard of a build: ``smallest``, or more where that would make more than
+    ``most_shards`` shards. Each shard costs a task run (API calls, events, a future): a fixed
+    shard size would make that cost grow with the build, a capped count keeps it flat."""
+    return max(1, smallest, -(-missing // max(1, most_shards)))
 
 
 class StageItems:
@@ -135,10 +148,11 @@ class StageItems:
         self.stage = stage
         self.code = code
         self.identity = identity  # what every item of this build shares (ArtifactStore.items)
+        self._shared = hashed("item", stage, code, identity)
         self.counts: dict[str, float] = {}  # the compute function's counters, summed over shards
 
     def item(self, content: Any, payload: Any) -> Item:
-        key = content_hash("item", self.stage, self.code, self.identity, content, length=ITEM_KEY_LENGTH)
+        key = hashed(content, start=self._shared).hexdigest()[:ITEM_KEY_LENGTH]
         return Item(key, payload)
 
     def build(
@@ -148,10 +162,12 @@ class StageItems:
         A row names its files by their blob paths from ``out`` (tasks/store/packed.py). Progress
         lines in the terminal count ``unit`` (tasks.progress)."""
         refuse_old_layout(self.root, self.stage)
-        index = read_index(self.root, self.stage)
+        origins: dict[str, str] = {}
+        wanted = {item.key for item in items}
+        index = read_index(self.root, self.stage, origins, wanted=wanted)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
-        size = max(1, int(runner.shard_size))
+        size = shard_size(len(missing), runner.shard_size, runner.max_shards)
         job = ShardJob(
             store_root=str(self.root),
             stage=self.stage,
@@ -167,12 +183,22 @@ class StageItems:
                 counters.merge(self.counts, runner.run(job))
             finally:
                 progress.finish(self.stage)
-            index = read_index(self.root, self.stage)
-        work = BUILD_WORK.get()
+            # Rows files are named by their keys and never change: only the shards' new ones are read.
+            index.update(read_index(self.root, self.stage, origins, known=set(origins.values()), wanted=wanted))
+        work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
+        if used is not None:
+            used.update(origins[item.key] for item in items if item.key in origins)
         absent = sorted({item.key for item in items if item.key not in index})
         if absent:
             raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")
-        # Items several samples share (one noised image for every question on it) share a row.
-        return [dict(index[item.key]) for item in items]
+        # Items several samples share (one noised image for every question on it) share a row: each
+        # sample gets a dict of its own, the first one the index's (a copy of every row doubled the
+        # build's peak memory).
+        rows, taken = [], set()
+        for item in items:
+            row = index[item.key]
+            rows.append(dict(row) if item.key in taken else row)
+            taken.add(item.key)
+        return rows

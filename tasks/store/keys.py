@@ -29,11 +29,18 @@ def canonical_json(value: Any) -> str:
 
 
 def content_hash(*parts: Any, length: int = KEY_LENGTH) -> str:
-    digest = hashlib.sha256()
+    return hashed(*parts).hexdigest()[:length]
+
+
+def hashed(*parts: Any, start: Any = None) -> Any:
+    """The sha256 object of ``content_hash(*parts)``; after the parts ``start`` (a sha256 object,
+    copied) hashed, when given: many keys with equal first parts (a stage's config) make their
+    JSON once."""
+    digest = hashlib.sha256() if start is None else start.copy()
     for part in parts:
         digest.update(canonical_json(part).encode())
         digest.update(b"\x00")
-    return digest.hexdigest()[:length]
+    return digest
 
 
 _DIGESTS: dict[tuple[int, int, int, int, int], str] = {}

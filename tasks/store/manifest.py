@@ -60,9 +60,15 @@ class Manifest(BaseModel):
     index: dict[str, list] = {}
     created: str
     seconds: float
+    # This process's CPU time over the build, all its threads (wall ``seconds`` also count waiting
+    # for a busy machine); shards run in other processes (dask, ray) are not in it. None: older manifest.
+    cpu_seconds: float | None = None
     run: str | None = None  # the Prefect flow run that produced it (name and id), when there was one
     # How the build went, not what it made: items computed vs reused from the item cache.
     work: dict[str, float] = {}
+    # The item rows files (tasks/store/packed.py) its items were gathered from, by name under
+    # <stage>/.items/rows/: what `mmedpo store gc` keeps. None: written before they were recorded.
+    item_rows: list[str] | None = None
 
     def file(self, name: str) -> Path:
         """One of the artifact's files, or a blob its rows name (tasks/store/packed.py)."""

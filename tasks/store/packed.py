@@ -76,29 +76,51 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
     return sorted(item for prefix in folder.iterdir() if OLD_ITEM.match(prefix.name) for item in prefix.iterdir())
 
 
-def read_index(root: str | os.PathLike[str], stage: str) -> dict[str, dict[str, Any]]:
-    """Every packed row of ``stage`` by item key. A rows file that cannot be read whole (not
-    Parquet, another schema, a row that is no JSON object) is skipped with a warning, and so is
-    a row naming a blob that is gone or damaged: their items are computed again, never half-read."""
+def read_index(
+    root: str | os.PathLike[str],
+    stage: str,
+    origins: dict[str, str] | None = None,
+    known: Set[str] = frozenset(),
+    wanted: Set[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every packed row of ``stage`` by item key (and into ``origins``, when given, the name of the
+    rows file each comes from), less the rows files named in ``known`` (read before: a build
+    reads only what its shards added); only the keys in ``wanted`` when given (a build holds its
+    own items' rows, not the whole stage's, which grows with every run on the store). A rows
+    file that cannot be read whole (not Parquet, another schema, a row that is no JSON object) is
+    skipped with a warning, and so is a row naming a blob that is gone or damaged: their items are
+    computed again, never half-read."""
     index: dict[str, dict[str, Any]] = {}
+    # Rows share blobs (one noised image for every question on it): each is checked once a read.
+    problems: dict[str, str | None] = {}
     for path in sorted(rows_folder(root, stage).glob("*.parquet")):
+        if path.name in known:
+            continue
         try:
-            rows = read_rows(path)
+            rows = read_rows(path, wanted)
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
             continue
         for key, row in rows:
-            damaged = [name for name in blobs_named(row) if blob_problem(root, name)]
+            for name in blobs_named(row):
+                if name not in problems:
+                    problems[name] = blob_problem(root, name)
+            damaged = [name for name in blobs_named(row) if problems[name]]
             if damaged:
                 log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
             else:
                 index[key] = row
+                if origins is not None:
+                    origins[key] = path.name
     return index
 
 
-def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """A rows file's (key, row) pairs; raises when it cannot be read whole."""
+def read_rows(path: Path, wanted: Set[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """A rows file's (key, row) pairs (those of the keys in ``wanted`` when given: the others are
+    never decoded); raises when it cannot be read whole."""
     table = pq.read_table(path, schema=ROW_SCHEMA)
+    if wanted is not None:
+        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(sorted(wanted), pa.string())))
     rows = [json.loads(row) for row in table.column("row").to_pylist()]
     if not all(isinstance(row, dict) for row in rows):
         raise ValueError("a row is no JSON object")

@@ -103,3 +103,16 @@ def test_a_model_file_is_known_by_its_bytes_not_its_name(tmp_path):
     settings = LocalizeConfig(source="sam", sam=SamConfig(checkpoint=checkpoint))
     _, inputs = store.key(STAGE, CODE, settings, {})
     assert set(inputs) == {"sam.checkpoint"}  # recorded as an input: lineage names it
+
+
+def test_ingest_hashes_its_data_root_once_a_run(tmp_path, monkeypatch):
+    from tasks.ingest import ingest
+    from tasks.store.keys import DigestMemo
+
+    config = config_for(tmp_path, append_records(tmp_path / "raw", 0, 3))
+    store = ArtifactStore(config.store)
+    walked, tree = [], DigestMemo.tree
+    monkeypatch.setattr(DigestMemo, "tree", lambda memo, root: walked.append(root) or tree(memo, root))
+    built = ingest(store, config.ingest)
+    assert len(walked) == 1 and built.counts["samples.kept"] == 3
+    assert ingest(store, config.ingest) == built and len(walked) == 2  # a hit: the key alone

@@ -1,16 +1,19 @@
-"""An endpoint's limits hold for the whole worker process: every shard's client draws on them."""
+"""One LLM client per worker process and endpoint: every shard of a run sends through it, under
+the endpoint's limits."""
 
 import asyncio
+import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from models.llm_limits import Slots
+from models.llm import LLMClient, run_with_client, system, user
+from tasks.config import EndpointConfig
 from tests.models.test_llm import ask, endpoint
 
 
 def shards(config, count: int, prompts_per_shard: int):
     """``count`` shards at once, as the thread task runner runs them: each its own thread, event
-    loop and client, all of one endpoint."""
+    loop and ``LLMClient``, all of one endpoint."""
     with ThreadPoolExecutor(max_workers=count) as pool:
         futures = [
             pool.submit(ask, config, [f"shard {s} prompt {p}" for p in range(prompts_per_shard)]) for s in range(count)
@@ -18,48 +21,65 @@ def shards(config, count: int, prompts_per_shard: int):
         return [future.result() for future in futures]
 
 
-def test_shards_of_a_run_share_the_endpoints_in_flight_limit(openai_server):
+def test_shards_of_a_run_share_one_client_and_its_in_flight_limit(openai_server):
     openai_server.latency_s = 0.05
-    results = shards(endpoint(openai_server, max_concurrency=3), count=6, prompts_per_shard=5)
-    assert all(not isinstance(reply, Exception) for replies, _ in results for reply in replies)
-    assert len(openai_server.requests) == 30
+    config = endpoint(openai_server, max_concurrency=3)
+    seen = []
+
+    async def shard(client: LLMClient):
+        seen.append((threading.get_ident(), client.http))
+        return await asyncio.gather(*(client.chat([system("sys"), user(f"p{p}")]) for p in range(5)))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: run_with_client(config, None, shard), range(6)))
+    assert sum(len(replies) for replies in results) == 30 == len(openai_server.requests)
+    assert len({thread for thread, _ in seen}) == 6  # six shards, six threads and event loops
+    assert len({id(http) for _, http in seen}) == 1  # ... and one HTTP client
     # Six shards of five concurrent requests: a limit per client would have put up to 18 at once.
     assert openai_server.max_concurrent == 3
+    # One connection pool: at most 3 requests in flight need at most 3 connections; a client per
+    # shard opens at least one connection of its own each (6).
+    assert len({request.peer for request in openai_server.requests}) <= 3
 
 
 def test_shards_of_a_run_share_the_request_rate(openai_server):
     shards(endpoint(openai_server, rpm=300), count=4, prompts_per_shard=2)
     starts = sorted(request.started for request in openai_server.requests)
     assert len(starts) == 8
-    # 300 rpm: one start every 0.2 s across all shards, so 8 starts span 1.4 s (arrivals jitter with
-    # each shard's connection set-up); a limit per client would have let them all through in 0.2 s.
+    # 300 rpm: one start every 0.2 s across all shards, so 8 starts span 1.4 s; a limit per client
+    # would have let them all through in 0.2 s.
     assert starts[-1] - starts[0] > 1.2
 
 
-def test_a_cancelled_wait_never_loses_a_slot():
-    slots = Slots(1)
-    entered = []
+def test_a_cancelled_shard_gives_its_slot_back(openai_server):
+    """A shard cancelled while its request is in flight (a Prefect task cancelled) cancels the
+    request on the shared client: the endpoint's only slot serves the next shard."""
+    openai_server.latency_s = 0.5
+    config = endpoint(openai_server, max_concurrency=1, timeout_s=10.0)
 
-    async def holder(release: asyncio.Event):
-        async with slots.held():
-            await release.wait()
+    async def cancelled(client: LLMClient):
+        task = asyncio.ensure_future(client.chat([user("slow")]))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return task.cancelled()
 
-    async def main():
-        release = asyncio.Event()
-        first = asyncio.create_task(holder(release))
-        await asyncio.sleep(0)
-        waiting = asyncio.create_task(holder(asyncio.Event()))
-        await asyncio.sleep(0)
-        waiting.cancel()
-        release.set()
-        await first
-        await asyncio.gather(waiting, return_exceptions=True)
+    assert run_with_client(config, None, cancelled)
+    openai_server.latency_s = 0.0
 
-        async def enter():
-            async with slots.held():
-                entered.append(threading.get_ident())
+    async def after(client: LLMClient):
+        return await asyncio.wait_for(client.chat([user("next")]), timeout=5)
 
-        await asyncio.wait_for(enter(), timeout=2)
+    assert run_with_client(config, None, after).text == "echo: next"
 
-    asyncio.run(main())
-    assert len(entered) == 1 and slots._free == 1
+
+def ask_from_a_child(base_url: str) -> str:
+    (reply,), _ = ask(EndpointConfig(base_url=base_url, model="m", timeout_s=5.0, max_retries=0), ["child"])
+    return reply.text
+
+
+def test_a_forked_worker_process_makes_its_own_client(openai_server):
+    """A process runner's forked worker inherits the parent's hub but not its loop thread: it makes its own."""
+    (reply,), _ = ask(endpoint(openai_server), ["parent"])  # the parent's hub is running
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(ask_from_a_child, (openai_server.base_url,)).get(timeout=60) == "echo: sys\nchild"

@@ -49,6 +49,7 @@ class LoggedRequest:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     started: float
     finished: float | None = None
+    peer: tuple[str, int] | None = None  # the client's address: one per TCP connection
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -78,6 +79,7 @@ class _State:
     script: collections.deque = field(default_factory=collections.deque)
     log: list[LoggedRequest] = field(default_factory=list)
     in_flight: int = 0
+    models: list[str] = field(default_factory=lambda: ["test-model"])  # what GET /models lists
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: threading.Event = field(default_factory=threading.Event)
@@ -95,7 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/health":
             self._send(200, b'{"status": "ok"}')
         elif self.path.rstrip("/").endswith("/models"):
-            self._send(200, json.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]}).encode())
+            models = [{"id": name, "object": "model"} for name in self.server.state.models]
+            self._send(200, json.dumps({"object": "list", "data": models}).encode())
         else:
             self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -107,7 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode(errors="replace")
-        entry = LoggedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        entry = LoggedRequest(self.path, headers, body, time.monotonic(), peer=self.client_address)
         with state.lock:
             state.log.append(entry)
             state.in_flight += 1
@@ -222,6 +226,10 @@ class OpenAIServer:
     @latency_s.setter
     def latency_s(self, value: float) -> None:
         self._server.state.latency_s = value
+
+    def serve_models(self, *names: str) -> None:
+        """What ``GET /models`` lists from now on (a vLLM server lists its LoRA modules there)."""
+        self._server.state.models = list(names)
 
     def set_responder(self, responder: Callable[[LoggedRequest], str | Reply]) -> None:
         self._server.state.responder = responder

@@ -378,3 +378,45 @@ def test_sam_batches_auto_on_the_cpu_and_an_unreadable_image_fails_alone(sam_fix
     assert (rows["rgb-points"]["status"], rows["rgb-points"]["reason"]) == ("failed", "unreadable_image")
     assert rows["gray-q1"]["status"] == rows["gray-q2"]["status"] == "ok"
     assert batches[1:] == [1]  # the unreadable image never reaches SAM
+
+
+def test_questions_on_one_image_with_the_same_boxes_share_one_localization(tmp_path, monkeypatch):
+    from tasks.localize.regions import AnnotationLocalizer
+
+    located = []
+    real = AnnotationLocalizer.locate_one
+    monkeypatch.setattr(AnnotationLocalizer, "locate_one", lambda self, row: located.append(row) or real(self, row))
+    image = write_image(tmp_path / "img.png", np.random.default_rng(1).integers(0, 256, (40, 50), dtype=np.uint8))
+    rows = [
+        sample_row("q1", image, boxes=[[10, 20, 30, 30]], question="Is there a nodule?", answer="Yes"),
+        sample_row("q2", image, boxes=[[10, 20, 30, 30]], question="Where is the nodule?", answer="Left lung"),
+        sample_row("q3", image, boxes=[[0, 0, 20, 20]], question="Where is the nodule?", answer="Left lung"),
+    ]
+    store = ArtifactStore(tmp_path / "store")
+    manifest = localize(store, LocalizeConfig(), ingest_manifest(store, rows))
+    regions = _regions(manifest)
+    # Two questions, one image, the same boxes: one computation; other boxes on it: one more.
+    assert len(located) == 2
+    assert [r["sample_id"] for r in catalog.rows(manifest, catalog.REGIONS)] == ["q1", "q2", "q3"]
+    assert regions["q1"]["mask_path"] == regions["q2"]["mask_path"] != regions["q3"]["mask_path"]
+    assert np.array_equal(_mask(manifest, regions["q1"]), _mask(manifest, regions["q2"]))
+    assert manifest.counts["regions.ok"] == 3
+
+
+def test_a_localizer_input_holds_what_its_sources_read(tmp_path):
+    from tasks.localize import localizer_input
+
+    image = write_image(tmp_path / "img.png", np.zeros((8, 8), dtype=np.uint8))
+    one, other = (sample_row(s, image, boxes=[[1, 1, 4, 4]], question=f"{s}?") for s in ("a", "b"))
+    assert localizer_input(one, LocalizeConfig()) == localizer_input(other, LocalizeConfig())
+    # The attention map is the answer's relevance to the question: one per question.
+    attention = LocalizeConfig().model_copy(update={"per_source": {"fixture": ["attention"]}})  # no model needed here
+    assert localizer_input(one, attention) != localizer_input(other, attention)
+    # Per-sample saliency maps are per sample; a map of the image is shared.
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    np.save(maps / f"{safe_stem('a')}.npy", np.ones((4, 4)))
+    heat = LocalizeConfig(source="heatmap", heatmap=HeatmapConfig(maps=maps))
+    assert localizer_input(one, heat) != localizer_input(other, heat)
+    np.save(maps / f"{one['image_sha256']}.npy", np.ones((4, 4)))
+    assert localizer_input(one, heat) == localizer_input(other, heat)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -328,3 +330,12 @@ def test_noise_grid_shows_original_mask_and_noised(tmp_path):
     assert grid.size == (3 * (160 + 4) + 4, 16 + 2 * (160 + 14 + 4) + 4)  # two noised samples, three columns
     empty = noise(store, NoiseConfig(), ingest, localize(store, LocalizeConfig(min_area_fraction=0.9), ingest))
     assert noise_grid(ingest, regions, empty) is None
+
+
+def test_grids_read_the_first_ok_rows_and_only_their_samples_images(tmp_path):
+    store, ingest = _fixture(tmp_path)
+    manifest = noise(store, NoiseConfig(), ingest, localize(store, LocalizeConfig(), ingest))
+    (done,) = catalog.first_ok(manifest, catalog.NOISED, ["sample_id"], 1)
+    assert done == {"status": "ok", "sample_id": done["sample_id"]}
+    images = catalog.values_of(ingest, catalog.SAMPLES, [done["sample_id"], "absent"], "image_path")
+    assert list(images) == [done["sample_id"]] and Path(images[done["sample_id"]]).is_file()

@@ -116,6 +116,67 @@ def test_rows_do_not_depend_on_the_shard_size(tmp_path, shard_size):
     assert outputs(manifest) == [str(2 * i) for i in range(7)]
 
 
+def test_a_large_build_gets_larger_shards_not_more_of_them(tmp_path):
+    calls: list = []
+    shards: list[int] = []
+
+    def counting(payloads, folders):
+        shards.append(len(payloads))
+        return doubler(calls)(payloads, folders)
+
+    class Capped(InlineShards):
+        shard_size, max_shards = 2, 4
+
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(21)]
+    token = SHARDS.set(Capped())
+    try:
+        rows = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], counting)
+        few = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in more(3)], counting)
+    finally:
+        SHARDS.reset(token)
+    assert shards == [6, 6, 6, 3, 2, 1]  # 21 items: 4 shards of 6 at most; 3 new items: shards of the smallest size
+    assert calls == [f"r{i}" for i in range(21)] + ["n0", "n1", "n2"]
+    assert [row["id"] for row in rows] == [f"r{i}" for i in range(21)] and len(few) == 3
+
+
+def more(n: int) -> list[dict]:
+    return [{"id": f"n{i}", "x": i} for i in range(n)]
+
+
+def test_a_shard_sweeps_its_scratch_folder_once_not_once_per_item(tmp_path, monkeypatch):
+    from tasks.store import files
+
+    sweeps: list[Path] = []
+    monkeypatch.setattr(files, "sweep_abandoned", sweeps.append)
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(10)]
+    token = SHARDS.set(type("Five", (InlineShards,), {"shard_size": 5})())
+    try:
+        items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], doubler([]))
+    finally:
+        SHARDS.reset(token)
+    assert sweeps == [tmp_path / "double" / ".items" / ".tmp"] * 2
+
+
+def test_a_build_reads_each_rows_file_once_and_checks_a_shared_blob_once(tmp_path, monkeypatch):
+    from tasks.store import packed
+
+    items, records = six_items_on_one_file(tmp_path)
+    reads, checks = [], []
+    read_rows, blob_problem = packed.read_rows, packed.blob_problem
+    monkeypatch.setattr(packed, "read_rows", lambda path, wanted: reads.append(path.name) or read_rows(path, wanted))
+    monkeypatch.setattr(packed, "blob_problem", lambda root, name: checks.append(name) or blob_problem(root, name))
+    grown = records + [{"id": "r9", "x": 9}]
+    rows = items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in grown], same_file)
+    assert len(reads) == len(set(reads)) == 2  # the first build's rows file, then only the new shard's
+    # Once by the read before the shard, once storing the new item's file, once reading its new row.
+    assert len(checks) == 3 and len(set(checks)) == 1
+    assert [row["id"] for row in rows] == [r["id"] for r in grown] and len({row["path"] for row in rows}) == 1
+
+
 def write_previous_layout(root: Path, stage: str, key: str, row: dict, files: dict[str, bytes]) -> Path:
     """An item as the previous layout stored it: ``<stage>/.items/<2>/<key>/row.json`` beside its files."""
     folder = root / stage / ".items" / key[:2] / key
@@ -179,3 +240,39 @@ def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
     again = build(store, [{"id": "r1", "x": 1}, {"id": "r2", "x": 2}], "v2", calls)
     assert calls == ["r1", "r2", "r1"] and again.work == {"computed": 1, "reused": 1}
     assert outputs(again) == ["2", "4"]
+
+
+def test_item_keys_are_the_content_hash_of_stage_code_identity_and_content(tmp_path):
+    """Keys made from a stage's shared prefix equal the full hash: stores written before still match."""
+    from tasks.store.keys import content_hash
+
+    items = ArtifactStore(tmp_path).items("double", "c1", Options(k=3))
+    content = {"id": "r1", "x": [1, 2], "text": "é"}
+    assert items.item(content, None).key == content_hash(
+        "item", "double", "c1", items.identity, content, length=len(items.item(content, None).key)
+    )
+    assert items.item(content, None).key != items.item({**content, "x": [2, 1]}, None).key
+
+
+def test_a_build_holds_only_its_own_items_rows_and_shared_rows_are_separate_dicts(tmp_path):
+    items, records = six_items_on_one_file(tmp_path)
+    work = [items.item(by_content(r, ("id", "x")), r) for r in records]
+    assert set(read_index(tmp_path, "double", wanted={work[1].key, "absent"})) == {work[1].key}
+    # Two samples on one item (one noised image for two questions) each get their own row.
+    first, second = items.build(tmp_path / "out", [work[2], work[2]], same_file)
+    first["id"] = "changed"
+    assert second == {"id": "r2", "path": first["path"]}
+
+
+def same_file(payloads, folders):
+    for folder in folders:
+        (folder / "m.txt").write_text("one mask for every question on the image")
+    return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
+
+
+def six_items_on_one_file(tmp_path):
+    """A built stage of six items whose rows all name one blob."""
+    items = ArtifactStore(tmp_path).items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(6)]
+    items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
+    return items, records

@@ -211,9 +211,6 @@ class HeatmapLocalizer:
         sidecar = self.folder / "confidences.json"
         self.confidences: dict[str, float] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
-    def find(self, row: Mapping[str, Any]) -> Path | None:
-        return heatmap_file(self.folder, row)
-
     def saliency(self, path: Path, height: int, width: int) -> np.ndarray | None:
         """The map resized to the image, blurred, scaled to [0, 1]; None when it is flat."""
         raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else load_array(path)
@@ -228,7 +225,7 @@ class HeatmapLocalizer:
         return [self.locate_one(row) for row in rows]
 
     def locate_one(self, row: Mapping[str, Any]) -> Region:
-        path = self.find(row)
+        path = heatmap_file(self.folder, row)
         if path is None:
             return no_region("no_heatmap")
         try:
@@ -244,7 +241,7 @@ class HeatmapLocalizer:
 
     def peaks(self, row: Mapping[str, Any], count: int) -> np.ndarray | None:
         """Up to ``count`` (x, y) maxima of the saliency map, spread apart, for SAM point prompts."""
-        path = self.find(row)
+        path = heatmap_file(self.folder, row)
         if path is None:
             return None
         height, width = int(row["height"]), int(row["width"])

@@ -34,11 +34,19 @@ def temp_folder(parent: Path, key: str) -> Path:
 
 
 def sweep_abandoned(folder: Path) -> None:
+    for path in abandoned(folder):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def abandoned(folder: Path) -> list[Path]:
+    """The temporary folders in ``folder`` whose writing process (on this host) has died."""
     host = socket.gethostname()
+    dead = []
     for path in folder.glob(f"{TEMP_PREFIX}*-{host}-*"):
         pid = path.name.split(f"-{host}-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+            dead.append(path)
+    return dead
 
 
 def _alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.store.artifacts import read_manifest
-from tasks.store.files import TEMP_PREFIX, sweep_abandoned
+from tasks.store.files import TEMP_PREFIX, abandoned, sweep_abandoned
 from tasks.store.manifest import MANIFEST
 from tasks.store.packed import BLOBS, FROM_ARTIFACT, blob_index, blobs_named, read_rows, rows_folder
 
@@ -61,7 +61,7 @@ def collect(root: str | os.PathLike[str], delete: bool = False, min_age_s: float
     live_blobs: set[str] = set()
     stages = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for stage_dir in stages:
-        refuse_builds_in_progress(stage_dir)
+        refuse_builds_in_progress(stage_dir, delete)
     for stage_dir in stages:
         named, recorded = artifact_references(stage_dir, live_blobs)
         folder = rows_folder(root, stage_dir.name)
@@ -89,10 +89,14 @@ def collect(root: str | os.PathLike[str], delete: bool = False, min_age_s: float
     return garbage
 
 
-def refuse_builds_in_progress(stage_dir: Path) -> None:
-    """A build in progress may be gathering old rows and blobs no manifest names yet: refuse."""
-    sweep_abandoned(stage_dir)  # folders of builds whose process died are not in progress
-    building = sorted(stage_dir.glob(f"{TEMP_PREFIX}*"))
+def refuse_builds_in_progress(stage_dir: Path, delete: bool) -> None:
+    """A build in progress may be gathering old rows and blobs no manifest names yet: refuse.
+    Folders of builds whose process died are not in progress (removed only when deleting: a dry
+    run changes nothing)."""
+    if delete:
+        sweep_abandoned(stage_dir)
+    dead = set(abandoned(stage_dir))
+    building = sorted(p for p in stage_dir.glob(f"{TEMP_PREFIX}*") if p not in dead)
     if building:
         raise CollectionRefused(
             f"{building[0]}: a build is in progress; run `mmedpo store gc` when no run writes to the store"

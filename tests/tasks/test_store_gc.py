@@ -98,3 +98,14 @@ def test_gc_keeps_a_stage_whose_artifacts_predate_recorded_rows_and_refuses_a_bu
     with pytest.raises(CollectionRefused, match="a build is in progress"):
         collect(store.root, min_age_s=0)
     assert os.path.isdir(building)
+
+
+def test_a_dry_run_leaves_a_dead_builds_folder_and_only_a_deleting_run_removes_it(two_curations):
+    store, _, _, current, _ = two_curations
+    host = OWNER.rsplit("-", 1)[0]
+    dead = Path(current.path).parent / f"{TEMP_PREFIX}k-{host}-999999999-x"  # no process has that pid
+    dead.mkdir()
+    collect(store.root, min_age_s=0)  # not refused: a dead build is not in progress
+    assert dead.is_dir()  # and a dry run deletes nothing
+    collect(store.root, min_age_s=0, delete=True)
+    assert not dead.exists()

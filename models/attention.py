@@ -38,6 +38,11 @@ from models import families, vlm
 METHODS = ("rollout", "gradient")
 
 
+class Unsupported(Exception):
+    """What was asked of this model cannot be done for any sample (not a ValueError: a localizer
+    that fails one bad image at a time must not mistake it for one)."""
+
+
 def load(path: str | Path, device: str = "cpu") -> vlm.VLM:
     """The model with eager attention (the fused kernels return no attention weights)."""
     loaded = vlm.load(path, device=device)
@@ -51,7 +56,7 @@ def image_token_id(model: Any) -> int:
         value = getattr(config, name, None)
         if value is not None:
             return int(value)
-    raise ValueError(f"{type(model).__name__}: its config names no image token")
+    raise Unsupported(f"{type(model).__name__}: its config names no image token")
 
 
 def relevance_maps(
@@ -69,9 +74,9 @@ def relevance_maps(
     by the vision tower's own attention rollout, so a token that gathered the lesion from another
     patch points at that patch."""
     if method not in METHODS:
-        raise ValueError(f"attention method {method!r}: expected one of {', '.join(METHODS)}")
+        raise Unsupported(f"attention method {method!r}: expected one of {', '.join(METHODS)}")
     if through_tower and model.family.name != "llava":
-        raise ValueError(f"through_tower: only the llava family's tower is rolled out, not {model.family.name}'s")
+        raise Unsupported(f"through_tower: only the llava family's tower is rolled out, not {model.family.name}'s")
     originals = [vlm.open_image(image) for image in images]
     batch = teacher_forced(model, questions, answers, originals)
     labels = batch.pop("labels")
@@ -153,12 +158,12 @@ def tower_rollout(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     config = model.config
     layer = config.vision_feature_layer
     if not isinstance(layer, int):
-        raise ValueError(f"through_tower: vision_feature_layer {layer!r} is not one layer")
+        raise Unsupported(f"through_tower: vision_feature_layer {layer!r} is not one layer")
     tower = model.model.vision_tower
     attentions = tower(pixel_values.to(tower.dtype), output_attentions=True).attentions
     used = attentions[: len(attentions) + 1 + layer if layer < 0 else layer]
     if not used:
-        raise ValueError(f"through_tower: vision_feature_layer {layer} uses no attention layer")
+        raise Unsupported(f"through_tower: vision_feature_layer {layer} uses no attention layer")
     first = 1 if config.vision_feature_select_strategy == "default" else 0
     return torch.stack(
         [attention_rollout([a[b].float() for a in used])[first:, first:] for b in range(len(pixel_values))]

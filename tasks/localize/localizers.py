@@ -87,9 +87,15 @@ class AttentionLocalizer:
         self.heatmap: HeatmapConfig = config.heatmap
         self.model = attention.load(self.settings.model_path, self.settings.device)
         llava = self.model.family.name == "llava"
-        tower = llava if self.settings.through_tower == "auto" else self.settings.through_tower
-        if tower and not llava:
-            raise ConfigError(f"localize.attention.through_tower: only the llava family, not {self.model.family.name}")
+        layer = getattr(self.model.model.config, "vision_feature_layer", None)
+        # auto: through the tower where it can be rolled out (a LLaVA whose features come from one layer).
+        rollable = llava and isinstance(layer, int)
+        tower = rollable if self.settings.through_tower == "auto" else self.settings.through_tower
+        if tower and not rollable:
+            raise ConfigError(
+                "localize.attention.through_tower: only a llava-family model whose image features come from one "
+                f"tower layer, not {self.model.family.name} (vision_feature_layer {layer!r})"
+            )
         self.refiner = refiner
         self.how = (self.settings.method, tower)
 

@@ -60,7 +60,7 @@ def test_both_methods_give_a_map_of_the_image_and_differ(tiny_llava, tmp_path):
     for plain, weighted in zip(rollout, gradient):
         assert plain.shape == weighted.shape == (HEIGHT, WIDTH) and np.isfinite(weighted).all()
         assert not np.allclose(plain / plain.max(), weighted / weighted.max())
-    with pytest.raises(ValueError, match="attention method 'saliency'"):
+    with pytest.raises(attention.Unsupported, match="attention method 'saliency'"):
         attention.relevance_maps(model, *args, method="saliency")
 
 
@@ -111,5 +111,5 @@ def test_the_towers_rollout_covers_its_feature_layers_without_cls(tiny_llava, ti
     (first_layer,) = tower(pixels, output_attentions=True).attentions[:1]
     expected = attention.attention_rollout([first_layer[1].float()])[1:, 1:]
     assert torch.allclose(rolled[1], expected, atol=1e-6)
-    with pytest.raises(ValueError, match="only the llava family"):
+    with pytest.raises(attention.Unsupported, match="only the llava family"):
         attention.relevance_maps(attention.load(tiny_checkpoint("gemma3")), ["q"], ["a"], [], through_tower=True)

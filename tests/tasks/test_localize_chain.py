@@ -92,5 +92,30 @@ def test_the_tower_is_rolled_through_where_the_family_has_one_to_roll(tiny_llava
     gemma = tiny_checkpoint("gemma3")
     assert tower(tiny_llava) is True and tower(gemma) is False  # auto
     assert tower(tiny_llava, through_tower=False) is False
-    with pytest.raises(ConfigError, match="through_tower: only the llava family, not gemma3"):
+    with pytest.raises(ConfigError, match="through_tower: only a llava-family model .* not gemma3"):
         tower(gemma, through_tower=True)
+
+
+def test_a_llava_whose_features_join_several_tower_layers_is_not_rolled_through(tiny_llava, monkeypatch):
+    load = attention.load
+
+    def joined(path, device="cpu"):
+        loaded = load(path, device)
+        loaded.model.config.vision_feature_layer = [-2, -1]
+        return loaded
+
+    monkeypatch.setattr(attention, "load", joined)
+    config = LocalizeConfig(source="attention", attention={"model_path": tiny_llava})
+    assert make_localizer(config).localizers["attention"].how[1] is False  # auto: off
+    with pytest.raises(ConfigError, match=r"vision_feature_layer \[-2, -1\]"):
+        make_localizer(LocalizeConfig(source="attention", attention={"model_path": tiny_llava, "through_tower": True}))
+
+
+def test_a_model_the_attention_map_cannot_serve_stops_the_stage_not_one_sample_at_a_time(rows, tiny_llava, monkeypatch):
+    def unsupported(*args, **kwargs):
+        raise attention.Unsupported("no image token")
+
+    localizer = make_localizer(LocalizeConfig(source="attention", attention={"model_path": tiny_llava}))
+    monkeypatch.setattr(attention, "relevance_maps", unsupported)
+    with pytest.raises(attention.Unsupported, match="no image token"):
+        localizer.locate([rows[2]])

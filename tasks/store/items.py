@@ -24,7 +24,7 @@ from typing import Any
 from tasks import counters, progress
 from tasks.store.files import temp_folder
 from tasks.store.keys import file_digest, hashed
-from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, write_rows
+from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, rows_files, write_rows
 
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
 # (`make ui` creates one) caps how many of them run at once across every flow run.
@@ -164,6 +164,7 @@ class StageItems:
         refuse_old_layout(self.root, self.stage)
         origins: dict[str, str] = {}
         wanted = {item.key for item in items}
+        listed = rows_files(self.root, self.stage)
         index = read_index(self.root, self.stage, origins, wanted=wanted)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
@@ -183,8 +184,12 @@ class StageItems:
                 counters.merge(self.counts, runner.run(job))
             finally:
                 progress.finish(self.stage)
-            # Rows files are named by their keys and never change: only the shards' new ones are read.
-            index.update(read_index(self.root, self.stage, origins, known=set(origins.values()), wanted=wanted))
+            # Rows files are named by their keys: only the shards' new ones are read, and any they
+            # replaced (a shard recomputing the items of a damaged file writes a file of its name).
+            unchanged = {
+                name for name, identity in rows_files(self.root, self.stage).items() if listed.get(name) == identity
+            }
+            index.update(read_index(self.root, self.stage, origins, known=unchanged, wanted=wanted))
         work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})

@@ -76,6 +76,18 @@ def old_item_folders(stage_dir: Path) -> list[Path]:
     return sorted(item for prefix in folder.iterdir() if OLD_ITEM.match(prefix.name) for item in prefix.iterdir())
 
 
+def rows_files(root: str | os.PathLike[str], stage: str) -> dict[str, tuple[int, int, int]]:
+    """A stage's rows files by name, each with what changes when it is replaced (inode, size, mtime)."""
+    files = {}
+    for path in rows_folder(root, stage).glob("*.parquet"):
+        try:
+            status = path.stat()
+        except OSError:
+            continue  # replaced or removed while listed: read as new
+        files[path.name] = (status.st_ino, status.st_size, status.st_mtime_ns)
+    return files
+
+
 def read_index(
     root: str | os.PathLike[str],
     stage: str,

@@ -177,6 +177,19 @@ def test_a_build_reads_each_rows_file_once_and_checks_a_shared_blob_once(tmp_pat
     assert [row["id"] for row in rows] == [r["id"] for r in grown] and len({row["path"] for row in rows}) == 1
 
 
+def test_after_its_shards_a_build_reads_only_their_new_rows_files(tmp_path, monkeypatch):
+    from tasks.store import packed
+
+    items, _ = six_items_on_one_file(tmp_path)  # another build's rows file, none of this build's items
+    reads = []
+    read_rows = packed.read_rows
+    monkeypatch.setattr(packed, "read_rows", lambda path, wanted: reads.append(path.name) or read_rows(path, wanted))
+    records = [{"id": f"other{i}", "x": i} for i in range(2)]
+    items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
+    # The old file once (before the shards: it holds none of these items), the shard's new file once.
+    assert len(reads) == len(set(reads)) == 2
+
+
 def write_previous_layout(root: Path, stage: str, key: str, row: dict, files: dict[str, bytes]) -> Path:
     """An item as the previous layout stored it: ``<stage>/.items/<2>/<key>/row.json`` beside its files."""
     folder = root / stage / ".items" / key[:2] / key

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import families, vlm
+from models import vlm
 
 METHODS = ("rollout", "gradient")
 
@@ -78,7 +78,7 @@ def relevance_maps(
     if through_tower and model.family.name != "llava":
         raise Unsupported(f"through_tower: only the llava family's tower is rolled out, not {model.family.name}'s")
     originals = [vlm.open_image(image) for image in images]
-    batch = teacher_forced(model, questions, answers, originals)
+    batch = vlm.teacher_forced(model, questions, answers, originals)
     labels = batch.pop("labels")
     layers = (gradient_weighted if method == "gradient" else plain_attention)(model.model, batch, labels)
     towers = tower_rollout(model.model, batch["pixel_values"]) if through_tower else None
@@ -101,26 +101,6 @@ def relevance_maps(
         padded = model.family.image_preparation == "pad"
         maps.append(None if grid is None else onto_image(grid, image.size, padded))
     return maps
-
-
-def teacher_forced(
-    model: vlm.VLM, questions: Sequence[str], answers: Sequence[str], images: Sequence[Image.Image]
-) -> dict[str, Any]:
-    """The batch as SFT builds it (prompt, image as the family prepares it, answer), labels on the answer."""
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-
-    collator = DataCollatorForVisionLanguageModeling(
-        families.TemplateProcessor(model.processor), completion_only_loss=True
-    )
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": answer}],
-            "images": [model.family.prepare(image, model.processor)],
-        }
-        for question, answer, image in zip(questions, answers, images)
-    ]
-    return families.to_model(collator(rows), model.model)
 
 
 def predicting(is_answer: torch.Tensor) -> torch.Tensor:

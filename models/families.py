@@ -191,6 +191,13 @@ def encode(processor: Any, texts: Sequence[str], images: Sequence[Image.Image]) 
     )
 
 
+def open_image(image: str | Path | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as handle:
+        return handle.convert("RGB")
+
+
 def to_model(inputs: Any, model: Any) -> dict[str, Any]:
     """Every processor key on the model's device; pixels in its float dtype (grids, masks and sizes
     keep theirs)."""

@@ -22,6 +22,7 @@ from PIL import Image
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from models import families
+from models.families import open_image
 from models.trl_checks import check_image_call, check_pair_layout
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,6 @@ def preference_example(
         "weight": float(weight),
         "pair_type": pair_type,
     }
-
-
-def open_image(image: str | Path | Image.Image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as handle:
-        return handle.convert("RGB")
 
 
 def stand_in(image: str | Path | Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from models import families, loading
-from models.families import Family
+from models.families import Family, open_image
 
 
 @dataclass
@@ -115,13 +115,6 @@ def prompt(processor: ProcessorMixin, question: str, with_image: bool = True) ->
     return families.render(processor, messages(question, with_image=with_image), add_generation_prompt=True)
 
 
-def open_image(image: str | Path | Image.Image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as handle:
-        return handle.convert("RGB")
-
-
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 128
@@ -210,36 +203,16 @@ def score_answers(
     images: Sequence[str | Path | Image.Image],
     batch_size: int = 32,
 ) -> list[float]:
-    """``answer_logprob`` of every (question, answer, image) row, ``batch_size`` rows per forward.
-
-    Batches are built by TRL's own prompt-completion collator, through the same
-    ``TemplateProcessor`` the pair collator uses, so an answer's tokens (and the prompt's BOS)
-    are exactly those training scored. The collator pads prompts on the left and answers on the
-    right, so every answer starts at the same column: the head projects only the positions from
-    there on (``logits_to_keep``), not the prompt's, through the whole vocabulary.
-    """
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-
+    """``answer_logprob`` of every (question, answer, image) row, ``batch_size`` rows per forward,
+    on ``teacher_forced`` batches. The collator pads prompts on the left and answers on the right,
+    so every answer starts at the same column: the head projects only the positions from there on
+    (``logits_to_keep``), not the prompt's, through the whole vocabulary."""
     if not len(questions) == len(answers) == len(images):
         raise ValueError(f"{len(questions)} questions, {len(answers)} answers, {len(images)} images")
-    collator = DataCollatorForVisionLanguageModeling(
-        families.TemplateProcessor(vlm.processor), completion_only_loss=True
-    )
     scores: list[float] = []
     for start in range(0, len(questions), batch_size):
-        rows = [
-            {
-                "prompt": [{"role": "user", "content": question}],
-                "completion": [{"role": "assistant", "content": answer}],
-                "images": [vlm.image(image)],
-            }
-            for question, answer, image in zip(
-                questions[start : start + batch_size],
-                answers[start : start + batch_size],
-                images[start : start + batch_size],
-            )
-        ]
-        batch = families.to_model(collator(rows), vlm.model)
+        window = slice(start, start + batch_size)
+        batch = teacher_forced(vlm, questions[window], answers[window], images[window])
         labels = batch.pop("labels")
         scored = labels != -100
         first = int(scored.any(dim=0).nonzero()[0])  # the answers' common first column
@@ -249,3 +222,28 @@ def score_answers(
         token_logps = torch.log_softmax(logits, dim=-1).gather(2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         scores.extend((token_logps * mask).sum(dim=1).tolist())
     return scores
+
+
+def teacher_forced(
+    vlm: VLM,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    images: Sequence[str | Path | Image.Image],
+) -> dict[str, Any]:
+    """The batch as SFT builds it (prompt, the image as the family prepares it, answer), labels on
+    the answer only: TRL's prompt-completion collator through the ``TemplateProcessor`` the pair
+    collator uses, so an answer's tokens (and the prompt's BOS) are exactly those training scored."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    collator = DataCollatorForVisionLanguageModeling(
+        families.TemplateProcessor(vlm.processor), completion_only_loss=True
+    )
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "images": [vlm.image(image)],
+        }
+        for question, answer, image in zip(questions, answers, images)
+    ]
+    return families.to_model(collator(rows), vlm.model)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import attention
+from models import attention, vlm
 
 HEIGHT, WIDTH = 48, 80  # not square: a wrong axis or a pad band left in shows in the peak's place
 
@@ -19,7 +19,7 @@ TILED_VIEW = {"llava_next": ("first", 4), "idefics3": ("last", 2)}
 
 
 def image_positions(model, question, answer, image) -> torch.Tensor:
-    batch = attention.teacher_forced(model, [question], [answer], [image])
+    batch = vlm.teacher_forced(model, [question], [answer], [image])
     return torch.nonzero(batch["input_ids"][0] == attention.image_token_id(model.model)).flatten()
 
 

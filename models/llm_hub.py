@@ -67,6 +67,17 @@ class Hub:
         """Run ``work`` on the hub's loop from synchronous code."""
         return asyncio.run_coroutine_threadsafe(work, self.loop).result()
 
+    def forget(self, base_url: str) -> None:
+        """Close and drop ``base_url``'s clients and limits: a managed server that stopped is never
+        asked again (the next run serves on another port), and a long-lived worker would otherwise
+        keep a pool per port it ever served on."""
+        with self._lock:
+            clients = [self._clients.pop(key) for key in [k for k in self._clients if k[0] == base_url]]
+            for key in [k for k in self._limits if k[0] == base_url]:
+                del self._limits[key]
+        if clients and not self.loop.is_closed():
+            asyncio.run_coroutine_threadsafe(_close_all(clients), self.loop).result(CLOSE_TIMEOUT_S)
+
     def close(self) -> None:
         """Close every client and stop the loop (at process exit; a forked child, which inherits the
         parent's exit hook but not its loop thread, leaves them alone)."""
@@ -100,6 +111,12 @@ def hub() -> Hub:
             _HUB = Hub()
             atexit.register(_HUB.close)
         return _HUB
+
+
+def forget(base_url: str) -> None:
+    """``Hub.forget`` on this process's hub, if it has one (starting a hub to forget is pointless)."""
+    if _HUB is not None and _HUB.pid == os.getpid():
+        _HUB.forget(base_url)
 
 
 def _forget_parents_hub() -> None:

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import llm_hub
 from models.lifetime import free_port, tied_to_this_process
 from models.settings import FolderDigests, ServeSettings
 
@@ -186,6 +187,8 @@ class ManagedServer:
                     _signal_group(process, signal.SIGKILL)
                     process.wait(timeout=30)
             status = process.returncode
+        if self.port is not None:
+            llm_hub.forget(self.base_url)
         if self.log_path is not None and not keep_log:
             self.log_path.unlink(missing_ok=True)
         return status

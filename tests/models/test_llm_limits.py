@@ -47,7 +47,7 @@ def test_shards_of_a_run_share_the_request_rate(openai_server, releases):
     assert len(openai_server.requests) == len(releases) == 8
     # 300 rpm: one start every 0.2 s across all shards; a limiter per client would have let the
     # four shards' first requests start together.
-    assert min(b - a for a, b in zip(sorted(releases), sorted(releases)[1:])) >= 0.2 - 1e-3
+    assert releases.on_schedule(0.2)
 
 
 def test_a_cancelled_shard_gives_its_slot_back(openai_server):
@@ -82,3 +82,23 @@ def test_a_forked_worker_process_makes_its_own_client(openai_server):
     (reply,), _ = ask(endpoint(openai_server), ["parent"])  # the parent's hub is running
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(ask_from_a_child, (openai_server.base_url,)).get(timeout=60) == "echo: sys\nchild"
+
+
+def test_a_stopped_servers_client_is_closed_and_forgotten(tmp_path):
+    """A long-lived worker serves each run on a new port: the hub drops a stopped server's client
+    and limits instead of keeping a pool per port it ever served on."""
+    from models import llm_hub
+    from models.serve import ManagedServer
+    from tasks.config.endpoint import ServeConfig
+
+    hub = llm_hub.hub()
+    gone, kept = "http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"
+    clients = {url: hub.http(url, "key") for url in (gone, kept)}
+    hub.limits(EndpointConfig(base_url=gone, model="m"))
+    server = ManagedServer(ServeConfig(model=str(tmp_path)))
+    server.port = 9  # as if it had served there (stop() signals no process: none was started)
+    server.stop()
+    assert clients[gone].is_closed() and not clients[kept].is_closed()
+    assert hub.http(kept, "key") is clients[kept]
+    assert hub.http(gone, "key") is not clients[gone]  # a new client if the URL is served again
+    assert not any(key[0] == gone for key in hub._limits)

@@ -30,7 +30,7 @@ from flows.train import train_on_gpu_pool
 from models.training import ADAPTER
 from tasks import ui
 from tasks.config import ConfigError, RunConfig, SampleWindow, load_run_config
-from tasks.config.iterate import check_iterate, check_round_endpoint
+from tasks.config.iterate import check_iterate
 from tasks.evaluate import load_metrics
 from tasks.evaluate.comparison import rounds_rows, rounds_text
 from tasks.rounds import chain, chain_markdown
@@ -61,7 +61,6 @@ def iterate(config: RunConfig, rounds: int | None = None) -> IterateResult:
     policy: Manifest | None = None
     for number in range(1, count + 1):
         settings = round_config(config, number, policy)
-        check_round_endpoint(settings, number)
         curated = curate(settings, policy)
         sets = [curated["assemble"]]
         if config.iterate.train_from == "base":

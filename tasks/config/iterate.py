@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -109,29 +108,3 @@ def check_iterate(config: RunConfig, origin: str = "run config") -> None:
         )
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))
-
-
-def check_round_endpoint(config: RunConfig, number: int) -> None:
-    """Before round ``number`` samples through ``hallucinate.target.endpoint``: the server must serve
-    the previous round's adapter under the round's model name, else a ConfigError that says how to
-    load it (sampling the base model instead would make the round silently off-policy)."""
-    target = config.hallucinate.target
-    endpoint = target.endpoint
-    if endpoint is None or target.adapter is None:
-        return
-    from models.llm import LLMError, served_models
-
-    name, where = endpoint.model, endpoint.base_url
-    try:
-        names = served_models(endpoint)
-    except LLMError as exc:
-        raise ConfigError(f"iterate round {number}: cannot list the models {where} serves ({exc})") from None
-    if name not in names:
-        load = json.dumps({"lora_name": name, "lora_path": str(target.adapter)})
-        raise ConfigError(
-            f"iterate round {number}: {where} does not serve {name!r}, round {number - 1}'s adapter "
-            f"{target.adapter} (it serves: {', '.join(names) or 'nothing'}). Load it into the running vLLM server "
-            f"(started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True): curl -X POST {where}/load_lora_adapter "
-            f"-H 'Content-Type: application/json' -d '{load}', or restart it with --enable-lora --lora-modules "
-            f"{name}={target.adapter}; then run `mmedpo iterate` again (finished rounds are reused)"
-        )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 from models import llm as llm_api
 from models import prompts, resident
-from tasks.config import HallucinateConfig, TargetSamplingConfig
+from tasks.config import ConfigError, HallucinateConfig, TargetSamplingConfig
 from tasks.hallucinate.clinical_text import match_case
 from tasks.hallucinate.llm import OnRow, check_images_allowed, inject, prompt_fields
 from tasks.hallucinate.rows import empty_answer_row, normalize_error_type, rejection_problem, row
@@ -298,6 +299,30 @@ def fallback_row(sample: Mapping[str, Any], sampled: Sequence[str], config: Hall
     )
 
 
+def check_adapter_served(target: TargetSamplingConfig) -> None:
+    """Before sampling a trained adapter through ``target.endpoint`` (an iterate round's): the server
+    must serve it under ``endpoint.model``, else a ConfigError that says how to load it - sampling
+    the base model instead would make the round silently off-policy. Asked only when answers are to
+    be sampled, so a re-run whose finished rounds are reused needs no old adapter served."""
+    endpoint = target.endpoint
+    if endpoint is None or target.adapter is None:
+        return
+    name, where = endpoint.model, endpoint.base_url
+    try:
+        names = llm_api.served_models(endpoint)
+    except llm_api.LLMError as exc:
+        raise ConfigError(f"hallucinate.target.endpoint: cannot list the models {where} serves ({exc})") from None
+    if name not in names:
+        load = json.dumps({"lora_name": name, "lora_path": str(target.adapter)})
+        raise ConfigError(
+            f"hallucinate.target.endpoint: {where} does not serve {name!r}, the adapter {target.adapter} "
+            f"(it serves: {', '.join(names) or 'nothing'}). Load it into the running vLLM server (started with "
+            f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True): curl -X POST {where}/load_lora_adapter -H 'Content-Type: "
+            f"application/json' -d '{load}', or restart it with --enable-lora --lora-modules {name}={target.adapter}; "
+            "then run again (finished stages and rounds are reused)"
+        )
+
+
 def target_rows(
     samples: Sequence[Mapping[str, Any]], config: HallucinateConfig, cache_dir: Path, on_row: OnRow | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -311,6 +336,7 @@ def target_rows(
         # The server holds the model: its adapter (a round's, served under a name reused from run to
         # run) is named in every cached reply's key by content.
         served = tree_digest(target.adapter) if target.adapter is not None else None
+        check_adapter_served(target)
         sampled = llm_api.run_with_client(
             target.endpoint, cache_dir, lambda client: sample_endpoint(client, samples, target), served
         )

@@ -32,6 +32,8 @@ from tasks.localize.regions import (
 
 def make_localizer(config: LocalizeConfig) -> ChainLocalizer:
     lesions = LesionLabels(config.lesion_terms)
+    needs_sam = "sam" in config.sources or ("attention" in config.sources and config.attention.refine == "sam")
+    sam = SamLocalizer(config.sam, config.heatmap, lesions) if needs_sam else None
     built: dict[str, Localizer] = {}
     for source in config.sources:
         if source == "annotation":
@@ -39,10 +41,10 @@ def make_localizer(config: LocalizeConfig) -> ChainLocalizer:
         elif source == "heatmap":
             built[source] = HeatmapLocalizer(config.heatmap)
         elif source == "sam":
-            built[source] = SamLocalizer(config.sam, config.heatmap, lesions)
-        else:
-            refiner = SamLocalizer(config.sam, config.heatmap, lesions) if config.attention.refine == "sam" else None
-            built[source] = AttentionLocalizer(config, refiner)
+            assert sam is not None
+            built[source] = sam
+        else:  # one SAM serves both as a source and as the attention map's refiner
+            built[source] = AttentionLocalizer(config, sam if config.attention.refine == "sam" else None)
     return ChainLocalizer(config, built)
 
 

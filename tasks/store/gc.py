@@ -117,7 +117,14 @@ def artifact_references(stage_dir: Path, blobs: set[str]) -> tuple[set[str], boo
             raise CollectionRefused(
                 f"{folder / MANIFEST}: unreadable ({type(exc).__name__}); run `mmedpo verify --repair` first"
             ) from None
-        index = manifest.index or blob_index(folder)
+        try:
+            # A manifest from before file indexes: its tables name its blobs, and one that cannot be
+            # read might name blobs still in use, so nothing is collected rather than guessed.
+            index = manifest.index or blob_index(folder, strict=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise CollectionRefused(
+                f"{folder}: a table is unreadable ({type(exc).__name__}); run `mmedpo verify --repair` first"
+            ) from None
         blobs.update(name.removeprefix(f"{FROM_ARTIFACT}/") for name in index if name.startswith(f"{FROM_ARTIFACT}/"))
         if manifest.item_rows is None:
             recorded = False

@@ -207,16 +207,19 @@ def is_blob_path(path: str) -> bool:
     return rest != path and ".." not in Path(rest).parts
 
 
-def blob_index(folder: Path) -> dict[str, list]:
+def blob_index(folder: Path, strict: bool = False) -> dict[str, list]:
     """The blobs an artifact's tables name, as entries of its file index (tasks.store.verify) by
     their path from the artifact: verifying the artifact then checks them like its own files,
-    so a damaged noised image or mask makes its artifact a miss, never a reused hit."""
+    so a damaged noised image or mask makes its artifact a miss, never a reused hit. A file that
+    does not read as a table names no blob (a stage's own file named so), or, ``strict``, raises."""
     index: dict[str, list] = {}
     for table_path in sorted(folder.rglob("*.parquet")):
         try:
             table = pq.read_table(table_path)
         except (OSError, pa.ArrowException):
-            continue  # not a table (a stage's own file named so): it names no blob
+            if strict:
+                raise
+            continue
         for column in table.itercolumns():
             if not pa.types.is_string(column.type):
                 continue

@@ -109,3 +109,21 @@ def test_a_dry_run_leaves_a_dead_builds_folder_and_only_a_deleting_run_removes_i
     assert dead.is_dir()  # and a dry run deletes nothing
     collect(store.root, min_age_s=0, delete=True)
     assert not dead.exists()
+
+
+def test_gc_refuses_when_an_old_artifacts_table_cannot_be_read(two_curations):
+    """An artifact from before file indexes names its blobs only in its tables: one that cannot be
+    read might name blobs still in use, so gc refuses instead of deleting them."""
+    store, old, old_files, current, _ = two_curations
+    shutil.rmtree(old.path)
+    manifest = Path(current.path) / MANIFEST
+    written = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in written.items() if k != "index"}))
+    assert {p.relative_to(store.root).as_posix() for p, _ in collect(store.root, min_age_s=0).blobs} == {
+        name for name in old_files if name.startswith(BLOBS)
+    }  # readable: its own blobs are found in its tables and kept
+    (table,) = Path(current.path).glob("*.parquet")
+    table.write_bytes(b"PAR1 damaged")
+    with pytest.raises(CollectionRefused, match=r"a table is unreadable .*mmedpo verify --repair"):
+        collect(store.root, min_age_s=0, delete=True)
+    assert files(store.root) >= old_files  # nothing deleted

@@ -143,7 +143,7 @@ def select_pairs(
             counts.add("pairs", "skipped", reason)
             continue
         seen.add(identity)
-        if is_held_out(row["pair_id"], config.heldout):
+        if is_held_out(sample_identity(row), config.heldout):
             held.append(row)
             counts.add("pairs", "heldout", row["pair_type"])
             continue
@@ -152,9 +152,16 @@ def select_pairs(
     return kept, held, counts.as_dict()
 
 
-def is_held_out(pair_id: str, share: float) -> bool:
-    """Whether a pair falls in the held-out ``share``: by a hash of its id, so the same pairs in every run."""
-    fraction = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:8], "big") / 2**64
+def sample_identity(row: dict[str, Any]) -> str:
+    """What a sample's pairs share - its question, answer and clean image (named by content) - so
+    its text and visual pairs are held out together: a held-out pair whose sibling trained would
+    score an answer the model was just taught."""
+    return "\x1f".join((row["prompt"], row["chosen"], Path(row["chosen_image"]).name))
+
+
+def is_held_out(identity: str, share: float) -> bool:
+    """Whether a sample falls in the held-out ``share``: by a hash of its identity, so the same in every run."""
+    fraction = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") / 2**64
     return fraction < share
 
 

@@ -42,8 +42,9 @@ class TrainConfig(StageConfig):
         ge=0.0,
         lt=1.0,
         description=(
-            "Share of the usable pairs held out of training (picked by a hash of the pair id, so every run holds "
-            "out the same ones) and scored with TRL's DPO metrics before and after training (heldout.* counters)"
+            "Share of the samples whose pairs are held out of training (a sample's text and visual pairs together, "
+            "picked by a hash of its question, answer and clean image, so every run holds out the same ones) and "
+            "scored with TRL's DPO metrics before and after training (heldout.* counters)"
         ),
     )
     beta: float = Field(

@@ -7,12 +7,12 @@ import pytest
 
 from tasks.evaluate.comparison import heldout_rows, heldout_text
 from tasks.store import ArtifactStore
-from tasks.train import is_held_out, preference_snapshot, select_pairs, train
+from tasks.train import is_held_out, preference_snapshot, sample_identity, select_pairs, train
 from tests.support.configs import small_train
 from tests.support.preference import preference_rows, write_train_pairs
 
 
-def test_the_held_out_share_is_chosen_by_pair_id_the_same_in_every_run():
+def test_the_held_out_share_is_chosen_by_a_hash_the_same_in_every_run():
     ids = [f"sample-{i}:text" for i in range(2000)]
     held = [i for i in ids if is_held_out(i, 0.25)]
     assert 0.22 < len(held) / len(ids) < 0.28
@@ -29,7 +29,12 @@ def test_held_out_pairs_are_counted_and_never_trained_on(tmp_path: Path):
     assert {r["pair_id"] for r in kept}.isdisjoint(r["pair_id"] for r in held)
     assert len(kept) + len(held) == 8
     assert counts["pairs.heldout"] == len(held) and counts["pairs.trained"] == len(kept)
-    assert all(is_held_out(r["pair_id"], 0.5) for r in held)
+    assert all(is_held_out(sample_identity(r), 0.5) for r in held)
+    # A sample's text and visual pairs are held out together, never one trained and one scored.
+    sample_of = {r["pair_id"]: r["sample_id"] for r in rows}
+    held_samples = {sample_of[r["pair_id"]] for r in held}
+    assert held_samples.isdisjoint(sample_of[r["pair_id"]] for r in kept)
+    assert sorted(r["pair_type"] for r in held) == ["text"] * len(held_samples) + ["visual"] * len(held_samples)
 
 
 def test_train_scores_the_held_out_pairs_before_and_after(tmp_path: Path):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from models.lifetime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
@@ -35,12 +36,6 @@ CHROMIUM_FLAGS = [
     "--window-size=1600,1100",
     "--virtual-time-budget=20000",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(api: str, process: subprocess.Popen, timeout: float = 180) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from models.lifetime import free_port
 from tasks.config import EvaluateConfig, IngestConfig, RunConfig, SourceConfig
 from tests.support.configs import small_train
 
@@ -45,12 +45,6 @@ def test_prefect_yaml_declares_the_five_deployments():
     # `make ui` starts a worker for each of them.
     ui_pools = re.search(r"^UI_POOLS := (.*)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
     assert sorted(ui_pools) == pools() == ["gpu", "local"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def processes_of(prefect_home: Path) -> list[int]:

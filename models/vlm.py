@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from models import families, loading
+from models import families, loading, precision
 from models.families import Family, open_image
 
 
@@ -42,15 +42,6 @@ class VLM:
         return self.family.prepare(open_image(image), self.processor)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPU (what LLaVA-Med was trained in); fp32 on CPU, where bf16 matmuls are slow."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 BOUNDED_BY_PIXELS = ("qwen2_vl", "qwen2_5_vl")
 
 
@@ -72,8 +63,8 @@ def load(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json - not a transformers checkpoint folder")
     family = families.detect(path)
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    device = torch.device(device) if device is not None else precision.resolve("auto", f"VLM {path}")
+    dtype = dtype or precision.dtype_for(device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     if family.name in BOUNDED_BY_PIXELS and max_pixels is not None:
         size = processor.image_processor.size

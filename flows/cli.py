@@ -37,7 +37,7 @@ from tasks.store.packed import OldStoreLayout
 
 DATA = Path("data")
 SMOLLM2 = DATA / "models" / "smollm2-135m-instruct"
-DEMO_RUN = Path(__file__).resolve().parents[1] / "configs" / "demo-run.yaml"
+DEMO_RUN = Path(__file__).resolve().parent / "demo-run.yaml"
 # What a user gets wrong (a file, a field, a reference): reported in one line, not a traceback.
 USER_ERRORS = (
     ConfigError,
@@ -290,7 +290,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def demo_run_text(fast: bool = False) -> str:
-    """The demo's run config (configs/demo-run.yaml) as ``mmedpo demo`` writes it beside the
+    """The demo's run config (flows/demo-run.yaml) as ``mmedpo demo`` writes it beside the
     sample set; ``fast``: without its hallucinate and score sections (the offline rules)."""
     text = DEMO_RUN.read_text()
     if not fast:

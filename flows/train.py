@@ -4,7 +4,7 @@ The train task is tagged ``gpu`` so a deployment can route it to a GPU work pool
 locally it trains on whatever the machine has (CPU included). Several processes train through
 ``accelerate launch`` on a node of several GPUs (``train.num_processes: auto``, one rank per GPU),
 when ``train.num_processes`` is above 1 (GPUs or gloo CPU processes), or with
-``train.accelerate_config`` (configs/accelerate/zero3.yaml is the paper's DeepSpeed ZeRO-3 setup);
+``train.accelerate_config`` (models/accelerate/zero3.yaml is the paper's DeepSpeed ZeRO-3 setup);
 docs/gpu.md.
 """
 

@@ -13,7 +13,7 @@ from models.settings import LaunchSettings
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 # What `train.num_processes` launches without a `train.accelerate_config`.
-DATA_PARALLEL = {"gpu": CODE_ROOT / "configs/accelerate/ddp.yaml", "cpu": CODE_ROOT / "configs/accelerate/cpu-ddp.yaml"}
+DATA_PARALLEL = {"gpu": CODE_ROOT / "models/accelerate/ddp.yaml", "cpu": CODE_ROOT / "models/accelerate/cpu-ddp.yaml"}
 
 
 @dataclass(frozen=True)

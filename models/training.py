@@ -116,7 +116,7 @@ def launch(job: Job, plan: LaunchPlan) -> dict[str, float]:
     """Run ``fit`` in every process of ``accelerate launch`` (DDP, DeepSpeed ZeRO-3, ...).
 
     The plan names the launch: ``train.accelerate_config``, else data parallel on this machine -
-    one process per GPU, or gloo processes on the CPU (``configs/accelerate/cpu-ddp.yaml``). The
+    one process per GPU, or gloo processes on the CPU (``models/accelerate/cpu-ddp.yaml``). The
     ranks import this checkout's code, and die with the launcher, which dies with this process.
     """
     job_file = job.checkpoints / "job.json"

@@ -24,7 +24,7 @@ from tasks.store import ArtifactStore, Keyed, Manifest, SourceSnapshot, code_ver
 STAGE = "train"
 # The data-parallel launch settings decide how a run trains, so they count as its code (the
 # training program, models/training.py, is imported: its code counts through the import graph).
-CODE = code_version(__name__, data=("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml"))
+CODE = code_version(__name__, data=("models/accelerate/ddp.yaml", "models/accelerate/cpu-ddp.yaml"))
 # How a run went, not what it made: timings and losses in the logs, where the base model was.
 # The adapter (and a tiny model built inside) is the artifact's content.
 VOLATILE = ("log_history.json", "metrics.json", "base_model.txt", "adapter/README.md")  # peft's model card

@@ -107,7 +107,7 @@ class TrainConfig(StageConfig):
     accelerate_config: Path | None = Field(
         json_schema_extra=BY_CONTENT,
         default=None,
-        description="accelerate config (e.g. configs/accelerate/zero3.yaml) to launch multi-GPU; identified by "
+        description="accelerate config (e.g. models/accelerate/zero3.yaml) to launch multi-GPU; identified by "
         "its content (its process count sets the global batch)",
     )
     num_processes: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(

@@ -66,7 +66,7 @@ def launch_ranks(cases: list[dict], result: Path, log: Path) -> list[dict]:
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(REPO / "configs/accelerate/cpu-ddp.yaml"),
+        str(REPO / "models/accelerate/cpu-ddp.yaml"),
         "-m",
         "tests.support.ddp_step",
         str(spec),

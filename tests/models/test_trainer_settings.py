@@ -23,7 +23,7 @@ from tests.models.test_dpo import examples, lora_grads
 from tests.models.test_dpo import make_trainer as make_test_trainer
 from tests.support.preference import preference_rows
 
-ACCELERATE = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+ACCELERATE = Path(__file__).resolve().parents[2] / "models" / "accelerate"
 
 
 def processes(config: str) -> int:

@@ -2,7 +2,7 @@
 ``accelerate launch`` (tests/models/test_ddp.py): the step's logged loss, the LoRA gradients the
 optimizer sees (after DDP's all-reduce, before any clipping) and the pairs each rank held.
 
-    accelerate launch --config_file configs/accelerate/cpu-ddp.yaml -m tests.support.ddp_step CASES.json RESULT.pt
+    accelerate launch --config_file models/accelerate/cpu-ddp.yaml -m tests.support.ddp_step CASES.json RESULT.pt
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ STAGES = {
     "score": ("tasks.score", ()),
     "assemble": ("tasks.assemble", ()),
     "sft": ("tasks.sft", ()),
-    "train": ("tasks.train", ("configs/accelerate/ddp.yaml", "configs/accelerate/cpu-ddp.yaml")),
+    "train": ("tasks.train", ("models/accelerate/ddp.yaml", "models/accelerate/cpu-ddp.yaml")),
     "evaluate": ("tasks.evaluate", ()),
 }
 
@@ -28,7 +28,7 @@ STAGES = {
 def tree(tmp_path_factory) -> Path:
     """A copy of the code, to edit."""
     root = tmp_path_factory.mktemp("code")
-    for top in ("flows", "tasks", "models", "experiments", "configs"):
+    for top in ("flows", "tasks", "models", "experiments"):
         shutil.copytree(ROOT / top, root / top, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
@@ -72,7 +72,7 @@ def test_the_stage_modules_use_the_derived_versions():
         ("tasks/hallucinate/clinical_lexicon.py", {"hallucinate"}),
         ("models/prompts/judge_first_v1.txt", {"hallucinate", "score"}),
         ("tasks/metrics.py", {"hallucinate", "evaluate"}),
-        ("configs/accelerate/cpu-ddp.yaml", {"train"}),
+        ("models/accelerate/cpu-ddp.yaml", {"train"}),
         ("flows/curate.py", set()),
     ],
 )

@@ -178,7 +178,8 @@ def pack_item(
     """``row`` with each path of a file under ``folder`` (less the names in ``ignore``) replaced
     by its blob's path (the files are put into the blob folder, the item folder is left as it was)."""
     blobs = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = folder.rglob("*") if folder.is_dir() else ()  # an item that wrote no file has no folder
+    for path in sorted(p for p in files if p.is_file()):
         name = path.relative_to(folder).as_posix()
         if name not in ignore:
             blobs[name] = put_blob(root, path)

@@ -265,6 +265,25 @@ def test_an_unreadable_rows_file_costs_its_items_a_recompute_not_the_run(tmp_pat
     assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
 
 
+@pytest.mark.parametrize(
+    "columns",
+    [{"key": ["k"], "other": ["{}"]}, {"key": ["k"], "row": [1]}, {"key": ["k"]}],
+    ids=["renamed", "retyped", "missing"],
+)
+def test_a_rows_file_of_another_schema_costs_its_items_a_recompute(tmp_path, columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    (rows_file,) = (tmp_path / "double" / ".items" / "rows").glob("*.parquet")
+    key = pq.read_table(rows_file).column("key")[0].as_py()
+    pq.write_table(pa.table({name: [key] if name == "key" else v for name, v in columns.items()}), rows_file)
+    again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
+    assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
+
+
 def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
     store = ArtifactStore(tmp_path)
     calls: list = []

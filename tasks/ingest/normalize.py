@@ -63,6 +63,8 @@ def normalize(
     out = Normalized()
     root = root.resolve() if root.is_dir() else root.resolve().parent
     accepted: list[tuple[RawRecord, str, str, Path]] = []
+    # An image file's checks once, not once per question on it (a resolve, stats, a header read).
+    files: dict[Path, Path] = {}
     for item in items:
         if isinstance(item, Reject):
             sample_id = None if item.native_id is None else f"{dataset}:?:{item.native_id}"
@@ -101,7 +103,10 @@ def normalize(
                 raise RecordError(
                     "duplicate_id", f"{item.source_ref}: id {item.native_id!r} already ingested in split {item.split!r}"
                 )
-            image_path = _image_file(item, root, image_dir, config)
+            named = None if isinstance(item.image, bytes) else item.image
+            image_path = files.get(named) or _image_file(item, root, image_dir, config)
+            if named is not None:
+                files[named] = image_path
         except RecordError as exc:
             out.reject(dataset, item.source_ref, exc.reason, exc.detail, sample_id)
             continue

@@ -46,8 +46,9 @@ class Item:
 
 # compute(payloads, folders) -> (one result row per payload in order, counters of the work
 # done, e.g. LLM requests). A row names each file it made by a path (e.g. ``masks/<stem>.png``);
-# compute writes the file at that path under the item's folder, and the shard stores it as a blob
-# and puts the blob's path from the artifact into the row in its place.
+# compute writes the file at that path under the item's folder (which it makes: it does not exist
+# yet), and the shard stores it as a blob and puts the blob's path from the artifact into the row
+# in its place.
 Compute = Callable[[Sequence[Any], Sequence[Path]], tuple[Sequence[Mapping[str, Any]], Mapping[str, float]]]
 
 
@@ -77,13 +78,12 @@ def compute_items(
     """
     if not items:
         return {}
-    # One scratch folder a shard, an item folder in it each: the scratch folder is swept (listed)
-    # once, and the items' folders are plain mkdirs, one removal for all of them.
+    # One scratch folder a shard, swept (listed) once. The items' folders in it are made by what
+    # writes a file there (most items write none: a made and removed empty folder per item was a
+    # tenth of a re-run's time), and removed with it.
     shard = temp_folder(Path(store_root) / stage / ITEMS / ".tmp", items[0].key)
     folders = [shard / str(i) for i in range(len(items))]
     try:
-        for folder in folders:
-            folder.mkdir()
         rows, counts = compute([item.payload for item in items], folders)
         rows = list(rows)
         progress.shard_done(stage, len(rows))

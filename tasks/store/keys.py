@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import BaseModel
 
 KEY_LENGTH = 16
+# New digests a DigestMemo commits at once during a folder walk (a killed walk loses at most these).
+MEMO_BATCH = 1024
 
 
 def canonical_json(value: Any) -> str:
@@ -82,6 +84,33 @@ class DigestMemo:
             )
 
     def file(self, path: Path) -> str:
+        digest, fresh = self._lookup(path)
+        if fresh:
+            self._remember([fresh])
+        return digest
+
+    def tree(self, root: Path) -> str:
+        """``tree_digest`` with this memo's file digests. New digests are written a batch per
+        transaction, not one each: a commit waits for the disk (~80 ms on some), and a root that
+        gained 2,000 images would otherwise spend minutes on commits alone."""
+        fresh: list[tuple] = []
+
+        def digest(path: Path) -> str:
+            value, row = self._lookup(path)
+            if row:
+                fresh.append(row)
+                if len(fresh) >= MEMO_BATCH:
+                    self._remember(fresh)
+                    fresh.clear()
+            return value
+
+        try:
+            return tree_digest(root, digest)
+        finally:
+            self._remember(fresh)
+
+    def _lookup(self, path: Path) -> tuple[str, tuple | None]:
+        """A file's digest, and the row to remember it by when it was read (None: known)."""
         stat = path.stat()
         with self.lock:
             found = self.db.execute(
@@ -89,18 +118,14 @@ class DigestMemo:
                 (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino),
             ).fetchone()
         if found:
-            return found[0]
+            return found[0], None
         digest = _read_digest(path)
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
-                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, digest),
-            )
-        return digest
+        return digest, (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, digest)
 
-    def tree(self, root: Path) -> str:
-        """``tree_digest`` with this memo's file digests."""
-        return tree_digest(root, self.file)
+    def _remember(self, rows: list[tuple]) -> None:
+        if rows:
+            with self.lock, self.db:
+                self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
 
 
 def tree_digest(root: str | os.PathLike[str], file: Any = None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,9 @@ def no_hang():
     signal.signal(signal.SIGALRM, previous)
 
 
-def test_digesting_a_root_neither_follows_links_out_nor_opens_fifos(tmp_path, no_hang):
+def test_digesting_a_root_neither_follows_links_out_nor_opens_fifos(tmp_path, no_hang, monkeypatch):
+    import tasks.store.keys as keys
+
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
@@ -40,8 +43,8 @@ def test_digesting_a_root_neither_follows_links_out_nor_opens_fifos(tmp_path, no
     os.mkfifo(root / "pipe")
     memo = DigestMemo(tmp_path / "d.sqlite")
     read: list[str] = []
-    original = memo.file
-    memo.file = lambda path: read.append(path.name) or original(path)
+    original = keys._read_digest
+    monkeypatch.setattr(keys, "_read_digest", lambda path: read.append(Path(path).name) or original(path))
     before = memo.tree(root)
     assert read == ["a.png"]  # only the regular file inside was read
     (outside / "secret.bin").write_bytes(b"changed outside")

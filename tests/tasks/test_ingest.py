@@ -382,3 +382,22 @@ def test_rendered_images_are_recorded_where_the_published_artifact_keeps_them(tm
     manifest = ingest(ArtifactStore(tmp_path / "store"), config)
     path = Path(read_file(manifest.file("samples.parquet"), SAMPLES)["image_path"][0].as_py())
     assert path.is_file() and path.is_relative_to(Path(manifest.path))
+
+
+def test_an_image_with_many_questions_is_checked_once_and_each_bad_reference_rejected(tmp_path, monkeypatch):
+    import importlib
+
+    normalize = importlib.import_module("tasks.ingest.normalize")  # the package's `normalize` is the function
+    root = tmp_path / "many"
+    root.mkdir()
+    png(root / "ok.png", (50, 50))
+    opened = []
+    is_dicom = normalize.is_dicom
+    monkeypatch.setattr(normalize, "is_dicom", lambda path: opened.append(path.name) or is_dicom(path))
+    lines = [{"id": str(i), "image": "ok.png", "question": f"Q{i}?", "answer": "x"} for i in range(3)]
+    lines += [{"id": f"m{i}", "image": "gone.png", "question": "Q?", "answer": "x"} for i in range(2)]
+    (root / "data.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    samples, rejects, _ = run(tmp_path, "jsonl", root)
+    assert opened == ["ok.png"]  # one header read for its three questions
+    assert len({s["image_path"] for s in samples}) == 1 and len(samples) == 3
+    assert reasons(rejects) == {"data.jsonl:4": "missing_image", "data.jsonl:5": "missing_image"}

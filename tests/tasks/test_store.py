@@ -122,6 +122,25 @@ def test_content_digest_sees_new_and_changed_bytes_but_not_times_or_places(tmp_p
     assert again.tree(root) == expected
 
 
+def test_a_folder_walk_commits_its_new_digests_in_batches_not_one_a_file(tmp_path, monkeypatch):
+    import tasks.store.keys as keys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(7):
+        (root / f"{i}.txt").write_text(str(i))
+    memo = DigestMemo(tmp_path / "digests.sqlite")
+    statements: list[str] = []
+    memo.db.set_trace_callback(statements.append)
+    monkeypatch.setattr(keys, "MEMO_BATCH", 3)
+    expected = memo.tree(root)
+    # 7 new files in batches of 3: three commits (a commit waits for the disk), not seven.
+    assert statements.count("COMMIT") == 3
+    statements.clear()
+    assert DigestMemo(tmp_path / "digests.sqlite").tree(root) == expected == memo.tree(root)
+    assert "COMMIT" not in statements  # all of them remembered
+
+
 def test_operational_fields_are_echoed_but_never_change_a_key(tmp_path):
     from tasks.config import EndpointConfig, HallucinateConfig, NoiseConfig
 

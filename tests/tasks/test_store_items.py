@@ -22,7 +22,7 @@ def doubler(calls: list):
         calls.extend(p["id"] for p in payloads)
         rows = []
         for payload, folder in zip(payloads, folders):
-            (folder / "out").mkdir()
+            (folder / "out").mkdir(parents=True)
             (folder / "out" / f"{payload['id']}.txt").write_text(str(2 * payload["x"]))
             rows.append({"id": payload["id"], "path": f"out/{payload['id']}.txt"})
         return rows, {"calls": 1}
@@ -85,6 +85,7 @@ def test_a_failing_shard_keeps_finished_items_and_publishes_no_partial_one(tmp_p
 
     def compute(payloads, folders):
         for folder in folders:
+            folder.mkdir()
             (folder / "half.txt").write_text("partial")
         if any(p["x"] is None for p in payloads):
             raise RuntimeError("killed mid-shard")
@@ -159,6 +160,26 @@ def test_a_shard_sweeps_its_scratch_folder_once_not_once_per_item(tmp_path, monk
     finally:
         SHARDS.reset(token)
     assert sweeps == [tmp_path / "double" / ".items" / ".tmp"] * 2
+
+
+def test_an_item_folder_exists_only_once_its_item_writes_a_file(tmp_path):
+    items = ArtifactStore(tmp_path).items("double", "c1", Options())
+    made = []
+
+    def compute(payloads, folders):
+        made.extend(folder.exists() for folder in folders)
+        folders[1].mkdir()  # only the second item writes a file
+        (folders[1] / "m.txt").write_text("mask")
+        return [{"id": p["id"], "path": "m.txt" if i == 1 else None} for i, p in enumerate(payloads)], {}
+
+    records = [{"id": f"r{i}", "x": i} for i in range(3)]
+    out = tmp_path / "double" / "key"  # an artifact folder: rows name blobs from it
+    out.mkdir(parents=True)
+    rows = items.build(out, [items.item(by_content(r, ("id", "x")), r) for r in records], compute)
+    assert made == [False, False, False]  # no empty folder made and removed per item
+    assert [row["path"] is None for row in rows] == [True, False, True]
+    assert (out / rows[1]["path"]).read_text() == "mask"
+    assert list((tmp_path / "double" / ".items" / ".tmp").iterdir()) == []
 
 
 def test_a_build_reads_each_rows_file_once_and_checks_a_shared_blob_once(tmp_path, monkeypatch):
@@ -244,6 +265,25 @@ def test_an_unreadable_rows_file_costs_its_items_a_recompute_not_the_run(tmp_pat
     assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
 
 
+@pytest.mark.parametrize(
+    "columns",
+    [{"key": ["k"], "other": ["{}"]}, {"key": ["k"], "row": [1]}, {"key": ["k"]}],
+    ids=["renamed", "retyped", "missing"],
+)
+def test_a_rows_file_of_another_schema_costs_its_items_a_recompute(tmp_path, columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    (rows_file,) = (tmp_path / "double" / ".items" / "rows").glob("*.parquet")
+    key = pq.read_table(rows_file).column("key")[0].as_py()
+    pq.write_table(pa.table({name: [key] if name == "key" else v for name, v in columns.items()}), rows_file)
+    again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
+    assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
+
+
 def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
     store = ArtifactStore(tmp_path)
     calls: list = []
@@ -279,6 +319,7 @@ def test_a_build_holds_only_its_own_items_rows_and_shared_rows_are_separate_dict
 
 def same_file(payloads, folders):
     for folder in folders:
+        folder.mkdir()
         (folder / "m.txt").write_text("one mask for every question on the image")
     return [{"id": p["id"], "path": "m.txt"} for p in payloads], {}
 

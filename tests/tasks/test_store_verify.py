@@ -105,7 +105,7 @@ def items_compute(calls: list):
     def compute(payloads, folders):
         calls.extend(payloads)
         for payload, folder in zip(payloads, folders):
-            (folder / "noised").mkdir()
+            (folder / "noised").mkdir(parents=True)
             (folder / "noised" / f"{payload}.png").write_bytes(b"\x89PNG" + payload.encode() * 50)
         return [{"id": p, "path": f"noised/{p}.png"} for p in payloads], {}
 

@@ -69,10 +69,10 @@ def assemble(
 
 
 def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
-    samples = catalog.rows(inputs["ingest"], SAMPLES)
+    # Only the columns a pair is made of: every column of every sample, the judges' rounds,
+    # candidates and fallbacks held as Python objects made this stage the run's peak memory.
+    samples = catalog.rows(inputs["ingest"], SAMPLES, SAMPLE_COLUMNS)
     window = config.window.select(samples) if config.window is not None else None
-    # Only the columns a pair is made of: the judges' rounds, candidates and fallbacks of every
-    # sample held as Python objects made this stage the run's peak memory.
     hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS, HALLUCINATION_COLUMNS))
     noised = _by_sample(catalog.rows(inputs["noise"], NOISED, NOISED_COLUMNS))
     regions = _by_sample(catalog.rows(inputs["localize"], REGIONS, REGION_COLUMNS))
@@ -157,6 +157,18 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     return counts.as_dict()
 
 
+SAMPLE_COLUMNS = (
+    "sample_id",
+    "dataset",
+    "split",
+    "task",
+    "question",
+    "answer",
+    "answer_type",
+    "image_path",
+    "image_sha256",
+    "image_phash",
+)
 HALLUCINATION_COLUMNS = ("sample_id", "status", "rejected", "error_type", "origin")
 NOISED_COLUMNS = ("sample_id", "status", "mode", "noised_path")
 REGION_COLUMNS = ("sample_id", "status", "reason")

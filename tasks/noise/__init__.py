@@ -58,13 +58,17 @@ def noise(store: ArtifactStore, config: NoiseConfig, ingest: Manifest, localize:
 # seed_per=sample the sample_id (then no two samples share one).
 SAMPLE_FIELDS = ("image_sha256",)
 REGION_FIELDS = ("status", "reason")
+SAMPLE_COLUMNS = ("sample_id", "image_path", *SAMPLE_FIELDS)
+REGION_COLUMNS = ("sample_id", "mask_path", *REGION_FIELDS)
 
 
 def build_noised(
     out: Path, config: NoiseConfig, ingest: Manifest, localize: Manifest, store: ArtifactStore
 ) -> dict[str, float]:
-    samples = {r["sample_id"]: r for r in catalog.rows(ingest, SAMPLES)}
-    regions = catalog.rows(localize, REGIONS)
+    # Only what an item is and reads: every column of every sample and region as Python objects
+    # was most of this stage's memory and of a re-run's time in it.
+    samples = {r["sample_id"]: r for r in catalog.rows(ingest, SAMPLES, SAMPLE_COLUMNS)}
+    regions = catalog.rows(localize, REGIONS, REGION_COLUMNS)
     region_dir = Path(localize.path)
     items = store.items(STAGE, CODE, config)
     work = []

@@ -76,7 +76,7 @@ def build_scores(
     store: ArtifactStore,
 ) -> dict[str, float]:
     samples = {row["sample_id"]: row for row in catalog.rows(ingest, SAMPLES, SAMPLE_COLUMNS)}
-    hallucinations = catalog.rows(hallucinate, HALLUCINATIONS)
+    hallucinations = catalog.rows(hallucinate, HALLUCINATIONS, HALLUCINATION_FIELDS)
     regions = catalog.rows(localize, REGIONS, REGION_COLUMNS)
 
     items = store.items(STAGE, CODE, config, ignore=("normalizer", "visual_normalizer"))

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -31,6 +33,7 @@ from tasks.store import (
 
 STAGE = "assemble"
 CODE = code_version(__name__)
+BATCH_SAMPLES = 4096  # samples made Python objects at a time
 
 
 def assemble(
@@ -69,17 +72,21 @@ def assemble(
 
 
 def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
-    # Only the columns a pair is made of: every column of every sample, the judges' rounds,
-    # candidates and fallbacks held as Python objects made this stage the run's peak memory.
-    samples = catalog.rows(inputs["ingest"], SAMPLES, SAMPLE_COLUMNS)
-    window = config.window.select(samples) if config.window is not None else None
-    hallucinations = _by_sample(catalog.rows(inputs["hallucinate"], HALLUCINATIONS, HALLUCINATION_COLUMNS))
-    noised = _by_sample(catalog.rows(inputs["noise"], NOISED, NOISED_COLUMNS))
-    regions = _by_sample(catalog.rows(inputs["localize"], REGIONS, REGION_COLUMNS))
-    scores = {(r["sample_id"], r["pair_type"]): r for r in catalog.rows(inputs["score"], SCORES, SCORE_COLUMNS)}
+    # Only the columns a pair is made of, and as Python objects a batch of samples at a time:
+    # every sample's rows of every stage held as Python objects made this stage the run's peak memory.
+    samples = catalog.read(inputs["ingest"], SAMPLES, SAMPLE_COLUMNS)
+    window = None
+    if config.window is not None:
+        window = config.window.select(samples.select(["sample_id", "split"]).to_pylist())
+    hallucinations = catalog.read(inputs["hallucinate"], HALLUCINATIONS, HALLUCINATION_COLUMNS)
+    noised = catalog.read(inputs["noise"], NOISED, NOISED_COLUMNS)
+    regions = catalog.read(inputs["localize"], REGIONS, REGION_COLUMNS)
+    scores = catalog.read(inputs["score"], SCORES, SCORE_COLUMNS)
+    text_scores, visual_scores = (scores.filter(pc.equal(scores.column("pair_type"), t)) for t in ("text", "visual"))
     noise_dir = Path(inputs["noise"].path)
 
-    leaks = LeakageIndex([s for s in samples if s["split"] in config.test_splits], config.near_duplicate_bits)
+    test = samples.filter(pc.is_in(samples.column("split"), value_set=pa.array(config.test_splits, pa.string())))
+    leaks = LeakageIndex(test.to_pylist(), config.near_duplicate_bits)
     linker = ImageLinker(out / "images", out.parent.parent)  # out: <store>/assemble/<temporary folder>
     pairs: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
@@ -89,54 +96,55 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
         dropped.append({"sample_id": sample["sample_id"], "pair_type": pair_type, "reason": reason, "detail": detail})
         counts.add(pair_type or "samples", "dropped", reason)
 
-    for sample in samples:
-        if sample["split"] in config.test_splits:
-            counts.add("samples", "held_out", sample["split"])
-            continue
-        if window is not None and sample["sample_id"] not in window:
-            counts.add("samples", "out_of_scope", "window")
-            continue
-        leak = leaks.match(sample)
-        if leak:
-            drop(sample, None, leak, "matches a test-split sample")
-            continue
-        base = {
-            "sample_id": sample["sample_id"],
-            "prompt": sample["question"],
-            "chosen": sample["answer"],
-            "dataset": sample["dataset"],
-            "split": sample["split"],
-            "task": sample["task"],
-            "answer_type": sample["answer_type"],
-        }
-        if config.text_pairs:
-            pair = _text_pair(
-                sample, hallucinations.get(sample["sample_id"]), scores.get((sample["sample_id"], "text"))
-            )
-            if isinstance(pair, str):
-                drop(sample, "text", pair)
-            else:
-                image = linker.link(Path(sample["image_path"]))
-                pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
-        if config.visual_pairs:
-            region = regions.get(sample["sample_id"])
-            pair = _visual_pair(
-                sample, region, noised.get(sample["sample_id"]), scores.get((sample["sample_id"], "visual"))
-            )
-            if isinstance(pair, str):
-                # The region's own reason (no_lesion_label, no_annotation, ...) says why there was none.
-                drop(sample, "visual", pair, region["reason"] if region and region["status"] != "ok" else None)
-            else:
-                rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
-                pairs.append(
-                    {
-                        **base,
-                        **pair,
-                        "rejected": sample["answer"],
-                        "chosen_image": linker.link(Path(sample["image_path"])),
-                        "rejected_image": rejected_image,
-                    }
-                )
+    for batch in samples.to_batches(max_chunksize=BATCH_SAMPLES):
+        ids = batch.column("sample_id")
+        joined = zip(
+            batch.to_pylist(),
+            *(matching(data, ids) for data in (hallucinations, noised, regions, text_scores, visual_scores)),
+        )
+        for sample, hallucination, noised_row, region, text_score, visual_score in joined:
+            if sample["split"] in config.test_splits:
+                counts.add("samples", "held_out", sample["split"])
+                continue
+            if window is not None and sample["sample_id"] not in window:
+                counts.add("samples", "out_of_scope", "window")
+                continue
+            leak = leaks.match(sample)
+            if leak:
+                drop(sample, None, leak, "matches a test-split sample")
+                continue
+            base = {
+                "sample_id": sample["sample_id"],
+                "prompt": sample["question"],
+                "chosen": sample["answer"],
+                "dataset": sample["dataset"],
+                "split": sample["split"],
+                "task": sample["task"],
+                "answer_type": sample["answer_type"],
+            }
+            if config.text_pairs:
+                pair = _text_pair(sample, hallucination, text_score)
+                if isinstance(pair, str):
+                    drop(sample, "text", pair)
+                else:
+                    image = linker.link(Path(sample["image_path"]))
+                    pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
+            if config.visual_pairs:
+                pair = _visual_pair(sample, region, noised_row, visual_score)
+                if isinstance(pair, str):
+                    # The region's own reason (no_lesion_label, no_annotation, ...) says why there was none.
+                    drop(sample, "visual", pair, region["reason"] if region and region["status"] != "ok" else None)
+                else:
+                    rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
+                    pairs.append(
+                        {
+                            **base,
+                            **pair,
+                            "rejected": sample["answer"],
+                            "chosen_image": linker.link(Path(sample["image_path"])),
+                            "rejected_image": rejected_image,
+                        }
+                    )
 
     pairs.sort(key=lambda p: p["pair_id"])
     for split in sorted({p["split"] for p in pairs}):
@@ -151,7 +159,7 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
     source = rejection_source(inputs["hallucinate"])
     if source.backend == "target" and source.round is not None:
         counts.set("policy", "round", value=source.round)
-    origins = {sid: row["origin"] for sid, row in hallucinations.items()}
+    origins = dict(zip(*hallucinations.select(["sample_id", "origin"]).to_pydict().values()))
     rejections = f"{source.sentence()}\n\n{origin_table(pairs, origins)}"
     write_text_atomic(out / "CARD.md", data_card(pairs, dropped, rejections))
     return counts.as_dict()
@@ -175,8 +183,11 @@ REGION_COLUMNS = ("sample_id", "status", "reason")
 SCORE_COLUMNS = ("sample_id", "pair_type", "status", "raw_score", "weight")
 
 
-def _by_sample(rows: list[dict]) -> dict[str, dict]:
-    return {row["sample_id"]: row for row in rows}
+def matching(data: pa.Table, ids: pa.Array) -> list[dict[str, Any] | None]:
+    """For each sample id, its row of ``data`` as a Python row (None where it has none)."""
+    positions = pc.index_in(ids, value_set=data.column("sample_id"))
+    found = positions.is_valid().to_pylist()
+    return [row if ok else None for row, ok in zip(data.take(positions).to_pylist(), found)]
 
 
 def _text_pair(sample: dict, hallucination: dict | None, score: dict | None) -> dict | str:

@@ -26,7 +26,13 @@ class RunnerConfig(StageConfig):
     workers: int = Field(
         default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes"
     )
-    shard_size: int = Field(default=16, ge=1, description="Fewest items per shard (one Prefect task run each)")
+    shard_size: int = Field(
+        default=128,
+        ge=1,
+        description="Fewest items per shard (one Prefect task run each). A task run costs ~50 ms of Prefect "
+        "client and server time whatever its size, more than 128 rules items take: smaller shards made a re-run "
+        "of 10% new samples cost a third of the first run",
+    )
     max_shards: int = Field(
         default=128,
         ge=1,

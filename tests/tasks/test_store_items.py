@@ -284,6 +284,27 @@ def test_a_rows_file_of_another_schema_costs_its_items_a_recompute(tmp_path, col
     assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
 
 
+@pytest.mark.parametrize(
+    "row", ['{"id": "r1"}, {"id": "r9"}', "[1]", "", '{"id": "r1"'], ids=["two", "list", "empty", "cut"]
+)
+def test_a_row_that_is_not_one_json_object_costs_its_file_a_recompute(tmp_path, row):
+    """A file's rows are decoded as one document: a row holding two objects must not shift the keys."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.store.packed import ROW_SCHEMA
+
+    store = ArtifactStore(tmp_path)
+    calls: list = []
+    build(store, [{"id": "r1", "x": 1}], "v1", calls)
+    (rows_file,) = (tmp_path / "double" / ".items" / "rows").glob("*.parquet")
+    key = pq.read_table(rows_file).column("key")[0].as_py()
+    pq.write_table(pa.table({"key": [key], "row": [row]}, schema=ROW_SCHEMA), rows_file)
+    assert read_index(tmp_path, "double") == {}
+    again = build(store, [{"id": "r1", "x": 1}], "v2", calls)
+    assert calls == ["r1", "r1"] and again.work == {"computed": 1, "reused": 0} and outputs(again) == ["2"]
+
+
 def test_an_item_whose_blob_is_gone_is_computed_again(tmp_path):
     store = ArtifactStore(tmp_path)
     calls: list = []

@@ -27,6 +27,7 @@ from tasks.store import (
     code_version,
     file_digest,
     link_or_copy,
+    remember_digest,
     stage_task_options,
     write_text_atomic,
 )
@@ -286,6 +287,7 @@ class ImageLinker:
                     link_or_copy(source, target)
                 else:
                     shutil.copyfile(source, target)
+                remember_digest(target, digest)
             self.by_source[source] = str(target.relative_to(self.folder.parent))
         return self.by_source[source]
 

@@ -15,7 +15,15 @@ from tasks.store.artifacts import ArtifactStore
 from tasks.store.code import code_version
 from tasks.store.files import link_or_copy, replacing, write_bytes_atomic, write_if_changed, write_text_atomic
 from tasks.store.items import LLM_TAG, SHARDS, Compute, Item, ShardJob, StageFailed, by_content, compute_items
-from tasks.store.keys import DigestMemo, canonical_json, content_hash, file_digest, safe_stem, tree_digest
+from tasks.store.keys import (
+    DigestMemo,
+    canonical_json,
+    content_hash,
+    file_digest,
+    remember_digest,
+    safe_stem,
+    tree_digest,
+)
 from tasks.store.manifest import MANIFEST, Keyed, Manifest, SourceSnapshot, identity_of, stage_key
 from tasks.store.policy import StageCachePolicy, stage_task_options
 
@@ -24,6 +32,7 @@ __all__ = [
     "code_version",
     "content_hash",
     "file_digest",
+    "remember_digest",
     "tree_digest",
     "DigestMemo",
     "safe_stem",

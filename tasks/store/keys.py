@@ -59,6 +59,14 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return _DIGESTS[memo]
 
 
+def remember_digest(path: str | os.PathLike[str], digest: str) -> None:
+    """Record the digest of a file just copied or linked from one of that digest, so that hashing
+    the artifact it joins does not read it again (a preference set's images were its build's
+    largest read: every image, each build, right after it was copied)."""
+    stat = os.stat(path)
+    _DIGESTS[(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)] = digest
+
+
 def _read_digest(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -333,3 +333,20 @@ def test_a_window_makes_pairs_of_its_samples_only(tmp_path):
         "d:train:leak": set(),  # dropped as a leak, inside its window
         "d:train:copy": set(),
     }
+
+
+def test_the_sets_images_are_not_read_again_to_digest_the_set(tmp_path, monkeypatch):
+    """Each image is named by the digest of the file it was copied or linked from: hashing the
+    artifact reuses it, and the set's version is the same as when every image was read."""
+    from tasks.store import keys
+    from tasks.store.manifest import artifact_digest
+
+    store, inputs = scene(tmp_path)
+    read: list[Path] = []
+    read_digest = keys._read_digest
+    monkeypatch.setattr(keys, "_read_digest", lambda path: read.append(Path(path)) or read_digest(path))
+    manifest = run(store, inputs)
+    images = {path.name for path in (Path(manifest.path) / "images").iterdir()}
+    assert len(images) == 3 and not images & {path.name for path in read}
+    monkeypatch.setattr(keys, "_DIGESTS", {})  # every file read afresh
+    assert artifact_digest(Path(manifest.path), ("CARD.md",)) == manifest.digest

@@ -41,7 +41,9 @@ def localize(store: ArtifactStore, config: LocalizeConfig, ingest: Manifest) -> 
 
 
 def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: ArtifactStore) -> dict[str, float]:
-    samples = catalog.rows(ingest, SAMPLES)
+    # What the sources read of a sample, not its every column: at 16k samples these Python rows
+    # were most of a re-run's time in this stage, which computed only the new images.
+    samples = catalog.rows(ingest, SAMPLES, SAMPLE_COLUMNS)
     items = store.items(STAGE, CODE, config)
     # Same-image samples side by side (and so mostly in one shard), so SAM encodes each image once.
     order = sorted(samples, key=lambda s: (s["image_sha256"], s["sample_id"]))
@@ -65,6 +67,7 @@ def build_regions(out: Path, config: LocalizeConfig, ingest: Manifest, store: Ar
 IMAGE_FIELDS = ("image_sha256", "width", "height", "boxes", "box_labels")
 # The attention source maps the answer's relevance to the question: it differs per question.
 TEXT_FIELDS = ("question", "answer")
+SAMPLE_COLUMNS = ("sample_id", "dataset", "image_path", "mask_path", *IMAGE_FIELDS, *TEXT_FIELDS)
 
 
 def localizer_input(sample: Mapping[str, Any], config: LocalizeConfig) -> dict[str, Any]:

@@ -88,12 +88,15 @@ def hallucinate_inputs(config: HallucinateConfig, ingest: Manifest, policy: Mani
 # What a rejection depends on: the sample's text and image (by content), and the config's
 # identity (tasks.config.identity: not where caches live nor how hard the endpoint is pushed).
 ITEM_FIELDS = ("sample_id", "task", "answer_type", "question", "answer", "image_sha256")
+SAMPLE_COLUMNS = (*ITEM_FIELDS, "dataset", "split", "image_path")
 
 
 def build_hallucinations(
     out: Path, config: HallucinateConfig, ingest: Manifest, cache_dir: Path, store: ArtifactStore
 ) -> dict[str, float]:
-    samples = catalog.rows(ingest, SAMPLES)
+    # What an item is and what the backends read of a sample, not its every column (boxes, labels,
+    # hashes): those Python rows were most of a re-run's time in this stage.
+    samples = catalog.rows(ingest, SAMPLES, SAMPLE_COLUMNS)
     in_split = [s for s in samples if config.splits is None or s["split"] in config.splits]
     window = config.window.select(samples) if config.window is not None else None
     in_scope = [s for s in in_split if window is None or s["sample_id"] in window]

@@ -89,7 +89,10 @@ def build_scores(
     text_rows = items.build(
         out, work, partial(score_items, config, None if cache_dir is None else str(cache_dir)), tags=tags
     )
+    # Freed before the output table is made, the stage's peak memory: nothing past the items reads them.
+    del work, samples, hallucinations
     all_rows = text_rows + [visual_row(r) for r in regions]
+    del regions
     apply_weights(all_rows, config.normalizer, config.visual_normalizer)
     catalog.write(out, SCORES, all_rows)
     return counters(all_rows, config) | items.counts

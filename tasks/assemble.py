@@ -34,7 +34,7 @@ from tasks.store import (
 
 STAGE = "assemble"
 CODE = code_version(__name__)
-BATCH_SAMPLES = 4096  # samples made Python objects at a time
+BATCH_SAMPLES = 2048  # samples made Python objects at a time
 
 
 def assemble(

@@ -350,3 +350,13 @@ def test_the_sets_images_are_not_read_again_to_digest_the_set(tmp_path, monkeypa
     assert len(images) == 3 and not images & {path.name for path in read}
     monkeypatch.setattr(keys, "_DIGESTS", {})  # every file read afresh
     assert artifact_digest(Path(manifest.path), ("CARD.md",)) == manifest.digest
+
+
+def test_the_set_does_not_depend_on_how_many_samples_are_joined_at_a_time(tmp_path, monkeypatch):
+    from tasks import assemble as stage
+
+    store, inputs = scene(tmp_path)
+    whole = run(store, inputs)
+    monkeypatch.setattr(stage, "BATCH_SAMPLES", 1)
+    one_by_one = run(ArtifactStore(tmp_path / "other"), inputs)
+    assert one_by_one.digest == whole.digest and one_by_one.counts == whole.counts

@@ -124,8 +124,8 @@ def fixed_train(max_steps: int) -> TrainConfig:
 def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
     """The experiment's backbone: a LLaVA whose language model is pretrained SmolLM2-135M-Instruct
     (``layers``: its first N decoder layers; None: all 30, for a GPU), a SigLIP tower of 16 image tokens
-    (the 32 px images seen at 16 px in 4 px patches). Its SFT: one pass over the SFT's own images
-    (experiments/grounding/README.md says why this recipe)."""
+    (the 32 px images seen at 16 px in 4 px patches). Its SFT: one pass over the SFT's own images, the
+    tower and projector trained, the language model frozen (experiments/grounding/README.md says why)."""
     depth = f"its first {layers} of 30 layers" if layers else "all 30 layers"
     return BackboneConfig(
         name=f"smollm2-{layers}l" if layers else "smollm2-30l",
@@ -138,6 +138,7 @@ def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
             text_layers=layers,
             tiny_image_size=16,
             tiny_patch_size=4,
+            trainable=["vision_tower", "projector"],
             epochs=1,
             learning_rate=1e-3,
             scheduler="constant",

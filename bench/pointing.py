@@ -1,9 +1,11 @@
 """Does the attention localizer point at the lesion? Pointing accuracy and IoU against a random baseline.
 
-Data: the grounding experiment's synthetic lesions (experiments/grounding/data.py: soft blobs on
-crops of real images, boxes known), test split, samples whose lesion box covers at most
-``--max-area`` of the image. Model: the experiment's SFT'd SmolLM2 LLaVA (its first 3 layers,
-16 image tokens, trained 8 epochs on the training split - the model that answers from the image).
+Data: the grounding experiment's third design (experiments/grounding/data.py: on crops of real
+images, 32 px, a soft disc - the lesion, its box known - in one half and a same-area 3:1 ellipse in
+the other; questions "Is the lesion in the left half?" and "Which quadrant is the lesion in?"),
+test split originals and twins whose lesion box covers at most ``--max-area`` of the image. Model:
+the experiment's SFT'd SmolLM2 LLaVA (its first 3 layers; SigLIP tower, the image at 16 px in 4 px
+patches, 16 image tokens), trained as the experiment trains it, on ``--sft`` images of its own.
 
 First, whether the model answers from the image: its greedy accuracy per question kind on the
 test split, beside the text prior (the training split's majority answer per kind; the test split's
@@ -19,7 +21,7 @@ threshold, and the analytic chance of a uniform random point (mean box area). Ce
 own coverage of each token cell as the map (the best any map on this grid can do through the same
 smoothing). Goal: pointing accuracy >= 2x the random point.
 
-    PYTHONPATH=. .venv/bin/python bench/pointing.py [--train 600] [--test 200] [--max-area 0.15]
+    PYTHONPATH=. .venv/bin/python bench/pointing.py [--sft 5000] [--test 160] [--max-area 0.15]
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.grounding.arms import sft_ingest
 from experiments.grounding.config import SMOLLM2, GroundingDataConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from models import attention, vlm
 from tasks import smollm2
-from tasks.config import HeatmapConfig, IngestConfig, SourceConfig
+from tasks.config import HeatmapConfig
 from tasks.ingest import ingest
 from tasks.localize.regions import boxes_mask, smooth, threshold
 from tasks.sft import model_dir, sft
@@ -47,8 +50,8 @@ from tasks.store import ArtifactStore
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=600)
-    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--sft", type=int, default=5000, help="The SFT's own images (the experiment's n_sft)")
+    parser.add_argument("--test", type=int, default=160)
     parser.add_argument("--max-area", type=float, default=0.15)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--work", type=Path, default=None, help="Keep data and the SFT model here (reused)")
@@ -56,10 +59,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pointing-"))
     started = time.perf_counter()
     smollm2.ensure(SMOLLM2)
-    data = build_grounding_data(work / "data", GroundingDataConfig(n_train=args.train, n_val=1, n_test=args.test))
+    data = build_grounding_data(work / "data", GroundingDataConfig(n_val=1, n_test=args.test, n_sft=args.sft))
     store = ArtifactStore(work / "store")
-    samples = ingest(store, IngestConfig(sources=[SourceConfig(format="jsonl", root=data)]))
-    model = model_dir(sft(store, smollm2_backbone().sft, samples))
+    model = model_dir(sft(store, smollm2_backbone().sft, ingest(store, sft_ingest(data))))
     prepared = time.perf_counter() - started
 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -128,7 +130,7 @@ def answers_from_the_image(loaded: vlm.VLM, rows: list[dict], root: Path, batch:
 
 def question_kind(row: dict) -> str:
     question = row["question"]
-    return "presence" if question.startswith("Is there") else "side" if "left half" in question else "where"
+    return "side" if "left half" in question else "quadrant"
 
 
 def same(answer: str) -> str:

@@ -82,6 +82,7 @@ class SFTSettings(Protocol):
     warmup_ratio: float
     scheduler: str
     max_length: int | None
+    gradient_checkpointing: bool
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["auto", "bf16", "fp32"]

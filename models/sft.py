@@ -94,6 +94,7 @@ def fit_sft(
             warmup_steps=config.warmup_ratio,
             lr_scheduler_type=config.scheduler,
             max_length=config.max_length,
+            gradient_checkpointing=config.gradient_checkpointing,
             completion_only_loss=True,
             bf16=on_gpu,
             use_cpu=not on_gpu,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.grounding.config import BackboneConfig, ExperimentConfig
-from experiments.grounding.data import SHAM
+from experiments.grounding.data import SFT, SHAM
 from tasks.config import (
     AssembleConfig,
     EvaluateConfig,
@@ -76,6 +76,11 @@ def arm_config(config: ExperimentConfig, source: Path, arm: str) -> RunConfig:
     else:
         raise ValueError(f"unknown arm {arm!r}")
     return base.model_copy(update={**update, "name": f"{config.name}-{arm}"})
+
+
+def sft_ingest(source: Path) -> IngestConfig:
+    """The SFT's samples: sft.jsonl beside ``source`` (grounding.jsonl), a source of its own name."""
+    return IngestConfig(sources=[SourceConfig(format="jsonl", root=source.with_name(SFT), name="grounding-sft")])
 
 
 def train_settings(

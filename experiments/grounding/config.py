@@ -16,7 +16,14 @@ class GroundingDataConfig(StageConfig):
     """The synthetic lesion-and-distractor data set (experiments/grounding/data.py)."""
 
     seed: int = Field(default=0, description="Seed of crops, lesions, distractors and sides")
-    n_train: int = Field(default=160, ge=1, description="Training images (each asked both questions)")
+    n_train: int = Field(
+        default=160, ge=1, description="Training images of the preference pairs (each asked both questions)"
+    )
+    n_sft: int = Field(
+        default=5000,
+        ge=1,
+        description="The SFT's own images (sft.jsonl; each asked both questions, the training prior, no twins)",
+    )
     n_val: int = Field(default=64, ge=1, description="Validation images (the learning-rate choice), with their twins")
     n_test: int = Field(default=160, ge=1, description="Test images, with their twins")
     image_size: int = Field(default=32, ge=16, description="Side of the written images, pixels")
@@ -116,20 +123,27 @@ def fixed_train(max_steps: int) -> TrainConfig:
 
 def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
     """The experiment's backbone: a LLaVA whose language model is pretrained SmolLM2-135M-Instruct
-    (``layers``: its first N decoder layers; None: all 30, for a GPU), a SigLIP tower of 16 image tokens."""
+    (``layers``: its first N decoder layers; None: all 30, for a GPU), a SigLIP tower of 16 image tokens
+    (the 32 px images seen at 16 px in 4 px patches). Its SFT: one pass over the SFT's own images, the
+    tower and projector trained, the language model frozen (experiments/grounding/README.md says why)."""
     depth = f"its first {layers} of 30 layers" if layers else "all 30 layers"
     return BackboneConfig(
         name=f"smollm2-{layers}l" if layers else "smollm2-30l",
-        label=f"LLaVA on pretrained SmolLM2-135M-Instruct, {depth}, SigLIP tower with 16 image tokens",
+        label=(
+            f"LLaVA on pretrained SmolLM2-135M-Instruct, {depth}, SigLIP tower with 16 image tokens "
+            "(16 px, 4 px patches)"
+        ),
         sft=SFTConfig(
             text_model=SMOLLM2,
             text_layers=layers,
-            tiny_patch_size=8,
-            epochs=8,
+            tiny_image_size=16,
+            tiny_patch_size=4,
+            trainable=["vision_tower", "projector"],
+            epochs=1,
             learning_rate=1e-3,
             scheduler="constant",
             warmup_ratio=0.0,
-            batch_size=16,
+            batch_size=8,
         ),
         train=fixed_train(max_steps=40),
         tuning_seed=100,
@@ -187,6 +201,11 @@ class ExperimentConfig(StageConfig):
         description="The pilot (tuning seed) stops the run when |A2 - A3| on its validation twins is below this",
     )
     pilot_only: bool = Field(default=False, description="Run the tuning seed only (the pilot), then report")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads of the run; 1 is fastest on cores other jobs share (bench/sft.py)",
+    )
 
 
 def smoke(config: ExperimentConfig) -> ExperimentConfig:
@@ -195,7 +214,7 @@ def smoke(config: ExperimentConfig) -> ExperimentConfig:
     return config.model_copy(
         update={
             "backbone": tiny_backbone(),
-            "data": config.data.model_copy(update={"n_train": 64, "n_val": 16, "n_test": 32}),
+            "data": config.data.model_copy(update={"n_train": 64, "n_val": 16, "n_test": 32, "n_sft": 64}),
             "store": root / "artifacts",
             "sets": root / "preference_sets",
             "data_root": root / "grounding",

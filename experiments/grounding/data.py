@@ -17,7 +17,9 @@ sizes: a disc of radius 0.2 of the side and a same-area 3:1 ellipse do not both 
 the twin mirrors both; a model that answers "opposite the ellipse" passes it, and the
 distractor-removal twin is what catches that model. ``grounding.jsonl`` boxes the lesion (the annotation
 localizer's region); ``sham.jsonl`` holds the training records again with a box of the same size
-centred on the distractor, for the sham arm.
+centred on the distractor, for the sham arm. ``sft.jsonl`` holds the SFT's own images (``n_sft``, the
+training prior, both questions, no twins): the SFT starts every arm, and a tiny tower learns the
+lesion's shape only from thousands of images, far more than the preference pairs need.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from experiments.grounding.config import GroundingDataConfig
 from tasks.demo_data import IMAGES, materialize
 from tasks.imaging import dicom_to_png, load_array, save_array
 from tasks.store import canonical_json, content_hash
+from tasks.store.files import write_text_atomic
 
 SIDE = "Is the lesion in the left half?"
 QUADRANT = "Which quadrant is the lesion in?"
 SHAM = "sham.jsonl"
+SFT = "sft.jsonl"
 # Twin kinds, as the suffix of their ids: the relocation twin's closed answer flips, the other's stays.
 MIRROR, CLEAN = "mirror", "clean"
 EDGE_PX = 0.8  # width of the soft edge of lesion and distractor
@@ -74,34 +78,40 @@ def mirrored(size: int, point: tuple[float, float]) -> tuple[float, float]:
 
 
 def build_grounding_data(out: Path, config: GroundingDataConfig) -> Path:
-    """Write ``out/grounding.jsonl``, ``out/sham.jsonl`` and ``out/images/``; returns grounding.jsonl's path.
+    """Write ``out/grounding.jsonl``, ``out/sham.jsonl``, ``out/sft.jsonl`` and ``out/images/``; returns
+    grounding.jsonl's path.
 
     The same config gives the same bytes; files are rewritten only when the config's hash, kept in
     ``out/config.json``, differs.
     """
     out.mkdir(parents=True, exist_ok=True)
-    path, sham, stamp = out / "grounding.jsonl", out / SHAM, out / "config.json"
+    path, sham, sft, stamp = out / "grounding.jsonl", out / SHAM, out / SFT, out / "config.json"
     wanted = canonical_json(config)
-    if path.is_file() and sham.is_file() and stamp.is_file() and stamp.read_text() == wanted:
+    if all(f.is_file() for f in (path, sham, sft, stamp)) and stamp.read_text() == wanted:
         return path
     backgrounds = load_backgrounds(out / "backgrounds")
     rng = np.random.default_rng(config.seed)
-    lines, sham_lines = [], []
-    for split, count, left_rate in (
-        ("train", config.n_train, config.train_left_rate),
-        ("val", config.n_val, config.test_left_rate),
-        ("test", config.n_test, config.test_left_rate),
+    lines, sham_lines, sft_lines = [], [], []
+    # The SFT's images come last, so the preference and evaluation images do not depend on n_sft.
+    for name, split, count, left_rate in (
+        ("train", "train", config.n_train, config.train_left_rate),
+        ("val", "val", config.n_val, config.test_left_rate),
+        ("test", "test", config.n_test, config.test_left_rate),
+        ("sft", "train", config.n_sft, config.train_left_rate),
     ):
         for index in range(count):
             left, upper = bool(rng.random() < left_rate), bool(rng.random() < 0.5)
             scene = make_scene(rng, backgrounds, config, left, upper)
-            records = write_image(out, scene, f"{split}-{index:05d}", split, config.seed)
+            records = write_image(out, scene, f"{name}-{index:05d}", split, config.seed)
+            if name == "sft":
+                sft_lines += records
+                continue
             lines += records
             if split == "train":
                 sham_lines += [{**r, "boxes": [same_size_box(scene, scene.distractor)]} for r in records]
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    sham.write_text("".join(json.dumps(r) + "\n" for r in sham_lines))
-    stamp.write_text(wanted)
+    for file, rows in ((path, lines), (sham, sham_lines), (sft, sft_lines)):
+        write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(stamp, wanted)
     return path
 
 

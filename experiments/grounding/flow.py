@@ -1,6 +1,6 @@
 """Flow `experiment`: the grounding experiment's five arms through the product's flows.
 
-    grounding data -> curate, once per set (A1 text, A2 local, A3 sham, A4 global)
+    grounding data -> curate, once per set (A1 text, A2 local, A3 sham, A4 global); ingest the SFT's images
     pilot, on the tuning seed: sft -> per learning rate: train A1 and A2 -> measure (val)
         -> the rate with the best mean val score of A1 and A2; A3, A4 (and A0) at it, measured on val
         -> stop when |A2 - A3| on the val relocation twins is under pilot_stop_points
@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow
 
-from experiments.grounding.arms import REFERENCE_ARM, TRAINED, arm_config, train_settings
+from experiments.grounding.arms import REFERENCE_ARM, TRAINED, arm_config, sft_ingest, train_settings
 from experiments.grounding.config import TUNED_BY, ExperimentConfig, smoke, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
@@ -32,6 +33,7 @@ from flows.curate import curate
 from flows.evaluate import evaluate_flow
 from flows.train import train_flow
 from tasks.config import load_config
+from tasks.ingest import ingest_task
 from tasks.sft import model_dir, sft_task
 from tasks.store import Manifest, content_hash
 
@@ -40,24 +42,29 @@ from tasks.store import Manifest, content_hash
 def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
     """Runs the pilot, then (unless it stops the run) every test seed; returns the results it saved."""
     started = time.perf_counter()
+    # Other jobs on the cores: a second intra-op thread waits for its descheduled sibling at every
+    # parallel region (bench/sft.py measured the step this costs).
+    torch.set_num_threads(config.threads)
     ensure_text_models(config)
     source = build_grounding_data(config.data_root / content_hash(config.data, length=12), config.data)
     runs = {arm: arm_config(config, source, arm) for arm in ("sft", *TRAINED)}
     built: dict[tuple[str, str], float] = {}
     curated = {arm: curate(runs[arm]) for arm in TRAINED}
-    record(built, *(m for stages in curated.values() for m in stages.values()))
+    sft_samples = ingest_task(str(config.store), sft_ingest(source))
+    record(built, sft_samples, *(m for stages in curated.values() for m in stages.values()))
     results: dict[str, Any] = {
         "backbone": config.backbone.name,
         "machine": f"{platform.machine()} CPU, {_cores()} cores",
         "pairs": {arm: pair_counts(curated[arm]["assemble"]) for arm in TRAINED},
     }
     ingest = curated[REFERENCE_ARM]["ingest"]
-    results["pilot"] = pilot(config, runs, curated, ingest, built)
+    results["pilot"] = pilot(config, runs, curated, ingest, sft_samples, built)
     results["rows"] = []
     stop = abs(results["pilot"]["gap_points"]) < config.pilot_stop_points
     results["stopped"] = stop
     for seed in [] if stop or config.pilot_only else config.backbone.seeds:
-        results["rows"] += seed_rows(config, runs, curated, ingest, seed, results["pilot"]["learning_rate"], built)
+        rate = results["pilot"]["learning_rate"]
+        results["rows"] += seed_rows(config, runs, curated, ingest, sft_samples, seed, rate, built)
         finish(config, results, started, built)
     finish(config, results, started, built)
     return results
@@ -68,12 +75,13 @@ def pilot(
     runs: dict[str, Any],
     curated: dict[str, dict[str, Manifest]],
     ingest: Manifest,
+    sft_samples: Manifest,
     built: dict[tuple[str, str], float],
 ) -> dict[str, Any]:
     """The tuning seed: the learning rate (best mean val score of A1 and A2), then every arm at it on val."""
     backbone, store = config.backbone, str(config.store)
     seed = backbone.tuning_seed
-    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
+    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), sft_samples)
     record(built, tuned)
     val = config.measure.model_copy(update={"split": "val"})
 
@@ -111,13 +119,14 @@ def seed_rows(
     runs: dict[str, Any],
     curated: dict[str, dict[str, Manifest]],
     ingest: Manifest,
+    sft_samples: Manifest,
     seed: int,
     rate: float,
     built: dict[tuple[str, str], float],
 ) -> list[dict[str, Any]]:
     """Every arm on one test seed, from that seed's SFT checkpoint, measured on the test split."""
     backbone, store = config.backbone, str(config.store)
-    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), ingest)
+    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), sft_samples)
     record(built, tuned)
     rows = []
     for arm in ("sft", *TRAINED):

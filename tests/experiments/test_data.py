@@ -14,6 +14,7 @@ from experiments.grounding.data import (
     CLEAN,
     MIRROR,
     QUADRANT,
+    SFT,
     SHAM,
     SIDE,
     Scene,
@@ -27,7 +28,7 @@ from tasks.config import IngestConfig, SourceConfig
 from tasks.imaging import load_array
 from tasks.ingest import ingest_to_file
 
-CONFIG = GroundingDataConfig(n_train=120, n_val=4, n_test=60)
+CONFIG = GroundingDataConfig(n_train=120, n_val=4, n_test=60, n_sft=8)
 SIZE = CONFIG.image_size
 
 
@@ -138,6 +139,18 @@ def test_the_sham_file_boxes_a_same_size_region_on_the_distractor(records):
         assert abs((ax1 - ax0) - (bx1 - bx0)) <= 1 and abs((ay1 - ay0) - (by1 - by0)) <= 1
         # On the other side of the midline from the lesion.
         assert ((ax0 + ax1) / 2 < SIZE / 2) != ((bx0 + bx1) / 2 < SIZE / 2)
+
+
+def test_the_sft_file_holds_new_training_images_and_leaves_the_others_as_they_were(records, tmp_path):
+    root, rows = records
+    sft = [json.loads(line) for line in (root / SFT).read_text().splitlines()]
+    assert len(sft) == 2 * 8 and {r["split"] for r in sft} == {"train"}
+    assert {r["question"] for r in sft} == {SIDE, QUADRANT}
+    assert not {r["image"] for r in sft} & {r["image"] for r in rows}
+    # More SFT images change no preference or evaluation image: they are drawn after them.
+    more = build_grounding_data(tmp_path / "more", CONFIG.model_copy(update={"n_sft": 20}))
+    assert more.read_text() == (root / "grounding.jsonl").read_text()
+    assert len((tmp_path / "more" / SFT).read_text().splitlines()) == 2 * 20
 
 
 def test_same_config_same_bytes_and_it_goes_through_ingestion(records, tmp_path):

@@ -23,7 +23,7 @@ def toy_config(tmp_path: Path, **update) -> ExperimentConfig:
         }
     )
     return config.model_copy(
-        update={"backbone": backbone, "data": GroundingDataConfig(n_train=16, n_val=4, n_test=6), **update}
+        update={"backbone": backbone, "data": GroundingDataConfig(n_train=16, n_val=4, n_test=6, n_sft=16), **update}
     )
 
 

@@ -139,6 +139,7 @@ def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
             tiny_image_size=16,
             tiny_patch_size=4,
             trainable=["vision_tower", "projector"],
+            gradient_checkpointing=False,
             epochs=1,
             learning_rate=1e-3,
             scheduler="constant",
@@ -157,7 +158,14 @@ def tiny_backbone() -> BackboneConfig:
     return BackboneConfig(
         name="tiny",
         label="tiny random-weight LLaVA (2-layer 64-wide Mistral LM, SigLIP tower), smoke setting",
-        sft=SFTConfig(epochs=4, learning_rate=1e-3, scheduler="constant", warmup_ratio=0.0, batch_size=16),
+        sft=SFTConfig(
+            epochs=4,
+            learning_rate=1e-3,
+            scheduler="constant",
+            warmup_ratio=0.0,
+            batch_size=16,
+            gradient_checkpointing=False,
+        ),
         train=fixed_train(max_steps=10),
         tuning_seed=100,
         seeds=[0, 1],

@@ -75,8 +75,14 @@ class Hub:
             clients = [self._clients.pop(key) for key in [k for k in self._clients if k[0] == base_url]]
             for key in [k for k in self._limits if k[0] == base_url]:
                 del self._limits[key]
-        if clients and not self.loop.is_closed():
-            asyncio.run_coroutine_threadsafe(_close_all(clients), self.loop).result(CLOSE_TIMEOUT_S)
+        # Dropped above whatever follows: closing their connections is tidying up, and a failure
+        # here must not stop the caller (a server pool stopping its other servers) nor wait on a
+        # loop that process exit already stopped.
+        if clients and self.loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(_close_all(clients), self.loop).result(CLOSE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("LLM clients of %s not closed cleanly: %s", base_url, type(exc).__name__)
 
     def close(self) -> None:
         """Close every client and stop the loop (at process exit; a forked child, which inherits the

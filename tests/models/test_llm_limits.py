@@ -102,3 +102,25 @@ def test_a_stopped_servers_client_is_closed_and_forgotten(tmp_path):
     assert hub.http(kept, "key") is clients[kept]
     assert hub.http(gone, "key") is not clients[gone]  # a new client if the URL is served again
     assert not any(key[0] == gone for key in hub._limits)
+
+
+def test_a_client_that_fails_to_close_does_not_stop_the_server_stopping(tmp_path, monkeypatch, caplog):
+    """Closing a stopped server's connections is tidying up: its failure is logged, the client is
+    still dropped, and stop() returns (a pool stopping several servers goes on to the next)."""
+    from models import llm_hub
+    from models.serve import ManagedServer
+    from tasks.config.endpoint import ServeConfig
+
+    async def refuse(clients):
+        raise OSError("connection reset")
+
+    hub = llm_hub.hub()
+    url = "http://127.0.0.1:11/v1"
+    client = hub.http(url, "key")
+    monkeypatch.setattr(llm_hub, "_close_all", refuse)
+    server = ManagedServer(ServeConfig(model=str(tmp_path)))
+    server.port = 11
+    with caplog.at_level("WARNING", logger=llm_hub.log.name):
+        assert server.stop() is None
+    assert hub.http(url, "key") is not client
+    assert any("not closed cleanly: OSError" in r.getMessage() for r in caplog.records)

@@ -97,11 +97,14 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
         dropped.append({"sample_id": sample["sample_id"], "pair_type": pair_type, "reason": reason, "detail": detail})
         counts.add(pair_type or "samples", "dropped", reason)
 
-    for batch in samples.to_batches(max_chunksize=BATCH_SAMPLES):
-        ids = batch.column("sample_id")
+    ids = samples.column("sample_id")
+    upstream = [
+        (data, positions_in(data, ids)) for data in (hallucinations, noised, regions, text_scores, visual_scores)
+    ]
+    for start in range(0, samples.num_rows, BATCH_SAMPLES):
         joined = zip(
-            batch.to_pylist(),
-            *(matching(data, ids) for data in (hallucinations, noised, regions, text_scores, visual_scores)),
+            samples.slice(start, BATCH_SAMPLES).to_pylist(),
+            *(rows_at(data, positions.slice(start, BATCH_SAMPLES)) for data, positions in upstream),
         )
         for sample, hallucination, noised_row, region, text_score, visual_score in joined:
             if sample["split"] in config.test_splits:
@@ -184,10 +187,15 @@ REGION_COLUMNS = ("sample_id", "status", "reason")
 SCORE_COLUMNS = ("sample_id", "pair_type", "status", "raw_score", "weight")
 
 
-def matching(data: pa.Table, ids: pa.Array) -> list[dict[str, Any] | None]:
-    """For each sample id, its row of ``data`` as a Python row (None where it has none)."""
-    positions = pc.index_in(ids, value_set=data.column("sample_id"))
-    found = positions.is_valid().to_pylist()
+def positions_in(data: pa.Table, ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each sample id's row number in ``data`` (null where it has none), for the whole set at once:
+    per batch, ``data``'s ids would be hashed again for every batch."""
+    return pc.index_in(ids, value_set=data.column("sample_id"))
+
+
+def rows_at(data: pa.Table, positions: pa.ChunkedArray) -> list[dict[str, Any] | None]:
+    """The rows of ``data`` at ``positions`` as Python rows (None at a null position)."""
+    found = pc.is_valid(positions).to_pylist()
     return [row if ok else None for row, ok in zip(data.take(positions).to_pylist(), found)]
 
 

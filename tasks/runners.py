@@ -44,10 +44,11 @@ def shard_task(store_root: str, stage: str, index: int, items: Unwalked, compute
 class PrefectShards:
     """Runs a build's shards as Prefect task runs on a started task runner."""
 
-    def __init__(self, runner: TaskRunner, shard_size: int, max_shards: int):
+    def __init__(self, runner: TaskRunner, shard_size: int, max_shards: int, workers: int):
         self.runner = runner
         self.shard_size = shard_size
         self.max_shards = max_shards
+        self.workers = workers
 
     def run(self, job: ShardJob) -> dict[str, float]:
         progress = ui.Progress(job.stage, job.total)
@@ -126,7 +127,7 @@ def make_task_runner(config: RunnerConfig) -> TaskRunner:
 def shard_runner(config: RunnerConfig) -> Iterator[Any]:
     """Stages built inside this block run their shards as Prefect tasks on ``config``'s runner."""
     with make_task_runner(config) as runner:
-        token = SHARDS.set(PrefectShards(runner, config.shard_size, config.max_shards))
+        token = SHARDS.set(PrefectShards(runner, config.shard_size, config.max_shards, config.workers))
         try:
             yield runner
         finally:

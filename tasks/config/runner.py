@@ -24,7 +24,10 @@ class RunnerConfig(StageConfig):
         "Unset: a local cluster of `workers` processes for the run",
     )
     workers: int = Field(
-        default=2, ge=1, description="threads: threads; dask/ray without address: local worker processes"
+        default=2,
+        ge=1,
+        description="threads: threads; dask/ray without address: local worker processes. Also the fewest shards "
+        "a build is cut into (one per worker): with an address, set it to the cluster's workers",
     )
     shard_size: int = Field(
         default=128,

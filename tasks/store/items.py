@@ -117,6 +117,7 @@ class InlineShards:
 
     shard_size = 64
     max_shards = 128
+    workers = 1
 
     def run(self, job: ShardJob) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -133,11 +134,15 @@ BUILD_WORK: ContextVar[dict[str, float] | None] = ContextVar("mmedpo_build_work"
 BUILD_ROWS: ContextVar[set[str] | None] = ContextVar("mmedpo_build_rows", default=None)
 
 
-def shard_size(missing: int, smallest: int, most_shards: int) -> int:
+def shard_size(missing: int, smallest: int, most_shards: int, workers: int = 1) -> int:
     """Items per shard of a build: ``smallest``, or more where that would make more than
-    ``most_shards`` shards. Each shard costs a task run (API calls, events, a future): a fixed
-    shard size would make that cost grow with the build, a capped count keeps it flat."""
-    return max(1, smallest, -(-missing // max(1, most_shards)))
+    ``most_shards`` shards, or fewer where that would leave one of ``workers`` idle. Each shard
+    costs a task run (API calls, events, a future): a fixed shard size would make that cost grow
+    with the build, a capped count keeps it flat; a small build (a re-run's new samples, a GPU
+    stage's few hundred items) is still cut once per worker."""
+    capped = -(-missing // max(1, most_shards))
+    per_worker = -(-missing // max(1, workers))
+    return max(1, min(max(smallest, capped), max(capped, per_worker)))
 
 
 class StageItems:
@@ -168,7 +173,7 @@ class StageItems:
         index = read_index(self.root, self.stage, origins, wanted=wanted)
         missing = list({item.key: item for item in items if item.key not in index}.values())
         runner = SHARDS.get()
-        size = shard_size(len(missing), runner.shard_size, runner.max_shards)
+        size = shard_size(len(missing), runner.shard_size, runner.max_shards, runner.workers)
         job = ShardJob(
             store_root=str(self.root),
             stage=self.stage,

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.config import StageConfig
 from tasks.store import SHARDS, ArtifactStore, SourceSnapshot, by_content
-from tasks.store.items import InlineShards
+from tasks.store.items import InlineShards, shard_size
 from tasks.store.packed import BLOBS, OldStoreLayout, read_index
 
 
@@ -140,6 +140,22 @@ def test_a_large_build_gets_larger_shards_not_more_of_them(tmp_path):
     assert shards == [6, 6, 6, 3, 2, 1]  # 21 items: 4 shards of 6 at most; 3 new items: shards of the smallest size
     assert calls == [f"r{i}" for i in range(21)] + ["n0", "n1", "n2"]
     assert [row["id"] for row in rows] == [f"r{i}" for i in range(21)] and len(few) == 3
+
+
+@pytest.mark.parametrize(
+    ("missing", "smallest", "most", "workers", "size"),
+    [
+        (16_000, 128, 128, 2, 128),  # the smallest size: 125 shards
+        (100_000, 128, 128, 2, 782),  # capped at 128 shards
+        (500, 128, 128, 8, 63),  # a small build on 8 workers: 8 shards, not 4 of 128
+        (100, 128, 128, 2, 50),  # 2 shards for 2 workers
+        (1_000, 1, 4, 16, 250),  # more workers than max_shards: the cap holds
+        (3, 128, 128, 8, 1),
+        (0, 128, 128, 2, 1),
+    ],
+)
+def test_shard_size_keeps_every_worker_busy_within_the_shard_cap(missing, smallest, most, workers, size):
+    assert shard_size(missing, smallest, most, workers) == size
 
 
 def more(n: int) -> list[dict]:

@@ -97,9 +97,12 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
         dropped.append({"sample_id": sample["sample_id"], "pair_type": pair_type, "reason": reason, "detail": detail})
         counts.add(pair_type or "samples", "dropped", reason)
 
+    # Each sample's row number in every upstream table (null where none), found once for the set:
+    # found per batch, each table's ids were hashed again for every batch.
     ids = samples.column("sample_id")
     upstream = [
-        (data, positions_in(data, ids)) for data in (hallucinations, noised, regions, text_scores, visual_scores)
+        (data, pc.index_in(ids, value_set=data.column("sample_id")))
+        for data in (hallucinations, noised, regions, text_scores, visual_scores)
     ]
     for start in range(0, samples.num_rows, BATCH_SAMPLES):
         joined = zip(
@@ -185,12 +188,6 @@ HALLUCINATION_COLUMNS = ("sample_id", "status", "rejected", "error_type", "origi
 NOISED_COLUMNS = ("sample_id", "status", "mode", "noised_path")
 REGION_COLUMNS = ("sample_id", "status", "reason")
 SCORE_COLUMNS = ("sample_id", "pair_type", "status", "raw_score", "weight")
-
-
-def positions_in(data: pa.Table, ids: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Each sample id's row number in ``data`` (null where it has none), for the whole set at once:
-    per batch, ``data``'s ids would be hashed again for every batch."""
-    return pc.index_in(ids, value_set=data.column("sample_id"))
 
 
 def rows_at(data: pa.Table, positions: pa.ChunkedArray) -> list[dict[str, Any] | None]:

@@ -1,14 +1,15 @@
 """SFT step time of the grounding experiment's backbone: torch threads and activation checkpointing.
 
-The backbone is the experiment's (experiments/grounding/config.py): a LLaVA on pretrained
-SmolLM2-135M-Instruct cut to 3 layers, a SigLIP tower of 16 image tokens, every part trained,
-batches of 16 of the grounding data's samples (both questions). Variants: what the experiment ran
-before (two torch threads on the two cores, TRL's default activation checkpointing), one thread,
-one thread without checkpointing. Each runs ``models.sft.fit_sft`` in its own process, in turn and
-in alternating order, ``--repeats`` times; step time = wall time from one ``training_step`` to the
-next (forward, backward and the optimizer), median over the steps after the first two. Wall time,
-not CPU time: on cores other jobs share, a thread that waits for its descheduled sibling at every
-parallel region is the cost being measured. The ratios to the first variant are what to read.
+The backbone and its SFT settings are the experiment's (experiments/grounding/config.py): a LLaVA
+on pretrained SmolLM2-135M-Instruct cut to 3 layers, a SigLIP tower of 16 image tokens, the parts
+and batch size its SFT trains, on the grounding data's samples (both questions). Variants: two
+torch threads on the two cores with TRL's default activation checkpointing (what the experiment
+ran before), one thread with it, one thread without it (what it runs now). Each runs
+``models.sft.fit_sft`` in its own process, in turn and in alternating order, ``--repeats`` times;
+step time = wall time from one ``training_step`` to the next (forward, backward and the
+optimizer), median over the steps after the first two. Wall time, not CPU time: on cores other
+jobs share, a thread that waits for its descheduled sibling at every parallel region is the cost
+being measured. The ratios to the first variant are what to read.
 
     python bench/sft.py [--steps 8] [--repeats 2]
 """
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.grounding.config import smollm2_backbone  # noqa: E402 - after the path
 
 # name: (torch threads, activation checkpointing)
 VARIANTS = {"2 threads, checkpointing": (2, True), "1 thread, checkpointing": (1, True), "1 thread": (1, False)}
@@ -52,7 +55,9 @@ def main() -> None:
             steps[name] += json.loads(done.stdout.strip().splitlines()[-1])
     base = statistics.median(steps[next(iter(VARIANTS))])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"{args.repeats} repeats x {args.steps} steps, 3-layer SmolLM2 LLaVA, batch 16")
+    print(
+        f"{args.repeats} repeats x {args.steps} steps, 3-layer SmolLM2 LLaVA, batch {smollm2_backbone().sft.batch_size}"
+    )
     print("| variant | SFT step (wall s, median) | ratio |")
     print("|---|---:|---:|")
     for name in VARIANTS:
@@ -65,7 +70,7 @@ def run_one(threads: int, checkpointing: bool, steps: int, work: Path) -> list[f
     import torch
     from trl import SFTTrainer
 
-    from experiments.grounding.config import GroundingDataConfig, smollm2_backbone
+    from experiments.grounding.config import GroundingDataConfig
     from experiments.grounding.data import build_grounding_data
     from models.sft import fit_sft
     from tasks.smollm2 import ensure

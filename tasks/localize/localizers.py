@@ -24,6 +24,7 @@ from tasks.localize.regions import (
     SamLocalizer,
     component_boxes,
     failed,
+    map_peaks,
     map_region,
     no_region,
     smooth,
@@ -119,7 +120,7 @@ class AttentionLocalizer:
             found = [
                 s if isinstance(s, Region) else map_region(s, self.heatmap, None, "flat_attention") for s in saliencies
             ]
-            regions += self.refine(chunk, saliencies, found) if self.refiner is not None else found
+            regions += self.refine(chunk, maps, saliencies, found) if self.refiner is not None else found
         return regions
 
     def one(self, attention: Any, row: Mapping[str, Any]) -> Any:
@@ -140,16 +141,18 @@ class AttentionLocalizer:
         saliency = smooth(relevance, int(row["height"]), int(row["width"]), self.heatmap)
         return no_region("flat_attention") if saliency is None else saliency
 
-    def refine(self, rows: Sequence[Mapping[str, Any]], saliencies: list, found: list[Region]) -> list[Region]:
+    def refine(
+        self, rows: Sequence[Mapping[str, Any]], maps: list, saliencies: list, found: list[Region]
+    ) -> list[Region]:
         """SAM prompted at each found region's map peak, the whole chunk in one batched call."""
         from models.sam import Prompt
 
         peaks: list[tuple[int, int] | None] = [None] * len(rows)
         prompts: list[Any] = [None] * len(rows)
-        for i, (saliency, region) in enumerate(zip(saliencies, found)):
+        for i, (relevance, saliency, region) in enumerate(zip(maps, saliencies, found)):
             if region.status == "ok":
-                y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
-                peaks[i], prompts[i] = (int(y), int(x)), Prompt(points=np.asarray([[float(x), float(y)]]))
+                (y, x) = peaks[i] = map_peaks(saliency, relevance.shape, 1)[0]
+                prompts[i] = Prompt(points=np.asarray([[float(x), float(y)]]))
         segmented = self.refiner.segment(rows, prompts, [None if p else region for p, region in zip(prompts, found)])
         return [
             region if peak is None else refined(region, by_sam, peak)

@@ -211,15 +211,15 @@ class HeatmapLocalizer:
         sidecar = self.folder / "confidences.json"
         self.confidences: dict[str, float] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
-    def saliency(self, path: Path, height: int, width: int) -> np.ndarray | None:
-        """The map resized to the image, blurred, scaled to [0, 1]; None when it is flat."""
+    def raw(self, path: Path) -> np.ndarray:
+        """The map as stored, one channel."""
         raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else load_array(path)
         raw = np.nan_to_num(np.asarray(raw, dtype=np.float32))
         if raw.ndim == 3:
             raw = raw.mean(axis=2)
         if raw.ndim != 2:
             raise ValueError(f"{path}: a heatmap must be 2-D, got shape {raw.shape}")
-        return smooth(raw, height, width, self.config)
+        return raw
 
     def locate(self, rows: Sequence[Mapping[str, Any]]) -> list[Region]:
         return [self.locate_one(row) for row in rows]
@@ -229,7 +229,7 @@ class HeatmapLocalizer:
         if path is None:
             return no_region("no_heatmap")
         try:
-            saliency = self.saliency(path, int(row["height"]), int(row["width"]))
+            saliency = smooth(self.raw(path), int(row["height"]), int(row["width"]), self.config)
         except OSError:
             return failed("unreadable_heatmap")
         except ValueError:
@@ -244,21 +244,35 @@ class HeatmapLocalizer:
         path = heatmap_file(self.folder, row)
         if path is None:
             return None
-        height, width = int(row["height"]), int(row["width"])
-        saliency = self.saliency(path, height, width)
+        raw = self.raw(path)
+        saliency = smooth(raw, int(row["height"]), int(row["width"]), self.config)
         if saliency is None:
             return None
-        radius = PEAK_SUPPRESSION * min(height, width)
-        yy, xx = np.mgrid[0:height, 0:width]
-        remaining = saliency.copy()
-        points = []
-        for _ in range(count):
-            y, x = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
-            if points and remaining[y, x] <= PEAK_FLOOR:
-                break
-            points.append([float(x), float(y)])
-            remaining[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = 0.0
-        return np.asarray(points)
+        return np.asarray([[float(x), float(y)] for y, x in map_peaks(saliency, raw.shape, count)])
+
+
+def map_peaks(saliency: np.ndarray, grid: tuple[int, ...], count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (y, x) maxima of a smoothed map, spread apart, each at the centre of one of the
+    ``grid`` cells the map was made of. Not the smoothed map's own maximum: bilinear resizing holds a
+    border cell's value flat out to the image's edge and the blur's reflection then makes the outermost
+    pixel row or column the strict maximum (a 4 x 4 map's best border cell pointed outside every lesion
+    box; a point prompt on the image's edge). A map at the image's resolution is unchanged."""
+    height, width = saliency.shape
+    centres = np.zeros_like(saliency, dtype=bool)
+    rows = ((np.arange(grid[0]) + 0.5) * height / grid[0]).astype(int)
+    cols = ((np.arange(grid[1]) + 0.5) * width / grid[1]).astype(int)
+    centres[np.ix_(rows, cols)] = True
+    remaining = np.where(centres, saliency, -1.0)
+    radius = PEAK_SUPPRESSION * min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width]
+    points: list[tuple[int, int]] = []
+    for _ in range(count):
+        y, x = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
+        if points and remaining[y, x] <= PEAK_FLOOR:
+            break
+        points.append((int(y), int(x)))
+        remaining[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = -1.0
+    return points
 
 
 def smooth(raw: np.ndarray, height: int, width: int, config: HeatmapConfig) -> np.ndarray | None:

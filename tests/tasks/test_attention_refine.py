@@ -12,7 +12,7 @@ from tasks.config import ConfigError, LocalizeConfig, RunConfig, validate
 from tasks.imaging import load_array
 from tasks.localize import region_counts
 from tasks.localize.localizers import make_localizer, refined
-from tasks.localize.regions import Region, smooth
+from tasks.localize.regions import Region, map_peaks, smooth
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
 from tests.support.samples import sample_row, write_image
 
@@ -48,7 +48,7 @@ def test_refined_regions_are_sams_mask_at_the_attention_peak_or_the_map_with_its
     sources = []
     for row, relevance, before, after in zip(rows, maps, plain, got):
         saliency = smooth(relevance, row["height"], row["width"], config.heatmap)
-        y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+        y, x = map_peaks(saliency, relevance.shape, 1)[0]
         predictor.set_image(to_rgb8(load_array(row["image_path"])))
         masks, scores, _ = predictor.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
         expected = masks[int(np.argmax(scores))]

@@ -9,7 +9,7 @@ from tasks import catalog, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
 from tasks.localize import localize, region_grid, region_rows
-from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes
+from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes, map_peaks, smooth
 from tasks.store import ArtifactStore, safe_stem
 from tasks.store.packed import is_blob_path
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
@@ -202,7 +202,7 @@ def test_heatmap_release_rule_is_a_15px_opencv_blur_cut_at_mean_minus_std(tmp_pa
     rows_done = np.stack([np.convolve(line, taps, mode="valid") for line in padded])
     blurred = np.stack([np.convolve(line, taps, mode="valid") for line in rows_done.T]).T
     scaled = (blurred - blurred.min()) / (blurred.max() - blurred.min())
-    saliency = release.saliency(maps / f"{row['image_sha256']}.npy", height, width)
+    saliency = smooth(release.raw(maps / f"{row['image_sha256']}.npy"), height, width, release.config)
     assert np.abs(saliency - scaled).max() < 1e-5
     expected = blurred > blurred.mean() - blurred.std()
     assert 0.6 < expected.mean() < 0.95  # mean - std keeps most of the map, as the release's does
@@ -345,6 +345,16 @@ def test_heatmap_peaks_give_one_point_per_hot_spot(tmp_path):
     assert sorted(map(tuple, two.tolist())) == [(20.0, 15.0), (60.0, 45.0)]
     assert localizer.peaks({**row, "image_sha256": "b" * 64}, 3).tolist() == [[40.0, 30.0]]
     assert localizer.peaks({**row, "image_sha256": "c" * 64}, 3) is None
+
+
+def test_a_coarse_maps_peak_is_its_best_cells_centre_even_on_the_border():
+    relevance = np.zeros((4, 4), dtype=np.float32)
+    relevance[1, 3] = 1.0  # a right-border cell: smoothed, the image's last column is the strict maximum
+    saliency = smooth(relevance, 32, 32, HeatmapConfig())
+    assert np.unravel_index(int(np.argmax(saliency)), saliency.shape)[1] == 31
+    assert map_peaks(saliency, relevance.shape, 1) == [(12, 28)]
+    relevance[3, 0] = 0.9
+    assert map_peaks(smooth(relevance, 32, 32, HeatmapConfig()), relevance.shape, 3) == [(12, 28), (28, 4)]
 
 
 def test_sam_batches_auto_on_the_cpu_and_an_unreadable_image_fails_alone(sam_fixture, monkeypatch):

@@ -53,7 +53,8 @@ CURATION: tuple[Step, ...] = (
     # policy: the adapter a round of `mmedpo iterate` samples rejections from.
     Step(hallucinate, ("ingest",), context=("policy",)),
     Step(score, ("ingest", "hallucinate", "localize")),
-    Step(assemble, ("ingest", "localize", "noise", "hallucinate", "score")),
+    # previous: the images of the set's last published version, which the new one links when unchanged.
+    Step(assemble, ("ingest", "localize", "noise", "hallucinate", "score"), context=("previous",)),
 )
 SFT = Step(sft, ("ingest",))
 # Every stage keyed before train (train and evaluate take their inputs from these artifacts).

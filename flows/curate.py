@@ -7,6 +7,7 @@ fails or is interrupted."""
 from __future__ import annotations
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 
 from flows.dag import CURATION
 from models.serve import serving
@@ -26,5 +27,5 @@ def curate(config: RunConfig, policy: Manifest | None = None) -> dict[str, Manif
     with serving(ArtifactStore(config.store).digests), shard_runner(config.runner):
         for step in CURATION:
             done[step.name] = step.run(config, done, policy=policy, previous=str(previous) if previous else None)
-        publish_task(done["assemble"], str(config.sets), config.name)
+        publish_task(opaque(done["assemble"]), str(config.sets), config.name)  # opaque: flows/dag.py
     return done

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.curate import curate
 from tasks.config import IngestConfig, RunConfig, RunnerConfig
@@ -52,6 +54,20 @@ def test_three_new_records_are_the_only_items_computed(tmp_path, prefect_harness
     kept = {name for name in chosen if (old / "images" / name).is_file()}
     assert len(kept) == 5 and len(chosen) == 8
     assert all((new / "images" / name).stat().st_ino == (old / "images" / name).stat().st_ino for name in kept)
+    # Each stage's task run still names its upstream stages' runs (the UI's graph), though Prefect
+    # no longer walks the manifests it is given.
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    names = {run.id: run.name.rsplit("-", 1)[0] for run in runs}
+    graph = {
+        names[run.id]: {name: [names[i.id] for i in given] for name, given in run.task_inputs.items() if given}
+        for run in runs
+        if names[run.id] in ("assemble", "publish-set")
+    }
+    upstream = ("ingest", "localize", "noise", "hallucinate", "score")
+    assert graph == {"assemble": {name: [name] for name in upstream}, "publish-set": {"manifest": ["assemble"]}}
 
     # Gathered from cached items, the new artifact equals one built from scratch.
     fresh = curate(config.model_copy(update={"store": tmp_path / "fresh", "sets": tmp_path / "fresh-sets"}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,12 @@ from tasks.catalog import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPL
 from tasks.config import AssembleConfig
 from tasks.counters import Counters, require_some
 from tasks.rounds import origin_table, rejection_source
+from tasks.set_images import ImageLinker
 from tasks.sets import publish
 from tasks.store import (
     ArtifactStore,
     Manifest,
     code_version,
-    file_digest,
-    link_or_copy,
-    remember_digest,
     stage_task_options,
     write_text_atomic,
 )
@@ -44,6 +41,7 @@ def assemble(
     noise: Manifest,
     hallucinate: Manifest,
     score: Manifest,
+    previous: Path | None = None,
 ) -> Manifest:
     """The preference set: a text pair (ground truth vs hallucination) and a visual pair
     (original vs lesion-noised image, same answer) per training sample, each with its weight.
@@ -55,7 +53,8 @@ def assemble(
     were produced; lineage (every upstream key) is in its manifest. Its card says who wrote the
     rejections (tasks.rounds: the backend; for ``target`` the sampled model's and adapter's content
     digests, the train artifact and the `mmedpo iterate` round). ``window`` keeps only a window of
-    the samples (a round's).
+    the samples (a round's). ``previous``: the images folder of the set's last published version,
+    whose unchanged data-root images the new version links instead of copying them again.
 
     Inputs: every curation stage. Output: ``data/<split>-00000-of-00001.parquet`` (PAIRS),
     ``dropped.parquet`` (DROPPED: every sample or pair left out, with its reason), ``CARD.md``
@@ -68,10 +67,14 @@ def assemble(
     inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
     # The card documents the version (lineage, who wrote the rejections); the pairs, weights and
     # images are the version: identical pairs are one version however they were produced.
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs), volatile=("CARD.md",))
+    return store.run(
+        STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs, previous), volatile=("CARD.md",)
+    )
 
 
-def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
+def build_set(
+    out: Path, config: AssembleConfig, inputs: dict[str, Manifest], previous: Path | None = None
+) -> dict[str, float]:
     # Only the columns a pair is made of, and as Python objects a batch of samples at a time:
     # every sample's rows of every stage held as Python objects made this stage the run's peak memory.
     samples = catalog.read(inputs["ingest"], SAMPLES, SAMPLE_COLUMNS)
@@ -87,7 +90,7 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
 
     test = samples.filter(pc.is_in(samples.column("split"), value_set=pa.array(config.test_splits, pa.string())))
     leaks = LeakageIndex(test.to_pylist(), config.near_duplicate_bits)
-    linker = ImageLinker(out / "images", out.parent.parent)  # out: <store>/assemble/<temporary folder>
+    linker = ImageLinker(out / "images", out.parent.parent, previous)  # out: <store>/assemble/<temporary folder>
     # Pairs become Arrow a batch at a time: every pair as a Python dict (~0.9 KB) held to the end
     # was the stage's peak memory.
     batches: list[pa.Table] = [PAIRS.schema.empty_table()]
@@ -268,38 +271,6 @@ def normalize_question(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-class ImageLinker:
-    """Puts each distinct image into the set once, named by content; returns set-relative paths.
-
-    Files of the store (noised images, rendered DICOM) never change, so they are hard-linked;
-    a data root's files are copied: a sync that rewrites one in place (``cp`` keeps the inode)
-    must not change a published set through a shared link.
-    """
-
-    def __init__(self, folder: Path, store_root: Path):
-        self.folder = folder
-        self.store_root = store_root.resolve()
-        self.by_source: dict[Path, str] = {}
-
-    @property
-    def count(self) -> int:
-        return len(set(self.by_source.values()))
-
-    def link(self, source: Path) -> str:
-        if source not in self.by_source:
-            digest = file_digest(source)
-            target = self.folder / f"{digest}{source.suffix.lower()}"
-            if not target.exists():
-                self.folder.mkdir(parents=True, exist_ok=True)
-                if source.resolve().is_relative_to(self.store_root):
-                    link_or_copy(source, target)
-                else:
-                    shutil.copyfile(source, target)
-                remember_digest(target, digest)
-            self.by_source[source] = str(target.relative_to(self.folder.parent))
-        return self.by_source[source]
-
-
 @task(**stage_task_options(STAGE, CODE))
 def assemble_task(
     store_root: str,
@@ -309,9 +280,12 @@ def assemble_task(
     noise: Manifest,
     hallucinate: Manifest,
     score: Manifest,
+    previous: str | None = None,
 ) -> Manifest:
+    """``previous``: the images folder of the set's last published version (tasks.sets.latest_images)."""
     progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
-    manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
+    reuse = Path(previous) if previous else None
+    manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score, reuse)
     progress.advance()
     ui.table("assemble-counts", counters.rows(manifest.counts), f"Preference set version {manifest.digest}")
     ui.markdown(

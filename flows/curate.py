@@ -7,12 +7,14 @@ fails or is interrupted."""
 from __future__ import annotations
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 
 from flows.dag import CURATION
 from models.serve import serving
 from tasks.assemble import publish_task
 from tasks.config import RunConfig
 from tasks.runners import shard_runner
+from tasks.sets import latest_images
 from tasks.store import ArtifactStore, Manifest
 
 
@@ -21,8 +23,9 @@ def curate(config: RunConfig, policy: Manifest | None = None) -> dict[str, Manif
     """``policy``: the train artifact whose adapter ``hallucinate.target.adapter`` names (a round of
     `mmedpo iterate`), so the set's lineage names the model that wrote its rejections."""
     done: dict[str, Manifest] = {}
+    previous = latest_images(config.sets, config.name)
     with serving(ArtifactStore(config.store).digests), shard_runner(config.runner):
         for step in CURATION:
-            done[step.name] = step.run(config, done, policy=policy)
-        publish_task(done["assemble"], str(config.sets), config.name)
+            done[step.name] = step.run(config, done, policy=policy, previous=str(previous) if previous else None)
+        publish_task(opaque(done["assemble"]), str(config.sets), config.name)  # opaque: flows/dag.py
     return done

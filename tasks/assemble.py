@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import statistics
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +13,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import catalog, counters, ui
+from tasks.card import data_card
 from tasks.catalog import DROPPED, HALLUCINATIONS, NOISED, PAIRS, REGIONS, SAMPLES, SCORES
 from tasks.config import AssembleConfig
 from tasks.counters import Counters, require_some
 from tasks.rounds import origin_table, rejection_source
+from tasks.set_images import ImageLinker
 from tasks.sets import publish
 from tasks.store import (
     ArtifactStore,
     Manifest,
     code_version,
-    file_digest,
-    link_or_copy,
-    remember_digest,
     stage_task_options,
     write_text_atomic,
 )
@@ -45,6 +41,7 @@ def assemble(
     noise: Manifest,
     hallucinate: Manifest,
     score: Manifest,
+    previous: Path | None = None,
 ) -> Manifest:
     """The preference set: a text pair (ground truth vs hallucination) and a visual pair
     (original vs lesion-noised image, same answer) per training sample, each with its weight.
@@ -56,7 +53,8 @@ def assemble(
     were produced; lineage (every upstream key) is in its manifest. Its card says who wrote the
     rejections (tasks.rounds: the backend; for ``target`` the sampled model's and adapter's content
     digests, the train artifact and the `mmedpo iterate` round). ``window`` keeps only a window of
-    the samples (a round's).
+    the samples (a round's). ``previous``: the images folder of the set's last published version,
+    whose unchanged data-root images the new version links instead of copying them again.
 
     Inputs: every curation stage. Output: ``data/<split>-00000-of-00001.parquet`` (PAIRS),
     ``dropped.parquet`` (DROPPED: every sample or pair left out, with its reason), ``CARD.md``
@@ -69,10 +67,14 @@ def assemble(
     inputs = {"ingest": ingest, "localize": localize, "noise": noise, "hallucinate": hallucinate, "score": score}
     # The card documents the version (lineage, who wrote the rejections); the pairs, weights and
     # images are the version: identical pairs are one version however they were produced.
-    return store.run(STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs), volatile=("CARD.md",))
+    return store.run(
+        STAGE, CODE, config, inputs, lambda out: build_set(out, config, inputs, previous), volatile=("CARD.md",)
+    )
 
 
-def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) -> dict[str, float]:
+def build_set(
+    out: Path, config: AssembleConfig, inputs: dict[str, Manifest], previous: Path | None = None
+) -> dict[str, float]:
     # Only the columns a pair is made of, and as Python objects a batch of samples at a time:
     # every sample's rows of every stage held as Python objects made this stage the run's peak memory.
     samples = catalog.read(inputs["ingest"], SAMPLES, SAMPLE_COLUMNS)
@@ -88,8 +90,10 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
 
     test = samples.filter(pc.is_in(samples.column("split"), value_set=pa.array(config.test_splits, pa.string())))
     leaks = LeakageIndex(test.to_pylist(), config.near_duplicate_bits)
-    linker = ImageLinker(out / "images", out.parent.parent)  # out: <store>/assemble/<temporary folder>
-    pairs: list[dict[str, Any]] = []
+    linker = ImageLinker(out / "images", out.parent.parent, previous)  # out: <store>/assemble/<temporary folder>
+    # Pairs become Arrow a batch at a time: every pair as a Python dict (~0.9 KB) held to the end
+    # was the stage's peak memory.
+    batches: list[pa.Table] = [PAIRS.schema.empty_table()]
     dropped: list[dict[str, Any]] = []
     counts = Counters()
 
@@ -105,6 +109,7 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
         for data in (hallucinations, noised, regions, text_scores, visual_scores)
     ]
     for start in range(0, samples.num_rows, BATCH_SAMPLES):
+        pairs: list[dict[str, Any]] = []
         joined = zip(
             samples.slice(start, BATCH_SAMPLES).to_pylist(),
             *(rows_at(data, positions.slice(start, BATCH_SAMPLES)) for data, positions in upstream),
@@ -152,23 +157,24 @@ def build_set(out: Path, config: AssembleConfig, inputs: dict[str, Manifest]) ->
                             "rejected_image": rejected_image,
                         }
                     )
+        batches.append(catalog.table(pairs, PAIRS))
 
-    pairs.sort(key=lambda p: p["pair_id"])
-    for split in sorted({p["split"] for p in pairs}):
-        catalog.write(out, PAIRS, [p for p in pairs if p["split"] == split], split=split)
+    built = pa.concat_tables(batches)
+    built = built.take(pc.sort_indices(built, [("pair_id", "ascending")]))
+    for split in sorted(pc.unique(built.column("split")).to_pylist()):
+        catalog.write(out, PAIRS, built.filter(pc.equal(built.column("split"), split)), split=split)
     catalog.write(out, DROPPED, dropped)
     counts.add("pairs", "built", n=0)  # present when empty too: `mmedpo sets list` reads it
-    for pair in pairs:
-        counts.add("pairs", "built", pair["pair_type"])
+    for pair_type, n in zip(*pc.value_counts(built.column("pair_type")).flatten()):
+        counts.add("pairs", "built", pair_type.as_py(), n=n.as_py())
     counts.add("images", "linked", n=linker.count)
     losses = [("text", "dropped"), ("visual", "dropped"), ("samples", "dropped"), ("samples", "held_out")]
     require_some(STAGE, counts.as_dict(), "pairs.built", losses + [("samples", "out_of_scope")])
     source = rejection_source(inputs["hallucinate"])
     if source.backend == "target" and source.round is not None:
         counts.set("policy", "round", value=source.round)
-    origins = dict(zip(*hallucinations.select(["sample_id", "origin"]).to_pydict().values()))
-    rejections = f"{source.sentence()}\n\n{origin_table(pairs, origins)}"
-    write_text_atomic(out / "CARD.md", data_card(pairs, dropped, rejections))
+    rejections = f"{source.sentence()}\n\n{origin_table(built, hallucinations)}"
+    write_text_atomic(out / "CARD.md", data_card(built, dropped, rejections))
     return counts.as_dict()
 
 
@@ -265,112 +271,6 @@ def normalize_question(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-class ImageLinker:
-    """Puts each distinct image into the set once, named by content; returns set-relative paths.
-
-    Files of the store (noised images, rendered DICOM) never change, so they are hard-linked;
-    a data root's files are copied: a sync that rewrites one in place (``cp`` keeps the inode)
-    must not change a published set through a shared link.
-    """
-
-    def __init__(self, folder: Path, store_root: Path):
-        self.folder = folder
-        self.store_root = store_root.resolve()
-        self.by_source: dict[Path, str] = {}
-
-    @property
-    def count(self) -> int:
-        return len(set(self.by_source.values()))
-
-    def link(self, source: Path) -> str:
-        if source not in self.by_source:
-            digest = file_digest(source)
-            target = self.folder / f"{digest}{source.suffix.lower()}"
-            if not target.exists():
-                self.folder.mkdir(parents=True, exist_ok=True)
-                if source.resolve().is_relative_to(self.store_root):
-                    link_or_copy(source, target)
-                else:
-                    shutil.copyfile(source, target)
-                remember_digest(target, digest)
-            self.by_source[source] = str(target.relative_to(self.folder.parent))
-        return self.by_source[source]
-
-
-# ------------------------------------------------------------------------------ the card
-
-
-def data_card(pairs: list[dict], dropped: list[dict], rejections: str | None = None) -> str:
-    lines = ["# Preference set", ""]
-    lines += [
-        "## Pairs",
-        "",
-        _count_table(pairs, ("dataset", "pair_type")),
-        "",
-        _count_table(pairs, ("pair_type", "error_type")),
-        "",
-    ]
-    text = [p for p in pairs if p["pair_type"] == "text"]
-    if text:
-        chosen = [len(p["chosen"]) for p in text]
-        rejected = [len(p["rejected"]) for p in text]
-        lines += [
-            "## Text pairs: chosen vs rejected length (characters)",
-            "",
-            "| side | mean | median | max |",
-            "|---|---:|---:|---:|",
-            f"| chosen | {statistics.mean(chosen):.1f} | {statistics.median(chosen):.1f} | {max(chosen)} |",
-            f"| rejected | {statistics.mean(rejected):.1f} | {statistics.median(rejected):.1f} | {max(rejected)} |",
-            "",
-            "Mean rejected / chosen length ratio: "
-            f"{statistics.mean(r / max(c, 1) for r, c in zip(rejected, chosen)):.2f} "
-            "(the paper's released VQA data: ~6; near 1 leaves no length shortcut).",
-            "",
-        ]
-    if rejections is not None:
-        lines += ["## Rejections", "", rejections, ""]
-    lines += ["## Weights", "", weight_histogram(pairs), ""]
-    reasons = Counter(d["reason"] for d in dropped)
-    lines += ["## Left out", "", "| reason | count |", "|---|---:|"] + [
-        f"| {r} | {n} |" for r, n in sorted(reasons.items())
-    ]
-    lines += ["", "## Examples", ""]
-    for pair in pairs[:5]:
-        lines += [
-            f"- **{pair['pair_id']}** ({pair['pair_type']}, weight {pair['weight']:.3f}, {pair['error_type']})",
-            f"  - prompt: {pair['prompt']}",
-            f"  - chosen: {pair['chosen']} (`{pair['chosen_image']}`)",
-            f"  - rejected: {pair['rejected']} (`{pair['rejected_image']}`)",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _count_table(rows: list[dict], keys: tuple[str, str]) -> str:
-    counted = Counter((r[keys[0]], r[keys[1]]) for r in rows)
-    header = [f"| {keys[0]} | {keys[1]} | pairs |", "|---|---|---:|"]
-    return "\n".join(
-        header
-        + [f"| {a} | {b} | {n} |" for (a, b), n in sorted(counted.items(), key=lambda x: (str(x[0][0]), str(x[0][1])))]
-    )
-
-
-def weight_histogram(pairs: list[dict], bins: int = 10) -> str:
-    """A text histogram per pair type: readable in the card, the terminal and the UI."""
-    out = []
-    for pair_type in sorted({p["pair_type"] for p in pairs}):
-        weights = [p["weight"] for p in pairs if p["pair_type"] == pair_type]
-        low, high = min(weights), max(weights)
-        width = (high - low) / bins or 1.0
-        hist = Counter(min(int((w - low) / width), bins - 1) for w in weights)
-        out.append(f"{pair_type} (n={len(weights)}, mean {statistics.mean(weights):.3f}):")
-        out += [
-            f"    {low + i * width:6.3f} | {'#' * hist[i]} {hist[i] or ''}".rstrip()
-            for i in range(bins)
-            if hist[i] or low != high
-        ]
-    return "```\n" + "\n".join(out) + "\n```" if out else "(no pairs)"
-
-
 @task(**stage_task_options(STAGE, CODE))
 def assemble_task(
     store_root: str,
@@ -380,9 +280,12 @@ def assemble_task(
     noise: Manifest,
     hallucinate: Manifest,
     score: Manifest,
+    previous: str | None = None,
 ) -> Manifest:
+    """``previous``: the images folder of the set's last published version (tasks.sets.latest_images)."""
     progress = ui.Progress(STAGE, 1)  # start and end only: assembly is one step over the whole set
-    manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score)
+    reuse = Path(previous) if previous else None
+    manifest = assemble(ArtifactStore(store_root), config, ingest, localize, noise, hallucinate, score, reuse)
     progress.advance()
     ui.table("assemble-counts", counters.rows(manifest.counts), f"Preference set version {manifest.digest}")
     ui.markdown(

@@ -288,7 +288,13 @@ PREDICTIONS = Artifact(
 # --- reading and writing --------------------------------------------------------------------
 
 
-def table(rows: Iterable[Mapping[str, Any]], artifact: Artifact) -> pa.Table:
+def table(rows: Iterable[Mapping[str, Any]] | pa.Table, artifact: Artifact) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        missing = [name for name in artifact.schema.names if name not in rows.schema.names]
+        extra = sorted(set(rows.schema.names) - set(artifact.schema.names))
+        if missing or extra:
+            raise ValueError(f"{artifact.name} table: columns missing {missing}, not in the schema {extra}")
+        return rows.select(artifact.schema.names).cast(artifact.schema)
     rows = list(rows)
     extra = {k for row in rows for k in row} - set(artifact.schema.names)
     if extra:
@@ -296,15 +302,16 @@ def table(rows: Iterable[Mapping[str, Any]], artifact: Artifact) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=artifact.schema)
 
 
-def write(out: Path, artifact: Artifact, rows: Iterable[Mapping[str, Any]], **fields: str) -> Path:
-    """``rows`` as ``artifact``'s file under ``out`` (``fields`` fill its name, e.g. split)."""
+def write(out: Path, artifact: Artifact, rows: Iterable[Mapping[str, Any]] | pa.Table, **fields: str) -> Path:
+    """``rows`` (or a table of the artifact's columns) as ``artifact``'s file under ``out``
+    (``fields`` fill its name, e.g. split)."""
     path = out / artifact.file.format(**fields)
     if not os.path.normpath(path).startswith(os.path.join(os.path.normpath(out), "")):
         raise ValueError(f"{artifact.name}: file name {artifact.file!r} with {fields} leaves the artifact folder")
     return write_file(path, artifact, rows)
 
 
-def write_file(path: str | os.PathLike[str], artifact: Artifact, rows: Iterable[Mapping[str, Any]]) -> Path:
+def write_file(path: str | os.PathLike[str], artifact: Artifact, rows: Iterable[Mapping[str, Any]] | pa.Table) -> Path:
     """Write atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     data = table(rows, artifact)

@@ -12,10 +12,13 @@ forward, from a set to the round that sampled the model trained on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.store import ArtifactStore, Manifest
 
@@ -72,13 +75,14 @@ def rejection_source(hallucinate: Manifest) -> RejectionSource:
     )
 
 
-def origin_table(pairs: Sequence[Mapping[str, Any]], origins: Mapping[str, str | None]) -> str:
-    """Text pairs per origin of their rejection (target_model: the sampled model's own answer)."""
-    counted: dict[str, int] = {}
-    for pair in pairs:
-        if pair["pair_type"] == "text":
-            origin = origins.get(pair["sample_id"]) or "unknown"
-            counted[origin] = counted.get(origin, 0) + 1
+def origin_table(pairs: pa.Table, hallucinations: pa.Table) -> str:
+    """Text pairs per origin of their rejection (target_model: the sampled model's own answer);
+    ``hallucinations``: the sample_id and origin columns of the set's HALLUCINATIONS."""
+    ids = pairs.filter(pc.equal(pairs.column("pair_type"), "text")).column("sample_id")
+    at = pc.index_in(ids, value_set=hallucinations.column("sample_id"))
+    counted: Counter[str] = Counter()
+    for origin, n in zip(*pc.value_counts(pc.fill_null(hallucinations.column("origin").take(at), "")).flatten()):
+        counted[origin.as_py() or "unknown"] += n.as_py()
     lines = ["| origin of the rejection | text pairs |", "|---|---:|"]
     return "\n".join(lines + [f"| {origin} | {n} |" for origin, n in sorted(counted.items())])
 

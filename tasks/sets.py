@@ -66,6 +66,16 @@ def version(manifest: Manifest) -> str:
     return manifest.digest
 
 
+def latest_images(sets_root: Path, name: str) -> Path | None:
+    """The images folder of the name's latest published version (None before its first): the
+    images a new version of the name links instead of copying them (tasks.set_images)."""
+    try:
+        images = resolve_set(sets_root, name) / "images"
+    except FileNotFoundError:
+        return None
+    return images if images.is_dir() else None
+
+
 def list_sets(sets_root: Path) -> list[Manifest]:
     """Every published version, oldest first; ``path`` is where it is published."""
     if not sets_root.is_dir():

@@ -76,7 +76,7 @@ def image(key: str, png: bytes, description: str) -> None:
 
 def figure_png(figure: Any) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
 
 

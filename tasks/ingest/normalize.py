@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.catalog import UNLABELED_BOX
+import pyarrow as pa
+
+from tasks import catalog
+from tasks.catalog import SAMPLES, UNLABELED_BOX
 from tasks.config import PLAIN_NAME, IngestConfig
 from tasks.counters import Counters, qualified
 from tasks.imaging import WIDE_MODES, ImageError, dicom_to_png, is_dicom, to_8bit
@@ -24,11 +27,27 @@ CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 YES_NO = {"yes", "no"}
 
 
+ROW_BATCH = 2048  # kept samples held as Python rows at a time
+
+
 @dataclass
 class Normalized:
-    rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     counts: Counters = field(default_factory=Counters)
+    # Kept samples as Arrow tables a batch at a time: every sample's row held as a Python dict to
+    # the end raised the stage's peak from ~1.8 to ~2.5 KB a sample (tracemalloc, 1k vs 8k samples).
+    batches: list[pa.Table] = field(default_factory=list)
+    pending: list[dict] = field(default_factory=list)
+
+    def keep(self, row: dict) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= ROW_BATCH:
+            self.batches.append(catalog.table(self.pending, SAMPLES))
+            self.pending = []
+
+    def samples(self) -> pa.Table:
+        """The kept samples (SAMPLES) in the order they were kept."""
+        return pa.concat_tables([SAMPLES.schema.empty_table(), *self.batches, catalog.table(self.pending, SAMPLES)])
 
     def count(self, dataset: str, what: str, outcome: str, reason: str | None = None, n: int = 1) -> None:
         """Counted twice: run-wide (``samples.kept``) and per data set (``samples[slake].kept``)."""
@@ -134,7 +153,7 @@ def normalize(
         boxes, labels, dropped = clip_boxes(item.boxes, item.box_labels, info.width, info.height)
         if dropped:
             out.count(dataset, "boxes", "dropped", "degenerate", dropped)
-        out.rows.append(
+        out.keep(
             {
                 "sample_id": sample_id,
                 "dataset": dataset,

@@ -9,6 +9,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 
 from models import judges
@@ -34,6 +36,7 @@ CODE = code_version(__name__)
 LLM_CACHE = "llm-cache"
 SAMPLE_COLUMNS = ("sample_id", "question", "answer", "answer_type")
 REGION_COLUMNS = ("sample_id", "status", "reason", "source", "confidence")
+VISUAL_BATCH = 2048  # regions made Python rows at a time
 
 
 def score(
@@ -77,7 +80,6 @@ def build_scores(
 ) -> dict[str, float]:
     samples = {row["sample_id"]: row for row in catalog.rows(ingest, SAMPLES, SAMPLE_COLUMNS)}
     hallucinations = catalog.rows(hallucinate, HALLUCINATIONS, HALLUCINATION_FIELDS)
-    regions = catalog.rows(localize, REGIONS, REGION_COLUMNS)
 
     items = store.items(STAGE, CODE, config, ignore=("normalizer", "visual_normalizer"))
     work = []
@@ -86,16 +88,17 @@ def build_scores(
         content = {"hallucination": by_content(h, HALLUCINATION_FIELDS), "sample": sample}
         work.append(items.item(content, (h, sample)))
     tags = (LLM_TAG,) if any(j.kind == "endpoint" for j in config.judges) else ()
-    text_rows = items.build(
-        out, work, partial(score_items, config, None if cache_dir is None else str(cache_dir)), tags=tags
-    )
-    # Freed before the output table is made, the stage's peak memory: nothing past the items reads them.
+    compute = partial(score_items, config, None if cache_dir is None else str(cache_dir))
+    # The rows as Arrow, never all of them as Python objects: those were the stage's peak memory.
+    text = items.build_table(out, work, compute, SCORES.schema, tags=tags)
     del work, samples, hallucinations
-    all_rows = text_rows + [visual_row(r) for r in regions]
-    del regions
-    apply_weights(all_rows, config.normalizer, config.visual_normalizer)
-    catalog.write(out, SCORES, all_rows)
-    return counters(all_rows, config) | items.counts
+    data = apply_weights(
+        pa.concat_tables([text, visual_table(catalog.read(localize, REGIONS, REGION_COLUMNS))]),
+        config.normalizer,
+        config.visual_normalizer,
+    )
+    catalog.write(out, SCORES, data)
+    return counters(data, config) | items.counts
 
 
 def score_items(
@@ -223,6 +226,14 @@ def visual_row(region: Mapping[str, Any]) -> dict[str, Any]:
     return base | {"raw_score": round(float(confidence), 6), "status": "ok", "reason": "localizer_confidence"}
 
 
+def visual_table(regions: pa.Table) -> pa.Table:
+    """``visual_row`` of every region, made Python rows a batch at a time."""
+    return pa.concat_tables(
+        [SCORES.schema.empty_table()]
+        + [catalog.table(map(visual_row, batch.to_pylist()), SCORES) for batch in regions.to_batches(VISUAL_BATCH)]
+    )
+
+
 def empty_row(sample_id: str, pair_type: str, error_type: str | None = None) -> dict[str, Any]:
     return {
         "sample_id": sample_id,
@@ -239,21 +250,27 @@ def empty_row(sample_id: str, pair_type: str, error_type: str | None = None) -> 
     }
 
 
-def counters(rows: Sequence[Mapping[str, Any]], config: ScoreConfig) -> dict[str, float]:
+def counters(data: pa.Table, config: ScoreConfig) -> dict[str, float]:
+    """The stage's counters from its table's columns (the rows as Python objects cost more than the table)."""
     counts = Counters()
-    for row in rows:
-        # ok rows count how the score was reached; others why there is none (before any ': detail').
-        counts.add(row["pair_type"], row["status"], str(row["reason"]).split(":")[0])
-        for turn in row["rounds"]:
-            if turn["error"]:
-                counts.add(qualified("judge", turn["judge"]), "excluded", turn["error"])
+    # ok rows count how the score was reached; others why there is none (before any ': detail').
+    reasons = pc.list_element(pc.split_pattern(pc.fill_null(data.column("reason"), "None"), ":", max_splits=1), 0)
+    outcomes = pa.table({"pair_type": data.column("pair_type"), "status": data.column("status"), "reason": reasons})
+    for row in outcomes.group_by(["pair_type", "status", "reason"]).aggregate([([], "count_all")]).to_pylist():
+        counts.add(row["pair_type"], row["status"], row["reason"], n=row["count_all"])
+    turns = pc.list_flatten(data.column("rounds"))
+    excluded = pa.table({"judge": pc.struct_field(turns, "judge"), "error": pc.struct_field(turns, "error")})
+    excluded = excluded.filter(pc.fill_null(pc.not_equal(excluded.column("error"), ""), False))
+    for row in excluded.group_by(["judge", "error"]).aggregate([([], "count_all")]).to_pylist():
+        counts.add(qualified("judge", row["judge"]), "excluded", row["error"], n=row["count_all"])
+    ok = pc.equal(data.column("status"), "ok")
     for pair_type in PAIR_TYPES:
-        ok = [row for row in rows if row["pair_type"] == pair_type and row["status"] == "ok"]
+        scored = data.filter(pc.and_(ok, pc.equal(data.column("pair_type"), pair_type)))
         for column in STATISTICS:
-            for stat, value in distribution(row[column] for row in ok).items():
+            for stat, value in distribution(scored.column(column).to_numpy()).items():
                 counts.set(pair_type, column, stat, round(value, 6))
         mapping = config.visual_normalizer if pair_type == "visual" and config.visual_normalizer else config.normalizer
-        for bound, share in bound_shares([row["weight"] for row in ok], mapping).items():
+        for bound, share in bound_shares(scored.column("weight").to_numpy(), mapping).items():
             counts.set(pair_type, "weight", bound, round(share, 6))
     return counts.as_dict()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.config import NormalizerConfig
 
@@ -30,15 +31,18 @@ def normalize(scores: Sequence[float], config: NormalizerConfig) -> np.ndarray:
     return mid + half * np.clip(z, -config.span, config.span) / config.span
 
 
-def apply_weights(rows: list[dict[str, Any]], text: NormalizerConfig, visual: NormalizerConfig | None = None) -> None:
-    """Each pair type's ok rows get weights from their raw scores; visual pairs by ``visual``
-    (None: by ``text``'s mapping)."""
+def apply_weights(data: pa.Table, text: NormalizerConfig, visual: NormalizerConfig | None = None) -> pa.Table:
+    """``data`` (SCORES) with each pair type's ok rows weighted from their raw scores; visual pairs
+    by ``visual`` (None: by ``text``'s mapping)."""
+    weights: list[float | None] = [None] * data.num_rows
+    ok = pc.equal(data.column("status"), "ok")
     for pair_type in PAIR_TYPES:
         config = visual if pair_type == "visual" and visual is not None else text
-        scored = [row for row in rows if row["pair_type"] == pair_type and row["status"] == "ok"]
-        weights = normalize([row["raw_score"] for row in scored], config)
-        for row, weight in zip(scored, weights):
-            row["weight"] = round(float(weight), 6)
+        rows = pc.indices_nonzero(pc.and_(ok, pc.equal(data.column("pair_type"), pair_type)))
+        scores = data.column("raw_score").take(rows).to_numpy()
+        for row, weight in zip(rows.to_pylist(), normalize(scores, config)):
+            weights[row] = round(float(weight), 6)
+    return data.set_column(data.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
 
 
 def distribution(values: Iterable[float]) -> dict[str, float]:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tasks import counters, progress
 from tasks.store.files import temp_folder
 from tasks.store.keys import file_digest, hashed
-from tasks.store.packed import ITEMS, pack_item, read_index, refuse_old_layout, rows_files, write_rows
+from tasks.store.packed import ITEMS, pack_item, read_index, read_table, refuse_old_layout, rows_files, write_rows
 
 # Shards that call an external LLM endpoint carry this Prefect tag: a tag concurrency limit on it
 # (`make ui` creates one) caps how many of them run at once across every flow run.
@@ -166,12 +169,63 @@ class StageItems:
         """Result rows of ``items`` in order: cached ones reused, the rest computed in shards.
         A row names its files by their blob paths from ``out`` (tasks/store/packed.py). Progress
         lines in the terminal count ``unit`` (tasks.progress)."""
-        refuse_old_layout(self.root, self.stage)
-        origins: dict[str, str] = {}
         wanted = {item.key for item in items}
+        index: dict[str, dict[str, Any]] = {}
+
+        def read(known: Set[str]) -> dict[str, str]:
+            origins: dict[str, str] = {}
+            index.update(read_index(self.root, self.stage, origins, known=known, wanted=wanted))
+            return origins
+
+        self._complete(items, compute, tags, unit, read)
+        # Items several samples share (one noised image for every question on it) share a row: each
+        # sample gets a dict of its own, the first one the index's (a copy of every row doubled the
+        # build's peak memory).
+        rows, taken = [], set()
+        for item in items:
+            row = index[item.key]
+            rows.append(dict(row) if item.key in taken else row)
+            taken.add(item.key)
+        return rows
+
+    def build_table(
+        self,
+        out: Path,
+        items: Sequence[Item],
+        compute: Compute,
+        schema: pa.Schema,
+        tags: Sequence[str] = (),
+        unit: str = "samples",
+    ) -> pa.Table:
+        """``build``'s rows as a table of ``schema`` (each row's fields are its columns): parsed from
+        the rows files into Arrow, never Python objects, for a stage whose every row at once would
+        be its peak memory."""
+        wanted = {item.key for item in items}
+        parts: list[pa.Table] = []
+
+        def read(known: Set[str]) -> dict[str, str]:
+            parts.append(read_table(self.root, self.stage, schema, known=known, wanted=wanted))
+            return dict(zip(parts[-1].column("key").to_pylist(), parts[-1].column("origin").to_pylist()))
+
+        self._complete(items, compute, tags, unit, read)
+        found = pa.concat_tables(parts)
+        positions = pc.index_in(pa.array([item.key for item in items], pa.string()), value_set=found.column("key"))
+        return found.take(positions).drop_columns(["key", "origin"])
+
+    def _complete(
+        self,
+        items: Sequence[Item],
+        compute: Compute,
+        tags: Sequence[str],
+        unit: str,
+        read: Callable[[Set[str]], Mapping[str, str]],
+    ) -> None:
+        """Compute the items no rows file holds, in shards. ``read(known)`` reads the stage's rows
+        files but those named in ``known`` and returns the rows files of the items it found, by key."""
+        refuse_old_layout(self.root, self.stage)
         listed = rows_files(self.root, self.stage)
-        index = read_index(self.root, self.stage, origins, wanted=wanted)
-        missing = list({item.key: item for item in items if item.key not in index}.values())
+        origins = dict(read(frozenset()))
+        missing = list({item.key: item for item in items if item.key not in origins}.values())
         runner = SHARDS.get()
         size = shard_size(len(missing), runner.shard_size, runner.max_shards, runner.workers)
         job = ShardJob(
@@ -194,21 +248,12 @@ class StageItems:
             unchanged = {
                 name for name, identity in rows_files(self.root, self.stage).items() if listed.get(name) == identity
             }
-            index.update(read_index(self.root, self.stage, origins, known=unchanged, wanted=wanted))
+            origins.update(read(unchanged))
         work, used = BUILD_WORK.get(), BUILD_ROWS.get()
         if work is not None:
             counters.merge(work, {"computed": len(missing), "reused": job.reused})
         if used is not None:
             used.update(origins[item.key] for item in items if item.key in origins)
-        absent = sorted({item.key for item in items if item.key not in index})
+        absent = sorted({item.key for item in items if item.key not in origins})
         if absent:
             raise StageFailed(f"{self.stage}: {len(absent)} items were not computed (their shard failed)")
-        # Items several samples share (one noised image for every question on it) share a row: each
-        # sample gets a dict of its own, the first one the index's (a copy of every row doubled the
-        # build's peak memory).
-        rows, taken = [], set()
-        for item in items:
-            row = index[item.key]
-            rows.append(dict(row) if item.key in taken else row)
-            taken.add(item.key)
-        return rows

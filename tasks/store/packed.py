@@ -29,12 +29,13 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from tasks.store.files import link_or_copy, replacing
@@ -51,6 +52,7 @@ FROM_ARTIFACT = f"../../{BLOBS}"
 ROW_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("row", pa.string(), nullable=False)])
 MIGRATE_COMMAND = "mmedpo store migrate --root {root}"
 OLD_ITEM = re.compile(r"^[0-9a-f]{2}$")
+T = TypeVar("T")
 
 
 class OldStoreLayout(RuntimeError):
@@ -105,48 +107,125 @@ def read_index(
     index: dict[str, dict[str, Any]] = {}
     # Rows share blobs (one noised image for every question on it): each is checked once a read.
     problems: dict[str, str | None] = {}
-    for path in sorted(rows_folder(root, stage).glob("*.parquet")):
-        if path.name in known:
-            continue
-        try:
-            rows = read_rows(path, wanted)
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
-            continue
+    for path, rows in readable(root, stage, known, lambda path: read_rows(path, wanted)):
         for key, row in rows:
-            for name in blobs_named(row):
-                if name not in problems:
-                    problems[name] = blob_problem(root, name)
-            damaged = [name for name in blobs_named(row) if problems[name]]
-            if damaged:
-                log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
-            else:
+            if not damaged(root, path, key, blobs_named(row), problems):
                 index[key] = row
                 if origins is not None:
                     origins[key] = path.name
     return index
 
 
-def read_rows(path: Path, wanted: Set[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """A rows file's (key, row) pairs (those of the keys in ``wanted`` when given: the others are
-    never decoded); raises when it cannot be read whole."""
+def read_table(
+    root: str | os.PathLike[str],
+    stage: str,
+    schema: pa.Schema,
+    known: Set[str] = frozenset(),
+    wanted: Set[str] | None = None,
+) -> pa.Table:
+    """``read_index``'s rows as one Arrow table: columns ``key``, ``origin`` (the rows file's name)
+    and ``schema``'s, the rows' JSON parsed straight into Arrow (a build's every row decoded to a
+    Python dict was a stage's peak memory: ~3.7 KB a score row). Files and rows are skipped as
+    ``read_index`` skips them; a row with a field ``schema`` lacks makes its file unreadable."""
+    columns = pa.schema([*schema, pa.field("key", pa.string()), pa.field("origin", pa.string())])
+    parts = [columns.empty_table()]
+    problems: dict[str, str | None] = {}
+    for path, (keys, data) in readable(root, stage, known, lambda path: parse_rows(path, schema, wanted)):
+        named = blobs_in_columns(data)
+        bad = [row for row, names in named.items() if damaged(root, path, keys[row].as_py(), names, problems)]
+        data = data.append_column("key", keys).append_column("origin", pa.array([path.name] * len(keys), pa.string()))
+        if bad:
+            data = data.filter(pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(bad))))
+        parts.append(data.cast(columns))
+    return pa.concat_tables(parts)
+
+
+def readable(
+    root: str | os.PathLike[str], stage: str, known: Set[str], read: Callable[[Path], T]
+) -> Iterator[tuple[Path, T]]:
+    """Each rows file of ``stage`` (less those named in ``known``) as ``read`` reads it; one that
+    cannot be read whole is skipped with a warning."""
+    for path in sorted(rows_folder(root, stage).glob("*.parquet")):
+        if path.name in known:
+            continue
+        try:
+            found = read(path)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            log.warning("%s: unreadable item rows (%s); their items are computed again", path, exc)
+            continue
+        yield path, found
+
+
+def damaged(
+    root: str | os.PathLike[str], path: Path, key: str, names: Iterable[str], problems: dict[str, str | None]
+) -> bool:
+    """Whether a row names a blob that is gone or damaged (said as a warning); ``problems``
+    remembers each blob's check across the rows of a read."""
+    bad = False
+    for name in names:
+        if name not in problems:
+            problems[name] = blob_problem(root, name)
+        bad = bad or problems[name] is not None
+    if bad:
+        log.warning("%s: item %s names a blob that is gone or damaged; it is computed again", path, key)
+    return bad
+
+
+def wanted_rows(path: Path, wanted: Set[str] | None = None) -> pa.Table:
+    """A rows file's (key, row) table, only the keys in ``wanted`` when given."""
     # The file itself, not pq.read_table's dataset machinery: that cost twice the read a file.
     table = pq.ParquetFile(path).read()
     if not table.schema.equals(ROW_SCHEMA):
         raise ValueError(f"columns {table.schema.names} are not the rows schema's")
-    keys = table.column("key").to_pylist()
     if wanted is not None:
         # The file's keys looked up in the set, not the set hashed into Arrow per file: that costs the
         # whole build's keys for every rows file (4.8 s a stage for 227k keys in 128 files, 0.08 s so).
-        kept = [key in wanted for key in keys]
-        table = table.filter(pa.array(kept, pa.bool_()))
-        keys = [key for key, keep in zip(keys, kept) if keep]
+        table = table.filter(pa.array([key in wanted for key in table.column("key").to_pylist()], pa.bool_()))
+    return table
+
+
+def read_rows(path: Path, wanted: Set[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """A rows file's (key, row) pairs (those of the keys in ``wanted`` when given: the others are
+    never decoded); raises when it cannot be read whole."""
+    table = wanted_rows(path, wanted)
+    keys = table.column("key").to_pylist()
     # One document for the file's rows: the decoder shares equal keys within a document, and each
     # row decoded alone held its own copy of every key (a score row's rounds: ~1 KB of ~3 KB).
     rows = json.loads(f"[{','.join(table.column('row').to_pylist())}]")
     if len(rows) != len(keys) or not all(isinstance(row, dict) for row in rows):
         raise ValueError("a row is no JSON object")
     return list(zip(keys, rows))
+
+
+def parse_rows(path: Path, schema: pa.Schema, wanted: Set[str] | None = None) -> tuple[pa.ChunkedArray, pa.Table]:
+    """A rows file's keys and its rows as a table of ``schema`` (those of the keys in ``wanted``
+    when given), parsed by Arrow's JSON reader; raises when it cannot be read whole."""
+    table = wanted_rows(path, wanted)
+    keys = table.column("key")
+    if not len(keys):
+        return keys, schema.empty_table()
+    strings = table.column("row").combine_chunks()
+    # One newline-delimited document, joined in Arrow: a JSON row holds no raw newline.
+    lines = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(strings)], pa.int32()), strings), "\n")
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    data = pj.read_json(pa.BufferReader(lines[0].as_buffer()), parse_options=options)
+    if data.num_rows != len(keys):
+        raise ValueError(f"{data.num_rows} rows parsed from {len(keys)} JSON rows")
+    return keys, data.select(schema.names).cast(schema)
+
+
+def blobs_in_columns(data: pa.Table) -> dict[int, list[str]]:
+    """The blobs the rows of ``data`` name in its string columns, by row number (``blobs_named``
+    for a table: only the rows naming one become Python objects)."""
+    named: dict[int, list[str]] = {}
+    for column in data.itercolumns():
+        if not pa.types.is_string(column.type):
+            continue
+        hits = pc.indices_nonzero(pc.fill_null(pc.starts_with(column, f"{FROM_ARTIFACT}/"), False))
+        for row, value in zip(hits.to_pylist(), column.take(hits).to_pylist()):
+            if is_blob_path(value):
+                named.setdefault(row, []).append(value.removeprefix(f"{FROM_ARTIFACT}/"))
+    return named
 
 
 def blobs_named(row: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.config import StageConfig
 from tasks.store import SHARDS, ArtifactStore, SourceSnapshot, by_content
-from tasks.store.items import InlineShards, shard_size
+from tasks.store.items import InlineShards, StageFailed, shard_size
 from tasks.store.packed import BLOBS, OldStoreLayout, read_index
 
 
@@ -367,3 +367,38 @@ def six_items_on_one_file(tmp_path):
     records = [{"id": f"r{i}", "x": i} for i in range(6)]
     items.build(tmp_path / "out", [items.item(by_content(r, ("id", "x")), r) for r in records], same_file)
     return items, records
+
+
+def test_a_table_build_gives_the_rows_build_gives_and_recomputes_an_item_whose_blob_is_gone(tmp_path):
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("path", pa.string())])
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    records = [{"id": f"r{i}", "x": i} for i in range(3)]
+    work = [items.item(by_content(r, ("id", "x")), r) for r in records]
+    calls: list = []
+    rows = items.build(tmp_path / "out", work, doubler(calls))
+    # In the items' order, an item two samples share on both rows; nothing computed again.
+    table = items.build_table(tmp_path / "out", [work[2], work[0], work[2]], doubler(calls), schema)
+    assert table.schema == schema and table.to_pylist() == [rows[2], rows[0], rows[2]]
+    assert calls == ["r0", "r1", "r2"]
+    (tmp_path / BLOBS / rows[1]["path"].split(f"{BLOBS}/")[1]).unlink()
+    again = items.build_table(tmp_path / "out", work, doubler(calls), schema)
+    assert calls == ["r0", "r1", "r2", "r1"] and again.column("id").to_pylist() == ["r0", "r1", "r2"]
+    assert (tmp_path / BLOBS / again.column("path")[1].as_py().split(f"{BLOBS}/")[1]).read_text() == "2"
+
+
+def test_a_table_build_recomputes_a_rows_file_whose_rows_do_not_fit_its_schema(tmp_path):
+    import pyarrow as pa
+
+    store = ArtifactStore(tmp_path)
+    items = store.items("double", "c1", Options())
+    work = [items.item(by_content(r, ("id", "x")), r) for r in [{"id": "r1", "x": 1}]]
+    calls: list = []
+    items.build(tmp_path / "out", work, doubler(calls))
+    # The cached row has a "path" field this schema lacks: its file is unreadable as this table.
+    narrow = pa.schema([pa.field("id", pa.string())])
+    with pytest.raises(StageFailed, match="1 items were not computed"):
+        items.build_table(tmp_path / "out", work, doubler(calls), narrow)
+    assert calls == ["r1", "r1"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tasks import catalog
+from tasks.catalog import SCORES
 from tasks.config import NormalizerConfig, ScoreConfig
 from tasks.score import counters
 from tasks.score.weighting import apply_weights, collapse_alerts, collapse_notes
@@ -14,20 +16,21 @@ SMOLLM2_SCORES = [0.06, 0.07, 0.09, 0.11, 0.12, 0.14, 0.15, 0.17, 0.19, 0.20]
 
 
 def rows(scores, pair_type="text"):
-    return [
-        {"sample_id": f"s{i}", "pair_type": pair_type, "status": "ok", "reason": "x", "raw_score": s, "rounds": []}
-        for i, s in enumerate(scores)
-    ]
+    return catalog.table(
+        (
+            {"sample_id": f"s{i}", "pair_type": pair_type, "status": "ok", "reason": "x", "raw_score": s, "rounds": []}
+            for i, s in enumerate(scores)
+        ),
+        SCORES,
+    )
 
 
 def weighted(scores, config: ScoreConfig, pair_type="text"):
-    data = rows(scores, pair_type)
-    apply_weights(data, config.normalizer, config.visual_normalizer)
-    return data
+    return apply_weights(rows(scores, pair_type), config.normalizer, config.visual_normalizer)
 
 
 def test_default_weights_spread_low_judge_scores():
-    weights = [r["weight"] for r in weighted(SMOLLM2_SCORES, ScoreConfig())]
+    weights = weighted(SMOLLM2_SCORES, ScoreConfig()).column("weight").to_pylist()
     assert len(set(weights)) >= 5 and np.std(weights) > 0.03
     assert 0.75 <= min(weights) < 1.0 < max(weights) <= 1.25
     # Order kept: a more relevant error weighs more.
@@ -37,7 +40,7 @@ def test_default_weights_spread_low_judge_scores():
 def test_the_papers_fixed_mapping_collapses_them_and_the_run_says_so():
     paper = ScoreConfig(normalizer=NormalizerConfig(kind="paper"))
     data = weighted(SMOLLM2_SCORES, paper)
-    assert {r["weight"] for r in data} == {0.75}
+    assert set(data.column("weight").to_pylist()) == {0.75}
     alerts = collapse_alerts(counters(data, paper))
     assert len(alerts) == 1
     assert "text weights collapsed (100% on the lower bound" in alerts[0]
@@ -51,7 +54,7 @@ def test_equal_visual_confidences_get_the_middle_weight_and_a_note_not_an_alert(
     and no mapping could spread them: the run says so as information, naming where they come from."""
     config = ScoreConfig()
     data = weighted([1.0] * 6, config, "visual")
-    assert {r["weight"] for r in data} == {1.0}
+    assert set(data.column("weight").to_pylist()) == {1.0}
     counts = counters(data, config)
     assert collapse_alerts(counts) == []
     (note,) = collapse_notes(counts)
@@ -75,9 +78,9 @@ def test_collapses_that_are_not_by_design_stay_alerts():
 
 def test_the_visual_mapping_is_its_own_setting():
     config = ScoreConfig(visual_normalizer=NormalizerConfig(kind="paper"))
-    assert {r["weight"] for r in weighted([1.0] * 3, config, "visual")} == {1.25}
+    assert set(weighted([1.0] * 3, config, "visual").column("weight").to_pylist()) == {1.25}
     # Text pairs keep the batch-calibrated default: z = -1.22, 0, 1.22 over span 2.
-    assert [r["weight"] for r in weighted([0.2, 0.4, 0.6], config)] == [0.846907, 1.0, 1.153093]
+    assert weighted([0.2, 0.4, 0.6], config).column("weight").to_pylist() == [0.846907, 1.0, 1.153093]
 
 
 def test_the_terminal_summary_prints_it_as_a_note(capsys):

@@ -1,0 +1,64 @@
+"""A set version's images folder: each distinct image once, named by its content.
+
+Filled by assembly (tasks/assemble.py) inside the build's temporary folder, which the store
+renames into place whole; the layout is tasks/sets.py's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+from tasks.store import file_digest, link_or_copy, remember_digest
+
+
+class ImageLinker:
+    """Puts each distinct image into the set once, named by content; returns set-relative paths.
+
+    Files of the store (noised images, rendered DICOM) never change, so they are hard-linked;
+    a data root's files are copied: a sync that rewrites one in place (``cp`` keeps the inode)
+    must not change a published set through a shared link. A data root's file that the set's
+    previous version (``previous``: its images folder) holds with the same bytes is linked from
+    there instead: a re-run's new version shares its unchanged images with its predecessor
+    rather than copying the whole data root again, and still never links the data root.
+    """
+
+    def __init__(self, folder: Path, store_root: Path, previous: Path | None = None):
+        self.folder = folder
+        self.store_root = store_root.resolve()
+        self.previous = previous
+        self.by_source: dict[Path, str] = {}
+
+    @property
+    def count(self) -> int:
+        return len(set(self.by_source.values()))
+
+    def link(self, source: Path) -> str:
+        if source not in self.by_source:
+            digest = file_digest(source)
+            target = self.folder / f"{digest}{source.suffix.lower()}"
+            if not target.exists():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                if source.resolve().is_relative_to(self.store_root):
+                    link_or_copy(source, target)
+                elif not self.reused(target, digest):
+                    shutil.copyfile(source, target)
+                remember_digest(target, digest)
+            self.by_source[source] = str(target.relative_to(self.folder.parent))
+        return self.by_source[source]
+
+    def reused(self, target: Path, digest: str) -> bool:
+        """Linked ``target`` from the previous version's file of its name, when that file is a
+        regular file still holding ``digest``'s bytes (a published file edited in place is not
+        carried into the new version)."""
+        if self.previous is None:
+            return False
+        earlier = self.previous / target.name
+        try:
+            if not stat.S_ISREG(earlier.lstat().st_mode) or file_digest(earlier) != digest:
+                return False
+        except OSError:
+            return False  # gone meanwhile, or unreadable: the data root's file is copied
+        link_or_copy(earlier, target)
+        return True

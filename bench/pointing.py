@@ -5,7 +5,8 @@ images, 32 px, a soft disc - the lesion, its box known - in one half and a same-
 the other; questions "Is the lesion in the left half?" and "Which quadrant is the lesion in?"),
 test split originals and twins whose lesion box covers at most ``--max-area`` of the image. Model:
 the experiment's SFT'd SmolLM2 LLaVA (its first 3 layers; SigLIP tower, the image at 16 px in 4 px
-patches, 16 image tokens), trained as the experiment trains it, on ``--sft`` images of its own.
+patches, 16 image tokens), trained as the experiment trains it (its tower pretrained, then the SFT on
+``--sft`` images of its own), seed 0.
 
 First, whether the model answers from the image: its greedy accuracy per question kind on the
 test split, beside the text prior (the training split's majority answer per kind; the test split's
@@ -39,6 +40,7 @@ import numpy as np
 from experiments.grounding.arms import sft_ingest
 from experiments.grounding.config import SMOLLM2, GroundingDataConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
+from experiments.grounding.pretrain import seed_sft
 from models import attention, vlm
 from tasks import smollm2
 from tasks.config import HeatmapConfig
@@ -59,9 +61,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pointing-"))
     started = time.perf_counter()
     smollm2.ensure(SMOLLM2)
-    data = build_grounding_data(work / "data", GroundingDataConfig(n_val=1, n_test=args.test, n_sft=args.sft))
+    config = GroundingDataConfig(n_val=1, n_test=args.test, n_sft=args.sft)
+    data = build_grounding_data(work / "data", config)
     store = ArtifactStore(work / "store")
-    model = model_dir(sft(store, smollm2_backbone().sft, ingest(store, sft_ingest(data))))
+    settings, _ = seed_sft(str(store.root), smollm2_backbone(), config, seed=0)
+    model = model_dir(sft(store, settings, ingest(store, sft_ingest(data))))
     prepared = time.perf_counter() - started
 
     rows = [json.loads(line) for line in data.read_text().splitlines()]

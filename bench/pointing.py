@@ -5,7 +5,8 @@ images, 32 px, a soft disc - the lesion, its box known - in one half and a same-
 the other; questions "Is the lesion in the left half?" and "Which quadrant is the lesion in?"),
 test split originals and twins whose lesion box covers at most ``--max-area`` of the image. Model:
 the experiment's SFT'd SmolLM2 LLaVA (its first 3 layers; SigLIP tower, the image at 16 px in 4 px
-patches, 16 image tokens), trained as the experiment trains it, on ``--sft`` images of its own.
+patches, 16 image tokens), trained as the experiment trains it (its tower pretrained, then the SFT on
+``--sft`` images of its own), seed 0.
 
 First, whether the model answers from the image: its greedy accuracy per question kind on the
 test split, beside the text prior (the training split's majority answer per kind; the test split's
@@ -14,7 +15,7 @@ answers are flipped against it, so only a model that reads the image beats it).
 Then, per sample, with the ground-truth answer teacher-forced (as the localize stage does), for each
 method of models/attention.py (attention rollout; gradient-weighted relevance), each with and without
 ``through_tower`` (the image tokens' relevance carried on to the patches by the tower's rollout):
-- pointing: the map's peak (after localize's smoothing) lies inside the lesion box;
+- pointing: the map's peak (the centre of its most relevant token cell) lies inside the lesion box;
 - IoU: the region the ``heatmap`` rules threshold from the map (localize's defaults) vs the box.
 Baselines in the same run: a random map on the same token grid through the same smoothing and
 threshold, and the analytic chance of a uniform random point (mean box area). Ceiling: the box's
@@ -39,6 +40,7 @@ import numpy as np
 from experiments.grounding.arms import sft_ingest
 from experiments.grounding.config import SMOLLM2, GroundingDataConfig, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
+from experiments.grounding.pretrain import seed_sft
 from models import attention, vlm
 from tasks import smollm2
 from tasks.config import HeatmapConfig
@@ -59,9 +61,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pointing-"))
     started = time.perf_counter()
     smollm2.ensure(SMOLLM2)
-    data = build_grounding_data(work / "data", GroundingDataConfig(n_val=1, n_test=args.test, n_sft=args.sft))
+    config = GroundingDataConfig(n_val=1, n_test=args.test, n_sft=args.sft)
+    data = build_grounding_data(work / "data", config)
     store = ArtifactStore(work / "store")
-    model = model_dir(sft(store, smollm2_backbone().sft, ingest(store, sft_ingest(data))))
+    settings, _ = seed_sft(str(store.root), smollm2_backbone(), config, seed=0)
+    model = model_dir(sft(store, settings, ingest(store, sft_ingest(data))))
     prepared = time.perf_counter() - started
 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -151,10 +155,20 @@ def score(relevance: np.ndarray, box: np.ndarray, heatmap: HeatmapConfig) -> tup
     saliency = smooth(relevance, height, width, heatmap)
     if saliency is None:
         return False, 0.0
-    y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    y, x = peak(relevance, height, width)
     region = threshold(saliency, heatmap)
     union = (region | box).sum()
     return bool(box[y, x]), float((region & box).sum() / union) if union else 0.0
+
+
+def peak(relevance: np.ndarray, height: int, width: int) -> tuple[int, int]:
+    """The pixel (y, x) a map points at: the centre of its most relevant cell, the map's own resolution.
+    Not the smoothed map's maximum: bilinear resizing holds a border cell's value flat out to the image's
+    edge and the blur's reflection then makes the outermost pixel row or column the strict maximum,
+    where no lesion box reaches - a map whose best cell lay on the grid's border never pointed inside."""
+    rows, cols = relevance.shape
+    row, col = np.unravel_index(int(np.argmax(relevance)), relevance.shape)
+    return int((row + 0.5) * height / rows), int((col + 0.5) * width / cols)
 
 
 if __name__ == "__main__":

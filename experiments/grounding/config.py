@@ -22,7 +22,7 @@ class GroundingDataConfig(StageConfig):
     n_sft: int = Field(
         default=5000,
         ge=1,
-        description="The SFT's own images (sft.jsonl; each asked both questions, the training prior, no twins)",
+        description="The SFT's own images (sft.jsonl; both questions, lesions left at sft_left_rate, no twins)",
     )
     n_val: int = Field(default=64, ge=1, description="Validation images (the learning-rate choice), with their twins")
     n_test: int = Field(default=160, ge=1, description="Test images, with their twins")
@@ -32,6 +32,15 @@ class GroundingDataConfig(StageConfig):
     )
     test_left_rate: float = Field(
         default=0.25, ge=0, le=1, description="The same share in the val and test splits (the prior flipped)"
+    )
+    sft_left_rate: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "The same share in the SFT's own images: no side prior, so the SFT (the model's pretraining) can only "
+            "answer from the image; the prior the design tests against is the preference pairs' (train_left_rate)"
+        ),
     )
     radius_min: float = Field(default=0.15, gt=0, description="Smallest lesion radius, as a fraction of the side")
     radius_max: float = Field(default=0.2, gt=0, le=0.21, description="Largest lesion radius (a disc fits its half)")
@@ -75,12 +84,25 @@ class MeasureConfig(StageConfig):
     batch_size: int = Field(default=32, ge=1, description="Prompts scored or generated together")
 
 
+class PretrainConfig(StageConfig):
+    """The tower's pretraining without the language model (experiments/grounding/pretrain.py)."""
+
+    views: int = Field(default=30000, ge=1001, description="Fresh views drawn for it (1000 held out for its metrics)")
+    steps: int = Field(default=3000, ge=1, description="Optimizer steps")
+    batch_size: int = Field(default=64, ge=1, description="Views a step")
+    learning_rate: float = Field(default=3e-3, gt=0, description="AdamW's rate, constant")
+
+
 class BackboneConfig(StageConfig):
     """The backbone every arm runs on: its SFT start, its DPO settings, its seeds and learning rates."""
 
     name: str = Field(description="Short name (run names, the results file)")
     label: str = Field(description="What it is, in the report")
     sft: SFTConfig
+    pretrain: PretrainConfig | None = Field(
+        default=None,
+        description="Pretrain the composed model's new tower before the SFT; None: the SFT starts at random",
+    )
     train: TrainConfig = Field(description="DPO settings of every arm (its learning rate is chosen, see below)")
     tuning_seed: int = Field(description="Seed whose validation split chooses the learning rate; never a test seed")
     seeds: list[int] = Field(min_length=2, description="Test seeds (SFT init and data order, DPO), paired across arms")
@@ -124,8 +146,9 @@ def fixed_train(max_steps: int) -> TrainConfig:
 def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
     """The experiment's backbone: a LLaVA whose language model is pretrained SmolLM2-135M-Instruct
     (``layers``: its first N decoder layers; None: all 30, for a GPU), a SigLIP tower of 16 image tokens
-    (the 32 px images seen at 16 px in 4 px patches). Its SFT: one pass over the SFT's own images, the
-    tower and projector trained, the language model frozen (experiments/grounding/README.md says why)."""
+    (the 32 px images seen at 16 px in 4 px patches). Its tower is first pretrained alone on fresh views, then
+    its SFT: one pass over the SFT's own images, the tower and projector trained, the language model frozen
+    (experiments/grounding/README.md says why)."""
     depth = f"its first {layers} of 30 layers" if layers else "all 30 layers"
     return BackboneConfig(
         name=f"smollm2-{layers}l" if layers else "smollm2-30l",
@@ -146,6 +169,7 @@ def smollm2_backbone(layers: int | None = 3) -> BackboneConfig:
             warmup_ratio=0.0,
             batch_size=8,
         ),
+        pretrain=PretrainConfig(),
         train=fixed_train(max_steps=40),
         tuning_seed=100,
         seeds=[0, 1, 2, 3, 4, 5],

@@ -17,9 +17,10 @@ sizes: a disc of radius 0.2 of the side and a same-area 3:1 ellipse do not both 
 the twin mirrors both; a model that answers "opposite the ellipse" passes it, and the
 distractor-removal twin is what catches that model. ``grounding.jsonl`` boxes the lesion (the annotation
 localizer's region); ``sham.jsonl`` holds the training records again with a box of the same size
-centred on the distractor, for the sham arm. ``sft.jsonl`` holds the SFT's own images (``n_sft``, the
-training prior, both questions, no twins): the SFT starts every arm, and a tiny tower learns the
-lesion's shape only from thousands of images, far more than the preference pairs need.
+centred on the distractor, for the sham arm. ``sft.jsonl`` holds the SFT's own images (``n_sft``,
+lesions left at ``sft_left_rate``: no side prior by default; both questions, no twins): the SFT starts
+every arm, and a tiny tower learns the lesion's shape only from thousands of images, far more than
+the preference pairs need.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def build_grounding_data(out: Path, config: GroundingDataConfig) -> Path:
         ("train", "train", config.n_train, config.train_left_rate),
         ("val", "val", config.n_val, config.test_left_rate),
         ("test", "test", config.n_test, config.test_left_rate),
-        ("sft", "train", config.n_sft, config.train_left_rate),
+        ("sft", "train", config.n_sft, config.sft_left_rate),
     ):
         for index in range(count):
             left, upper = bool(rng.random() < left_rate), bool(rng.random() < 0.5)

@@ -1,10 +1,11 @@
 """Flow `experiment`: the grounding experiment's five arms through the product's flows.
 
     grounding data -> curate, once per set (A1 text, A2 local, A3 sham, A4 global); ingest the SFT's images
-    pilot, on the tuning seed: sft -> per learning rate: train A1 and A2 -> measure (val)
+    pilot, on the tuning seed: pretrain the tower -> sft -> per learning rate: train A1 and A2 -> measure (val)
         -> the rate with the best mean val score of A1 and A2; A3, A4 (and A0) at it, measured on val
         -> stop when |A2 - A3| on the val relocation twins is under pilot_stop_points
-    per test seed: sft -> A0 evaluate; A1-A4 train at the chosen rate -> evaluate (test) -> measure (test)
+    per test seed: pretrain the tower -> sft -> A0 evaluate; A1-A4 train at the chosen rate
+        -> evaluate (test) -> measure (test)
     -> results JSON (per seed, raw; written after the pilot and after each seed) -> bench/experiment.md
 
 ``make experiment`` runs it (``mmedpo experiment``); everything lands in the store, so a re-run
@@ -28,6 +29,7 @@ from experiments.grounding.arms import REFERENCE_ARM, TRAINED, arm_config, sft_i
 from experiments.grounding.config import TUNED_BY, ExperimentConfig, smoke, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
+from experiments.grounding.pretrain import seed_sft
 from experiments.grounding.report import load_results, save_results, write_report
 from flows.curate import curate
 from flows.evaluate import evaluate_flow
@@ -81,8 +83,9 @@ def pilot(
     """The tuning seed: the learning rate (best mean val score of A1 and A2), then every arm at it on val."""
     backbone, store = config.backbone, str(config.store)
     seed = backbone.tuning_seed
-    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), sft_samples)
-    record(built, tuned)
+    sft, start = seed_sft(store, backbone, config.data, seed)
+    tuned = sft_task(store, sft, sft_samples)
+    record(built, start, tuned)
     val = config.measure.model_copy(update={"split": "val"})
 
     def measured(arm: str, rate: float) -> dict[str, float]:
@@ -126,8 +129,9 @@ def seed_rows(
 ) -> list[dict[str, Any]]:
     """Every arm on one test seed, from that seed's SFT checkpoint, measured on the test split."""
     backbone, store = config.backbone, str(config.store)
-    tuned = sft_task(store, backbone.sft.model_copy(update={"seed": seed, "tiny_seed": seed}), sft_samples)
-    record(built, tuned)
+    sft, start = seed_sft(store, backbone, config.data, seed)
+    tuned = sft_task(store, sft, sft_samples)
+    record(built, start, tuned)
     rows = []
     for arm in ("sft", *TRAINED):
         run = train_settings(runs[arm], backbone, seed, model_dir(tuned), rate)

@@ -153,6 +153,19 @@ def test_the_sft_file_holds_new_training_images_and_leaves_the_others_as_they_we
     assert len((tmp_path / "more" / SFT).read_text().splitlines()) == 2 * 20
 
 
+def test_the_sft_images_follow_their_own_side_rate_not_the_training_prior(tmp_path):
+    def yes_share(rate: float) -> float:
+        config = CONFIG.model_copy(update={"n_train": 4, "n_test": 4, "n_sft": 200, "sft_left_rate": rate})
+        build_grounding_data(tmp_path / str(rate), config)
+        rows = [json.loads(line) for line in (tmp_path / str(rate) / SFT).read_text().splitlines()]
+        return float(np.mean([r["answer"] == "yes" for r in rows if r["question"] == SIDE]))
+
+    # The default: no side prior in the SFT (the preference pairs keep the 75% one).
+    assert CONFIG.sft_left_rate == 0.5 and CONFIG.train_left_rate == 0.75
+    assert 0.4 < yes_share(0.5) < 0.6
+    assert yes_share(0.9) > 0.82
+
+
 def test_same_config_same_bytes_and_it_goes_through_ingestion(records, tmp_path):
     root, rows = records
     again = build_grounding_data(tmp_path / "again", CONFIG)

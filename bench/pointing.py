@@ -15,7 +15,8 @@ answers are flipped against it, so only a model that reads the image beats it).
 Then, per sample, with the ground-truth answer teacher-forced (as the localize stage does), for each
 method of models/attention.py (attention rollout; gradient-weighted relevance), each with and without
 ``through_tower`` (the image tokens' relevance carried on to the patches by the tower's rollout):
-- pointing: the map's peak (the centre of its most relevant token cell) lies inside the lesion box;
+- pointing: the map's peak (localize's SAM prompt: the best token cell's centre on the smoothed map) lies
+  inside the lesion box;
 - IoU: the region the ``heatmap`` rules threshold from the map (localize's defaults) vs the box.
 Baselines in the same run: a random map on the same token grid through the same smoothing and
 threshold, and the analytic chance of a uniform random point (mean box area). Ceiling: the box's
@@ -45,7 +46,7 @@ from models import attention, vlm
 from tasks import smollm2
 from tasks.config import HeatmapConfig
 from tasks.ingest import ingest
-from tasks.localize.regions import boxes_mask, smooth, threshold
+from tasks.localize.regions import boxes_mask, map_peaks, smooth, threshold
 from tasks.sft import model_dir, sft
 from tasks.store import ArtifactStore
 
@@ -155,20 +156,10 @@ def score(relevance: np.ndarray, box: np.ndarray, heatmap: HeatmapConfig) -> tup
     saliency = smooth(relevance, height, width, heatmap)
     if saliency is None:
         return False, 0.0
-    y, x = peak(relevance, height, width)
+    y, x = map_peaks(saliency, relevance.shape, 1)[0]
     region = threshold(saliency, heatmap)
     union = (region | box).sum()
     return bool(box[y, x]), float((region & box).sum() / union) if union else 0.0
-
-
-def peak(relevance: np.ndarray, height: int, width: int) -> tuple[int, int]:
-    """The pixel (y, x) a map points at: the centre of its most relevant cell, the map's own resolution.
-    Not the smoothed map's maximum: bilinear resizing holds a border cell's value flat out to the image's
-    edge and the blur's reflection then makes the outermost pixel row or column the strict maximum,
-    where no lesion box reaches - a map whose best cell lay on the grid's border never pointed inside."""
-    rows, cols = relevance.shape
-    row, col = np.unravel_index(int(np.argmax(relevance)), relevance.shape)
-    return int((row + 0.5) * height / rows), int((col + 0.5) * width / cols)
 
 
 if __name__ == "__main__":

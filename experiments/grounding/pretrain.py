@@ -72,7 +72,9 @@ def train_tower(out: Path, config: TowerPretraining, scratch: Path) -> dict[str,
         image_size=sft.tiny_image_size,
         patch_size=sft.tiny_patch_size,
     )
-    loaded = vlm.load(composed)
+    # On the CPU in fp32 wherever it runs: the heads and views below are made there, and a tower trained
+    # in a GPU's bf16 would have no fp32 master weights.
+    loaded = vlm.load(composed, device="cpu", dtype=torch.float32)
     side = sft.tiny_image_size // sft.tiny_patch_size
     pixels, cells = views(loaded, config, side, load_backgrounds(scratch / "backgrounds"))
     torch.manual_seed(config.seed)
@@ -153,4 +155,5 @@ def seed_sft(
     start = pretrain(
         ArtifactStore(store_root), TowerPretraining(sft=sft, data=data, pretrain=backbone.pretrain, seed=seed)
     )
-    return sft.model_copy(update={"model": model_dir(start)}), start
+    # The pretrained start replaces the composition (SFTConfig takes one of the two).
+    return sft.model_copy(update={"model": model_dir(start), "text_model": None, "text_layers": None}), start

@@ -66,6 +66,7 @@ def test_only_the_tower_learns_and_the_sft_starts_from_it(tmp_path, backbone):
 
     sft, start = seed_sft(str(tmp_path / "store"), backbone, GroundingDataConfig(), 5)
     assert start is not None and start.key == built.key and sft.model == model_dir(built) and sft.seed == 5
+    assert sft.text_model is None and type(sft).model_validate(sft.model_dump()) == sft  # one start, not two
     plain, none = seed_sft(
         str(tmp_path / "store"), backbone.model_copy(update={"pretrain": None}), GroundingDataConfig(), 5
     )

@@ -58,7 +58,7 @@ class ImageLinker:
         try:
             if not stat.S_ISREG(earlier.lstat().st_mode) or file_digest(earlier) != digest:
                 return False
+            link_or_copy(earlier, target)
         except OSError:
             return False  # gone meanwhile, or unreadable: the data root's file is copied
-        link_or_copy(earlier, target)
         return True

@@ -208,7 +208,9 @@ class StageItems:
             return dict(zip(parts[-1].column("key").to_pylist(), parts[-1].column("origin").to_pylist()))
 
         self._complete(items, compute, tags, unit, read)
-        found = pa.concat_tables(parts)
+        # Last read wins, as in ``read_index`` and the build's ``origins``: a rows file a shard rewrote
+        # during the build is read twice, and ``index_in`` takes a key's first match.
+        found = pa.concat_tables(parts)[::-1]
         positions = pc.index_in(pa.array([item.key for item in items], pa.string()), value_set=found.column("key"))
         return found.take(positions).drop_columns(["key", "origin"])
 

@@ -219,7 +219,7 @@ def blobs_in_columns(data: pa.Table) -> dict[int, list[str]]:
     for a table: only the rows naming one become Python objects)."""
     named: dict[int, list[str]] = {}
     for column in data.itercolumns():
-        if not pa.types.is_string(column.type):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             continue
         hits = pc.indices_nonzero(pc.fill_null(pc.starts_with(column, f"{FROM_ARTIFACT}/"), False))
         for row, value in zip(hits.to_pylist(), column.take(hits).to_pylist()):
@@ -311,7 +311,7 @@ def blob_index(folder: Path, strict: bool = False) -> dict[str, list]:
                 raise
             continue
         for column in table.itercolumns():
-            if not pa.types.is_string(column.type):
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                 continue
             # Vectorized: a large table's other strings (ids, questions) never become Python objects.
             named = pc.unique(pc.filter(column, pc.starts_with(column, f"{FROM_ARTIFACT}/"))).to_pylist()

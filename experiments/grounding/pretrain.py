@@ -59,19 +59,14 @@ def train_tower(out: Path, config: TowerPretraining, scratch: Path) -> dict[str,
     import torch
 
     from models import vlm
-    from models.compose import build_llava_on_lm
+    from models.sft import base_model
 
     sft, settings = config.sft, config.pretrain
     if sft.text_model is None:
         raise ValueError("pretrain: the SFT has no text_model to compose the tower with")
-    composed = build_llava_on_lm(
-        sft.text_model,
-        scratch / "composed",
-        layers=sft.text_layers,
-        seed=config.seed,
-        image_size=sft.tiny_image_size,
-        patch_size=sft.tiny_patch_size,
-    )
+    # The SFT's own composition (its tiny_seed is the run's seed: seed_sft), so the tower trained here is
+    # the one that SFT would have started from.
+    composed = base_model(sft, scratch, texts=[])
     # On the CPU in fp32 wherever it runs: the heads and views below are made there, and a tower trained
     # in a GPU's bf16 would have no fp32 master weights.
     loaded = vlm.load(composed, device="cpu", dtype=torch.float32)
@@ -100,7 +95,7 @@ def train_tower(out: Path, config: TowerPretraining, scratch: Path) -> dict[str,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     tower.eval()
     with torch.no_grad():
         pointed, named = heads(pixels[:HELD_OUT])

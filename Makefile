@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # deployments in prefect.yaml name, the `llm-api` tag concurrency limit (shards that call an
 # LLM endpoint carry the tag: at most LLM_API_LIMIT of them run at once, across all runs) and
 # one process worker per pool: the first pool's in the foreground, the others' in the
-# background (logs: $(PREFECT_HOME)/worker-<pool>.log). Ctrl-C stops them all; `make ui-stop`
+# background (logs: $(PREFECT_HOME)/worker-<pool>.log, the server's: server.log). Ctrl-C stops them all; `make ui-stop`
 # stops the server (and workers left by a `make ui` that was killed).
 UI_PORT ?= 4200
 LLM_API_LIMIT ?= 4
@@ -73,19 +73,23 @@ experiment: $(STAMP)
 clean-artifacts:
 	rm -rf data/artifacts data/preference_sets data/samples data/prefect data/experiment
 
-# The server starts in a session of its own (setsid): `--background` alone leaves it in this
-# terminal's process group, where Ctrl-C would stop it with the workers. Workers import this
+# The server starts in a session of its own (setsid), where Ctrl-C in this terminal does not stop
+# it with the workers, in the background with its output in $(PREFECT_HOME)/server.log and its pid
+# where `prefect server stop` looks: `prefect server start --background` hands the server's
+# output to pipes whose reader exits at once, and a server that died under load (seen in the
+# tests) left no word of why. Workers import this
 # checkout (PYTHONPATH), as the flow runs they start do. One recipe line is one shell: its trap
 # stops the background workers when the foreground one ends, Ctrl-C included (background jobs
 # of a script ignore Ctrl-C; an idle worker may need a second TERM).
 ui: $(STAMP)
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/prefect config set PREFECT_API_URL=$(UI_API) >/dev/null
-	$(BIN)/prefect server status >/dev/null 2>&1 || setsid $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT) --background </dev/null
+	$(BIN)/prefect server status >/dev/null 2>&1 || { setsid $(BIN)/prefect server start --host 127.0.0.1 \
+	  --port $(UI_PORT) </dev/null >>$(PREFECT_HOME)/server.log 2>&1 & echo $$! >$(PREFECT_HOME)/server.pid; }
 	@for i in $$(seq 90); do curl -sf $(UI_API)/health >/dev/null && break; sleep 1; done
 	for pool in $(UI_POOLS); do $(BIN)/prefect work-pool create $$pool --type process --overwrite || exit 1; done
 	$(BIN)/prefect concurrency-limit create llm-api $(LLM_API_LIMIT)
-	@echo "UI: http://127.0.0.1:$(UI_PORT)   deploy: $(BIN)/prefect deploy --all   workers: $(UI_POOLS)"
+	@echo "UI: http://127.0.0.1:$(UI_PORT)   deploy: $(BIN)/prefect deploy --all   workers: $(UI_POOLS)   server log: $(PREFECT_HOME)/server.log"
 	export PYTHONPATH=$(CURDIR); pids=; \
 	for pool in $(wordlist 2,$(words $(UI_POOLS)),$(UI_POOLS)); do \
 	  $(BIN)/prefect worker start --pool $$pool --type process >$(PREFECT_HOME)/worker-$$pool.log 2>&1 & pids="$$pids $$!"; \

@@ -125,12 +125,21 @@ def make_ui(tmp_path: Path):
 
 
 def wait_final(client, flow_run_id, ui: subprocess.Popen, log: Path):
+    import httpx
+
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (run := client.read_flow_run(flow_run_id)).state.is_final():
+    while True:
+        try:
+            run = client.read_flow_run(flow_run_id)
+        except httpx.ConnectError as error:
+            server = log.parent / "prefect-home" / "server.log"
+            said = server.read_text()[-3000:] if server.is_file() else "(no server.log)"
+            raise AssertionError(f"the server is gone ({error}); its log:\n{said}") from error
+        if run.state.is_final():
+            return run
         assert ui.poll() is None, f"make ui ended:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"flow run still {run.state.name}"
         time.sleep(1)
-    return run
 
 
 @pytest.mark.slow

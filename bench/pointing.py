@@ -46,7 +46,8 @@ from models import attention, vlm
 from tasks import smollm2
 from tasks.config import HeatmapConfig
 from tasks.ingest import ingest
-from tasks.localize.regions import boxes_mask, map_peaks, smooth, threshold
+from tasks.localize.maps import map_peaks, smooth, threshold
+from tasks.localize.regions import boxes_mask
 from tasks.sft import model_dir, sft
 from tasks.store import ArtifactStore
 

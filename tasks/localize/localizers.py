@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import ConfigError, HeatmapConfig, LocalizeConfig
+from tasks.localize.maps import map_peaks, smooth
 from tasks.localize.regions import (
     AnnotationLocalizer,
     HeatmapLocalizer,
@@ -24,10 +25,8 @@ from tasks.localize.regions import (
     SamLocalizer,
     component_boxes,
     failed,
-    map_peaks,
     map_region,
     no_region,
-    smooth,
 )
 
 

@@ -12,7 +12,8 @@ from tasks.config import ConfigError, LocalizeConfig, RunConfig, validate
 from tasks.imaging import load_array
 from tasks.localize import region_counts
 from tasks.localize.localizers import make_localizer, refined
-from tasks.localize.regions import Region, map_peaks, smooth
+from tasks.localize.maps import map_peaks, smooth
+from tasks.localize.regions import Region
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint
 from tests.support.samples import sample_row, write_image
 

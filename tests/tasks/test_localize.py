@@ -9,7 +9,8 @@ from tasks import catalog, ui
 from tasks.config import AnnotationConfig, HeatmapConfig, LocalizeConfig, SamConfig
 from tasks.imaging import load_array
 from tasks.localize import localize, region_grid, region_rows
-from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes, map_peaks, smooth
+from tasks.localize.maps import map_peaks, smooth
+from tasks.localize.regions import HeatmapLocalizer, boxes_mask, clip_boxes
 from tasks.store import ArtifactStore, safe_stem
 from tasks.store.packed import is_blob_path
 from tests.support.sam import tiny_sam, tiny_sam_checkpoint

@@ -71,7 +71,7 @@ def latest_images(sets_root: Path, name: str) -> Path | None:
     images a new version of the name links instead of copying them (tasks.set_images)."""
     try:
         images = resolve_set(sets_root, name) / "images"
-    except FileNotFoundError:
+    except (OSError, ValueError):  # none yet, or a damaged published set: the new version copies instead
         return None
     return images if images.is_dir() else None
 
@@ -92,8 +92,11 @@ def resolve_set(sets_root: Path, ref: str) -> Path:
     """NAME (its latest version) or NAME@VERSION -> the version folder, or a clear error."""
     name, _, version = ref.partition("@")
     latest = sets_root / name / LATEST
-    if not version and latest.is_file() and (sets_root / name / latest.read_text().strip()).is_dir():
-        return sets_root / name / latest.read_text().strip()
+    if not version and latest.is_file():
+        # A version name, one folder inside the set's: a LATEST naming a path elsewhere is not followed.
+        named = latest.read_text().strip()
+        if named not in ("", ".", "..") and Path(named).name == named and (sets_root / name / named).is_dir():
+            return sets_root / name / named
     published = list_sets(sets_root)
     candidates = [Path(m.path) for m in published if Path(m.path).parent.name == name]
     if version:

@@ -75,3 +75,17 @@ def test_a_link_in_the_previous_version_is_not_followed(tmp_path):
     copied = chosen_of(Path(second.path), "d:train:a#visual")
     assert not copied.is_symlink() and copied.stat().st_ino != (tmp_path / "a.png").stat().st_ino
     assert copied.read_bytes() == (tmp_path / "a.png").read_bytes()
+
+
+def test_a_latest_naming_a_path_elsewhere_or_a_damaged_set_means_no_reuse_not_a_failure(tmp_path):
+    store, inputs = scene(tmp_path)
+    sets = tmp_path / "sets"
+    old = publish(run(store, inputs), sets, "demo")
+    outside = tmp_path / "outside"
+    (outside / "images").mkdir(parents=True)
+    for named in ("../../outside", str(outside)):
+        (sets / "demo" / "LATEST").write_text(f"{named}\n")
+        # Not followed: the published versions are scanned instead.
+        assert latest_images(sets, "demo") == old / "images"
+    (old / "manifest.json").write_text("{ damaged")
+    assert latest_images(sets, "demo") is None

@@ -63,9 +63,9 @@ bench: $(STAMP)
 # The grounding experiment (experiments/grounding/README.md): five arms (SFT; text pairs; + local,
 # sham or global visual pairs) from the same SFT checkpoint, a pilot on a tuning seed, then six test
 # seeds, on pretrained SmolLM2 (its first 3 layers) through the real curate -> sft -> train ->
-# evaluate flows; writes experiments/grounding/results/ and bench/experiment.md. Meant for under an
-# hour on 2 CPU cores from an empty store, not there yet (bench/RESULTS.md); a re-run reuses
-# data/experiment/artifacts.
+# evaluate flows, in two worker processes (one per core); writes experiments/grounding/results/ and
+# bench/experiment.md. Meant for under an hour on 2 CPU cores from an empty store (bench/experiment.md
+# gives the time it took); a re-run reuses data/experiment/artifacts.
 # `mmedpo experiment --smoke` is the tiny-backbone check, `--report-only` rewrites the report.
 experiment: $(STAMP)
 	$(BIN)/mmedpo experiment

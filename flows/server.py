@@ -70,3 +70,13 @@ class _TieOnImport(importlib.abc.MetaPathFinder):
                 spec.loader.exec_module = tied  # type: ignore[method-assign]
                 return spec
         return None
+
+
+def run_api_url() -> str | None:
+    """The API the current flow run reports to: the configured one, or the temporary server Prefect
+    started for this process (None outside a flow run). Worker processes given it as their
+    ``PREFECT_API_URL`` report their runs to the same server instead of each starting their own."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return None if context is None else str(context.client.api_url)

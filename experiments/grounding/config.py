@@ -20,7 +20,7 @@ class GroundingDataConfig(StageConfig):
         default=160, ge=1, description="Training images of the preference pairs (each asked both questions)"
     )
     n_sft: int = Field(
-        default=5000,
+        default=2500,
         ge=1,
         description="The SFT's own images (sft.jsonl; both questions, lesions left at sft_left_rate, no twins)",
     )
@@ -237,6 +237,13 @@ class ExperimentConfig(StageConfig):
         default=1,
         ge=1,
         description="torch intra-op threads of the run; 1 is fastest on cores other jobs share (bench/sft.py)",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Processes running the pilot and the test seeds at once, each with `threads` torch threads: one per core"
+        ),
     )
 
 

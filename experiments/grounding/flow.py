@@ -1,10 +1,11 @@
 """Flow `experiment`: the grounding experiment's five arms through the product's flows.
 
     grounding data -> curate, once per set (A1 text, A2 local, A3 sham, A4 global); ingest the SFT's images
+    then, in `workers` processes (flows on the same Prefect server), at once:
     pilot, on the tuning seed: pretrain the tower -> sft -> per learning rate: train A1 and A2 -> measure (val)
         -> the rate with the best mean val score of A1 and A2; A3, A4 (and A0) at it, measured on val
         -> stop when |A2 - A3| on the val relocation twins is under pilot_stop_points
-    per test seed: pretrain the tower -> sft -> A0 evaluate; A1-A4 train at the chosen rate
+    per test seed: pretrain the tower -> sft; once the pilot chose the rate: A0 evaluate; A1-A4 train at it
         -> evaluate (test) -> measure (test)
     -> results JSON (per seed, raw; written after the pilot and after each seed) -> bench/experiment.md
 
@@ -19,83 +20,124 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
 import torch
 from prefect import flow
+from pydantic import BaseModel
 
 from experiments.grounding.arms import REFERENCE_ARM, TRAINED, arm_config, sft_ingest, train_settings
-from experiments.grounding.config import TUNED_BY, ExperimentConfig, smoke, smollm2_backbone
+from experiments.grounding.config import ARMS, TUNED_BY, ExperimentConfig, smoke, smollm2_backbone
 from experiments.grounding.data import build_grounding_data
 from experiments.grounding.measure import measure_task
 from experiments.grounding.pretrain import seed_sft
 from experiments.grounding.report import load_results, save_results, write_report
+from experiments.grounding.workers import worker_pool
 from flows.curate import curate
 from flows.evaluate import evaluate_flow
 from flows.train import train_flow
-from tasks.config import load_config
+from tasks.config import RunConfig, load_config
 from tasks.ingest import ingest_task
 from tasks.sft import model_dir, sft_task
 from tasks.store import Manifest, content_hash
 
+# Each artifact's build seconds, by (stage, key): what an empty store would spend on it.
+Built = dict[tuple[str, str], float]
+
 
 @flow(name="experiment", flow_run_name="experiment-{config.name}")
 def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
-    """Runs the pilot, then (unless it stops the run) every test seed; returns the results it saved."""
+    """Runs the pilot, then (unless it stops the run) every test seed; returns the results it saved.
+    The pilot and the test seeds' SFTs (which do not depend on the pilot's rate) run at once in
+    ``config.workers`` processes; each test seed's arms follow its SFT once the pilot chose the rate."""
     started = time.perf_counter()
-    # Other jobs on the cores: a second intra-op thread waits for its descheduled sibling at every
-    # parallel region (bench/sft.py measured the step this costs).
     torch.set_num_threads(config.threads)
     ensure_text_models(config)
     source = build_grounding_data(config.data_root / content_hash(config.data, length=12), config.data)
-    runs = {arm: arm_config(config, source, arm) for arm in ("sft", *TRAINED)}
-    built: dict[tuple[str, str], float] = {}
-    curated = {arm: curate(runs[arm]) for arm in TRAINED}
-    sft_samples = ingest_task(str(config.store), sft_ingest(source))
-    record(built, sft_samples, *(m for stages in curated.values() for m in stages.values()))
+    built: Built = {}
+    curation = curate_arms(config, source, built)
     results: dict[str, Any] = {
         "backbone": config.backbone.name,
         "machine": f"{platform.machine()} CPU, {_cores()} cores",
-        "pairs": {arm: pair_counts(curated[arm]["assemble"]) for arm in TRAINED},
+        "workers": config.workers,
+        "threads": config.threads,
+        "pairs": {arm: pair_counts(curation.assembled[arm]) for arm in TRAINED},
+        "rows": [],
     }
-    ingest = curated[REFERENCE_ARM]["ingest"]
-    results["pilot"] = pilot(config, runs, curated, ingest, sft_samples, built)
-    results["rows"] = []
-    stop = abs(results["pilot"]["gap_points"]) < config.pilot_stop_points
-    results["stopped"] = stop
-    for seed in [] if stop or config.pilot_only else config.backbone.seeds:
-        rate = results["pilot"]["learning_rate"]
-        results["rows"] += seed_rows(config, runs, curated, ingest, sft_samples, seed, rate, built)
+    seeds = [] if config.pilot_only else config.backbone.seeds
+    with worker_pool(config.workers) as pool:
+        piloted = pool.submit(in_worker, "pilot", config, curation)
+        starts = {pool.submit(in_worker, "start", config, curation, seed): seed for seed in seeds}
+        results["pilot"] = merged(built, piloted.result())
+        results["stopped"] = abs(results["pilot"]["gap_points"]) < config.pilot_stop_points
         finish(config, results, started, built)
-    finish(config, results, started, built)
+        if results["stopped"]:
+            for future in starts:
+                future.cancel()  # the running ones finish: their artifacts stay in the store
+            return results
+        rate = results["pilot"]["learning_rate"]
+        arms = [
+            pool.submit(in_worker, "arms", config, curation, starts[future], merged(built, future.result()), rate)
+            for future in as_completed(starts)
+        ]
+        for future in as_completed(arms):
+            results["rows"] = sorted(
+                [*results["rows"], *merged(built, future.result())],
+                key=lambda row: (row["seed"], ARMS.index(row["arm"])),
+            )
+            finish(config, results, started, built)
     return results
 
 
-def pilot(
-    config: ExperimentConfig,
-    runs: dict[str, Any],
-    curated: dict[str, dict[str, Manifest]],
-    ingest: Manifest,
-    sft_samples: Manifest,
-    built: dict[tuple[str, str], float],
-) -> dict[str, Any]:
+class Curation(BaseModel):
+    """What every worker's jobs start from: the arms' run configs and their curated artifacts."""
+
+    runs: dict[str, RunConfig]
+    assembled: dict[str, Manifest]
+    ingest: Manifest  # the reference arm's: every model is evaluated and measured on it
+    sft_samples: Manifest
+
+
+def curate_arms(config: ExperimentConfig, source: Path, built: Built) -> Curation:
+    """Every arm's preference set (curate, once per set) and the SFT's samples."""
+    runs = {arm: arm_config(config, source, arm) for arm in ("sft", *TRAINED)}
+    curated = {arm: curate(runs[arm]) for arm in TRAINED}
+    sft_samples = ingest_task(str(config.store), sft_ingest(source))
+    record(built, sft_samples, *(m for stages in curated.values() for m in stages.values()))
+    return Curation(
+        runs=runs,
+        assembled={arm: stages["assemble"] for arm, stages in curated.items()},
+        ingest=curated[REFERENCE_ARM]["ingest"],
+        sft_samples=sft_samples,
+    )
+
+
+def merged(built: Built, job: tuple[Any, Built]) -> Any:
+    """A worker job's result, its artifacts' build seconds noted in ``built``."""
+    value, seconds = job
+    built.update(seconds)
+    return value
+
+
+@flow(name="experiment-pilot", flow_run_name="experiment-{config.name}-pilot", validate_parameters=False)
+def pilot_flow(config: ExperimentConfig, curation: Curation) -> tuple[dict[str, Any], Built]:
     """The tuning seed: the learning rate (best mean val score of A1 and A2), then every arm at it on val."""
-    backbone, store = config.backbone, str(config.store)
+    torch.set_num_threads(config.threads)
+    backbone, store, built = config.backbone, str(config.store), {}
     seed = backbone.tuning_seed
-    sft, start = seed_sft(store, backbone, config.data, seed)
-    tuned = sft_task(store, sft, sft_samples)
-    record(built, start, tuned)
+    tuned = seed_sft_task(config, curation, seed, built)
     val = config.measure.model_copy(update={"split": "val"})
 
     def measured(arm: str, rate: float) -> dict[str, float]:
         if arm == "sft":
-            found = measure_task(store, val, ingest, tuned)
+            found = measure_task(store, val, curation.ingest, tuned)
             record(built, found)
             return dict(found.counts)
-        run = train_settings(runs[arm], backbone, seed, model_dir(tuned), rate)
-        trained = train_flow(run, curated[arm]["assemble"].key)
-        found = measure_task(store, val, ingest, tuned, None, trained)
+        run = train_settings(curation.runs[arm], backbone, seed, model_dir(tuned), rate)
+        trained = train_flow(run, curation.assembled[arm].key)
+        found = measure_task(store, val, curation.ingest, tuned, None, trained)
         record(built, trained, found)
         return {**found.counts, "steps": trained.counts.get("train.steps", 0.0)}
 
@@ -114,41 +156,53 @@ def pilot(
         if arm not in arms:
             arms[arm] = {"arm": arm, "learning_rate": rate, **measured(arm, rate)}
     gap = 100 * (arms["local"]["relocation"] - arms["sham"]["relocation"])
-    return {"seed": seed, "sweep": sweep, "scores": scored, "learning_rate": rate, "arms": arms, "gap_points": gap}
+    pilot = {"seed": seed, "sweep": sweep, "scores": scored, "learning_rate": rate, "arms": arms, "gap_points": gap}
+    return pilot, built
 
 
-def seed_rows(
-    config: ExperimentConfig,
-    runs: dict[str, Any],
-    curated: dict[str, dict[str, Manifest]],
-    ingest: Manifest,
-    sft_samples: Manifest,
-    seed: int,
-    rate: float,
-    built: dict[tuple[str, str], float],
-) -> list[dict[str, Any]]:
-    """Every arm on one test seed, from that seed's SFT checkpoint, measured on the test split."""
-    backbone, store = config.backbone, str(config.store)
-    sft, start = seed_sft(store, backbone, config.data, seed)
-    tuned = sft_task(store, sft, sft_samples)
-    record(built, start, tuned)
+@flow(name="experiment-start", flow_run_name="experiment-{config.name}-s{seed}-sft", validate_parameters=False)
+def start_flow(config: ExperimentConfig, curation: Curation, seed: int) -> tuple[Manifest, Built]:
+    """A test seed's SFT checkpoint (its tower pretrained first): what every arm of the seed starts from."""
+    torch.set_num_threads(config.threads)
+    built: Built = {}
+    return seed_sft_task(config, curation, seed, built), built
+
+
+@flow(name="experiment-arms", flow_run_name="experiment-{config.name}-s{seed}-arms", validate_parameters=False)
+def arms_flow(
+    config: ExperimentConfig, curation: Curation, seed: int, tuned: Manifest, rate: float
+) -> tuple[list[dict[str, Any]], Built]:
+    """Every arm on one test seed, from that seed's SFT checkpoint ``tuned``, measured on the test split."""
+    torch.set_num_threads(config.threads)
+    backbone, store, built = config.backbone, str(config.store), {}
     rows = []
     for arm in ("sft", *TRAINED):
-        run = train_settings(runs[arm], backbone, seed, model_dir(tuned), rate)
-        trained = None if arm == "sft" else train_flow(run, curated[arm]["assemble"].key)
-        evaluated = evaluate_flow(run, ingest, trained)
+        run = train_settings(curation.runs[arm], backbone, seed, model_dir(tuned), rate)
+        trained = None if arm == "sft" else train_flow(run, curation.assembled[arm].key)
+        evaluated = evaluate_flow(run, curation.ingest, trained)
         evaluation = evaluated.base if trained is None else evaluated.trained
         assert evaluation is not None
-        found = measure_task(store, config.measure, ingest, tuned, evaluation, trained)
+        found = measure_task(store, config.measure, curation.ingest, tuned, evaluation, trained)
         record(built, trained, evaluation, found)
         steps = 0.0 if trained is None else trained.counts.get("train.steps", 0.0)
         rows.append({"arm": arm, "seed": seed, "learning_rate": rate, "steps": steps, **found.counts})
-    return rows
+    return rows, built
 
 
-def finish(
-    config: ExperimentConfig, results: dict[str, Any], started: float, built: dict[tuple[str, str], float]
-) -> None:
+def in_worker(job: str, *args: Any) -> Any:
+    """One worker job, by name: a job is a flow, and Prefect's flow objects do not pickle."""
+    return {"pilot": pilot_flow, "start": start_flow, "arms": arms_flow}[job](*args)
+
+
+def seed_sft_task(config: ExperimentConfig, curation: Curation, seed: int, built: Built) -> Manifest:
+    """``seed``'s SFT artifact (its pretrained tower first), built or found in the store."""
+    sft, start = seed_sft(str(config.store), config.backbone, config.data, seed)
+    tuned = sft_task(str(config.store), sft, curation.sft_samples)
+    record(built, start, tuned)
+    return tuned
+
+
+def finish(config: ExperimentConfig, results: dict[str, Any], started: float, built: Built) -> None:
     """Save the results so far (atomically) and rewrite the report from them."""
     by_stage: dict[str, dict[str, float]] = {}
     for (stage, _), seconds in built.items():
@@ -164,7 +218,7 @@ def finish(
     write_report(load_results(config.results), config)
 
 
-def record(built: dict[tuple[str, str], float], *manifests: Manifest | None) -> None:
+def record(built: Built, *manifests: Manifest | None) -> None:
     """Note each artifact's build seconds (a reused one's too: what an empty store would spend)."""
     for manifest in manifests:
         if manifest is not None:

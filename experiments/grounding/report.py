@@ -235,36 +235,39 @@ def setup_section(results: Mapping[str, Any], config: ExperimentConfig) -> list[
         f"{backbone.sft.learning_rate:g}). Tuning seed {backbone.tuning_seed}; test seeds "
         f"{', '.join(map(str, backbone.seeds))}.",
         "",
-        f"Time on {results.get('machine', 'this machine')}: this invocation {_minutes(seconds.get('this_run'))}; the "
+        f"Time on {results.get('machine', 'this machine')}: this invocation {_minutes(seconds.get('this_run'))} "
+        f"({results.get('workers', 1)} worker processes, {results.get('threads', 1)} torch thread each); the "
         f"artifacts it used took {_minutes(seconds.get('empty_store'))} to build (what an empty store spends on "
         "this much of the run)."
         + (
             ""
             if len({r["seed"] for r in results["rows"]}) == len(backbone.seeds)
-            else f" The whole run from an empty store, **estimated** from these artifacts' mean build times per stage "
-            f"(evaluation taken as long as a measure): {_minutes(full_run_seconds(seconds, backbone))}."
+            else " The whole run from an empty store in one process, **estimated** from these artifacts' mean build "
+            f"times per stage (evaluation taken as long as a measure): {_minutes(full_run_seconds(seconds, backbone))}."
         ),
     ]
 
 
 def full_run_seconds(seconds: Mapping[str, Any], backbone: Any) -> float | None:
-    """What the pilot and every test seed would take from an empty store, at the mean build time of each
-    stage's artifacts so far: curation as measured, SFT once per seed, the sweep's and every seed's training,
-    a measure per trained or SFT model, an evaluation per test model."""
+    """What the pilot and every test seed would take from an empty store in one process, at the mean build
+    time of each stage's artifacts so far: curation as measured, the tower's pretraining and the SFT once per
+    seed, the sweep's and every seed's training, a measure per trained or SFT model, an evaluation per test
+    model."""
     stages = seconds.get("by_stage") or {}
     if not all(stage in stages for stage in ("sft", "train", "measure")):
         return None
 
     def each(stage: str) -> float:
-        return stages[stage]["seconds"] / max(stages[stage]["count"], 1)
+        return stages[stage]["seconds"] / max(stages[stage]["count"], 1) if stage in stages else 0.0
 
+    per_seed = ("pretrain", "sft", "train", "measure", "evaluate")
     seeds, rates = len(backbone.seeds), len(backbone.learning_rates)
-    curation = sum(v["seconds"] for k, v in stages.items() if k not in ("sft", "train", "measure", "evaluate"))
+    curation = sum(v["seconds"] for k, v in stages.items() if k not in per_seed)
     trained = len(TUNED_BY) * rates + 2 + 4 * seeds
     evaluation = each("evaluate") if "evaluate" in stages else each("measure")
     return (
         curation
-        + each("sft") * (1 + seeds)
+        + (each("pretrain") + each("sft")) * (1 + seeds)
         + each("train") * trained
         + each("measure") * (trained + 1 + seeds)
         + evaluation * 5 * seeds

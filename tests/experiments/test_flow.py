@@ -29,9 +29,25 @@ def toy_config(tmp_path: Path, **update) -> ExperimentConfig:
 
 @pytest.mark.slow
 def test_every_arm_of_every_seed_is_trained_measured_saved_and_reported(tmp_path, prefect_harness):
-    config = toy_config(tmp_path)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    config = toy_config(tmp_path, name="toyrun")
+    assert config.workers == 2
 
     results = experiment_flow(config)
+
+    # The pilot and each seed's SFT and arms ran as flows in the worker processes, on the test's own server.
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="experiment-toyrun-")))
+    assert sorted(run.name for run in runs) == [
+        "experiment-toyrun-pilot",
+        "experiment-toyrun-s0-arms",
+        "experiment-toyrun-s0-sft",
+        "experiment-toyrun-s1-arms",
+        "experiment-toyrun-s1-sft",
+    ]
+    assert all(run.state.is_completed() for run in runs)
 
     pilot = results["pilot"]
     assert pilot["learning_rate"] in (1e-4, 1e-3) and len(pilot["sweep"]) == 2 * 2  # A1 and A2 at each rate

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments.grounding.arms import LABELS
 from experiments.grounding.config import ARMS, CONTRASTS, TUNED_BY, ExperimentConfig
 from experiments.grounding.stats import holm, paired
@@ -147,6 +149,7 @@ def verdict(
             f"Holm-adjusted interval [{_num(row['lo'], signed=True)}, {_num(row['hi'], signed=True)}]: {word} "
             f"(alpha {ALPHA:g}, family of 3; higher on {row['wins']} of {row['test'].n} seeds)."
         )
+    lines.append(from_the_sft(results["rows"]))
     sham = found[0]
     met = sham["test"].mean >= config.goal_points and sham["lo"] > 0
     lines.append(
@@ -155,6 +158,19 @@ def verdict(
         f"{_num(sham['lo'], signed=True)})."
     )
     return lines
+
+
+def from_the_sft(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Where DPO took each arm from its SFT start (A0), on the primary measure's seed means: a contrast
+    between arms that all fell far below A0 says less about what any of them learned than one above it."""
+    means = {arm: 100 * float(np.mean([r[PRIMARY] for r in rows if r["arm"] == arm])) for arm in ARMS}
+    trained = [arm for arm in ARMS if arm != "sft"]
+    below = sum(means[arm] < means["sft"] for arm in trained)
+    listed = ", ".join(f"{short(arm)} {means[arm]:.1f}" for arm in trained)
+    return (
+        f"- From the SFT start (A0, mean {means['sft']:.1f} on the primary measure): {listed}; "
+        f"{below} of {len(trained)} trained arms below A0."
+    )
 
 
 def write_report(results: Mapping[str, Any], config: ExperimentConfig) -> None:

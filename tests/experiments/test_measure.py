@@ -130,6 +130,9 @@ def test_the_report_tables_each_measure_tests_three_contrasts_and_states_the_goa
     assert "**Goal (A2 − A3 ≥ 8 points with the adjusted interval above 0): met**" in report
     verdict = report.split("## Verdict")[1].split("##")[0].strip().splitlines()
     assert 1 <= len(verdict) <= 10
+    # lift over A0's 30 points: A1 +5, A2 +20 (+1 on average: the seed wobble), A3 +20 - 12, A4 +10.
+    assert "- From the SFT start (A0, mean 30.0 on the primary measure): A1 35.0, A2 51.0, A3 38.0, A4 40.0; " in report
+    assert "0 of 4 trained arms below A0." in report
     config.report.unlink()
     write_report(results(5.0, sham_effect=0.02), config)
     assert "Goal (A2 − A3 ≥ 8 points with the adjusted interval above 0): not met" in config.report.read_text()

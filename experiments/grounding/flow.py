@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import as_completed
+from concurrent.futures import Future, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,13 @@ def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
         "rows": [],
     }
     seeds = [] if config.pilot_only else config.backbone.seeds
+    failed: list[BaseException] = []
     with worker_pool(config.workers) as pool:
         piloted = pool.submit(in_worker, "pilot", config, curation)
         starts = {pool.submit(in_worker, "start", config, curation, seed): seed for seed in seeds}
-        results["pilot"] = merged(built, piloted.result())
+        results["pilot"] = collected(piloted, built, failed)
+        if failed:
+            raise failed[0]
         results["stopped"] = abs(results["pilot"]["gap_points"]) < config.pilot_stop_points
         finish(config, results, started, built)
         if results["stopped"]:
@@ -78,16 +81,20 @@ def experiment_flow(config: ExperimentConfig) -> dict[str, Any]:
                 future.cancel()  # the running ones finish: their artifacts stay in the store
             return results
         rate = results["pilot"]["learning_rate"]
-        arms = [
-            pool.submit(in_worker, "arms", config, curation, starts[future], merged(built, future.result()), rate)
-            for future in as_completed(starts)
-        ]
+        arms = []
+        for future in as_completed(starts):
+            tuned = collected(future, built, failed)
+            if tuned is not None:
+                arms.append(pool.submit(in_worker, "arms", config, curation, starts[future], tuned, rate))
         for future in as_completed(arms):
-            results["rows"] = sorted(
-                [*results["rows"], *merged(built, future.result())],
-                key=lambda row: (row["seed"], ARMS.index(row["arm"])),
-            )
-            finish(config, results, started, built)
+            rows = collected(future, built, failed)
+            if rows is not None:
+                results["rows"] = sorted(
+                    [*results["rows"], *rows], key=lambda row: (row["seed"], ARMS.index(row["arm"]))
+                )
+                finish(config, results, started, built)
+    if failed:
+        raise failed[0]  # after every other seed finished and was saved
     return results
 
 
@@ -114,9 +121,14 @@ def curate_arms(config: ExperimentConfig, source: Path, built: Built) -> Curatio
     )
 
 
-def merged(built: Built, job: tuple[Any, Built]) -> Any:
-    """A worker job's result, its artifacts' build seconds noted in ``built``."""
-    value, seconds = job
+def collected(future: Future, built: Built, failed: list[BaseException]) -> Any:
+    """A worker job's result, its artifacts' build seconds noted in ``built``; None when the job failed,
+    its error kept in ``failed`` so that the other seeds still run and are saved before it is raised."""
+    try:
+        value, seconds = future.result()
+    except Exception as error:
+        failed.append(error)
+        return None
     built.update(seconds)
     return value
 

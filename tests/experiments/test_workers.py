@@ -18,3 +18,19 @@ def test_outside_a_flow_run_there_is_no_server_to_join_and_no_pool():
         with worker_pool(1):
             pass
     assert os.environ.get(API_SETTING) == before
+
+
+def test_a_failed_job_is_kept_for_later_and_a_finished_one_notes_its_build_seconds():
+    from concurrent.futures import Future
+
+    from experiments.grounding.flow import collected
+
+    built, failed = {}, []
+    done, broken = Future(), Future()
+    done.set_result((["rows"], {("sft", "k1"): 12.5}))
+    broken.set_exception(ValueError("seed 3's SFT"))
+
+    assert collected(broken, built, failed) is None
+    assert collected(done, built, failed) == ["rows"]
+    assert built == {("sft", "k1"): 12.5}
+    assert [str(error) for error in failed] == ["seed 3's SFT"]

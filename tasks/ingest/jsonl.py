@@ -14,7 +14,7 @@ from tasks.ingest.records import (
     Reject,
     guarded,
     optional,
-    read_regular,
+    regular_lines,
     require,
 )
 
@@ -28,12 +28,12 @@ def read_jsonl(root: Path) -> ReaderOutput:
     for path in files:
         if root.is_dir() and not path.resolve().is_relative_to(root.resolve()):
             raise IngestError(f"{path}: resolves outside the data root {root}")
-        data = read_regular(path)
-        # Decoded line by line: one line in another encoding costs that row, not the file.
-        lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
         # Image paths are relative to the file, which may sit below the data root.
         prefix = path.parent.relative_to(root) if root.is_dir() else Path()
-        for number, raw in enumerate(lines, start=1):
+        # Decoded line by line: one line in another encoding costs that row, not the file. Read as
+        # parsed: the whole file and its lines held at once grew the process with the samples.
+        for number, raw in enumerate(regular_lines(path), start=1):
+            raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
             if not raw.strip():
                 continue
             ref = f"{path.name}:{number}"

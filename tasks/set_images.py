@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from tasks.store import file_digest, link_or_copy, remember_digest
+from tasks.store.packed import BLOBS
 
 
 class ImageLinker:
@@ -36,11 +37,16 @@ class ImageLinker:
 
     def link(self, source: Path) -> str:
         if source not in self.by_source:
-            digest = file_digest(source)
+            resolved = source.resolve()
+            # A store blob is named by its content (tasks/store/packed.py) and checked whenever its
+            # artifact is reused: reading every noised image again was most of a re-run's assembly
+            # (linking a file changes its ctime, so the digest memo never knew a linked blob).
+            blob = resolved.is_relative_to(self.store_root / BLOBS)
+            digest = resolved.name[:64] if blob else file_digest(source)
             target = self.folder / f"{digest}{source.suffix.lower()}"
             if not target.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
-                if source.resolve().is_relative_to(self.store_root):
+                if resolved.is_relative_to(self.store_root):
                     link_or_copy(source, target)
                 elif not self.reused(target, digest):
                     shutil.copyfile(source, target)

@@ -157,7 +157,8 @@ COUNTED_ORIGIN = re.compile(r"rejections\[(?P<dataset>[^\]]+)\]\.ok\.(?P<origin>
 
 
 def counted_origins(counts: Mapping[str, float]) -> list[dict[str, Any]]:
-    """``origin_rows``' table read back from the counters it wrote (``rejections[<data set>].ok.<origin>``)."""
+    """``origin_rows``' table read back from the counters it wrote (``rejections[<data set>].ok.<origin>``),
+    each data set named as its counters name it (tasks.counters.part)."""
     table: dict[str, dict[str, Any]] = {}
     for name, value in counts.items():
         found = COUNTED_ORIGIN.fullmatch(name)

@@ -29,14 +29,18 @@ class ImageLinker:
         self.folder = folder
         self.store_root = store_root.resolve()
         self.previous = previous
-        self.by_source: dict[Path, str] = {}
+        # By the path as the pairs' rows spell it: a Path made per sample to look one up was a tenth of
+        # a re-run's assembly.
+        self.by_source: dict[str, str] = {}
 
     @property
     def count(self) -> int:
         return len(set(self.by_source.values()))
 
-    def link(self, source: Path) -> str:
-        if source not in self.by_source:
+    def link(self, name: str) -> str:
+        """The set-relative path of the image at ``name``, put into the set the first time."""
+        if name not in self.by_source:
+            source = Path(name)
             resolved = source.resolve()
             # A store blob is named by its content (tasks/store/packed.py) and checked whenever its
             # artifact is reused: reading every noised image again was most of a re-run's assembly
@@ -51,8 +55,8 @@ class ImageLinker:
                 elif not self.reused(target, digest):
                     shutil.copyfile(source, target)
                 remember_digest(target, digest)
-            self.by_source[source] = str(target.relative_to(self.folder.parent))
-        return self.by_source[source]
+            self.by_source[name] = str(target.relative_to(self.folder.parent))
+        return self.by_source[name]
 
     def reused(self, target: Path, digest: str) -> bool:
         """Linked ``target`` from the previous version's file of its name, when that file is a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def build_set(
     regions = catalog.read(inputs["localize"], REGIONS, REGION_COLUMNS)
     scores = catalog.read(inputs["score"], SCORES, SCORE_COLUMNS)
     text_scores, visual_scores = (scores.filter(pc.equal(scores.column("pair_type"), t)) for t in ("text", "visual"))
-    noise_dir = Path(inputs["noise"].path)
+    noise_dir = inputs["noise"].path
 
     test = samples.filter(pc.is_in(samples.column("split"), value_set=pa.array(config.test_splits, pa.string())))
     leaks = LeakageIndex(test.to_pylist(), config.near_duplicate_bits)
@@ -139,7 +140,7 @@ def build_set(
                 if isinstance(pair, str):
                     drop(sample, "text", pair)
                 else:
-                    image = linker.link(Path(sample["image_path"]))
+                    image = linker.link(sample["image_path"])
                     pairs.append({**base, **pair, "chosen_image": image, "rejected_image": image})
             if config.visual_pairs:
                 pair = _visual_pair(sample, region, noised_row, visual_score)
@@ -147,13 +148,13 @@ def build_set(
                     # The region's own reason (no_lesion_label, no_annotation, ...) says why there was none.
                     drop(sample, "visual", pair, region["reason"] if region and region["status"] != "ok" else None)
                 else:
-                    rejected_image = linker.link(noise_dir / pair.pop("noised_path"))
+                    rejected_image = linker.link(os.path.join(noise_dir, pair.pop("noised_path")))
                     pairs.append(
                         {
                             **base,
                             **pair,
                             "rejected": sample["answer"],
-                            "chosen_image": linker.link(Path(sample["image_path"])),
+                            "chosen_image": linker.link(sample["image_path"]),
                             "rejected_image": rejected_image,
                         }
                     )

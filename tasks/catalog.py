@@ -335,11 +335,22 @@ def first_ok(manifest: Manifest, artifact: Artifact, columns: Sequence[str], lim
     return data.filter(pc.equal(data.column("status"), "ok")).slice(0, limit).to_pylist()
 
 
+def head(manifest: Manifest, artifact: Artifact, columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows as Python rows of ``columns`` (UI tables show a few: every
+    sample's rows as Python objects, made and dropped in each stage's task, left the process
+    holding memory that grew with the run)."""
+    return read(manifest, artifact, columns).slice(0, limit).to_pylist()
+
+
+def rows_of(manifest: Manifest, artifact: Artifact, ids: Iterable[str], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows with these sample ids, as Python rows of ``columns`` (and sample_id)."""
+    data = read(manifest, artifact, ["sample_id", *[c for c in columns if c != "sample_id"]])
+    return data.filter(pc.is_in(data.column("sample_id"), value_set=pa.array(list(ids), pa.string()))).to_pylist()
+
+
 def values_of(manifest: Manifest, artifact: Artifact, ids: Iterable[str], column: str) -> dict[str, Any]:
     """``column`` of the rows with these sample ids, by sample id."""
-    data = read(manifest, artifact, ["sample_id", column])
-    found = data.filter(pc.is_in(data.column("sample_id"), value_set=pa.array(list(ids), pa.string())))
-    return dict(zip(found.column("sample_id").to_pylist(), found.column(column).to_pylist()))
+    return {row["sample_id"]: row[column] for row in rows_of(manifest, artifact, ids, [column])}
 
 
 def read_file(path: str | os.PathLike[str], artifact: Artifact, columns: Sequence[str] | None = None) -> pa.Table:

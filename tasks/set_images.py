@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from tasks.store import file_digest, link_or_copy, remember_digest
+from tasks.store.packed import BLOBS
 
 
 class ImageLinker:
@@ -28,25 +29,34 @@ class ImageLinker:
         self.folder = folder
         self.store_root = store_root.resolve()
         self.previous = previous
-        self.by_source: dict[Path, str] = {}
+        # By the path as the pairs' rows spell it: a Path made per sample to look one up was a tenth of
+        # a re-run's assembly.
+        self.by_source: dict[str, str] = {}
 
     @property
     def count(self) -> int:
         return len(set(self.by_source.values()))
 
-    def link(self, source: Path) -> str:
-        if source not in self.by_source:
-            digest = file_digest(source)
+    def link(self, name: str) -> str:
+        """The set-relative path of the image at ``name``, put into the set the first time."""
+        if name not in self.by_source:
+            source = Path(name)
+            resolved = source.resolve()
+            # A store blob is named by its content (tasks/store/packed.py) and checked whenever its
+            # artifact is reused: reading every noised image again was most of a re-run's assembly
+            # (linking a file changes its ctime, so the digest memo never knew a linked blob).
+            blob = resolved.is_relative_to(self.store_root / BLOBS)
+            digest = resolved.name[:64] if blob else file_digest(source)
             target = self.folder / f"{digest}{source.suffix.lower()}"
             if not target.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
-                if source.resolve().is_relative_to(self.store_root):
+                if resolved.is_relative_to(self.store_root):
                     link_or_copy(source, target)
                 elif not self.reused(target, digest):
                     shutil.copyfile(source, target)
                 remember_digest(target, digest)
-            self.by_source[source] = str(target.relative_to(self.folder.parent))
-        return self.by_source[source]
+            self.by_source[name] = str(target.relative_to(self.folder.parent))
+        return self.by_source[name]
 
     def reused(self, target: Path, digest: str) -> bool:
         """Linked ``target`` from the previous version's file of its name, when that file is a

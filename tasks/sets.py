@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from tasks.catalog import PAIRS, read_file
 from tasks.config import plain_name
-from tasks.store import Manifest, link_or_copy, write_text_atomic
+from tasks.store import Manifest, file_digest, link_or_copy, remember_digest, write_text_atomic
 from tasks.store.artifacts import inspect_artifact
 from tasks.store.verify import set_aside
 
@@ -52,13 +52,22 @@ def link_version(manifest: Manifest, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(manifest.path, tmp, copy_function=link_or_copy)
+    shutil.copytree(manifest.path, tmp, copy_function=link_known)
     try:
         os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not final.is_dir():
             raise
+
+
+def link_known(source: str, target: str) -> None:
+    """``link_or_copy``, the digest memo told the linked file's digest: a link changes the file's
+    ctime, which the memo keys on, and the set's next version checks every image it takes from
+    this one by its digest (tasks/set_images.py): each was read again, every re-run."""
+    digest = file_digest(source)
+    link_or_copy(source, target)
+    remember_digest(target, digest)
 
 
 def version(manifest: Manifest) -> str:

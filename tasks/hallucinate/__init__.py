@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -152,6 +153,26 @@ def origin_rows(rows: Sequence[Mapping[str, Any]], datasets: Mapping[str, str]) 
     ]
 
 
+COUNTED_ORIGIN = re.compile(r"rejections\[(?P<dataset>[^\]]+)\]\.ok\.(?P<origin>[^.]+)")
+
+
+def counted_origins(counts: Mapping[str, float]) -> list[dict[str, Any]]:
+    """``origin_rows``' table read back from the counters it wrote (``rejections[<data set>].ok.<origin>``),
+    each data set named as its counters name it (tasks.counters.part)."""
+    table: dict[str, dict[str, Any]] = {}
+    for name, value in counts.items():
+        found = COUNTED_ORIGIN.fullmatch(name)
+        if found and found["origin"] in ORIGINS:
+            dataset = found["dataset"]
+            entry = table.setdefault(dataset, {"dataset": dataset, "rejections": 0} | dict.fromkeys(ORIGINS, 0))
+            entry["rejections"] += int(value)
+            entry[found["origin"]] += int(value)
+    return [
+        {**entry, "target model %": round(100 * entry["target_model"] / entry["rejections"], 1)}
+        for _, entry in sorted(table.items())
+    ]
+
+
 def hallucinate_items(
     config: HallucinateConfig, cache_dir: str, samples: Sequence[Mapping[str, Any]], folders: Sequence[Path]
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -219,11 +240,11 @@ def hallucinate_task(
 ) -> Manifest:
     manifest = hallucinate(ArtifactStore(store_root), config, ingest, policy)
     ui.manifest_markdown(manifest)
-    # The columns shown: every candidate and fallback of every sample as Python objects is not.
-    shown = ["sample_id", "rejected", "error_type", "backend", "status", "reason", "origin"]
-    rows = catalog.rows(manifest, HALLUCINATIONS, shown)
-    samples = catalog.rows(ingest, SAMPLES, ["sample_id", "answer", "dataset"])
-    answers = {s["sample_id"]: s["answer"] for s in samples}
+    # The first rows shown, and origins from the counters: every sample's rows as Python objects,
+    # made for a table of a few, left the process holding memory that grew with the run.
+    shown = ["sample_id", "rejected", "error_type", "backend", "status", "reason"]
+    rows = catalog.head(manifest, HALLUCINATIONS, shown, ui.MAX_TABLE_ROWS)
+    answers = catalog.values_of(ingest, SAMPLES, [r["sample_id"] for r in rows], "answer")
     ui.table(
         "hallucinate-examples",
         [
@@ -242,7 +263,7 @@ def hallucinate_task(
     )
     ui.table(
         "hallucinate-origins",
-        origin_rows(rows, {s["sample_id"]: s["dataset"] for s in samples}),
+        counted_origins(manifest.counts),
         "Where the rejections came from per data set (target_model: the target VLM's own answer, on-policy)",
     )
     return manifest

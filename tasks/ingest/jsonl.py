@@ -14,7 +14,7 @@ from tasks.ingest.records import (
     Reject,
     guarded,
     optional,
-    read_regular,
+    regular_lines,
     require,
 )
 
@@ -28,12 +28,14 @@ def read_jsonl(root: Path) -> ReaderOutput:
     for path in files:
         if root.is_dir() and not path.resolve().is_relative_to(root.resolve()):
             raise IngestError(f"{path}: resolves outside the data root {root}")
-        data = read_regular(path)
-        # Decoded line by line: one line in another encoding costs that row, not the file.
-        lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
         # Image paths are relative to the file, which may sit below the data root.
         prefix = path.parent.relative_to(root) if root.is_dir() else Path()
-        for number, raw in enumerate(lines, start=1):
+        # Each image's path made once, not once per question on it (a Path per line was a tenth of a re-run's ingest).
+        images: dict[str, Path] = {}
+        # Decoded line by line: one line in another encoding costs that row, not the file. Read as
+        # parsed: the whole file and its lines held at once grew the process with the samples.
+        for number, raw in enumerate(regular_lines(path), start=1):
+            raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
             if not raw.strip():
                 continue
             ref = f"{path.name}:{number}"
@@ -50,10 +52,10 @@ def read_jsonl(root: Path) -> ReaderOutput:
                 yield Reject(ref, "bad_json", f"{ref}: not valid JSON ({exc.msg})")
                 continue
             native = record.get("id") if isinstance(record, dict) else None
-            yield guarded(ref, None if native is None else str(native), lambda: _record(prefix, record, ref))
+            yield guarded(ref, None if native is None else str(native), lambda: _record(prefix, record, ref, images))
 
 
-def _record(prefix: Path, record: dict, ref: str) -> RawRecord:
+def _record(prefix: Path, record: dict, ref: str, images: dict[str, Path]) -> RawRecord:
     task = optional(record, "task", (str,), ref) or "vqa"
     if task not in TASKS:
         raise RecordError("bad_field_value", f"{ref}: field 'task' is {task!r}, expected one of {sorted(TASKS)}")
@@ -65,7 +67,7 @@ def _record(prefix: Path, record: dict, ref: str) -> RawRecord:
         native_id=str(require(record, "id", (str, int), ref)),
         split=optional(record, "split", (str,), ref) or "train",
         task=task,
-        image=prefix / require(record, "image", (str,), ref),
+        image=image_path(prefix, require(record, "image", (str,), ref), images),
         question=require(record, "question", (str,), ref),
         answer=require(record, "answer", (str, int, float, bool), ref),
         answer_type=optional(record, "answer_type", (str,), ref) or ("report" if task == "report" else None),
@@ -75,3 +77,9 @@ def _record(prefix: Path, record: dict, ref: str) -> RawRecord:
         box_labels=[str(label) for label in labels],
         source_ref=ref,
     )
+
+
+def image_path(prefix: Path, name: str, made: dict[str, Path]) -> Path:
+    if name not in made:
+        made[name] = prefix / name
+    return made[name]

@@ -61,11 +61,26 @@ def read_regular(path: Path) -> bytes:
     """An annotation file's bytes. Only a regular file is opened: a FIFO (or a link to
     /dev/zero) would block or never end, and a run must not hang on one."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise IngestError(f"{path}: cannot read annotation file: not a regular file")
+        _require_regular(path)
         return path.read_bytes()
     except OSError as exc:
         raise IngestError(f"{path}: cannot read annotation file: {exc}") from exc
+
+
+def regular_lines(path: Path) -> Iterator[bytes]:
+    """An annotation file's lines, each with its newline, read as they are taken: a large file
+    is never held whole. Opened as ``read_regular`` opens."""
+    try:
+        _require_regular(path)
+        with path.open("rb") as handle:
+            yield from handle
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot read annotation file: {exc}") from exc
+
+
+def _require_regular(path: Path) -> None:
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise IngestError(f"{path}: cannot read annotation file: not a regular file")
 
 
 def load_json(path: Path) -> Any:

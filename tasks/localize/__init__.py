@@ -201,7 +201,8 @@ def localize_task(store_root: str, config: LocalizeConfig, ingest: Manifest) -> 
     alert(STAGE, coverage_alerts(manifest))
     sources = "+".join(config.default_chain)
     shown = ["sample_id", "status", "reason", "area_fraction", "confidence"]
-    ui.table(f"{STAGE}-regions", region_rows(catalog.rows(manifest, REGIONS, shown)), f"{sources} regions per sample")
+    regions = catalog.head(manifest, REGIONS, shown, ui.MAX_TABLE_ROWS)
+    ui.table(f"{STAGE}-regions", region_rows(regions), f"{sources} regions per sample")
     grid = region_grid(ingest, manifest)
     if grid is not None:
         ui.image(f"{STAGE}-grid", grid, f"first {GRID_SAMPLES} regions (original | mask)")

@@ -210,14 +210,9 @@ def noise_grid(ingest: Manifest, localize: Manifest, noised: Manifest, limit: in
 def noise_task(store_root: str, config: NoiseConfig, ingest: Manifest, localize: Manifest) -> Manifest:
     manifest = noise(ArtifactStore(store_root), config, ingest, localize)
     ui.manifest_markdown(manifest)
-    ui.table(
-        f"{STAGE}-samples",
-        noise_rows(
-            catalog.rows(localize, REGIONS, ["sample_id", "area_fraction", "confidence"]),
-            catalog.rows(manifest, NOISED, ["sample_id", "status", "reason"]),
-        ),
-        f"{config.mode} noising at k={config.k}",
-    )
+    shown = catalog.head(manifest, NOISED, ["sample_id", "status", "reason"], ui.MAX_TABLE_ROWS)
+    regions = catalog.rows_of(localize, REGIONS, [r["sample_id"] for r in shown], ["area_fraction", "confidence"])
+    ui.table(f"{STAGE}-samples", noise_rows(regions, shown), f"{config.mode} noising at k={config.k}")
     grid = noise_grid(ingest, localize, manifest)
     if grid is not None:
         ui.image(

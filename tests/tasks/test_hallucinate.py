@@ -333,9 +333,11 @@ def test_target_rejections_of_closed_questions_come_from_the_model(openai_server
     assert counts["rejections[test].ok.target_model"] == 2 and counts["rejections[test].ok.llm_rewrite"] == 2
     assert counts["rejections[test].share.target_model"] == pytest.approx(0.5)
 
-    from tasks.hallucinate import origin_rows
+    from tasks.hallucinate import counted_origins, origin_rows
 
     table = origin_rows(catalog.rows(manifest, catalog.HALLUCINATIONS), {r["sample_id"]: "test" for r in rows})
+    # The UI's table, read back from the counters, is the same table.
+    assert counted_origins(manifest.counts) == table
     assert table == [
         {
             "dataset": "test",

@@ -401,3 +401,43 @@ def test_an_image_with_many_questions_is_checked_once_and_each_bad_reference_rej
     assert opened == ["ok.png"]  # one header read for its three questions
     assert len({s["image_path"] for s in samples}) == 1 and len(samples) == 3
     assert reasons(rejects) == {"data.jsonl:4": "missing_image", "data.jsonl:5": "missing_image"}
+
+
+def test_records_are_checked_a_batch_at_a_time_with_the_same_outcome(tmp_path, monkeypatch):
+    import importlib
+
+    from tasks.ingest import read_source
+    from tasks.ingest.checks import inspect_all
+
+    normalize = importlib.import_module("tasks.ingest.normalize")
+    root = tmp_path / "batched"
+    root.mkdir()
+    for name, value in (("a.png", 60), ("b.png", 120)):
+        png(root / name, (40, 40), value)
+    (root / "bad.png").write_bytes(b"not a png")
+    images = ["a.png", "bad.png", "b.png"]
+    lines = [{"id": str(i), "image": images[i % 3], "question": "Q?", "answer": "x"} for i in range(7)]
+    lines.append({"id": "1", "image": "a.png", "question": "Q?", "answer": "x"})  # a duplicate, batches apart
+    (root / "data.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    source = SourceConfig(format="jsonl", root=root)
+    config = IngestConfig(sources=[source])
+    checked: list[set[str]] = []
+
+    def counting(paths, config):
+        checked.append({p.name for p in paths})
+        return inspect_all(paths, config)
+
+    whole = read_source(source, config, tmp_path / "images", set(), check=counting)
+    assert len(checked) == 1
+    checked.clear()
+    monkeypatch.setattr(normalize, "CHECK_BATCH", 3)
+    batched = read_source(source, config, tmp_path / "images", set(), check=counting)
+    # Records 0-2, 3-5 and 6 (the duplicate is rejected before it is held): a check of each batch's images.
+    assert checked == [set(images), set(images), {"a.png"}]
+    assert batched.samples().equals(whole.samples())
+    assert [s.rsplit(":", 1)[1] for s in whole.samples().column("sample_id").to_pylist()] == ["0", "2", "3", "5", "6"]
+    assert sorted(reasons(batched.rejects).items()) == sorted(reasons(whole.rejects).items())
+    assert {ref: reason for ref, reason in reasons(whole.rejects).items() if reason == "duplicate_id"} == {
+        "data.jsonl:8": "duplicate_id"
+    }
+    assert batched.counts.as_dict() == whole.counts.as_dict()

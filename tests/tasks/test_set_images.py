@@ -89,3 +89,19 @@ def test_a_latest_naming_a_path_elsewhere_or_a_damaged_set_means_no_reuse_not_a_
         assert latest_images(sets, "demo") == old / "images"
     (old / "manifest.json").write_text("{ damaged")
     assert latest_images(sets, "demo") is None
+
+
+def test_the_next_version_reads_no_image_it_links_from_the_store_or_the_previous_version(tmp_path, monkeypatch):
+    from tasks.store import keys
+
+    store, inputs = scene(tmp_path)
+    old = publish(run(store, inputs), tmp_path / "sets", "demo")
+    read: list[str] = []
+    real = keys._read_digest
+    monkeypatch.setattr(keys, "_read_digest", lambda path: read.append(str(path)) or real(path))
+
+    second, _ = next_version(tmp_path, store, inputs, latest_images(tmp_path / "sets", "demo"))
+    images = sorted(Path(second.path, "images").iterdir())
+    assert images and all(image.stat().st_ino == (old / "images" / image.name).stat().st_ino for image in images)
+    # Noised images by their blob names, the previous version's by the digests its publishing kept.
+    assert [path for path in read if "images" in Path(path).parts or ".blobs" in Path(path).parts] == []
